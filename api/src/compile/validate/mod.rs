@@ -1,0 +1,218 @@
+//! Validation of each kind, in dependency order: providers, state machines, chains,
+//! quotas, then rules (which may refer to all the others).
+
+mod chain;
+mod provider;
+mod rule;
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde::de::DeserializeOwned;
+
+use super::documents::Document;
+use super::error::{CompileError, Kind, ObjectId};
+use super::CompileOptions;
+use crate::crd::quota::parse_window_seconds;
+use crate::crd::{Overage, QuotaSpec, StateMachineSpec};
+use crate::snapshot::{Entry, Snapshot};
+
+/// A problem inside one object: field path (relative to the object), reason, message.
+pub(super) struct Problem {
+    pub field: String,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(field: impl Into<String>, reason: &'static str, message: impl Into<String>) -> Problem {
+        Problem { field: field.into(), reason, message: message.into() }
+    }
+}
+
+/// Names of accepted objects, for resolving references within scope.
+#[derive(Default)]
+pub(super) struct Accepted {
+    names: HashSet<(Kind, Option<String>, String)>,
+}
+
+impl Accepted {
+    fn insert(&mut self, kind: Kind, scope: &Option<String>, name: &str) {
+        self.names.insert((kind, scope.clone(), name.to_owned()));
+    }
+
+    fn remove(&mut self, kind: Kind, scope: &Option<String>, name: &str) {
+        self.names.remove(&(kind, scope.clone(), name.to_owned()));
+    }
+
+    /// An object in `scope` may use objects of its own namespace and shared ones.
+    pub fn resolves(&self, kind: Kind, scope: &Option<String>, name: &str) -> bool {
+        self.names.contains(&(kind, scope.clone(), name.to_owned())) || self.names.contains(&(kind, None, name.to_owned()))
+    }
+}
+
+/// A document that parsed into its typed spec.
+pub(super) struct Parsed<'a, S> {
+    pub doc: &'a Document,
+    pub scope: Option<String>,
+    pub spec: S,
+}
+
+struct Run<'a> {
+    options: &'a CompileOptions,
+    rejections: Vec<CompileError>,
+    accepted: Accepted,
+}
+
+impl<'a> Run<'a> {
+    fn reject(&mut self, doc: &Document, p: Problem) {
+        self.rejections.push(CompileError {
+            source: doc.source.clone(),
+            object: Some(doc.id.clone()),
+            field: Some(p.field),
+            reason: p.reason,
+            message: p.message,
+        });
+    }
+
+    fn scope(&self, id: &ObjectId) -> Option<String> {
+        id.namespace.clone().filter(|ns| *ns != self.options.shared_namespace)
+    }
+
+    /// Deserializes each document of `kind`; errors name the spec field.
+    fn parse<'d, S: DeserializeOwned>(&mut self, docs: &'d [Document], kind: Kind) -> Vec<Parsed<'d, S>> {
+        let mut out = Vec::new();
+        for doc in docs.iter().filter(|d| d.id.kind == kind) {
+            match serde_path_to_error::deserialize::<_, S>(&doc.spec) {
+                Ok(spec) => out.push(Parsed { doc, scope: self.scope(&doc.id), spec }),
+                Err(e) => {
+                    let path = e.path().to_string();
+                    let field = if path == "." { "spec".to_owned() } else { format!("spec.{path}") };
+                    self.reject(doc, Problem::new(field, "InvalidSpec", e.into_inner().to_string()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Keeps the objects `check` accepts and records them as resolvable.
+    fn keep<'d, S>(&mut self, kind: Kind, items: Vec<Parsed<'d, S>>, check: impl Fn(&Parsed<'d, S>, &Accepted) -> Result<(), Problem>) -> Vec<Parsed<'d, S>> {
+        let mut kept = Vec::new();
+        for item in items {
+            match check(&item, &self.accepted) {
+                Ok(()) => kept.push(item),
+                Err(p) => self.reject(item.doc, p),
+            }
+        }
+        for item in &kept {
+            self.accepted.insert(kind, &item.scope, &item.doc.id.name);
+        }
+        kept
+    }
+}
+
+fn duplicates(docs: &[Document]) -> Vec<CompileError> {
+    let mut seen: BTreeMap<&ObjectId, &str> = BTreeMap::new();
+    let mut errors = Vec::new();
+    for doc in docs {
+        if let Some(first) = seen.insert(&doc.id, &doc.source) {
+            errors.push(CompileError {
+                source: doc.source.clone(),
+                object: Some(doc.id.clone()),
+                field: Some("metadata.name".into()),
+                reason: "Duplicate",
+                message: format!("defined twice (first in {first})"),
+            });
+        }
+    }
+    errors
+}
+
+fn entries<S>(items: Vec<Parsed<'_, S>>) -> Vec<Entry<S>> {
+    items
+        .into_iter()
+        .map(|p| Entry { namespace: p.scope, name: p.doc.id.name.clone(), generation: p.doc.generation, source: p.doc.source.clone(), spec: p.spec })
+        .collect()
+}
+
+pub(super) fn compile(docs: &[Document], options: &CompileOptions) -> super::Compiled {
+    let mut run = Run { options, rejections: duplicates(docs), accepted: Accepted::default() };
+    let dup: HashSet<&ObjectId> = run.rejections.iter().filter_map(|e| e.object.as_ref()).collect();
+    let unique: Vec<Document> = docs.iter().filter(|d| !dup.contains(&d.id)).cloned().collect();
+
+    let providers = run.parse(&unique, Kind::Provider);
+    let providers = run.keep(Kind::Provider, providers, |p, _| provider::check(&p.spec));
+    let providers = provider::check_fallbacks(&mut run, providers);
+
+    let machines = run.parse(&unique, Kind::StateMachine);
+    let machines = run.keep(Kind::StateMachine, machines, |m, _| check_state_machine(&m.spec));
+
+    let chains = run.parse(&unique, Kind::Chain);
+    let chains = run.keep(Kind::Chain, chains, |c, acc| chain::check(c, acc));
+    let chains = chain::check_sub_chains(&mut run, chains);
+
+    let quotas = run.parse(&unique, Kind::Quota);
+    let quotas = run.keep(Kind::Quota, quotas, |q, acc| check_quota(q, acc));
+
+    let rules = run.parse(&unique, Kind::Rule);
+    let rules = run.keep(Kind::Rule, rules, |r, acc| rule::check(r, acc));
+
+    let mut snapshot = Snapshot {
+        version: 1,
+        digest: String::new(),
+        rules: entries(rules),
+        providers: entries(providers),
+        chains: entries(chains),
+        state_machines: entries(machines),
+        quotas: entries(quotas),
+    };
+    snapshot.seal();
+    super::Compiled { snapshot, rejections: run.rejections }
+}
+
+fn check_state_machine(spec: &StateMachineSpec) -> Result<(), Problem> {
+    if spec.states.is_empty() {
+        return Err(Problem::new("spec.states", "InvalidStateMachine", "needs at least one state"));
+    }
+    let known = |s: &str| spec.states.iter().any(|x| x == s);
+    if !known(&spec.initial_state) {
+        return Err(Problem::new("spec.initialState", "InvalidStateMachine", format!("`{}` is not one of spec.states", spec.initial_state)));
+    }
+    for (i, t) in spec.transitions.iter().enumerate() {
+        for (field, state) in [("from", &t.from), ("to", &t.to)] {
+            if !known(state) {
+                return Err(Problem::new(format!("spec.transitions[{i}].{field}"), "InvalidStateMachine", format!("`{state}` is not one of spec.states")));
+            }
+        }
+    }
+    for (i, t) in spec.timeouts.iter().enumerate() {
+        for (field, state) in [("state", &t.state), ("transitionTo", &t.transition_to)] {
+            if !known(state) {
+                return Err(Problem::new(format!("spec.timeouts[{i}].{field}"), "InvalidStateMachine", format!("`{state}` is not one of spec.states")));
+            }
+        }
+        if t.after_seconds == 0 {
+            return Err(Problem::new(format!("spec.timeouts[{i}].afterSeconds"), "InvalidStateMachine", "must be at least 1"));
+        }
+    }
+    Ok(())
+}
+
+fn check_quota(q: &Parsed<'_, QuotaSpec>, accepted: &Accepted) -> Result<(), Problem> {
+    let spec = &q.spec;
+    if spec.tenant.is_empty() {
+        return Err(Problem::new("spec.tenant", "InvalidQuota", "must not be empty"));
+    }
+    if spec.limit == 0 {
+        return Err(Problem::new("spec.limit", "InvalidQuota", "must be at least 1"));
+    }
+    if parse_window_seconds(&spec.window).is_none() {
+        return Err(Problem::new("spec.window", "InvalidQuota", format!("`{}` is not a window (e.g. 30s, 15m, 1h, 1d)", spec.window)));
+    }
+    match (&spec.overage, &spec.fallback_provider) {
+        (Overage::Degrade, None) => Err(Problem::new("spec.fallbackProvider", "InvalidQuota", "`overage: degrade` needs a fallbackProvider")),
+        (_, Some(p)) if !accepted.resolves(Kind::Provider, &q.scope, p) => {
+            Err(Problem::new("spec.fallbackProvider", "ProviderNotFound", format!("provider `{p}` not found")))
+        }
+        _ => Ok(()),
+    }
+}

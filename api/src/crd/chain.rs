@@ -1,0 +1,67 @@
+//! The `Chain` custom resource: multi-step delivery with branches.
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::status::ResourceStatus;
+
+/// An ordered sequence of provider calls with branches and sub-chains.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "acteon.dev",
+    version = "v1alpha1",
+    kind = "Chain",
+    namespaced,
+    status = "ResourceStatus",
+    shortname = "achain",
+    category = "acteon",
+    printcolumn = r#"{"name":"Steps","type":"integer","jsonPath":".spec.steps[*].name","description":"step names"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ChainSpec {
+    pub steps: Vec<ChainStep>,
+    /// Whole-chain timeout (default 300 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ChainStep {
+    pub name: String,
+    /// Provider called by this step (exactly one of `provider` and `subChain`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action_type: Option<String>,
+    /// Payload with `{{origin.*}}`, `{{prev.*}}`, `{{steps.NAME.*}}` placeholders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::free_form_object")]
+    pub payload_template: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub_chain: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub branches: Vec<ChainBranch>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_next: Option<String>,
+    /// `abort` (default), `skip` or `dlq`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ChainBranch {
+    pub field: String,
+    /// eq, ne, gt, gte, lt, lte, contains, exists.
+    pub operator: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::free_form_value")]
+    pub value: Option<Value>,
+    pub target: String,
+}

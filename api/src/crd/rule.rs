@@ -1,0 +1,179 @@
+//! The `Rule` custom resource: one step of the action pipeline.
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::status::ResourceStatus;
+use crate::condition::Condition;
+
+/// A rule of the action pipeline: when its condition holds for an action, its action applies.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "acteon.dev",
+    version = "v1alpha1",
+    kind = "Rule",
+    namespaced,
+    status = "ResourceStatus",
+    shortname = "arule",
+    category = "acteon",
+    printcolumn = r#"{"name":"Priority","type":"integer","jsonPath":".spec.priority"}"#,
+    printcolumn = r#"{"name":"Action","type":"string","jsonPath":".spec.action.type"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RuleSpec {
+    /// Evaluation order: lower runs first; ties are broken by namespace, then name.
+    #[serde(default)]
+    pub priority: i32,
+    /// What the rule is for, shown in `GET /v1/rules`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// A disabled rule stays in the configuration but never matches.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Acteon condition grammar: `all`/`any`/`not`, or `field` with one operator. Exactly one of `condition` and `cel`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::free_form_object")]
+    pub condition: Option<Condition>,
+    /// A CEL expression over `action`, `time` and `state`. Exactly one of `condition` and `cel`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cel: Option<String>,
+    /// IANA time zone for `time.*` fields (default UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// What happens to a matching action.
+    pub action: RuleAction,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_group_wait() -> u64 {
+    30
+}
+
+fn default_group_interval() -> u64 {
+    300
+}
+
+fn default_max_group_size() -> u64 {
+    100
+}
+
+fn default_approval_timeout() -> u64 {
+    3600
+}
+
+/// The action of a rule, tagged by `type`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "camelCase", deny_unknown_fields)]
+pub enum RuleAction {
+    /// Execute on the requested provider (terminal).
+    Allow,
+    /// Refuse the action (terminal; answered as `Suppressed`, as Acteon does).
+    Deny,
+    /// Drop the action silently (terminal).
+    Suppress,
+    /// Execute on another provider (terminal).
+    #[serde(rename_all = "camelCase")]
+    Reroute {
+        /// Provider to execute on instead.
+        target_provider: String,
+    },
+    /// Apply a JSON merge patch to the payload and continue.
+    Modify {
+        /// The merge patch.
+        #[schemars(schema_with = "super::free_form_object")]
+        changes: Value,
+    },
+    /// Let one action per key through within the TTL; later ones answer `Deduplicated`.
+    #[serde(rename_all = "camelCase")]
+    Deduplicate {
+        /// How long a key stays marked (default 300 s).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ttl_seconds: Option<u64>,
+        /// Key template, e.g. `{{action.payload.service}}`; default: the action's `dedup_key`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
+    },
+    /// Sliding-window rate limit; excess actions answer `Throttled` with the time until a slot frees.
+    #[serde(rename_all = "camelCase")]
+    Throttle {
+        /// Actions allowed per window.
+        max_count: u64,
+        /// Window length in seconds.
+        window_seconds: u64,
+        /// Optional key template that splits the budget further.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
+    },
+    /// Batch actions that share `groupBy` values.
+    #[serde(rename_all = "camelCase")]
+    Group {
+        /// Fields whose values form the group key.
+        group_by: Vec<String>,
+        #[serde(default = "default_group_wait")]
+        group_wait_seconds: u64,
+        #[serde(default = "default_group_interval")]
+        group_interval_seconds: u64,
+        #[serde(default = "default_max_group_size")]
+        max_group_size: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        template: Option<String>,
+    },
+    /// Delay the action; it continues with the later rules when due.
+    #[serde(rename_all = "camelCase")]
+    Schedule {
+        /// Delay in seconds.
+        delay_seconds: u64,
+    },
+    /// Start a `Chain` (terminal).
+    Chain {
+        /// Name of the Chain.
+        chain: String,
+    },
+    /// Drive a `StateMachine` (terminal).
+    #[serde(rename_all = "camelCase")]
+    StateMachine {
+        /// Name of the StateMachine.
+        state_machine: String,
+        /// Fields whose values identify the event.
+        #[serde(default)]
+        fingerprint_fields: Vec<String>,
+    },
+    /// Hold the action until a human approves it (terminal).
+    #[serde(rename_all = "camelCase")]
+    RequestApproval {
+        /// Provider that carries the approval request.
+        notify_provider: String,
+        #[serde(default = "default_approval_timeout")]
+        timeout_seconds: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+    },
+}
+
+impl RuleAction {
+    /// The `type` tag as written in manifests.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            RuleAction::Allow => "allow",
+            RuleAction::Deny => "deny",
+            RuleAction::Suppress => "suppress",
+            RuleAction::Reroute { .. } => "reroute",
+            RuleAction::Modify { .. } => "modify",
+            RuleAction::Deduplicate { .. } => "deduplicate",
+            RuleAction::Throttle { .. } => "throttle",
+            RuleAction::Group { .. } => "group",
+            RuleAction::Schedule { .. } => "schedule",
+            RuleAction::Chain { .. } => "chain",
+            RuleAction::StateMachine { .. } => "stateMachine",
+            RuleAction::RequestApproval { .. } => "requestApproval",
+        }
+    }
+}

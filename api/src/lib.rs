@@ -1,0 +1,18 @@
+//! Types shared by the Acteon operator and gateway: the custom resources, the condition
+//! grammar, Acteon rule files, and the one compile path from documents to a [`Snapshot`].
+
+pub mod compile;
+pub mod condition;
+pub mod crd;
+pub mod field;
+pub mod snapshot;
+pub mod template;
+
+pub use snapshot::{Entry, Snapshot};
+
+/// API group of the custom resources.
+pub const GROUP: &str = "acteon.dev";
+/// API version of the custom resources.
+pub const VERSION: &str = "v1alpha1";
+/// `apiVersion` of manifests.
+pub const API_VERSION: &str = "acteon.dev/v1alpha1";

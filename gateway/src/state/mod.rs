@@ -1,0 +1,132 @@
+//! Shared state: everything that outlives a request and must be exact across replicas.
+//!
+//! The trait is shaped by what Redis and Postgres can do atomically in one round trip.
+//! The hot path is [`StateStore::apply_gates`]: all the dedup / throttle / quota checks a
+//! dispatch needs are checked together and applied only if all pass, so a rejected action
+//! never consumes budget and a dispatch costs one round trip whatever its rules.
+
+pub mod memory;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+pub use memory::MemoryStore;
+
+/// Errors of a state backend. Every one of them means "unavailable": callers answer 503.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state backend unavailable: {0}")]
+    Unavailable(String),
+    #[error("state backend timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+/// One check that a dispatch must pass.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Gate {
+    /// At most one holder of `key` within `ttl`. On pass the key is marked with `token`.
+    Dedup { key: String, ttl: Duration, token: String },
+    /// Sliding window: at most `limit` passes in any `window`.
+    Throttle { key: String, limit: u64, window: Duration },
+    /// Fixed window aligned to multiples of `window` since the epoch: at most `limit` passes.
+    Quota { key: String, limit: u64, window: Duration },
+}
+
+/// The answer to [`StateStore::apply_gates`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GateResult {
+    /// All gates passed and were applied.
+    Passed,
+    /// Gate number `index` stopped the dispatch; nothing was applied.
+    Stopped { index: usize, reason: GateStop },
+}
+
+/// Why a gate stopped a dispatch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GateStop {
+    Duplicate,
+    /// Time until the oldest counted pass leaves the window.
+    Throttled { retry_after: Duration },
+    QuotaExceeded { used: u64, resets_in: Duration },
+}
+
+/// A value with the version that compare-and-swap checks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Versioned {
+    pub value: Vec<u8>,
+    pub version: u64,
+}
+
+/// A timer handed to exactly one caller until its lease runs out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimedTimer {
+    pub id: String,
+    pub payload: Vec<u8>,
+    /// Proof of the claim, required to complete the timer.
+    pub claim: String,
+}
+
+/// The state contract. Memory, Redis and Postgres implement it; one conformance suite
+/// checks all three.
+#[async_trait]
+pub trait StateStore: Send + Sync + 'static {
+    /// Backend name for metrics and `/v1/config`.
+    fn kind(&self) -> &'static str;
+
+    /// Checks reachability (for `/readyz`).
+    async fn ping(&self) -> Result<(), StateError>;
+
+    /// Checks every gate and, only if all pass, applies them all, atomically.
+    async fn apply_gates(&self, gates: &[Gate]) -> Result<GateResult, StateError>;
+
+    /// Releases a dedup mark if `token` still owns it (the provider failed, so a retry may run).
+    async fn release_dedup(&self, key: &str, token: &str) -> Result<bool, StateError>;
+
+    /// Whether a dedup mark is present (dry runs, `stateSeen`).
+    async fn dedup_exists(&self, key: &str) -> Result<bool, StateError>;
+
+    /// Passes counted in the sliding window now (dry runs, `stateCounter`).
+    async fn window_count(&self, key: &str, window: Duration) -> Result<u64, StateError>;
+
+    /// Usage of a fixed-window quota counter in the current window.
+    async fn quota_usage(&self, key: &str, window: Duration) -> Result<u64, StateError>;
+
+    async fn get(&self, key: &str) -> Result<Option<Versioned>, StateError>;
+
+    /// Writes `value` if the current version is `expected` (`None` = key absent).
+    /// Returns the new version, or `None` when the expectation did not hold.
+    async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<u64>,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> Result<Option<u64>, StateError>;
+
+    async fn delete(&self, key: &str) -> Result<bool, StateError>;
+
+    /// Takes the lock if free or expired. Re-acquiring one's own lock extends it.
+    async fn try_lock(&self, key: &str, owner: &str, ttl: Duration) -> Result<bool, StateError>;
+
+    /// Releases the lock only if `owner` holds it.
+    async fn unlock(&self, key: &str, owner: &str) -> Result<bool, StateError>;
+
+    /// Registers (or replaces) a timer due at `due_unix_ms`.
+    async fn schedule_timer(&self, id: &str, due_unix_ms: u64, payload: Vec<u8>) -> Result<(), StateError>;
+
+    /// Claims up to `max` due timers for `lease`; a claimed timer goes to no one else until
+    /// the lease expires without [`StateStore::complete_timer`].
+    async fn claim_due_timers(&self, now_unix_ms: u64, max: usize, lease: Duration) -> Result<Vec<ClaimedTimer>, StateError>;
+
+    /// Removes a claimed timer; false if the claim was lost.
+    async fn complete_timer(&self, id: &str, claim: &str) -> Result<bool, StateError>;
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
