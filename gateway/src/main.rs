@@ -1,1 +1,10 @@
-fn main(){}
+use std::process::ExitCode;
+
+use clap::Parser;
+
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> ExitCode {
+    acteon_gateway::cli::run(acteon_gateway::cli::Cli::parse())
+}

@@ -89,14 +89,14 @@ build_kube_apiserver() {
   mkdir -p "$dl"
   ensure_deb_src
   if ! ls "$dl"/kubernetes_*.orig.tar.* >/dev/null 2>&1; then
-    apt_update_once
+    # update the package lists only if the source package is not known yet
+    apt-cache showsrc kubernetes 2>/dev/null | grep -q '^Package: kubernetes' || apt_update_once
     log "apt-get source --download-only kubernetes"
-    (cd "$dl" && apt-get source --download-only -qq kubernetes) ||
-      { apt_update_once; APT_UPDATED=0; apt_update_once; (cd "$dl" && apt-get source --download-only -qq kubernetes); }
+    (cd "$dl" && apt-get source --download-only -qq kubernetes)
   fi
   local orig dsc
-  orig=$(ls "$dl"/kubernetes_*.orig.tar.* | head -n1)
-  dsc=$(ls "$dl"/kubernetes_*.dsc | head -n1)
+  orig=$(find "$dl" -maxdepth 1 -name 'kubernetes_*.orig.tar.*' | sort | tail -n1)
+  dsc=$(find "$dl" -maxdepth 1 -name 'kubernetes_*.dsc' | sort | tail -n1)
   log "unpacking $(basename "$orig")"
   rm -rf "$src" "$build/unpack"
   mkdir -p "$build/unpack"
@@ -141,7 +141,8 @@ EOF
       KUBE_GIT_VERSION_FILE="$build/version.env" \
       make WHAT=cmd/kube-apiserver
   ) >"$build/build.log" 2>&1 || { tail -n 40 "$build/build.log" >&2; die "kube-apiserver build failed (log: $build/build.log)"; }
-  local out="$src/_output/local/bin/linux/$(go env GOARCH)/kube-apiserver"
+  local out
+  out="$src/_output/local/bin/linux/$(go env GOARCH)/kube-apiserver"
   [ -x "$out" ] || out=$(find "$src/_output" -type f -name kube-apiserver | head -n1)
   [ -x "$out" ] || die "built kube-apiserver binary not found under $src/_output"
   mkdir -p "$BIN"
@@ -200,9 +201,11 @@ cmd_install() {
   mkdir -p "$BIN"
   exec 9>"$CACHE/.install.lock"
   flock 9
-  local t0=$SECONDS
+  local t0=$SECONDS cached=0
+  if [ -x "$BIN/kube-apiserver" ] && "$BIN/kube-apiserver" --version >/dev/null 2>&1; then cached=1; fi
+  [ "$cached" = 1 ] || ensure_deb_src   # before the first apt-get update, so one update suffices
   ensure_apt_packages
-  if [ -x "$BIN/kube-apiserver" ] && "$BIN/kube-apiserver" --version >/dev/null 2>&1; then
+  if [ "$cached" = 1 ]; then
     log "cached: $BIN/kube-apiserver ($("$BIN/kube-apiserver" --version))"
   else
     build_kube_apiserver
@@ -244,12 +247,12 @@ pid_is() {
 }
 
 kill_pidfile() { # pidfile binary-name
-  local pf=$1 name=$2 pid i
+  local pf=$1 name=$2 pid
   [ -f "$pf" ] || return 0
   pid=$(cat "$pf")
   if pid_is "$pid" "$name"; then
     kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 1 100); do pid_alive "$pid" || break; sleep 0.1; done
+    for _ in $(seq 1 100); do pid_alive "$pid" || break; sleep 0.1; done
     if pid_alive "$pid"; then kill -KILL "$pid" 2>/dev/null || true; sleep 0.2; fi
   fi
   rm -f "$pf"

@@ -116,6 +116,31 @@ pub fn manifest_name(name: &str) -> String {
     if trimmed.is_empty() { "rule".to_owned() } else { trimmed.chars().take(253).collect() }
 }
 
+/// Renders an Acteon rule file as Rule manifests (`---`-separated YAML).
+pub fn to_manifests(source: &str, text: &str, namespace: Option<&str>) -> Result<String, Vec<CompileError>> {
+    let docs = super::documents::parse_text(source, text)?;
+    let mut out = String::new();
+    for doc in docs.iter().filter(|d| d.id.kind == Kind::Rule) {
+        let mut metadata = Map::new();
+        metadata.insert("name".into(), Value::String(manifest_name(&doc.id.name)));
+        if let Some(ns) = namespace {
+            metadata.insert("namespace".into(), Value::String(ns.to_owned()));
+        }
+        let manifest = serde_json::json!({
+            "apiVersion": crate::API_VERSION,
+            "kind": "Rule",
+            "metadata": metadata,
+            "spec": doc.spec,
+        });
+        let yaml = serde_yaml_ng::to_string(&manifest).map_err(|e| {
+            vec![CompileError { source: doc.source.clone(), object: Some(doc.id.clone()), field: None, reason: "InvalidRuleFile", message: e.to_string() }]
+        })?;
+        out.push_str("---\n");
+        out.push_str(&yaml);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -81,8 +81,10 @@ pub fn parse_text(source: &str, text: &str) -> Result<Vec<Document>, Vec<Compile
             Ok(Value::Null) => continue,
             Ok(v) => v,
             Err(e) => {
+                // The document stream cannot resume after a syntax error (the iterator
+                // would yield the same error forever), so stop at the first one.
                 errors.push(error(&doc_source, None, None, format!("not valid YAML: {e}")));
-                continue;
+                break;
             }
         };
         let result = if is_acteon_rule_file(&value) {

@@ -1,0 +1,238 @@
+//! Command line: `serve` (the default), `validate`, `convert`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use acteon_api::compile::{self, CompileOptions, acteon};
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{LiveConfig, Runtime};
+use crate::http::{self, AppState};
+use crate::metrics::Metrics;
+use crate::pipeline::{Gateway, GatewayOptions};
+use crate::state::{MemoryStore, StateStore};
+
+#[derive(Parser, Debug)]
+#[command(name = "acteon-gateway", version, about = "Acteon action gateway")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve the HTTP API (the default when no subcommand is given).
+    Serve(ServeArgs),
+    /// Check manifests and Acteon rule files; exit 1 with messages on errors.
+    Validate {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[arg(long, env = "ACTEON_SHARED_NAMESPACE", default_value = compile::DEFAULT_SHARED_NAMESPACE)]
+        shared_namespace: String,
+    },
+    /// Print an Acteon rule file as Rule manifests.
+    Convert {
+        file: PathBuf,
+        /// Namespace for the generated manifests (omitted if not given).
+        #[arg(long)]
+        namespace: Option<String>,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Manifest files or directories, and Acteon rule files.
+    #[arg(long = "config", env = "ACTEON_CONFIG", value_delimiter = ',', default_values = ["config/samples", "rules"])]
+    pub config: Vec<PathBuf>,
+    #[arg(long, env = "ACTEON_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// `memory`, `redis://…` or `postgres://…`.
+    #[arg(long, env = "ACTEON_STATE", default_value = "memory")]
+    pub state: String,
+    /// Objects in this namespace apply to every namespace.
+    #[arg(long, env = "ACTEON_SHARED_NAMESPACE", default_value = compile::DEFAULT_SHARED_NAMESPACE)]
+    pub shared_namespace: String,
+    /// Largest accepted request body in bytes.
+    #[arg(long, env = "ACTEON_BODY_LIMIT", default_value_t = http::DEFAULT_BODY_LIMIT)]
+    pub body_limit: usize,
+    /// Bound on each state backend call, in milliseconds.
+    #[arg(long, env = "ACTEON_STATE_TIMEOUT_MS", default_value_t = 2000)]
+    pub state_timeout_ms: u64,
+    /// Deny actions that no terminal rule matched (default: execute them).
+    #[arg(long, env = "ACTEON_DEFAULT_DENY")]
+    pub default_deny: bool,
+    /// Longest wait for in-flight requests on shutdown, in seconds.
+    #[arg(long, env = "ACTEON_SHUTDOWN_TIMEOUT", default_value_t = 30)]
+    pub shutdown_timeout: u64,
+    /// Log as JSON lines.
+    #[arg(long, env = "ACTEON_LOG_JSON")]
+    pub log_json: bool,
+}
+
+impl Default for ServeArgs {
+    fn default() -> Self {
+        match Cli::parse_from(["acteon-gateway", "serve"]).command {
+            Some(Command::Serve(a)) => a,
+            _ => unreachable!("`serve` parses into Command::Serve"),
+        }
+    }
+}
+
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        None => serve_blocking(ServeArgs::default()),
+        Some(Command::Serve(args)) => serve_blocking(args),
+        Some(Command::Validate { paths, shared_namespace }) => validate(&paths, shared_namespace),
+        Some(Command::Convert { file, namespace }) => convert(&file, namespace.as_deref()),
+    }
+}
+
+fn validate(paths: &[PathBuf], shared_namespace: String) -> ExitCode {
+    let opts = CompileOptions { shared_namespace };
+    match compile::compile_paths(paths, &opts) {
+        Ok(s) => {
+            println!(
+                "ok: {} rules, {} providers, {} chains, {} state machines, {} quotas",
+                s.rules.len(),
+                s.providers.len(),
+                s.chains.len(),
+                s.state_machines.len(),
+                s.quotas.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("error: {e}");
+            }
+            eprintln!("{} problem(s) found", errors.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn convert(file: &PathBuf, namespace: Option<&str>) -> ExitCode {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {}: {e}", file.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    match acteon::to_manifests(&file.display().to_string(), &text, namespace) {
+        Ok(yaml) => {
+            print!("{yaml}");
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("error: {e}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+}
+
+fn serve_blocking(args: ServeArgs) -> ExitCode {
+    init_tracing(args.log_json);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(serve(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn state_backend(url: &str) -> anyhow::Result<Arc<dyn StateStore>> {
+    match url {
+        "memory" | "memory://" => {
+            let store = Arc::new(MemoryStore::new());
+            store.start_sweeper(Duration::from_secs(10));
+            Ok(store)
+        }
+        u if u.starts_with("redis://") || u.starts_with("postgres://") || u.starts_with("postgresql://") => {
+            anyhow::bail!("--state {u}: the Redis and Postgres backends are not in this build yet; use --state memory")
+        }
+        other => anyhow::bail!("--state `{other}`: expected memory, redis://… or postgres://…"),
+    }
+}
+
+/// Loads the configuration, binds, and serves until SIGINT/SIGTERM, then drains.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let opts = CompileOptions { shared_namespace: args.shared_namespace.clone() };
+    let snapshot = compile::compile_paths(&args.config, &opts).map_err(|errors| {
+        let lines: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
+        anyhow::anyhow!("the configuration has {} problem(s):\n{}", errors.len(), lines.join("\n"))
+    })?;
+    let http_client = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
+    let metrics = Arc::new(Metrics::new());
+    metrics.config_version.set(snapshot.version as i64);
+    let runtime = Runtime::build(snapshot, &http_client)?;
+    metrics.config_rules.set(runtime.rules.len() as i64);
+    tracing::info!(
+        rules = runtime.rules.len(),
+        unindexed = runtime.rules.unindexed(),
+        providers = runtime.snapshot.providers.len(),
+        digest = %runtime.snapshot.digest,
+        "configuration loaded"
+    );
+    let gateway = Arc::new(Gateway {
+        config: LiveConfig::new(runtime),
+        state: state_backend(&args.state)?,
+        metrics,
+        options: GatewayOptions { state_timeout: Duration::from_millis(args.state_timeout_ms), default_deny: args.default_deny },
+    });
+    let app = http::router(Arc::new(AppState { gateway, body_limit: args.body_limit }));
+    let listener = tokio::net::TcpListener::bind(args.listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
+    tracing::info!(addr = %listener.local_addr()?, "listening");
+    let drain = Duration::from_secs(args.shutdown_timeout);
+    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal());
+    // Bound the drain: once a signal arrives, in-flight requests get `drain` to finish.
+    tokio::select! {
+        r = server => r?,
+        _ = async { shutdown_signal().await; tokio::time::sleep(drain).await } => {
+            tracing::warn!("drain timeout reached; exiting with requests still in flight");
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown signal received; draining in-flight requests");
+}

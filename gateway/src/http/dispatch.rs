@@ -1,0 +1,100 @@
+//! `POST /v1/dispatch` and `POST /v1/dispatch/batch`.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Query, State};
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use utoipa::IntoParams;
+
+use super::AppState;
+use super::error::{ApiError, ErrorBody};
+use super::json;
+use crate::action::{self, Action};
+use crate::outcome::ActionOutcome;
+
+/// Largest batch accepted.
+pub const MAX_BATCH: usize = 1000;
+
+/// Batch items dispatched at once.
+const BATCH_CONCURRENCY: usize = 64;
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct DispatchParams {
+    /// Evaluate rules and report the verdict without side effects.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+fn parse_action(bytes: &[u8], what: &str, app: &AppState) -> Result<Action, ApiError> {
+    let action: Action = json::parse(bytes, what).inspect_err(|_| app.gateway.metrics.bad_requests.with_label_values(&["invalid_json"]).inc())?;
+    action::validate(&action).map_err(|m| {
+        app.gateway.metrics.bad_requests.with_label_values(&["invalid_action"]).inc();
+        ApiError::invalid(format!("invalid {what}: {m}"))
+    })?;
+    Ok(action)
+}
+
+/// Dispatch one action.
+#[utoipa::path(post, path = "/v1/dispatch", params(DispatchParams), request_body = Action,
+    responses((status = 200, body = ActionOutcome), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn dispatch(
+    State(app): State<Arc<AppState>>,
+    Query(params): Query<DispatchParams>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<ActionOutcome>, ApiError> {
+    let bytes = json::body(body, app.body_limit)?;
+    let action = parse_action(&bytes, "action", &app)?;
+    Ok(Json(app.gateway.dispatch(action, params.dry_run).await?))
+}
+
+/// One batch result: an outcome, or an error for that item.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum BatchItem {
+    Outcome(ActionOutcome),
+    Error { error: String, code: &'static str, message: String, retryable: bool },
+}
+
+impl From<ApiError> for BatchItem {
+    fn from(e: ApiError) -> BatchItem {
+        let b = e.body();
+        BatchItem::Error { error: b.error, code: b.code, message: b.message, retryable: b.retryable }
+    }
+}
+
+/// Dispatch up to 1000 actions; results come back in request order.
+#[utoipa::path(post, path = "/v1/dispatch/batch", params(DispatchParams), request_body = Vec<Action>,
+    responses((status = 200, body = Vec<BatchItem>), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody)))]
+pub async fn dispatch_batch(
+    State(app): State<Arc<AppState>>,
+    Query(params): Query<DispatchParams>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Vec<BatchItem>>, ApiError> {
+    let bytes = json::body(body, app.body_limit)?;
+    let items: Vec<Box<RawValue>> = json::parse(&bytes, "batch (expected a JSON array of actions)")?;
+    if items.len() > MAX_BATCH {
+        app.gateway.metrics.bad_requests.with_label_values(&["batch_too_large"]).inc();
+        return Err(ApiError::invalid(format!("batch has {} actions; the limit is {MAX_BATCH}", items.len())));
+    }
+    let app = &app;
+    let results: Vec<BatchItem> = futures::stream::iter(items.into_iter().enumerate())
+        .map(|(i, raw)| async move {
+            let action = match parse_action(raw.get().as_bytes(), &format!("action [{i}]"), app) {
+                Ok(a) => a,
+                Err(e) => return BatchItem::from(e),
+            };
+            match app.gateway.dispatch(action, params.dry_run).await {
+                Ok(o) => BatchItem::Outcome(o),
+                Err(e) => BatchItem::from(ApiError::from(e)),
+            }
+        })
+        .buffered(BATCH_CONCURRENCY)
+        .collect()
+        .await;
+    Ok(Json(results))
+}

@@ -1,0 +1,65 @@
+//! Errors as HTTP responses: `{"error", "code", "message", "retryable"}` — `error` for
+//! Acteon's server clients, `code`/`message`/`retryable` for its SDKs.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::pipeline::DispatchError;
+
+/// Body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: String,
+    pub code: &'static str,
+    pub message: String,
+    pub retryable: bool,
+}
+
+/// An error with its status.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn invalid(message: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::BAD_REQUEST, code: "INVALID_REQUEST", message: message.into() }
+    }
+
+    pub fn too_large(message: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::PAYLOAD_TOO_LARGE, code: "PAYLOAD_TOO_LARGE", message: message.into() }
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::SERVICE_UNAVAILABLE, code: "UNAVAILABLE", message: message.into() }
+    }
+
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: self.message.clone(),
+            code: self.code,
+            message: self.message.clone(),
+            retryable: self.status == StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+impl From<DispatchError> for ApiError {
+    fn from(e: DispatchError) -> ApiError {
+        match e {
+            DispatchError::UnknownProvider { .. } => ApiError::invalid(format!("provider: {e}")),
+            DispatchError::State(e) => ApiError::unavailable(e.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body())).into_response()
+    }
+}

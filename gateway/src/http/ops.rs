@@ -1,0 +1,118 @@
+//! Health, readiness, metrics, and configuration inspection.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use serde::Serialize;
+use serde_json::json;
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::error::{ApiError, ErrorBody};
+
+/// Process is alive.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "alive")))]
+pub async fn healthz() -> impl IntoResponse {
+    Json(json!({"status": "ok"}))
+}
+
+/// Ready to serve: a configuration is loaded and the state backend answers.
+#[utoipa::path(get, path = "/readyz", responses((status = 200, description = "ready"), (status = 503, body = ErrorBody)))]
+pub async fn readyz(State(app): State<Arc<AppState>>) -> Result<impl IntoResponse, ApiError> {
+    let gw = &app.gateway;
+    match tokio::time::timeout(gw.options.state_timeout, gw.state.ping()).await {
+        Ok(Ok(())) => Ok(Json(json!({"status": "ready", "snapshot_version": gw.config.load().snapshot.version}))),
+        Ok(Err(e)) => Err(ApiError::unavailable(e.to_string())),
+        Err(_) => Err(ApiError::unavailable(format!("state backend did not answer within {:?}", gw.options.state_timeout))),
+    }
+}
+
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format")))]
+pub async fn metrics(State(app): State<Arc<AppState>>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.gateway.metrics.render())
+}
+
+/// A rule as listed by `GET /v1/rules`.
+#[derive(Serialize, ToSchema)]
+pub struct RuleInfo {
+    pub name: String,
+    /// `null` for rules shared by all namespaces.
+    pub namespace: Option<String>,
+    pub priority: i32,
+    pub description: Option<String>,
+    pub enabled: bool,
+    /// The action's `type`.
+    pub action: String,
+    pub source: String,
+}
+
+/// The rules of the served configuration, in evaluation order.
+#[utoipa::path(get, path = "/v1/rules", responses((status = 200, body = Vec<RuleInfo>)))]
+pub async fn rules(State(app): State<Arc<AppState>>) -> Json<Vec<RuleInfo>> {
+    let rt = app.gateway.config.load();
+    let mut out: Vec<RuleInfo> = rt
+        .snapshot
+        .rules
+        .iter()
+        .map(|e| RuleInfo {
+            name: e.name.clone(),
+            namespace: e.namespace.clone(),
+            priority: e.spec.priority,
+            description: e.spec.description.clone(),
+            enabled: e.spec.enabled,
+            action: e.spec.action.type_name().to_owned(),
+            source: e.source.clone(),
+        })
+        .collect();
+    out.sort_by(|a, b| (a.priority, &a.namespace, &a.name).cmp(&(b.priority, &b.namespace, &b.name)));
+    Json(out)
+}
+
+/// Summary of the served configuration.
+#[derive(Serialize, ToSchema)]
+pub struct ConfigInfo {
+    pub version: u64,
+    pub digest: String,
+    pub state_backend: String,
+    pub rules: usize,
+    pub enabled_rules: usize,
+    /// Rules with no equality constraint to index on: every dispatch looks at them.
+    pub unindexed_rules: usize,
+    pub providers: Vec<String>,
+    pub chains: Vec<String>,
+    pub state_machines: Vec<String>,
+    pub quotas: Vec<String>,
+}
+
+fn qualified<S>(entries: &[acteon_api::Entry<S>]) -> Vec<String> {
+    entries
+        .iter()
+        .map(|e| match &e.namespace {
+            Some(ns) => format!("{ns}/{}", e.name),
+            None => e.name.clone(),
+        })
+        .collect()
+}
+
+/// What the gateway serves: snapshot version and contents.
+#[utoipa::path(get, path = "/v1/config", responses((status = 200, body = ConfigInfo)))]
+pub async fn config(State(app): State<Arc<AppState>>) -> Json<ConfigInfo> {
+    let rt = app.gateway.config.load();
+    let s = &rt.snapshot;
+    Json(ConfigInfo {
+        version: s.version,
+        digest: s.digest.clone(),
+        state_backend: app.gateway.state.kind().to_owned(),
+        rules: s.rules.len(),
+        enabled_rules: rt.rules.len(),
+        unindexed_rules: rt.rules.unindexed(),
+        providers: qualified(&s.providers),
+        chains: qualified(&s.chains),
+        state_machines: qualified(&s.state_machines),
+        quotas: qualified(&s.quotas),
+    })
+}

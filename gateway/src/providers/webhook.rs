@@ -1,0 +1,115 @@
+//! The `webhook` provider: the payload as a JSON body to a URL.
+//!
+//! Each attempt has the provider's timeout. Connect errors, timeouts and 5xx answers are
+//! retried with exponential backoff (with jitter) up to `retry.maxAttempts`; any other
+//! non-2xx answer fails at once. A non-2xx answer is never reported as success.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use acteon_api::crd::ProviderSpec;
+use acteon_api::crd::provider::WebhookProvider as WebhookSpec;
+use async_trait::async_trait;
+use backon::{ExponentialBuilder, Retryable};
+use reqwest::Method;
+use serde_json::Value;
+
+use super::{Provider, ProviderError, Retry};
+use crate::action::Action;
+use crate::outcome::ProviderResponse;
+
+pub struct WebhookProvider {
+    url: String,
+    method: Method,
+    headers: Vec<(String, String)>,
+    timeout: Duration,
+    retry: Retry,
+    http: reqwest::Client,
+}
+
+/// One attempt's failure, and whether another attempt may help.
+struct Attempt {
+    code: &'static str,
+    message: String,
+    retryable: bool,
+}
+
+impl WebhookProvider {
+    pub fn new(w: &WebhookSpec, spec: &ProviderSpec, http: reqwest::Client) -> WebhookProvider {
+        WebhookProvider {
+            url: w.url.clone(),
+            method: w.method.as_deref().and_then(|m| Method::from_bytes(m.to_ascii_uppercase().as_bytes()).ok()).unwrap_or(Method::POST),
+            headers: w.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            timeout: Duration::from_secs(spec.timeout_seconds.unwrap_or(10)),
+            retry: Retry::from_spec(spec),
+            http,
+        }
+    }
+
+    async fn attempt(&self, a: &Action) -> Result<ProviderResponse, Attempt> {
+        let mut req = self
+            .http
+            .request(self.method.clone(), &self.url)
+            .timeout(self.timeout)
+            .header("x-acteon-action-id", &a.id)
+            .header("x-acteon-namespace", &a.namespace)
+            .header("x-acteon-tenant", &a.tenant)
+            .header("x-acteon-action-type", &a.action_type)
+            .json(&a.payload);
+        for (k, v) in &self.headers {
+            req = req.header(k, v);
+        }
+        let resp = req.send().await.map_err(|e| Attempt {
+            code: if e.is_timeout() { "TIMEOUT" } else { "CONNECTION" },
+            message: format!("{} {}: {e}", self.method, self.url),
+            retryable: e.is_timeout() || e.is_connect() || e.is_request(),
+        })?;
+        let status = resp.status();
+        let headers: HashMap<String, String> = resp
+            .headers()
+            .iter()
+            .filter(|(k, _)| k.as_str() == "content-type" || k.as_str().starts_with("x-"))
+            .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.to_string(), v.to_owned())))
+            .collect();
+        let bytes = resp.bytes().await.map_err(|e| Attempt { code: "CONNECTION", message: e.to_string(), retryable: true })?;
+        let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        if !status.is_success() {
+            return Err(Attempt {
+                code: if status.is_server_error() { "HTTP_5XX" } else { "HTTP_4XX" },
+                message: format!("{} {} answered {status}: {}", self.method, self.url, truncate(&body.to_string(), 300)),
+                retryable: status.is_server_error() || status.as_u16() == 429,
+            });
+        }
+        let mut r = ProviderResponse::success(body);
+        r.headers = headers;
+        Ok(r)
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+#[async_trait]
+impl Provider for WebhookProvider {
+    async fn execute(&self, a: &Action) -> Result<ProviderResponse, ProviderError> {
+        let attempts = std::sync::atomic::AtomicU32::new(0);
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(self.retry.initial_backoff)
+            .with_max_delay(self.retry.max_backoff)
+            .with_max_times(self.retry.max_attempts.saturating_sub(1) as usize)
+            .with_jitter();
+        let result = (|| {
+            attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.attempt(a)
+        })
+        .retry(backoff)
+        .when(|e: &Attempt| e.retryable)
+        .await;
+        let attempts = attempts.load(std::sync::atomic::Ordering::Relaxed);
+        result.map_err(|e| ProviderError::new(e.code, e.message, e.retryable, attempts))
+    }
+}
