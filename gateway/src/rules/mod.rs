@@ -228,6 +228,17 @@ impl RuleSet {
 
     /// Runs the rules over `action` at time `now`.
     pub fn evaluate(&self, action: &Action, now: DateTime<Utc>) -> Evaluation {
+        self.evaluate_candidates(action, now, self.index.candidates(action))
+    }
+
+    /// Like [`RuleSet::evaluate`] but looks at every rule: the reference the index is
+    /// tested against.
+    #[doc(hidden)]
+    pub fn evaluate_without_index(&self, action: &Action, now: DateTime<Utc>) -> Evaluation {
+        self.evaluate_candidates(action, now, (0..self.rules.len() as u32).collect())
+    }
+
+    fn evaluate_candidates(&self, action: &Action, now: DateTime<Utc>, candidates: index::Candidates) -> Evaluation {
         let mut payload: Cow<'_, Value> = Cow::Borrowed(&action.payload);
         let mut eval = Evaluation {
             payload: None,
@@ -236,7 +247,7 @@ impl RuleSet {
             matched: SmallVec::new(),
             errors: SmallVec::new(),
         };
-        for pos in self.index.candidates(action) {
+        for pos in candidates {
             let rule = &self.rules[pos as usize];
             if rule.namespace.as_deref().is_some_and(|ns| ns != action.namespace) {
                 continue;

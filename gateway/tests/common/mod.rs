@@ -1,0 +1,149 @@
+//! Helpers shared by the integration tests: the real gateway binary on a free port, an
+//! in-process gateway built from YAML, and a recording HTTP server for webhook targets.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use acteon_api::compile::{CompileOptions, compile, parse_text};
+use acteon_gateway::config::{LiveConfig, Runtime};
+use acteon_gateway::metrics::Metrics;
+use acteon_gateway::pipeline::{Gateway, GatewayOptions};
+use acteon_gateway::state::MemoryStore;
+use parking_lot::Mutex;
+use serde_json::Value;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A gateway compiled from YAML documents, in process, on the memory backend.
+pub fn gateway(yaml: &str) -> Gateway {
+    let docs = parse_text("test.yaml", yaml).unwrap_or_else(|e| panic!("test YAML does not parse: {e:?}"));
+    let compiled = compile(&docs, &CompileOptions::default());
+    assert!(compiled.rejections.is_empty(), "test config rejected: {:?}", compiled.rejections);
+    let runtime = Runtime::build(compiled.snapshot, &reqwest::Client::new()).expect("runtime builds");
+    Gateway {
+        config: LiveConfig::new(runtime),
+        state: Arc::new(MemoryStore::new()),
+        metrics: Arc::new(Metrics::new()),
+        options: GatewayOptions::default(),
+    }
+}
+
+/// An action as JSON, parsed into the gateway's type.
+pub fn action(v: Value) -> acteon_gateway::action::Action {
+    serde_json::from_value(v).expect("test action parses")
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// The gateway binary, running until dropped.
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+}
+
+impl Server {
+    /// Starts `acteon-gateway serve` with extra arguments and waits for `/healthz`.
+    pub fn start(args: &[&str]) -> Server {
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let child = Command::new(env!("CARGO_BIN_EXE_acteon-gateway"))
+            .current_dir(repo_root())
+            .arg("serve")
+            .args(["--listen", &listen])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("gateway binary starts");
+        let server = Server { child, base: format!("http://{listen}") };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&listen).is_err() {
+            assert!(Instant::now() < deadline, "gateway did not listen on {listen}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One request a [`Recorder`] received.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub path: String,
+    pub headers: axum::http::HeaderMap,
+    pub body: Value,
+}
+
+/// A local HTTP server that records requests and answers with a configurable status/delay.
+#[derive(Clone)]
+pub struct Recorder {
+    pub addr: SocketAddr,
+    pub requests: Arc<Mutex<Vec<Recorded>>>,
+    /// Statuses to answer in order; when empty, 200.
+    pub script: Arc<Mutex<Vec<u16>>>,
+    pub delay: Arc<Mutex<Duration>>,
+}
+
+impl Recorder {
+    pub async fn start() -> Recorder {
+        use axum::extract::State;
+        use axum::http::{HeaderMap, StatusCode, Uri};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind recorder");
+        let rec = Recorder {
+            addr: listener.local_addr().expect("addr"),
+            requests: Arc::default(),
+            script: Arc::default(),
+            delay: Arc::new(Mutex::new(Duration::ZERO)),
+        };
+        async fn handle(State(rec): State<Recorder>, uri: Uri, headers: HeaderMap, body: axum::body::Bytes) -> (StatusCode, String) {
+            let delay = *rec.delay.lock();
+            tokio::time::sleep(delay).await;
+            let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            rec.requests.lock().push(Recorded { path: uri.path().to_owned(), headers, body });
+            let status = {
+                let mut script = rec.script.lock();
+                if script.is_empty() { 200 } else { script.remove(0) }
+            };
+            (StatusCode::from_u16(status).unwrap_or(StatusCode::OK), r#"{"ok":true}"#.to_owned())
+        }
+        let app = axum::Router::new().fallback(handle).with_state(rec.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        rec
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn count(&self) -> usize {
+        self.requests.lock().len()
+    }
+}
