@@ -22,7 +22,11 @@ pub fn body(result: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes
 pub fn parse<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
+        let mut path = e.path().to_string();
+        if path.len() > 80 {
+            // Deeply nested input: the start of the path is enough to find it.
+            path = format!("{}…", &path[..path.floor_char_boundary(80)]);
+        }
         let inner = e.into_inner();
         let kind = match inner.classify() {
             serde_json::error::Category::Syntax | serde_json::error::Category::Eof => "malformed JSON",
