@@ -18,10 +18,22 @@ pub enum Condition {
     All(Vec<Condition>),
     Any(Vec<Condition>),
     Not(Box<Condition>),
-    Field { field: String, op: FieldOp },
-    StateSeen { key: String, within_seconds: Option<u64> },
-    StateCounter { key: String, op: FieldOp },
-    Call { function: String, args: Vec<Value> },
+    Field {
+        field: String,
+        op: FieldOp,
+    },
+    StateSeen {
+        key: String,
+        within_seconds: Option<u64>,
+    },
+    StateCounter {
+        key: String,
+        op: FieldOp,
+    },
+    Call {
+        function: String,
+        args: Vec<Value>,
+    },
 }
 
 /// A comparison applied to a field or counter value.
@@ -191,7 +203,10 @@ fn err(msg: impl Into<String>) -> ConditionError {
 fn field_check(field: String, ops: Vec<FieldOp>) -> Condition {
     let mut checks: Vec<Condition> = ops
         .into_iter()
-        .map(|op| Condition::Field { field: field.clone(), op })
+        .map(|op| Condition::Field {
+            field: field.clone(),
+            op,
+        })
         .collect();
     if checks.len() == 1 {
         checks.remove(0)
@@ -207,9 +222,14 @@ impl TryFrom<RawCondition> for Condition {
         let kinds = raw.kinds_present();
         if kinds.len() != 1 {
             return Err(if kinds.is_empty() {
-                err("a condition needs one of `all`, `any`, `not`, `field`, `stateSeen`, `stateCounter` or `call`")
+                err(
+                    "a condition needs one of `all`, `any`, `not`, `field`, `stateSeen`, `stateCounter` or `call`",
+                )
             } else {
-                err(format!("a condition has exactly one of `all`, `any`, `not`, `field`, `stateSeen`, `stateCounter`, `call`; found {}", kinds.join(", ")))
+                err(format!(
+                    "a condition has exactly one of `all`, `any`, `not`, `field`, `stateSeen`, `stateCounter`, `call`; found {}",
+                    kinds.join(", ")
+                ))
             });
         }
         let ops = raw.take_ops();
@@ -219,12 +239,17 @@ impl TryFrom<RawCondition> for Condition {
             if ops.is_empty() {
                 Ok(())
             } else {
-                Err(err(format!("operator `{}` is not allowed next to `{what}`", ops[0].name())))
+                Err(err(format!(
+                    "operator `{}` is not allowed next to `{what}`",
+                    ops[0].name()
+                )))
             }
         };
         let one_op = |what: &str, ops: Vec<FieldOp>| -> Result<Vec<FieldOp>, ConditionError> {
             if ops.is_empty() {
-                Err(err(format!("`{what}` needs an operator: one of eq, ne, gt, gte, lt, lte, contains, startsWith, endsWith, matches, inList, exists")))
+                Err(err(format!(
+                    "`{what}` needs an operator: one of eq, ne, gt, gte, lt, lte, contains, startsWith, endsWith, matches, inList, exists"
+                )))
             } else {
                 Ok(ops)
             }
@@ -252,18 +277,27 @@ impl TryFrom<RawCondition> for Condition {
         }
         if let Some(key) = raw.state_seen {
             no_ops("stateSeen")?;
-            return Ok(Condition::StateSeen { key, within_seconds: within });
+            return Ok(Condition::StateSeen {
+                key,
+                within_seconds: within,
+            });
         }
         if let Some(key) = raw.state_counter {
             let mut ops = one_op("stateCounter", ops)?;
             if ops.len() > 1 {
                 return Err(err("`stateCounter` takes exactly one operator"));
             }
-            return Ok(Condition::StateCounter { key, op: ops.remove(0) });
+            return Ok(Condition::StateCounter {
+                key,
+                op: ops.remove(0),
+            });
         }
         let function = raw.call.unwrap_or_default();
         no_ops("call")?;
-        Ok(Condition::Call { function, args: args.unwrap_or_default() })
+        Ok(Condition::Call {
+            function,
+            args: args.unwrap_or_default(),
+        })
     }
 }
 
@@ -278,7 +312,10 @@ impl From<Condition> for RawCondition {
                 raw.field = Some(field);
                 raw.set_op(op);
             }
-            Condition::StateSeen { key, within_seconds } => {
+            Condition::StateSeen {
+                key,
+                within_seconds,
+            } => {
                 raw.state_seen = Some(key);
                 raw.within_seconds = within_seconds;
             }
@@ -333,16 +370,34 @@ mod tests {
     #[test]
     fn two_operators_on_one_field_mean_both() {
         let cond = parse(json!({"field": "action.payload.v", "gt": 1, "lt": 5})).unwrap();
-        let Condition::All(parts) = cond else { panic!("expected all") };
+        let Condition::All(parts) = cond else {
+            panic!("expected all")
+        };
         assert_eq!(parts.len(), 2);
     }
 
     #[test]
     fn errors_name_the_problem() {
-        assert!(parse(json!({"field": "x"})).unwrap_err().contains("needs an operator"));
-        assert!(parse(json!({"field": "x", "all": []})).unwrap_err().contains("found all, field"));
-        assert!(parse(json!({"field": "x", "equals": 1})).unwrap_err().contains("unknown field `equals`"));
-        assert!(parse(json!({"all": [], "eq": 1})).unwrap_err().contains("`eq` is not allowed"));
+        assert!(
+            parse(json!({"field": "x"}))
+                .unwrap_err()
+                .contains("needs an operator")
+        );
+        assert!(
+            parse(json!({"field": "x", "all": []}))
+                .unwrap_err()
+                .contains("found all, field")
+        );
+        assert!(
+            parse(json!({"field": "x", "equals": 1}))
+                .unwrap_err()
+                .contains("unknown field `equals`")
+        );
+        assert!(
+            parse(json!({"all": [], "eq": 1}))
+                .unwrap_err()
+                .contains("`eq` is not allowed")
+        );
         assert!(parse(json!({})).unwrap_err().contains("needs one of"));
     }
 }

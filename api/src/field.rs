@@ -70,7 +70,9 @@ impl FieldPath {
         };
         let simple = |f: FieldPath| match tail {
             None => Ok(f),
-            Some(_) => Err(FieldPathError(format!("`{path}`: `{head}` is a string and has no sub-fields"))),
+            Some(_) => Err(FieldPathError(format!(
+                "`{path}`: `{head}` is a string and has no sub-fields"
+            ))),
         };
         match head {
             "namespace" => simple(FieldPath::Namespace),
@@ -82,11 +84,14 @@ impl FieldPath {
             "fingerprint" => simple(FieldPath::Fingerprint),
             "dedup_key" => simple(FieldPath::DedupKey),
             "payload" => Ok(FieldPath::Payload(
-                tail.map(|t| t.split('.').map(str::to_owned).collect()).unwrap_or_default(),
+                tail.map(|t| t.split('.').map(str::to_owned).collect())
+                    .unwrap_or_default(),
             )),
             "metadata" => match tail {
                 Some(key) if !key.is_empty() => Ok(FieldPath::Metadata(key.to_owned())),
-                _ => Err(FieldPathError(format!("`{path}`: metadata needs a key, e.g. action.metadata.cluster"))),
+                _ => Err(FieldPathError(format!(
+                    "`{path}`: metadata needs a key, e.g. action.metadata.cluster"
+                ))),
             },
             _ => Err(FieldPathError(format!(
                 "unknown field path `{path}` (known: action.namespace, action.tenant, action.provider, action.action_type, action.id, action.status, action.fingerprint, action.dedup_key, action.payload.*, action.metadata.*, time.*)"
@@ -96,7 +101,10 @@ impl FieldPath {
 
     /// The fields a rule index can key on.
     pub fn is_indexable(&self) -> bool {
-        matches!(self, FieldPath::Namespace | FieldPath::Tenant | FieldPath::Provider | FieldPath::ActionType)
+        matches!(
+            self,
+            FieldPath::Namespace | FieldPath::Tenant | FieldPath::Provider | FieldPath::ActionType
+        )
     }
 }
 
@@ -124,18 +132,43 @@ mod tests {
 
     #[test]
     fn paths_parse() {
-        assert_eq!(FieldPath::parse("action.tenant").unwrap(), FieldPath::Tenant);
-        assert_eq!(FieldPath::parse("action_type").unwrap(), FieldPath::ActionType);
+        assert_eq!(
+            FieldPath::parse("action.tenant").unwrap(),
+            FieldPath::Tenant
+        );
+        assert_eq!(
+            FieldPath::parse("action_type").unwrap(),
+            FieldPath::ActionType
+        );
         assert_eq!(
             FieldPath::parse("action.payload.a.b").unwrap(),
             FieldPath::Payload(vec!["a".into(), "b".into()])
         );
-        assert_eq!(FieldPath::parse("payload.floor").unwrap(), FieldPath::Payload(vec!["floor".into()]));
-        assert_eq!(FieldPath::parse("metadata.cluster").unwrap(), FieldPath::Metadata("cluster".into()));
-        assert_eq!(FieldPath::parse("time.weekday").unwrap(), FieldPath::Time(TimeField::Weekday));
+        assert_eq!(
+            FieldPath::parse("payload.floor").unwrap(),
+            FieldPath::Payload(vec!["floor".into()])
+        );
+        assert_eq!(
+            FieldPath::parse("metadata.cluster").unwrap(),
+            FieldPath::Metadata("cluster".into())
+        );
+        assert_eq!(
+            FieldPath::parse("time.weekday").unwrap(),
+            FieldPath::Time(TimeField::Weekday)
+        );
         assert!(FieldPath::parse("action.tenant.x").is_err());
-        assert!(FieldPath::parse("time.century").unwrap_err().0.contains("unknown time field"));
-        assert!(FieldPath::parse("bogus").unwrap_err().0.contains("unknown field path `bogus`"));
+        assert!(
+            FieldPath::parse("time.century")
+                .unwrap_err()
+                .0
+                .contains("unknown time field")
+        );
+        assert!(
+            FieldPath::parse("bogus")
+                .unwrap_err()
+                .0
+                .contains("unknown field path `bogus`")
+        );
         assert!(FieldPath::parse("action.metadata").is_err());
     }
 }

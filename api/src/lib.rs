@@ -1,6 +1,9 @@
 //! Types shared by the Acteon operator and gateway: the custom resources, the condition
 //! grammar, Acteon rule files, and the one compile path from documents to a [`Snapshot`].
 
+// Compile errors carry file, object and field for the user; they are on the cold path.
+#![allow(clippy::result_large_err)]
+
 pub mod compile;
 pub mod condition;
 pub mod crd;

@@ -35,7 +35,9 @@ impl KeyTemplate {
             rest = &after[end + 2..];
         }
         if rest.contains("}}") {
-            return Err(FieldPathError(format!("`}}}}` without `{{{{` in template `{src}`")));
+            return Err(FieldPathError(format!(
+                "`}}}}` without `{{{{` in template `{src}`"
+            )));
         }
         if !rest.is_empty() {
             parts.push(TemplatePart::Literal(rest.to_owned()));
@@ -68,7 +70,12 @@ mod tests {
     #[test]
     fn rejects_bad_templates() {
         assert!(KeyTemplate::parse("{{action.nope}}").is_err());
-        assert!(KeyTemplate::parse("{{action.tenant").unwrap_err().0.contains("unclosed"));
+        assert!(
+            KeyTemplate::parse("{{action.tenant")
+                .unwrap_err()
+                .0
+                .contains("unclosed")
+        );
         assert!(KeyTemplate::parse("").is_err());
     }
 }

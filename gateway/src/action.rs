@@ -22,7 +22,11 @@ pub struct Action {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_at: Option<DateTime<Utc>>,
     /// Flat string map; `{"labels": {…}}` (Acteon's Python SDK) is accepted too.
-    #[serde(default, deserialize_with = "metadata", skip_serializing_if = "HashMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "metadata",
+        skip_serializing_if = "HashMap::is_empty"
+    )]
     pub metadata: HashMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dedup_key: Option<String>,
@@ -45,7 +49,9 @@ fn metadata<'de, D: Deserializer<'de>>(d: D) -> Result<HashMap<String, String>, 
         Some(v) => match serde_json::from_value::<MetadataForm>(v) {
             Ok(MetadataForm::Labels { labels }) => Ok(labels),
             Ok(MetadataForm::Flat(map)) => Ok(map),
-            Err(_) => Err(serde::de::Error::custom("metadata must be a map of strings to strings (or {\"labels\": {...}})")),
+            Err(_) => Err(serde::de::Error::custom(
+                "metadata must be a map of strings to strings (or {\"labels\": {...}})",
+            )),
         },
     }
 }
@@ -87,7 +93,8 @@ mod tests {
 
     #[test]
     fn metadata_forms() {
-        let base = json!({"namespace":"n","tenant":"t","provider":"p","action_type":"a","payload":{}});
+        let base =
+            json!({"namespace":"n","tenant":"t","provider":"p","action_type":"a","payload":{}});
         let mut flat = base.clone();
         flat["metadata"] = json!({"cluster": "c1"});
         let mut labels = base.clone();
@@ -98,7 +105,12 @@ mod tests {
         }
         let mut bad = base.clone();
         bad["metadata"] = json!({"n": 1});
-        assert!(serde_json::from_value::<Action>(bad).unwrap_err().to_string().contains("metadata must be"));
+        assert!(
+            serde_json::from_value::<Action>(bad)
+                .unwrap_err()
+                .to_string()
+                .contains("metadata must be")
+        );
     }
 
     #[test]

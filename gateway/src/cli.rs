@@ -85,7 +85,10 @@ pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         None => serve_blocking(ServeArgs::default()),
         Some(Command::Serve(args)) => serve_blocking(args),
-        Some(Command::Validate { paths, shared_namespace }) => validate(&paths, shared_namespace),
+        Some(Command::Validate {
+            paths,
+            shared_namespace,
+        }) => validate(&paths, shared_namespace),
         Some(Command::Convert { file, namespace }) => convert(&file, namespace.as_deref()),
     }
 }
@@ -137,14 +140,22 @@ fn convert(file: &PathBuf, namespace: Option<&str>) -> ExitCode {
 }
 
 fn init_tracing(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 fn serve_blocking(args: ServeArgs) -> ExitCode {
     init_tracing(args.log_json);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -167,8 +178,13 @@ fn state_backend(url: &str) -> anyhow::Result<Arc<dyn StateStore>> {
             store.start_sweeper(Duration::from_secs(10));
             Ok(store)
         }
-        u if u.starts_with("redis://") || u.starts_with("postgres://") || u.starts_with("postgresql://") => {
-            anyhow::bail!("--state {u}: the Redis and Postgres backends are not in this build yet; use --state memory")
+        u if u.starts_with("redis://")
+            || u.starts_with("postgres://")
+            || u.starts_with("postgresql://") =>
+        {
+            anyhow::bail!(
+                "--state {u}: the Redis and Postgres backends are not in this build yet; use --state memory"
+            )
         }
         other => anyhow::bail!("--state `{other}`: expected memory, redis://… or postgres://…"),
     }
@@ -176,12 +192,20 @@ fn state_backend(url: &str) -> anyhow::Result<Arc<dyn StateStore>> {
 
 /// Loads the configuration, binds, and serves until SIGINT/SIGTERM, then drains.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let opts = CompileOptions { shared_namespace: args.shared_namespace.clone() };
+    let opts = CompileOptions {
+        shared_namespace: args.shared_namespace.clone(),
+    };
     let snapshot = compile::compile_paths(&args.config, &opts).map_err(|errors| {
         let lines: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
-        anyhow::anyhow!("the configuration has {} problem(s):\n{}", errors.len(), lines.join("\n"))
+        anyhow::anyhow!(
+            "the configuration has {} problem(s):\n{}",
+            errors.len(),
+            lines.join("\n")
+        )
     })?;
-    let http_client = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
+    let http_client = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()?;
     let metrics = Arc::new(Metrics::new());
     metrics.config_version.set(snapshot.version as i64);
     let runtime = Runtime::build(snapshot, &http_client)?;
@@ -197,10 +221,18 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config: LiveConfig::new(runtime),
         state: state_backend(&args.state)?,
         metrics,
-        options: GatewayOptions { state_timeout: Duration::from_millis(args.state_timeout_ms), default_deny: args.default_deny },
+        options: GatewayOptions {
+            state_timeout: Duration::from_millis(args.state_timeout_ms),
+            default_deny: args.default_deny,
+        },
     });
-    let app = http::router(Arc::new(AppState { gateway, body_limit: args.body_limit }));
-    let listener = tokio::net::TcpListener::bind(args.listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
+    let app = http::router(Arc::new(AppState {
+        gateway,
+        body_limit: args.body_limit,
+    }));
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
     tracing::info!(addr = %listener.local_addr()?, "listening");
     let drain = Duration::from_secs(args.shutdown_timeout);
     let server = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal());

@@ -32,10 +32,16 @@ pub struct QuotaRule {
 impl QuotaRule {
     /// Whether this quota counts `action` when delivered to `provider`.
     pub fn applies(&self, action: &Action, provider: &str) -> bool {
-        self.namespace.as_deref().is_none_or(|ns| ns == action.namespace)
+        self.namespace
+            .as_deref()
+            .is_none_or(|ns| ns == action.namespace)
             && self.spec.tenant == action.tenant
             && self.spec.provider.as_deref().is_none_or(|p| p == provider)
-            && self.spec.action_type.as_deref().is_none_or(|t| t == action.action_type)
+            && self
+                .spec
+                .action_type
+                .as_deref()
+                .is_none_or(|t| t == action.action_type)
     }
 
     pub fn blocks(&self) -> bool {
@@ -78,7 +84,9 @@ pub struct LiveConfig {
 
 impl LiveConfig {
     pub fn new(runtime: Runtime) -> LiveConfig {
-        LiveConfig { current: ArcSwap::from_pointee(runtime) }
+        LiveConfig {
+            current: ArcSwap::from_pointee(runtime),
+        }
     }
 
     /// The runtime for one dispatch (cheap; holds it for the dispatch's duration).

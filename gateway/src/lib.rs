@@ -2,12 +2,12 @@
 //! delivers them through providers, with shared state in a backend.
 
 pub mod action;
-pub mod outcome;
-pub mod rules;
-pub mod state;
+pub mod cli;
 pub mod config;
+pub mod http;
 pub mod metrics;
+pub mod outcome;
 pub mod pipeline;
 pub mod providers;
-pub mod http;
-pub mod cli;
+pub mod rules;
+pub mod state;

@@ -95,8 +95,18 @@ impl ActionOutcome {
         }
     }
 
-    pub fn failed(code: &str, message: impl Into<String>, retryable: bool, attempts: u32) -> ActionOutcome {
-        ActionOutcome::Failed(ActionError { code: code.to_owned(), message: message.into(), retryable, attempts })
+    pub fn failed(
+        code: &str,
+        message: impl Into<String>,
+        retryable: bool,
+        attempts: u32,
+    ) -> ActionOutcome {
+        ActionOutcome::Failed(ActionError {
+            code: code.to_owned(),
+            message: message.into(),
+            retryable,
+            attempts,
+        })
     }
 }
 
@@ -112,7 +122,11 @@ pub struct ProviderResponse {
 
 impl ProviderResponse {
     pub fn success(body: Value) -> ProviderResponse {
-        ProviderResponse { status: ResponseStatus::Success, body, headers: HashMap::new() }
+        ProviderResponse {
+            status: ResponseStatus::Success,
+            body,
+            headers: HashMap::new(),
+        }
     }
 }
 

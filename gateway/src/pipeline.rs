@@ -15,7 +15,11 @@ enum GateCheck {
     Passed,
     Stopped(ActionOutcome),
     /// Quota gate number `index` (among the quota gates) stopped it.
-    Quota { index: usize, used: u64, resets_in: Duration },
+    Quota {
+        index: usize,
+        used: u64,
+        resets_in: Duration,
+    },
 }
 use crate::metrics::Metrics;
 use crate::outcome::ActionOutcome;
@@ -33,7 +37,10 @@ pub struct GatewayOptions {
 
 impl Default for GatewayOptions {
     fn default() -> Self {
-        GatewayOptions { state_timeout: Duration::from_secs(2), default_deny: false }
+        GatewayOptions {
+            state_timeout: Duration::from_secs(2),
+            default_deny: false,
+        }
     }
 }
 
@@ -65,30 +72,61 @@ impl Gateway {
     /// Dispatches one action. Errors are for the caller to map (4xx / 503); every other
     /// result, failures of delivery included, is an outcome.
     #[tracing::instrument(level = "debug", skip_all, fields(ns = %action.namespace, tenant = %action.tenant, provider = %action.provider))]
-    pub async fn dispatch(&self, mut action: Action, dry_run: bool) -> Result<ActionOutcome, DispatchError> {
+    pub async fn dispatch(
+        &self,
+        mut action: Action,
+        dry_run: bool,
+    ) -> Result<ActionOutcome, DispatchError> {
         let started = Instant::now();
         action.complete();
         let rt = self.config.load();
-        if rt.providers.get(&action.namespace, &action.provider).is_none() {
-            self.metrics.bad_requests.with_label_values(&["unknown_provider"]).inc();
-            return Err(DispatchError::UnknownProvider { namespace: action.namespace, provider: action.provider });
+        if rt
+            .providers
+            .get(&action.namespace, &action.provider)
+            .is_none()
+        {
+            self.metrics
+                .bad_requests
+                .with_label_values(&["unknown_provider"])
+                .inc();
+            return Err(DispatchError::UnknownProvider {
+                namespace: action.namespace,
+                provider: action.provider,
+            });
         }
         let mut eval = rt.rules.evaluate(&action, Utc::now());
         self.record_rules(&rt, &eval);
         if let Some(p) = eval.payload.take() {
             action.payload = p;
         }
-        let outcome = if dry_run { self.dry_run(&rt, &action, &eval) } else { self.run(&rt, &action, &eval).await? };
+        let outcome = if dry_run {
+            self.dry_run(&rt, &action, &eval)
+        } else {
+            self.run(&rt, &action, &eval).await?
+        };
         let label = outcome.label();
-        let ns = if rt.providers.has_namespace(&action.namespace) { action.namespace.as_str() } else { "_shared" };
-        self.metrics.dispatches.with_label_values(&[label, ns, action.provider.as_str()]).inc();
-        self.metrics.dispatch_seconds.with_label_values(&[label]).observe(started.elapsed().as_secs_f64());
+        let ns = if rt.providers.has_namespace(&action.namespace) {
+            action.namespace.as_str()
+        } else {
+            "_shared"
+        };
+        self.metrics
+            .dispatches
+            .with_label_values(&[label, ns, action.provider.as_str()])
+            .inc();
+        self.metrics
+            .dispatch_seconds
+            .with_label_values(&[label])
+            .observe(started.elapsed().as_secs_f64());
         Ok(outcome)
     }
 
     fn record_rules(&self, rt: &Runtime, eval: &Evaluation) {
         for pos in &eval.matched {
-            self.metrics.rule_matches.with_label_values(&[&*rt.rules.rule(*pos).id]).inc();
+            self.metrics
+                .rule_matches
+                .with_label_values(&[&*rt.rules.rule(*pos).id])
+                .inc();
         }
         for (pos, err) in &eval.errors {
             let rule = rt.rules.rule(*pos);
@@ -98,7 +136,10 @@ impl Gateway {
                 crate::rules::condition::EvalError::Unsupported(_) => "unsupported",
                 crate::rules::condition::EvalError::Cel(_) => "cel",
             };
-            self.metrics.rule_errors.with_label_values(&[&*rule.id, reason]).inc();
+            self.metrics
+                .rule_errors
+                .with_label_values(&[&*rule.id, reason])
+                .inc();
             tracing::debug!(rule = %rule.id, error = %err, "rule evaluation failed; treated as not matching");
         }
     }
@@ -106,36 +147,75 @@ impl Gateway {
     fn dry_run(&self, rt: &Runtime, action: &Action, eval: &Evaluation) -> ActionOutcome {
         let name = |pos: u32| Some(rt.rules.rule(pos).name.clone());
         let (verdict, matched_rule, provider) = match eval.verdict {
-            Verdict::Execute { rule } if self.options.default_deny && rule.is_none() => ("deny", None, action.provider.clone()),
+            Verdict::Execute { rule } if self.options.default_deny && rule.is_none() => {
+                ("deny", None, action.provider.clone())
+            }
             Verdict::Execute { rule } => ("allow", rule.and_then(name), action.provider.clone()),
             Verdict::Deny { rule } => ("deny", name(rule), action.provider.clone()),
             Verdict::Suppress { rule } => ("suppress", name(rule), action.provider.clone()),
-            Verdict::Reroute { rule } => ("reroute", name(rule), reroute_target(rt, rule).to_owned()),
-            Verdict::NotImplemented { rule } => (effect_kind(rt, rule), name(rule), action.provider.clone()),
+            Verdict::Reroute { rule } => {
+                ("reroute", name(rule), reroute_target(rt, rule).to_owned())
+            }
+            Verdict::NotImplemented { rule } => {
+                (effect_kind(rt, rule), name(rule), action.provider.clone())
+            }
         };
-        ActionOutcome::DryRun { verdict: verdict.to_owned(), matched_rule, would_be_provider: provider }
+        ActionOutcome::DryRun {
+            verdict: verdict.to_owned(),
+            matched_rule,
+            would_be_provider: provider,
+        }
     }
 
-    async fn run(&self, rt: &Runtime, action: &Action, eval: &Evaluation) -> Result<ActionOutcome, DispatchError> {
+    async fn run(
+        &self,
+        rt: &Runtime,
+        action: &Action,
+        eval: &Evaluation,
+    ) -> Result<ActionOutcome, DispatchError> {
         let rule_name = |pos: u32| rt.rules.rule(pos).name.clone();
         let mut delivery = match eval.verdict {
             Verdict::NotImplemented { rule } => {
                 let kind = effect_kind(rt, rule);
-                return Ok(ActionOutcome::failed("NOT_IMPLEMENTED", format!("rule `{}`: action type `{kind}` is not implemented yet", rule_name(rule)), false, 0));
+                return Ok(ActionOutcome::failed(
+                    "NOT_IMPLEMENTED",
+                    format!(
+                        "rule `{}`: action type `{kind}` is not implemented yet",
+                        rule_name(rule)
+                    ),
+                    false,
+                    0,
+                ));
             }
             Verdict::Execute { rule: None } if self.options.default_deny => {
-                return Ok(ActionOutcome::Suppressed { rule: "default-deny".into() });
+                return Ok(ActionOutcome::Suppressed {
+                    rule: "default-deny".into(),
+                });
             }
-            Verdict::Execute { .. } => Delivery { provider: action.provider.clone(), rerouted: false, quotas: SmallVec::new() },
-            Verdict::Reroute { rule } => Delivery { provider: reroute_target(rt, rule).to_owned(), rerouted: true, quotas: SmallVec::new() },
+            Verdict::Execute { .. } => Delivery {
+                provider: action.provider.clone(),
+                rerouted: false,
+                quotas: SmallVec::new(),
+            },
+            Verdict::Reroute { rule } => Delivery {
+                provider: reroute_target(rt, rule).to_owned(),
+                rerouted: true,
+                quotas: SmallVec::new(),
+            },
             Verdict::Deny { rule } | Verdict::Suppress { rule } => {
                 if let GateCheck::Stopped(stop) = self.check_gates(eval, &[]).await? {
                     return Ok(stop);
                 }
-                return Ok(ActionOutcome::Suppressed { rule: rule_name(rule) });
+                return Ok(ActionOutcome::Suppressed {
+                    rule: rule_name(rule),
+                });
             }
         };
-        delivery.quotas = rt.quotas.iter().filter(|q| q.applies(action, &delivery.provider)).collect();
+        delivery.quotas = rt
+            .quotas
+            .iter()
+            .filter(|q| q.applies(action, &delivery.provider))
+            .collect();
         if let Some(stop) = self.check_quota_gates(action, eval, &mut delivery).await? {
             return Ok(stop);
         }
@@ -143,25 +223,50 @@ impl Gateway {
     }
 
     /// Applies the rule gates plus `quotas` (passed last) in one atomic call.
-    async fn check_gates(&self, eval: &Evaluation, quotas: &[Gate]) -> Result<GateCheck, DispatchError> {
-        let gates: SmallVec<[Gate; 4]> = eval.gates.iter().map(|g| g.gate.clone()).chain(quotas.iter().cloned()).collect();
+    async fn check_gates(
+        &self,
+        eval: &Evaluation,
+        quotas: &[Gate],
+    ) -> Result<GateCheck, DispatchError> {
+        let gates: SmallVec<[Gate; 4]> = eval
+            .gates
+            .iter()
+            .map(|g| g.gate.clone())
+            .chain(quotas.iter().cloned())
+            .collect();
         if gates.is_empty() {
             return Ok(GateCheck::Passed);
         }
         Ok(match self.apply_gates(&gates).await? {
             GateResult::Passed => GateCheck::Passed,
-            GateResult::Stopped { reason: GateStop::Duplicate, .. } => GateCheck::Stopped(ActionOutcome::Deduplicated),
-            GateResult::Stopped { reason: GateStop::Throttled { retry_after }, .. } => GateCheck::Stopped(ActionOutcome::Throttled { retry_after }),
-            GateResult::Stopped { index, reason: GateStop::QuotaExceeded { used, resets_in } } => {
-                GateCheck::Quota { index: index.saturating_sub(eval.gates.len()), used, resets_in }
-            }
+            GateResult::Stopped {
+                reason: GateStop::Duplicate,
+                ..
+            } => GateCheck::Stopped(ActionOutcome::Deduplicated),
+            GateResult::Stopped {
+                reason: GateStop::Throttled { retry_after },
+                ..
+            } => GateCheck::Stopped(ActionOutcome::Throttled { retry_after }),
+            GateResult::Stopped {
+                index,
+                reason: GateStop::QuotaExceeded { used, resets_in },
+            } => GateCheck::Quota {
+                index: index.saturating_sub(eval.gates.len()),
+                used,
+                resets_in,
+            },
         })
     }
 
     /// Rule gates and quota gates together. A quota whose overage is `warn` or `degrade`
     /// does not stop the action: it is dropped from the check (and for `degrade` the action
     /// goes to the fallback provider), and the remaining gates are checked again.
-    async fn check_quota_gates(&self, action: &Action, eval: &Evaluation, delivery: &mut Delivery<'_>) -> Result<Option<ActionOutcome>, DispatchError> {
+    async fn check_quota_gates(
+        &self,
+        action: &Action,
+        eval: &Evaluation,
+        delivery: &mut Delivery<'_>,
+    ) -> Result<Option<ActionOutcome>, DispatchError> {
         loop {
             let quota_gates: SmallVec<[Gate; 2]> = delivery
                 .quotas
@@ -175,9 +280,15 @@ impl Gateway {
             let (index, used, resets_in) = match self.check_gates(eval, &quota_gates).await? {
                 GateCheck::Passed => return Ok(None),
                 GateCheck::Stopped(outcome) => return Ok(Some(outcome)),
-                GateCheck::Quota { index, used, resets_in } => (index, used, resets_in),
+                GateCheck::Quota {
+                    index,
+                    used,
+                    resets_in,
+                } => (index, used, resets_in),
             };
-            let Some(quota) = delivery.quotas.get(index).copied() else { return Ok(None) };
+            let Some(quota) = delivery.quotas.get(index).copied() else {
+                return Ok(None);
+            };
             match quota.spec.overage {
                 Overage::Block => {
                     return Ok(Some(ActionOutcome::QuotaExceeded {
@@ -188,7 +299,9 @@ impl Gateway {
                         resets_in,
                     }));
                 }
-                Overage::Warn => tracing::warn!(quota = %quota.id, tenant = %action.tenant, used, "quota exceeded; delivering anyway (overage: warn)"),
+                Overage::Warn => {
+                    tracing::warn!(quota = %quota.id, tenant = %action.tenant, used, "quota exceeded; delivering anyway (overage: warn)")
+                }
                 Overage::Degrade => {
                     if let Some(fallback) = &quota.spec.fallback_provider {
                         delivery.provider = fallback.clone();
@@ -202,37 +315,69 @@ impl Gateway {
 
     async fn apply_gates(&self, gates: &[Gate]) -> Result<GateResult, StateError> {
         let started = Instant::now();
-        let result = match tokio::time::timeout(self.options.state_timeout, self.state.apply_gates(gates)).await {
-            Ok(r) => r,
-            Err(_) => Err(StateError::Timeout(self.options.state_timeout)),
-        };
-        self.metrics.state_seconds.observe(started.elapsed().as_secs_f64());
+        let result =
+            match tokio::time::timeout(self.options.state_timeout, self.state.apply_gates(gates))
+                .await
+            {
+                Ok(r) => r,
+                Err(_) => Err(StateError::Timeout(self.options.state_timeout)),
+            };
+        self.metrics
+            .state_seconds
+            .observe(started.elapsed().as_secs_f64());
         if result.is_err() {
-            self.metrics.state_errors.with_label_values(&["apply_gates"]).inc();
+            self.metrics
+                .state_errors
+                .with_label_values(&["apply_gates"])
+                .inc();
         }
         result
     }
 
-    async fn deliver(&self, rt: &Runtime, action: &Action, eval: &Evaluation, delivery: &Delivery<'_>) -> ActionOutcome {
+    async fn deliver(
+        &self,
+        rt: &Runtime,
+        action: &Action,
+        eval: &Evaluation,
+        delivery: &Delivery<'_>,
+    ) -> ActionOutcome {
         let Some(handle) = rt.providers.get(&action.namespace, &delivery.provider) else {
             self.release_dedup(eval).await;
-            return ActionOutcome::failed("PROVIDER_NOT_FOUND", format!("provider `{}` not found", delivery.provider), false, 0);
+            return ActionOutcome::failed(
+                "PROVIDER_NOT_FOUND",
+                format!("provider `{}` not found", delivery.provider),
+                false,
+                0,
+            );
         };
         let started = Instant::now();
         let result = handle.provider.execute(action).await;
         let elapsed = started.elapsed().as_secs_f64();
         match result {
             Ok(response) => {
-                self.metrics.provider_seconds.with_label_values(&[handle.name.as_str(), "success"]).observe(elapsed);
+                self.metrics
+                    .provider_seconds
+                    .with_label_values(&[handle.name.as_str(), "success"])
+                    .observe(elapsed);
                 if delivery.rerouted {
-                    ActionOutcome::Rerouted { original_provider: action.provider.clone(), new_provider: delivery.provider.clone(), response }
+                    ActionOutcome::Rerouted {
+                        original_provider: action.provider.clone(),
+                        new_provider: delivery.provider.clone(),
+                        response,
+                    }
                 } else {
                     ActionOutcome::Executed(response)
                 }
             }
             Err(e) => {
-                self.metrics.provider_seconds.with_label_values(&[handle.name.as_str(), "failure"]).observe(elapsed);
-                self.metrics.provider_failures.with_label_values(&[handle.name.as_str(), e.code.as_str()]).inc();
+                self.metrics
+                    .provider_seconds
+                    .with_label_values(&[handle.name.as_str(), "failure"])
+                    .observe(elapsed);
+                self.metrics
+                    .provider_failures
+                    .with_label_values(&[handle.name.as_str(), e.code.as_str()])
+                    .inc();
                 tracing::warn!(provider = %handle.name, code = %e.code, error = %e.message, attempts = e.attempts, "delivery failed");
                 self.release_dedup(eval).await;
                 ActionOutcome::failed(&e.code, e.message, e.retryable, e.attempts)
@@ -244,9 +389,16 @@ impl Gateway {
     async fn release_dedup(&self, eval: &Evaluation) {
         for g in &eval.gates {
             if let Gate::Dedup { key, token, .. } = &g.gate {
-                let released = tokio::time::timeout(self.options.state_timeout, self.state.release_dedup(key, token)).await;
+                let released = tokio::time::timeout(
+                    self.options.state_timeout,
+                    self.state.release_dedup(key, token),
+                )
+                .await;
                 if !matches!(released, Ok(Ok(_))) {
-                    self.metrics.state_errors.with_label_values(&["release_dedup"]).inc();
+                    self.metrics
+                        .state_errors
+                        .with_label_values(&["release_dedup"])
+                        .inc();
                     tracing::warn!(key = %key, "could not release a dedup mark; it expires with its TTL");
                 }
             }

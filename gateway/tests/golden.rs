@@ -13,12 +13,19 @@ fn wire(o: &ActionOutcome) -> String {
 }
 
 fn empty_response() -> ProviderResponse {
-    ProviderResponse { status: ResponseStatus::Success, body: json!({}), headers: HashMap::new() }
+    ProviderResponse {
+        status: ResponseStatus::Success,
+        body: json!({}),
+        headers: HashMap::new(),
+    }
 }
 
 #[test]
 fn executed() {
-    assert_eq!(wire(&ActionOutcome::Executed(empty_response())), r#"{"Executed":{"status":"success","body":{},"headers":{}}}"#);
+    assert_eq!(
+        wire(&ActionOutcome::Executed(empty_response())),
+        r#"{"Executed":{"status":"success","body":{},"headers":{}}}"#
+    );
 }
 
 #[test]
@@ -28,20 +35,37 @@ fn deduplicated_is_a_bare_string() {
 
 #[test]
 fn suppressed() {
-    assert_eq!(wire(&ActionOutcome::Suppressed { rule: "r".into() }), r#"{"Suppressed":{"rule":"r"}}"#);
+    assert_eq!(
+        wire(&ActionOutcome::Suppressed { rule: "r".into() }),
+        r#"{"Suppressed":{"rule":"r"}}"#
+    );
 }
 
 #[test]
 fn throttled_carries_a_std_duration() {
-    let o = ActionOutcome::Throttled { retry_after: Duration::from_secs(3) };
-    assert_eq!(wire(&o), r#"{"Throttled":{"retry_after":{"secs":3,"nanos":0}}}"#);
-    let o = ActionOutcome::Throttled { retry_after: Duration::from_millis(2500) };
-    assert_eq!(wire(&o), r#"{"Throttled":{"retry_after":{"secs":2,"nanos":500000000}}}"#);
+    let o = ActionOutcome::Throttled {
+        retry_after: Duration::from_secs(3),
+    };
+    assert_eq!(
+        wire(&o),
+        r#"{"Throttled":{"retry_after":{"secs":3,"nanos":0}}}"#
+    );
+    let o = ActionOutcome::Throttled {
+        retry_after: Duration::from_millis(2500),
+    };
+    assert_eq!(
+        wire(&o),
+        r#"{"Throttled":{"retry_after":{"secs":2,"nanos":500000000}}}"#
+    );
 }
 
 #[test]
 fn rerouted() {
-    let o = ActionOutcome::Rerouted { original_provider: "a".into(), new_provider: "b".into(), response: empty_response() };
+    let o = ActionOutcome::Rerouted {
+        original_provider: "a".into(),
+        new_provider: "b".into(),
+        response: empty_response(),
+    };
     assert_eq!(
         wire(&o),
         r#"{"Rerouted":{"original_provider":"a","new_provider":"b","response":{"status":"success","body":{},"headers":{}}}}"#
@@ -50,40 +74,81 @@ fn rerouted() {
 
 #[test]
 fn failed() {
-    let o = ActionOutcome::Failed(ActionError { code: "HTTP_5XX".into(), message: "boom".into(), retryable: false, attempts: 1 });
-    assert_eq!(wire(&o), r#"{"Failed":{"code":"HTTP_5XX","message":"boom","retryable":false,"attempts":1}}"#);
+    let o = ActionOutcome::Failed(ActionError {
+        code: "HTTP_5XX".into(),
+        message: "boom".into(),
+        retryable: false,
+        attempts: 1,
+    });
+    assert_eq!(
+        wire(&o),
+        r#"{"Failed":{"code":"HTTP_5XX","message":"boom","retryable":false,"attempts":1}}"#
+    );
 }
 
 #[test]
 fn later_outcomes_keep_acteon_field_names() {
-    let at = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).single().expect("valid time");
+    let at = Utc
+        .with_ymd_and_hms(2026, 1, 2, 3, 4, 5)
+        .single()
+        .expect("valid time");
     let cases = [
         (
-            ActionOutcome::Grouped { group_id: "g".into(), group_size: 2, notify_at: at },
+            ActionOutcome::Grouped {
+                group_id: "g".into(),
+                group_size: 2,
+                notify_at: at,
+            },
             r#"{"Grouped":{"group_id":"g","group_size":2,"notify_at":"2026-01-02T03:04:05Z"}}"#,
         ),
         (
-            ActionOutcome::Scheduled { action_id: "a".into(), scheduled_for: at },
+            ActionOutcome::Scheduled {
+                action_id: "a".into(),
+                scheduled_for: at,
+            },
             r#"{"Scheduled":{"action_id":"a","scheduled_for":"2026-01-02T03:04:05Z"}}"#,
         ),
         (
-            ActionOutcome::ChainStarted { chain_id: "c".into(), chain_name: "n".into(), total_steps: 3, first_step: "s".into() },
+            ActionOutcome::ChainStarted {
+                chain_id: "c".into(),
+                chain_name: "n".into(),
+                total_steps: 3,
+                first_step: "s".into(),
+            },
             r#"{"ChainStarted":{"chain_id":"c","chain_name":"n","total_steps":3,"first_step":"s"}}"#,
         ),
         (
-            ActionOutcome::StateChanged { fingerprint: "f".into(), previous_state: "a".into(), new_state: "b".into(), notify: true },
+            ActionOutcome::StateChanged {
+                fingerprint: "f".into(),
+                previous_state: "a".into(),
+                new_state: "b".into(),
+                notify: true,
+            },
             r#"{"StateChanged":{"fingerprint":"f","previous_state":"a","new_state":"b","notify":true}}"#,
         ),
         (
-            ActionOutcome::QuotaExceeded { tenant: "t".into(), quota: "ns/q".into(), limit: 5, used: 5, resets_in: Duration::from_secs(7) },
+            ActionOutcome::QuotaExceeded {
+                tenant: "t".into(),
+                quota: "ns/q".into(),
+                limit: 5,
+                used: 5,
+                resets_in: Duration::from_secs(7),
+            },
             r#"{"QuotaExceeded":{"tenant":"t","quota":"ns/q","limit":5,"used":5,"resets_in":{"secs":7,"nanos":0}}}"#,
         ),
         (
-            ActionOutcome::CircuitOpen { provider: "p".into(), fallback_chain: vec!["q".into()] },
+            ActionOutcome::CircuitOpen {
+                provider: "p".into(),
+                fallback_chain: vec!["q".into()],
+            },
             r#"{"CircuitOpen":{"provider":"p","fallback_chain":["q"]}}"#,
         ),
         (
-            ActionOutcome::DryRun { verdict: "suppress".into(), matched_rule: Some("r".into()), would_be_provider: "p".into() },
+            ActionOutcome::DryRun {
+                verdict: "suppress".into(),
+                matched_rule: Some("r".into()),
+                would_be_provider: "p".into(),
+            },
             r#"{"DryRun":{"verdict":"suppress","matched_rule":"r","would_be_provider":"p"}}"#,
         ),
     ];
@@ -108,7 +173,10 @@ fn request_with_every_field() {
     assert_eq!(a.status.as_deref(), Some("firing"));
     assert_eq!(a.fingerprint.as_deref(), Some("fp"));
     assert_eq!(a.metadata.get("cluster").map(String::as_str), Some("c1"));
-    assert_eq!(a.created_at.map(|t| t.to_rfc3339()), Some("2026-01-02T03:04:05+00:00".into()));
+    assert_eq!(
+        a.created_at.map(|t| t.to_rfc3339()),
+        Some("2026-01-02T03:04:05+00:00".into())
+    );
 }
 
 #[test]
@@ -125,5 +193,8 @@ fn python_sdk_labels_metadata() {
 fn error_body_shape() {
     let e = acteon_gateway::http::error::ApiError::invalid("`tenant`: bad");
     let v = serde_json::to_value(e.body()).expect("serializes");
-    assert_eq!(v, json!({"error": "`tenant`: bad", "code": "INVALID_REQUEST", "message": "`tenant`: bad", "retryable": false}));
+    assert_eq!(
+        v,
+        json!({"error": "`tenant`: bad", "code": "INVALID_REQUEST", "message": "`tenant`: bad", "retryable": false})
+    );
 }

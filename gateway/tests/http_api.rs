@@ -43,10 +43,19 @@ fn good() -> Value {
 }
 
 async fn post(client: &reqwest::Client, url: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
-    let resp = client.post(url).header("content-type", "application/json").body(body).send().await.expect("request sent");
+    let resp = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("request sent");
     let status = resp.status().as_u16();
     let text = resp.text().await.expect("body");
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 /// POST over a plain socket: the server answers 413 before reading a too-large body and
@@ -54,9 +63,14 @@ async fn post(client: &reqwest::Client, url: &str, body: impl Into<reqwest::Body
 async fn raw_post(server: &Server, path: &str, body: String) -> (u16, Value) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = server.base.trim_start_matches("http://").to_owned();
-    let stream = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    let stream = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
     let (mut rd, mut wr) = stream.into_split();
-    let head = format!("POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len());
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
     let writer = tokio::spawn(async move {
         let _ = wr.write_all(head.as_bytes()).await;
         let _ = wr.write_all(body.as_bytes()).await;
@@ -65,7 +79,11 @@ async fn raw_post(server: &Server, path: &str, body: String) -> (u16, Value) {
     let _ = rd.read_to_end(&mut raw).await;
     writer.abort();
     let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status line");
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
     let json = text.split("\r\n\r\n").nth(1).unwrap_or_default();
     (status, serde_json::from_str(json).unwrap_or(Value::Null))
 }
@@ -73,8 +91,14 @@ async fn raw_post(server: &Server, path: &str, body: String) -> (u16, Value) {
 fn assert_error(status: u16, body: &Value, want_status: u16, needle: &str) {
     assert_eq!(status, want_status, "body: {body}");
     let msg = body["message"].as_str().unwrap_or_default();
-    assert!(msg.contains(needle), "message {msg:?} should mention {needle:?}");
-    assert_eq!(body["error"], body["message"], "Acteon's `error` and the SDKs' `message` agree");
+    assert!(
+        msg.contains(needle),
+        "message {msg:?} should mention {needle:?}"
+    );
+    assert_eq!(
+        body["error"], body["message"],
+        "Acteon's `error` and the SDKs' `message` agree"
+    );
     assert!(body["code"].is_string());
     assert_eq!(body["retryable"], false);
 }
@@ -119,7 +143,9 @@ async fn bad_input_gets_named_4xx_and_the_server_keeps_serving() {
     assert_error(s, &b, 413, "larger than the limit");
 
     let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
-    let nested = format!(r#"{{"namespace":"ns","tenant":"t","provider":"p","action_type":"x","payload":{deep}}}"#);
+    let nested = format!(
+        r#"{{"namespace":"ns","tenant":"t","provider":"p","action_type":"x","payload":{deep}}}"#
+    );
     let (s, b) = post(&c, &url, nested).await;
     assert_error(s, &b, 400, "recursion limit");
     let (s, b) = post(&c, &url, deep.clone()).await;
@@ -127,24 +153,53 @@ async fn bad_input_gets_named_4xx_and_the_server_keeps_serving() {
     // In a batch, the deep item gets its own error and the batch is answered.
     let (s, b) = post(&c, &server.url("/v1/dispatch/batch"), format!("[{deep}]")).await;
     assert_eq!(s, 200);
-    assert!(b[0]["error"].as_str().is_some_and(|m| m.contains("invalid action [0]")), "{b}");
+    assert!(
+        b[0]["error"]
+            .as_str()
+            .is_some_and(|m| m.contains("invalid action [0]")),
+        "{b}"
+    );
 
     let batch: Vec<Value> = (0..1001).map(|_| good()).collect();
-    let (s, b) = post(&c, &server.url("/v1/dispatch/batch"), serde_json::to_string(&batch).expect("json")).await;
+    let (s, b) = post(
+        &c,
+        &server.url("/v1/dispatch/batch"),
+        serde_json::to_string(&batch).expect("json"),
+    )
+    .await;
     assert_error(s, &b, 400, "limit is 1000");
 
-    let (s, b) = post(&c, &server.url("/v1/dispatch/batch"), "{\"not\": \"an array\"}").await;
+    let (s, b) = post(
+        &c,
+        &server.url("/v1/dispatch/batch"),
+        "{\"not\": \"an array\"}",
+    )
+    .await;
     assert_error(s, &b, 400, "array");
 
-    let resp = c.get(server.url("/v1/nothing-here")).send().await.expect("sent");
+    let resp = c
+        .get(server.url("/v1/nothing-here"))
+        .send()
+        .await
+        .expect("sent");
     assert_eq!(resp.status().as_u16(), 404);
 
     // Still serving, and it counted the rejects.
     let (s, b) = post(&c, &url, good().to_string()).await;
     assert_eq!(s, 200, "{b}");
     assert!(b.get("Executed").is_some(), "{b}");
-    let metrics = c.get(server.url("/metrics")).send().await.expect("sent").text().await.expect("text");
-    assert!(metrics.contains("acteon_bad_requests_total{reason=\"invalid_json\"}"), "{metrics}");
+    let metrics = c
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .expect("sent")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("acteon_bad_requests_total{reason=\"invalid_json\"}"),
+        "{metrics}"
+    );
     assert!(metrics.contains("acteon_bad_requests_total{reason=\"unknown_provider\"} 1"));
 }
 
@@ -165,11 +220,28 @@ async fn batch_answers_in_order_with_per_item_errors() {
     assert_eq!(items.len(), 5);
     assert!(items[0].get("Executed").is_some());
     assert_eq!(items[1], json!({"Suppressed": {"rule": "quiet"}}));
-    assert!(items[2]["error"].as_str().is_some_and(|m| m.contains("action [2]") && m.contains("tenant")), "{}", items[2]);
-    assert!(items[3]["error"].as_str().is_some_and(|m| m.contains("nope")), "{}", items[3]);
+    assert!(
+        items[2]["error"]
+            .as_str()
+            .is_some_and(|m| m.contains("action [2]") && m.contains("tenant")),
+        "{}",
+        items[2]
+    );
+    assert!(
+        items[3]["error"]
+            .as_str()
+            .is_some_and(|m| m.contains("nope")),
+        "{}",
+        items[3]
+    );
     assert!(items[4].get("Executed").is_some());
 
-    let (s, b) = post(&c, &server.url("/v1/dispatch/batch?dry_run=true"), json!([good()]).to_string()).await;
+    let (s, b) = post(
+        &c,
+        &server.url("/v1/dispatch/batch?dry_run=true"),
+        json!([good()]).to_string(),
+    )
+    .await;
     assert_eq!(s, 200);
     assert_eq!(b[0]["DryRun"]["verdict"], "allow");
 }
@@ -212,8 +284,16 @@ async fn inspection_endpoints() {
     let (s, _) = post(&c, &server.url("/v1/dispatch"), good().to_string()).await;
     assert_eq!(s, 200);
     let (_, metrics) = get("/metrics").await;
-    assert!(metrics.contains("acteon_dispatch_duration_seconds_bucket{outcome=\"executed\""), "{metrics}");
-    assert!(metrics.contains("acteon_dispatches_total{namespace=\"ns\",outcome=\"executed\",provider=\"p\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("acteon_dispatch_duration_seconds_bucket{outcome=\"executed\""),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "acteon_dispatches_total{namespace=\"ns\",outcome=\"executed\",provider=\"p\"} 1"
+        ),
+        "{metrics}"
+    );
     assert!(metrics.contains("acteon_config_snapshot_version 1"));
 }
 
@@ -236,19 +316,36 @@ async fn sigterm_drains_in_flight_requests() {
     let (status, body) = in_flight.await.expect("task");
     assert_eq!(status, 200, "the in-flight request completed: {body}");
     assert!(body.get("Executed").is_some(), "{body}");
-    let exit = tokio::task::spawn_blocking(move || server.child.wait()).await.expect("join").expect("wait");
+    let exit = tokio::task::spawn_blocking(move || server.child.wait())
+        .await
+        .expect("join")
+        .expect("wait");
     assert!(exit.success(), "clean exit after draining: {exit:?}");
     assert_eq!(hook.count(), 1);
 }
 
 #[test]
 fn invalid_configuration_refuses_to_start() {
-    let file = write_config("invalid", "apiVersion: acteon.dev/v1alpha1\nkind: Rule\nmetadata: {name: r, namespace: ns}\nspec:\n  condition: {field: action.tenant, matches: '(unclosed'}\n  action: {type: suppress}\n");
+    let file = write_config(
+        "invalid",
+        "apiVersion: acteon.dev/v1alpha1\nkind: Rule\nmetadata: {name: r, namespace: ns}\nspec:\n  condition: {field: action.tenant, matches: '(unclosed'}\n  action: {type: suppress}\n",
+    );
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_acteon-gateway"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--config", file.to_str().expect("utf-8")])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            file.to_str().expect("utf-8"),
+        ])
         .output()
         .expect("runs");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("Rule ns/r") && err.contains("spec.condition.matches") && err.contains("regex"), "{err}");
+    assert!(
+        err.contains("Rule ns/r")
+            && err.contains("spec.condition.matches")
+            && err.contains("regex"),
+        "{err}"
+    );
 }

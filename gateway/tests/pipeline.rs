@@ -31,7 +31,9 @@ fn one_rule(condition: &str, rule_action: &str) -> Gateway {
 }
 
 fn act(payload: Value) -> acteon_gateway::action::Action {
-    action(json!({"namespace": "ns", "tenant": "t", "provider": "p", "action_type": "alert", "payload": payload}))
+    action(
+        json!({"namespace": "ns", "tenant": "t", "provider": "p", "action_type": "alert", "payload": payload}),
+    )
 }
 
 async fn dispatch(gw: &Gateway, a: acteon_gateway::action::Action) -> ActionOutcome {
@@ -62,8 +64,14 @@ fn metric(gw: &Gateway, needle: &str) -> f64 {
 async fn eq_and_ne() {
     assert!(matches("{field: action.payload.s, eq: x}", json!({"s": "x"})).await);
     assert!(!matches("{field: action.payload.s, eq: x}", json!({"s": "y"})).await);
-    assert!(matches("{field: action.payload.n, eq: 1}", json!({"n": 1.0})).await, "numbers compare by value");
-    assert!(!matches("{field: action.payload.n, eq: \"1\"}", json!({"n": 1})).await, "types must agree");
+    assert!(
+        matches("{field: action.payload.n, eq: 1}", json!({"n": 1.0})).await,
+        "numbers compare by value"
+    );
+    assert!(
+        !matches("{field: action.payload.n, eq: \"1\"}", json!({"n": 1})).await,
+        "types must agree"
+    );
     assert!(matches("{field: action.payload.b, eq: false}", json!({"b": false})).await);
     assert!(matches("{field: action.tenant, eq: t}", json!({})).await);
     assert!(matches("{field: action.payload.s, ne: x}", json!({"s": "y"})).await);
@@ -78,29 +86,100 @@ async fn ordering_operators() {
     assert!(matches("{field: action.payload.v, lt: 1.5}", json!({"v": 1})).await);
     assert!(!matches("{field: action.payload.v, lt: 1}", json!({"v": 1})).await);
     assert!(matches("{field: action.payload.v, lte: 1}", json!({"v": 1})).await);
-    assert!(matches("{field: action.payload.s, gt: abc}", json!({"s": "abd"})).await, "strings compare lexically");
+    assert!(
+        matches("{field: action.payload.s, gt: abc}", json!({"s": "abd"})).await,
+        "strings compare lexically"
+    );
 }
 
 #[tokio::test]
 async fn string_operators() {
-    assert!(matches("{field: action.payload.s, contains: ell}", json!({"s": "hello"})).await);
-    assert!(!matches("{field: action.payload.s, contains: xyz}", json!({"s": "hello"})).await);
-    assert!(matches("{field: action.payload.l, contains: b}", json!({"l": ["a", "b"]})).await, "contains on a list");
-    assert!(matches("{field: action.payload.s, startsWith: he}", json!({"s": "hello"})).await);
-    assert!(!matches("{field: action.payload.s, startsWith: lo}", json!({"s": "hello"})).await);
-    assert!(matches("{field: action.payload.s, endsWith: lo}", json!({"s": "hello"})).await);
-    assert!(matches("{field: action.payload.s, matches: '^h.l+o$'}", json!({"s": "hello"})).await);
-    assert!(!matches("{field: action.payload.s, matches: '^x'}", json!({"s": "hello"})).await);
+    assert!(
+        matches(
+            "{field: action.payload.s, contains: ell}",
+            json!({"s": "hello"})
+        )
+        .await
+    );
+    assert!(
+        !matches(
+            "{field: action.payload.s, contains: xyz}",
+            json!({"s": "hello"})
+        )
+        .await
+    );
+    assert!(
+        matches(
+            "{field: action.payload.l, contains: b}",
+            json!({"l": ["a", "b"]})
+        )
+        .await,
+        "contains on a list"
+    );
+    assert!(
+        matches(
+            "{field: action.payload.s, startsWith: he}",
+            json!({"s": "hello"})
+        )
+        .await
+    );
+    assert!(
+        !matches(
+            "{field: action.payload.s, startsWith: lo}",
+            json!({"s": "hello"})
+        )
+        .await
+    );
+    assert!(
+        matches(
+            "{field: action.payload.s, endsWith: lo}",
+            json!({"s": "hello"})
+        )
+        .await
+    );
+    assert!(
+        matches(
+            "{field: action.payload.s, matches: '^h.l+o$'}",
+            json!({"s": "hello"})
+        )
+        .await
+    );
+    assert!(
+        !matches(
+            "{field: action.payload.s, matches: '^x'}",
+            json!({"s": "hello"})
+        )
+        .await
+    );
 }
 
 #[tokio::test]
 async fn membership_and_existence() {
-    assert!(matches("{field: action.payload.s, inList: [a, b]}", json!({"s": "b"})).await);
-    assert!(!matches("{field: action.payload.s, inList: [a, b]}", json!({"s": "c"})).await);
+    assert!(
+        matches(
+            "{field: action.payload.s, inList: [a, b]}",
+            json!({"s": "b"})
+        )
+        .await
+    );
+    assert!(
+        !matches(
+            "{field: action.payload.s, inList: [a, b]}",
+            json!({"s": "c"})
+        )
+        .await
+    );
     assert!(matches("{field: action.payload.s, exists: true}", json!({"s": 1})).await);
     assert!(!matches("{field: action.payload.s, exists: true}", json!({})).await);
     assert!(matches("{field: action.payload.s, exists: false}", json!({})).await);
-    assert!(matches("{field: action.payload.a.b.0, eq: 7}", json!({"a": {"b": [7]}})).await, "nested path with index");
+    assert!(
+        matches(
+            "{field: action.payload.a.b.0, eq: 7}",
+            json!({"a": {"b": [7]}})
+        )
+        .await,
+        "nested path with index"
+    );
 }
 
 #[tokio::test]
@@ -110,32 +189,66 @@ async fn boolean_combinators() {
     assert!(!matches(c, json!({"a": 1, "b": 0, "c": 0, "d": 0})).await);
     assert!(!matches(c, json!({"a": 1, "b": 1, "c": 0, "d": 1})).await);
     // `all` is false when one part is false even if another part errs (missing field).
-    assert!(!matches("{all: [{field: action.payload.a, eq: 1}, {field: action.payload.missing, eq: 1}]}", json!({"a": 2})).await);
+    assert!(
+        !matches(
+            "{all: [{field: action.payload.a, eq: 1}, {field: action.payload.missing, eq: 1}]}",
+            json!({"a": 2})
+        )
+        .await
+    );
     // `any` is true when one part is true even if another part errs.
-    assert!(matches("{any: [{field: action.payload.missing, eq: 1}, {field: action.payload.a, eq: 1}]}", json!({"a": 1})).await);
+    assert!(
+        matches(
+            "{any: [{field: action.payload.missing, eq: 1}, {field: action.payload.a, eq: 1}]}",
+            json!({"a": 1})
+        )
+        .await
+    );
 }
 
 #[tokio::test]
 async fn metadata_and_action_fields() {
-    let gw = one_rule("{all: [{field: action.metadata.cluster, eq: c1}, {field: action.dedup_key, startsWith: k}, {field: action.status, eq: firing}]}", "{type: suppress}");
-    let a = action(json!({"namespace": "ns", "tenant": "t", "provider": "p", "action_type": "alert", "payload": {},
-        "metadata": {"cluster": "c1"}, "dedup_key": "k1", "status": "firing"}));
-    assert!(matches!(dispatch(&gw, a).await, ActionOutcome::Suppressed { .. }));
+    let gw = one_rule(
+        "{all: [{field: action.metadata.cluster, eq: c1}, {field: action.dedup_key, startsWith: k}, {field: action.status, eq: firing}]}",
+        "{type: suppress}",
+    );
+    let a = action(
+        json!({"namespace": "ns", "tenant": "t", "provider": "p", "action_type": "alert", "payload": {},
+        "metadata": {"cluster": "c1"}, "dedup_key": "k1", "status": "firing"}),
+    );
+    assert!(matches!(
+        dispatch(&gw, a).await,
+        ActionOutcome::Suppressed { .. }
+    ));
 }
 
 #[test]
 fn time_fields_use_the_rule_timezone() {
     // 2026-03-02 23:30 UTC is 08:30 on Tuesday 3 March in Tokyo.
-    let now = Utc.with_ymd_and_hms(2026, 3, 2, 23, 30, 0).single().expect("valid");
+    let now = Utc
+        .with_ymd_and_hms(2026, 3, 2, 23, 30, 0)
+        .single()
+        .expect("valid");
     let yaml = format!(
         "{PROVIDERS}---\napiVersion: acteon.dev/v1alpha1\nkind: Rule\nmetadata: {{name: tokyo-morning, namespace: ns}}\nspec:\n  timezone: Asia/Tokyo\n  condition: {{all: [{{field: time.hour, eq: 8}}, {{field: time.weekday, eq: Tuesday}}, {{field: time.weekday_num, eq: 2}}, {{field: time.date, eq: '2026-03-03'}}]}}\n  action: {{type: suppress}}\n---\napiVersion: acteon.dev/v1alpha1\nkind: Rule\nmetadata: {{name: utc-evening, namespace: ns}}\nspec:\n  condition: {{all: [{{field: time.hour, eq: 23}}, {{field: time.minute, eq: 30}}, {{field: time.month, eq: 3}}, {{field: time.day, eq: 2}}]}}\n  action: {{type: allow}}\n"
     );
     let gw = gateway(&yaml);
     let rt = gw.config.load();
     let eval = rt.rules.evaluate(&act(json!({})), now);
-    let matched: Vec<&str> = eval.matched.iter().map(|p| rt.rules.rule(*p).name.as_str()).collect();
-    assert_eq!(matched, ["tokyo-morning"], "Tokyo rule matched first and is terminal");
-    let later = Utc.with_ymd_and_hms(2026, 3, 2, 12, 0, 0).single().expect("valid");
+    let matched: Vec<&str> = eval
+        .matched
+        .iter()
+        .map(|p| rt.rules.rule(*p).name.as_str())
+        .collect();
+    assert_eq!(
+        matched,
+        ["tokyo-morning"],
+        "Tokyo rule matched first and is terminal"
+    );
+    let later = Utc
+        .with_ymd_and_hms(2026, 3, 2, 12, 0, 0)
+        .single()
+        .expect("valid");
     assert!(rt.rules.evaluate(&act(json!({})), later).matched.is_empty());
 }
 
@@ -145,36 +258,88 @@ async fn cel_conditions() {
         "{PROVIDERS}---\napiVersion: acteon.dev/v1alpha1\nkind: Rule\nmetadata: {{name: hot, namespace: ns}}\nspec:\n  cel: 'action.payload.sensor == \"temp\" && action.payload.value > 85 && action.tenant in [\"t\"]'\n  action: {{type: reroute, targetProvider: q}}\n"
     ));
     let out = dispatch(&gw, act(json!({"sensor": "temp", "value": 90}))).await;
-    assert!(matches!(&out, ActionOutcome::Rerouted { new_provider, .. } if new_provider == "q"), "{out:?}");
-    assert!(matches!(dispatch(&gw, act(json!({"sensor": "temp", "value": 20}))).await, ActionOutcome::Executed(_)));
+    assert!(
+        matches!(&out, ActionOutcome::Rerouted { new_provider, .. } if new_provider == "q"),
+        "{out:?}"
+    );
+    assert!(matches!(
+        dispatch(&gw, act(json!({"sensor": "temp", "value": 20}))).await,
+        ActionOutcome::Executed(_)
+    ));
     // A CEL error (no such key) is a non-match, counted, never a failed dispatch.
-    assert!(matches!(dispatch(&gw, act(json!({"value": 90}))).await, ActionOutcome::Executed(_)));
-    assert_eq!(metric(&gw, "acteon_rule_errors_total{reason=\"cel\",rule=\"ns/hot\"}"), 1.0);
+    assert!(matches!(
+        dispatch(&gw, act(json!({"value": 90}))).await,
+        ActionOutcome::Executed(_)
+    ));
+    assert_eq!(
+        metric(
+            &gw,
+            "acteon_rule_errors_total{reason=\"cel\",rule=\"ns/hot\"}"
+        ),
+        1.0
+    );
 }
 
 #[tokio::test]
 async fn rule_errors_do_not_match_and_are_counted() {
     let gw = one_rule("{field: action.payload.v, gt: 10}", "{type: suppress}");
     // A string compared with a number: type mismatch.
-    assert!(matches!(dispatch(&gw, act(json!({"v": "high"}))).await, ActionOutcome::Executed(_)));
+    assert!(matches!(
+        dispatch(&gw, act(json!({"v": "high"}))).await,
+        ActionOutcome::Executed(_)
+    ));
     // A missing field.
-    assert!(matches!(dispatch(&gw, act(json!({}))).await, ActionOutcome::Executed(_)));
-    assert_eq!(metric(&gw, "acteon_rule_errors_total{reason=\"type_mismatch\",rule=\"ns/r\"}"), 1.0);
-    assert_eq!(metric(&gw, "acteon_rule_errors_total{reason=\"missing_field\",rule=\"ns/r\"}"), 1.0);
+    assert!(matches!(
+        dispatch(&gw, act(json!({}))).await,
+        ActionOutcome::Executed(_)
+    ));
+    assert_eq!(
+        metric(
+            &gw,
+            "acteon_rule_errors_total{reason=\"type_mismatch\",rule=\"ns/r\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &gw,
+            "acteon_rule_errors_total{reason=\"missing_field\",rule=\"ns/r\"}"
+        ),
+        1.0
+    );
 }
 
 #[tokio::test]
 async fn terminal_actions() {
     let allow = one_rule("{field: action.tenant, eq: t}", "{type: allow}");
-    assert!(matches!(dispatch(&allow, act(json!({}))).await, ActionOutcome::Executed(_)));
+    assert!(matches!(
+        dispatch(&allow, act(json!({}))).await,
+        ActionOutcome::Executed(_)
+    ));
     let deny = one_rule("{field: action.tenant, eq: t}", "{type: deny}");
-    assert_eq!(dispatch(&deny, act(json!({}))).await, ActionOutcome::Suppressed { rule: "r".into() });
+    assert_eq!(
+        dispatch(&deny, act(json!({}))).await,
+        ActionOutcome::Suppressed { rule: "r".into() }
+    );
     let suppress = one_rule("{field: action.tenant, eq: t}", "{type: suppress}");
-    assert_eq!(dispatch(&suppress, act(json!({}))).await, ActionOutcome::Suppressed { rule: "r".into() });
-    let reroute = one_rule("{field: action.tenant, eq: t}", "{type: reroute, targetProvider: q}");
+    assert_eq!(
+        dispatch(&suppress, act(json!({}))).await,
+        ActionOutcome::Suppressed { rule: "r".into() }
+    );
+    let reroute = one_rule(
+        "{field: action.tenant, eq: t}",
+        "{type: reroute, targetProvider: q}",
+    );
     match dispatch(&reroute, act(json!({}))).await {
-        ActionOutcome::Rerouted { original_provider, new_provider, .. } => {
-            assert_eq!((original_provider.as_str(), new_provider.as_str()), ("p", "q"));
+        ActionOutcome::Rerouted {
+            original_provider,
+            new_provider,
+            ..
+        } => {
+            assert_eq!(
+                (original_provider.as_str(), new_provider.as_str()),
+                ("p", "q")
+            );
         }
         other => panic!("expected Rerouted, got {other:?}"),
     }
@@ -205,42 +370,112 @@ async fn later_feature_actions_answer_not_implemented() {
 
 #[tokio::test]
 async fn deduplicate_by_dedup_key_scoped_by_tenant() {
-    let gw = one_rule("{field: action.action_type, eq: alert}", "{type: deduplicate, ttlSeconds: 60}");
-    let with = |tenant: &str, key: &str| action(json!({"namespace": "ns", "tenant": tenant, "provider": "p", "action_type": "alert", "payload": {}, "dedup_key": key}));
-    assert!(matches!(dispatch(&gw, with("t", "k")).await, ActionOutcome::Executed(_)));
-    assert_eq!(dispatch(&gw, with("t", "k")).await, ActionOutcome::Deduplicated);
-    assert!(matches!(dispatch(&gw, with("t", "other")).await, ActionOutcome::Executed(_)), "another key");
-    assert!(matches!(dispatch(&gw, with("t2", "k")).await, ActionOutcome::Executed(_)), "another tenant");
+    let gw = one_rule(
+        "{field: action.action_type, eq: alert}",
+        "{type: deduplicate, ttlSeconds: 60}",
+    );
+    let with = |tenant: &str, key: &str| {
+        action(
+            json!({"namespace": "ns", "tenant": tenant, "provider": "p", "action_type": "alert", "payload": {}, "dedup_key": key}),
+        )
+    };
+    assert!(matches!(
+        dispatch(&gw, with("t", "k")).await,
+        ActionOutcome::Executed(_)
+    ));
+    assert_eq!(
+        dispatch(&gw, with("t", "k")).await,
+        ActionOutcome::Deduplicated
+    );
+    assert!(
+        matches!(
+            dispatch(&gw, with("t", "other")).await,
+            ActionOutcome::Executed(_)
+        ),
+        "another key"
+    );
+    assert!(
+        matches!(
+            dispatch(&gw, with("t2", "k")).await,
+            ActionOutcome::Executed(_)
+        ),
+        "another tenant"
+    );
 }
 
 #[tokio::test]
 async fn deduplicate_by_template() {
-    let gw = one_rule("{field: action.action_type, eq: alert}", "{type: deduplicate, key: '{{action.payload.service}}:{{action.payload.alert_key}}'}");
-    assert!(matches!(dispatch(&gw, act(json!({"service": "db", "alert_key": "cpu"}))).await, ActionOutcome::Executed(_)));
-    assert_eq!(dispatch(&gw, act(json!({"service": "db", "alert_key": "cpu", "extra": 1}))).await, ActionOutcome::Deduplicated);
-    assert!(matches!(dispatch(&gw, act(json!({"service": "db", "alert_key": "mem"}))).await, ActionOutcome::Executed(_)));
+    let gw = one_rule(
+        "{field: action.action_type, eq: alert}",
+        "{type: deduplicate, key: '{{action.payload.service}}:{{action.payload.alert_key}}'}",
+    );
+    assert!(matches!(
+        dispatch(&gw, act(json!({"service": "db", "alert_key": "cpu"}))).await,
+        ActionOutcome::Executed(_)
+    ));
+    assert_eq!(
+        dispatch(
+            &gw,
+            act(json!({"service": "db", "alert_key": "cpu", "extra": 1}))
+        )
+        .await,
+        ActionOutcome::Deduplicated
+    );
+    assert!(matches!(
+        dispatch(&gw, act(json!({"service": "db", "alert_key": "mem"}))).await,
+        ActionOutcome::Executed(_)
+    ));
 }
 
 #[tokio::test]
 async fn throttle_reports_time_until_a_slot_frees() {
-    let gw = one_rule("{field: action.action_type, eq: alert}", "{type: throttle, maxCount: 2, windowSeconds: 30}");
-    assert!(matches!(dispatch(&gw, act(json!({}))).await, ActionOutcome::Executed(_)));
+    let gw = one_rule(
+        "{field: action.action_type, eq: alert}",
+        "{type: throttle, maxCount: 2, windowSeconds: 30}",
+    );
+    assert!(matches!(
+        dispatch(&gw, act(json!({}))).await,
+        ActionOutcome::Executed(_)
+    ));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(matches!(dispatch(&gw, act(json!({}))).await, ActionOutcome::Executed(_)));
-    let ActionOutcome::Throttled { retry_after } = dispatch(&gw, act(json!({}))).await else { panic!("third should be throttled") };
+    assert!(matches!(
+        dispatch(&gw, act(json!({}))).await,
+        ActionOutcome::Executed(_)
+    ));
+    let ActionOutcome::Throttled { retry_after } = dispatch(&gw, act(json!({}))).await else {
+        panic!("third should be throttled")
+    };
     // The first pass leaves the window 30 s after it was counted, ~0.3 s ago.
-    assert!(retry_after <= Duration::from_millis(29_750) && retry_after > Duration::from_secs(29), "{retry_after:?}");
+    assert!(
+        retry_after <= Duration::from_millis(29_750) && retry_after > Duration::from_secs(29),
+        "{retry_after:?}"
+    );
     // Rejections do not consume budget: still throttled with a shrinking retry_after.
-    let ActionOutcome::Throttled { retry_after: again } = dispatch(&gw, act(json!({}))).await else { panic!("still throttled") };
+    let ActionOutcome::Throttled { retry_after: again } = dispatch(&gw, act(json!({}))).await
+    else {
+        panic!("still throttled")
+    };
     assert!(again <= retry_after);
 }
 
 #[tokio::test]
 async fn throttle_keyed_by_template_splits_the_budget() {
-    let gw = one_rule("{field: action.action_type, eq: alert}", "{type: throttle, maxCount: 1, windowSeconds: 60, key: '{{action.payload.service}}'}");
-    assert!(matches!(dispatch(&gw, act(json!({"service": "a"}))).await, ActionOutcome::Executed(_)));
-    assert!(matches!(dispatch(&gw, act(json!({"service": "b"}))).await, ActionOutcome::Executed(_)));
-    assert!(matches!(dispatch(&gw, act(json!({"service": "a"}))).await, ActionOutcome::Throttled { .. }));
+    let gw = one_rule(
+        "{field: action.action_type, eq: alert}",
+        "{type: throttle, maxCount: 1, windowSeconds: 60, key: '{{action.payload.service}}'}",
+    );
+    assert!(matches!(
+        dispatch(&gw, act(json!({"service": "a"}))).await,
+        ActionOutcome::Executed(_)
+    ));
+    assert!(matches!(
+        dispatch(&gw, act(json!({"service": "b"}))).await,
+        ActionOutcome::Executed(_)
+    ));
+    assert!(matches!(
+        dispatch(&gw, act(json!({"service": "a"}))).await,
+        ActionOutcome::Throttled { .. }
+    ));
 }
 
 #[test]
@@ -249,9 +484,19 @@ fn modify_is_a_merge_patch_and_evaluation_continues() {
         "{PROVIDERS}---\napiVersion: acteon.dev/v1alpha1\nkind: Rule\nmetadata: {{name: enrich, namespace: ns}}\nspec:\n  priority: 1\n  condition: {{field: action.tenant, eq: t}}\n  action: {{type: modify, changes: {{zone: north, drop: null, nested: {{b: 2}}}}}}\n---\napiVersion: acteon.dev/v1alpha1\nkind: Rule\nmetadata: {{name: after, namespace: ns}}\nspec:\n  priority: 2\n  condition: {{field: action.payload.zone, eq: north}}\n  action: {{type: suppress}}\n"
     ));
     let rt = gw.config.load();
-    let eval = rt.rules.evaluate(&act(json!({"drop": 1, "keep": 2, "nested": {"a": 1}})), Utc::now());
-    assert_eq!(eval.payload, Some(json!({"keep": 2, "zone": "north", "nested": {"a": 1, "b": 2}})));
-    assert_eq!(eval.matched.len(), 2, "the rule after modify saw the patched payload");
+    let eval = rt.rules.evaluate(
+        &act(json!({"drop": 1, "keep": 2, "nested": {"a": 1}})),
+        Utc::now(),
+    );
+    assert_eq!(
+        eval.payload,
+        Some(json!({"keep": 2, "zone": "north", "nested": {"a": 1, "b": 2}}))
+    );
+    assert_eq!(
+        eval.matched.len(),
+        2,
+        "the rule after modify saw the patched payload"
+    );
 }
 
 #[tokio::test]
@@ -284,8 +529,14 @@ spec:
 "
     ));
     // Different payloads, but modify gives both the same dedup key.
-    assert!(matches!(dispatch(&gw, act(json!({"n": 1}))).await, ActionOutcome::Rerouted { .. }));
-    assert_eq!(dispatch(&gw, act(json!({"n": 2}))).await, ActionOutcome::Deduplicated);
+    assert!(matches!(
+        dispatch(&gw, act(json!({"n": 1}))).await,
+        ActionOutcome::Rerouted { .. }
+    ));
+    assert_eq!(
+        dispatch(&gw, act(json!({"n": 2}))).await,
+        ActionOutcome::Deduplicated
+    );
 }
 
 #[tokio::test]
@@ -293,8 +544,14 @@ async fn throttle_then_allow() {
     let gw = gateway(&format!(
         "{PROVIDERS}---\napiVersion: acteon.dev/v1alpha1\nkind: Rule\nmetadata: {{name: limit, namespace: ns}}\nspec:\n  priority: 1\n  condition: {{field: action.tenant, eq: t}}\n  action: {{type: throttle, maxCount: 1, windowSeconds: 60}}\n---\napiVersion: acteon.dev/v1alpha1\nkind: Rule\nmetadata: {{name: ok, namespace: ns}}\nspec:\n  priority: 2\n  condition: {{field: action.tenant, eq: t}}\n  action: {{type: allow}}\n"
     ));
-    assert!(matches!(dispatch(&gw, act(json!({}))).await, ActionOutcome::Executed(_)));
-    assert!(matches!(dispatch(&gw, act(json!({}))).await, ActionOutcome::Throttled { .. }));
+    assert!(matches!(
+        dispatch(&gw, act(json!({}))).await,
+        ActionOutcome::Executed(_)
+    ));
+    assert!(matches!(
+        dispatch(&gw, act(json!({}))).await,
+        ActionOutcome::Throttled { .. }
+    ));
 }
 
 #[tokio::test]
@@ -305,8 +562,16 @@ async fn equal_priorities_break_ties_by_name() {
         )
     };
     // Same content, listed in either order: the name decides.
-    assert_eq!(dispatch(&gateway(&rules("a-suppress", "b-reroute")), act(json!({}))).await, ActionOutcome::Suppressed { rule: "a-suppress".into() });
-    assert!(matches!(dispatch(&gateway(&rules("b-suppress", "a-reroute")), act(json!({}))).await, ActionOutcome::Rerouted { .. }));
+    assert_eq!(
+        dispatch(&gateway(&rules("a-suppress", "b-reroute")), act(json!({}))).await,
+        ActionOutcome::Suppressed {
+            rule: "a-suppress".into()
+        }
+    );
+    assert!(matches!(
+        dispatch(&gateway(&rules("b-suppress", "a-reroute")), act(json!({}))).await,
+        ActionOutcome::Rerouted { .. }
+    ));
 }
 
 #[tokio::test]
@@ -314,7 +579,10 @@ async fn disabled_rules_never_match() {
     let gw = gateway(&format!(
         "{PROVIDERS}---\napiVersion: acteon.dev/v1alpha1\nkind: Rule\nmetadata: {{name: off, namespace: ns}}\nspec:\n  enabled: false\n  condition: {{field: action.tenant, eq: t}}\n  action: {{type: suppress}}\n"
     ));
-    assert!(matches!(dispatch(&gw, act(json!({}))).await, ActionOutcome::Executed(_)));
+    assert!(matches!(
+        dispatch(&gw, act(json!({}))).await,
+        ActionOutcome::Executed(_)
+    ));
 }
 
 #[tokio::test]
@@ -322,13 +590,37 @@ async fn namespace_scoping() {
     let gw = gateway(&format!(
         "{PROVIDERS}---\napiVersion: acteon.dev/v1alpha1\nkind: Provider\nmetadata: {{name: p, namespace: acteon-system}}\nspec: {{type: noop}}\n---\napiVersion: acteon.dev/v1alpha1\nkind: Rule\nmetadata: {{name: local, namespace: ns}}\nspec:\n  condition: {{field: action.payload.kind, eq: local}}\n  action: {{type: suppress}}\n---\napiVersion: acteon.dev/v1alpha1\nkind: Rule\nmetadata: {{name: everywhere, namespace: acteon-system}}\nspec:\n  condition: {{field: action.payload.kind, eq: shared}}\n  action: {{type: suppress}}\n"
     ));
-    let in_ns = |ns: &str, kind: &str| action(json!({"namespace": ns, "tenant": "t", "provider": "p", "action_type": "x", "payload": {"kind": kind}}));
-    assert!(matches!(dispatch(&gw, in_ns("ns", "local")).await, ActionOutcome::Suppressed { .. }));
-    assert!(matches!(dispatch(&gw, in_ns("other", "local")).await, ActionOutcome::Executed(_)), "a namespaced rule stays in its namespace");
-    assert!(matches!(dispatch(&gw, in_ns("other", "shared")).await, ActionOutcome::Suppressed { .. }), "shared rules apply everywhere");
+    let in_ns = |ns: &str, kind: &str| {
+        action(
+            json!({"namespace": ns, "tenant": "t", "provider": "p", "action_type": "x", "payload": {"kind": kind}}),
+        )
+    };
+    assert!(matches!(
+        dispatch(&gw, in_ns("ns", "local")).await,
+        ActionOutcome::Suppressed { .. }
+    ));
+    assert!(
+        matches!(
+            dispatch(&gw, in_ns("other", "local")).await,
+            ActionOutcome::Executed(_)
+        ),
+        "a namespaced rule stays in its namespace"
+    );
+    assert!(
+        matches!(
+            dispatch(&gw, in_ns("other", "shared")).await,
+            ActionOutcome::Suppressed { .. }
+        ),
+        "shared rules apply everywhere"
+    );
     // Provider `q` lives in `ns` only.
-    let foreign = action(json!({"namespace": "other", "tenant": "t", "provider": "q", "action_type": "x", "payload": {}}));
-    assert!(gw.dispatch(foreign, false).await.is_err(), "another namespace's provider is unknown");
+    let foreign = action(
+        json!({"namespace": "other", "tenant": "t", "provider": "q", "action_type": "x", "payload": {}}),
+    );
+    assert!(
+        gw.dispatch(foreign, false).await.is_err(),
+        "another namespace's provider is unknown"
+    );
 }
 
 #[tokio::test]
@@ -339,37 +631,71 @@ async fn quotas_block_warn_and_degrade() {
         ))
     };
     let block = quota("block");
-    assert!(matches!(dispatch(&block, act(json!({}))).await, ActionOutcome::Executed(_)));
-    assert!(matches!(dispatch(&block, act(json!({}))).await, ActionOutcome::Executed(_)));
+    assert!(matches!(
+        dispatch(&block, act(json!({}))).await,
+        ActionOutcome::Executed(_)
+    ));
+    assert!(matches!(
+        dispatch(&block, act(json!({}))).await,
+        ActionOutcome::Executed(_)
+    ));
     match dispatch(&block, act(json!({}))).await {
-        ActionOutcome::QuotaExceeded { quota, limit, used, .. } => assert_eq!((quota.as_str(), limit, used), ("ns/q1", 2, 2)),
+        ActionOutcome::QuotaExceeded {
+            quota, limit, used, ..
+        } => assert_eq!((quota.as_str(), limit, used), ("ns/q1", 2, 2)),
         other => panic!("expected QuotaExceeded, got {other:?}"),
     }
     let warn = quota("warn");
     for _ in 0..4 {
-        assert!(matches!(dispatch(&warn, act(json!({}))).await, ActionOutcome::Executed(_)));
+        assert!(matches!(
+            dispatch(&warn, act(json!({}))).await,
+            ActionOutcome::Executed(_)
+        ));
     }
     let degrade = quota("degrade");
     dispatch(&degrade, act(json!({}))).await;
     dispatch(&degrade, act(json!({}))).await;
-    assert!(matches!(dispatch(&degrade, act(json!({}))).await, ActionOutcome::Rerouted { new_provider, .. } if new_provider == "q"));
+    assert!(
+        matches!(dispatch(&degrade, act(json!({}))).await, ActionOutcome::Rerouted { new_provider, .. } if new_provider == "q")
+    );
 }
 
 #[tokio::test]
 async fn dry_run_touches_no_state() {
-    let gw = one_rule("{field: action.action_type, eq: alert}", "{type: deduplicate}");
-    let keyed = || action(json!({"namespace": "ns", "tenant": "t", "provider": "p", "action_type": "alert", "payload": {}, "dedup_key": "k"}));
+    let gw = one_rule(
+        "{field: action.action_type, eq: alert}",
+        "{type: deduplicate}",
+    );
+    let keyed = || {
+        action(
+            json!({"namespace": "ns", "tenant": "t", "provider": "p", "action_type": "alert", "payload": {}, "dedup_key": "k"}),
+        )
+    };
     for _ in 0..2 {
         match gw.dispatch(keyed(), true).await.expect("answers") {
-            ActionOutcome::DryRun { verdict, would_be_provider, .. } => assert_eq!((verdict.as_str(), would_be_provider.as_str()), ("allow", "p")),
+            ActionOutcome::DryRun {
+                verdict,
+                would_be_provider,
+                ..
+            } => assert_eq!(
+                (verdict.as_str(), would_be_provider.as_str()),
+                ("allow", "p")
+            ),
             other => panic!("expected DryRun, got {other:?}"),
         }
     }
-    assert!(matches!(dispatch(&gw, keyed()).await, ActionOutcome::Executed(_)), "dry runs left no dedup mark");
+    assert!(
+        matches!(dispatch(&gw, keyed()).await, ActionOutcome::Executed(_)),
+        "dry runs left no dedup mark"
+    );
     let sup = one_rule("{field: action.tenant, eq: t}", "{type: suppress}");
     assert_eq!(
         sup.dispatch(act(json!({})), true).await.expect("answers"),
-        ActionOutcome::DryRun { verdict: "suppress".into(), matched_rule: Some("r".into()), would_be_provider: "p".into() }
+        ActionOutcome::DryRun {
+            verdict: "suppress".into(),
+            matched_rule: Some("r".into()),
+            would_be_provider: "p".into()
+        }
     );
 }
 
@@ -384,10 +710,19 @@ fn index_agrees_with_a_full_scan() {
         let t = tenants[i % 4];
         let ty = types[i % 3];
         let cond = match i % 5 {
-            0 => format!("{{all: [{{field: action.tenant, eq: {t}}}, {{field: action.action_type, eq: {ty}}}, {{field: action.payload.v, gt: {}}}]}}", i % 7),
+            0 => format!(
+                "{{all: [{{field: action.tenant, eq: {t}}}, {{field: action.action_type, eq: {ty}}}, {{field: action.payload.v, gt: {}}}]}}",
+                i % 7
+            ),
             1 => format!("{{field: action.tenant, inList: [{t}, t9]}}"),
-            2 => format!("{{all: [{{field: action.provider, eq: p}}, {{field: action.payload.v, lt: {}}}]}}", i % 5),
-            3 => format!("{{any: [{{field: action.tenant, eq: {t}}}, {{field: action.payload.v, eq: {}}}]}}", i % 9),
+            2 => format!(
+                "{{all: [{{field: action.provider, eq: p}}, {{field: action.payload.v, lt: {}}}]}}",
+                i % 5
+            ),
+            3 => format!(
+                "{{any: [{{field: action.tenant, eq: {t}}}, {{field: action.payload.v, eq: {}}}]}}",
+                i % 9
+            ),
             _ => format!("{{field: action.action_type, eq: {ty}}}"),
         };
         let act_yaml = match i % 4 {
@@ -407,7 +742,9 @@ fn index_agrees_with_a_full_scan() {
     for t in tenants.iter().chain(["t9", "zz"].iter()) {
         for ty in types {
             for v in 0..8 {
-                let a = action(json!({"namespace": "ns", "tenant": t, "provider": "p", "action_type": ty, "payload": {"v": v}}));
+                let a = action(
+                    json!({"namespace": "ns", "tenant": t, "provider": "p", "action_type": ty, "payload": {"v": v}}),
+                );
                 let fast = rt.rules.evaluate(&a, now);
                 let slow = rt.rules.evaluate_without_index(&a, now);
                 assert_eq!(fast.matched, slow.matched, "tenant {t} type {ty} v {v}");

@@ -25,7 +25,12 @@ fn reading(key: &str, payload: Value) -> Value {
 }
 
 async fn send(c: &reqwest::Client, server: &Server, body: &Value) -> Value {
-    let r = c.post(server.url("/v1/dispatch")).json(body).send().await.expect("sent");
+    let r = c
+        .post(server.url("/v1/dispatch"))
+        .json(body)
+        .send()
+        .await
+        .expect("sent");
     assert_eq!(r.status().as_u16(), 200);
     r.json().await.expect("json outcome")
 }
@@ -39,7 +44,11 @@ fn describe(outcome: &Value) -> String {
             match tag.as_str() {
                 "Rerouted" => format!("Rerouted:{}", body["new_provider"].as_str().unwrap_or("?")),
                 "Suppressed" => format!("Suppressed:{}", body["rule"].as_str().unwrap_or("?")),
-                "Failed" => format!("Failed:{}:{}", body["code"].as_str().unwrap_or("?"), body["message"].as_str().unwrap_or("")),
+                "Failed" => format!(
+                    "Failed:{}:{}",
+                    body["code"].as_str().unwrap_or("?"),
+                    body["message"].as_str().unwrap_or("")
+                ),
                 other => other.to_owned(),
             }
         }
@@ -52,7 +61,9 @@ async fn seed_003_iot_pipeline() {
     let server = Server::start(&[]);
     let c = reqwest::Client::new();
     let mut counts: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    let mut record = |what: &'static str, outcome: &Value| counts.entry(what).or_default().push(describe(outcome));
+    let mut record = |what: &'static str, outcome: &Value| {
+        counts.entry(what).or_default().push(describe(outcome))
+    };
 
     for (i, v) in [91.5, 88.0].iter().enumerate() {
         let o = send(&c, &server, &reading(&format!("crit-{i}"), json!({"device_id": format!("temp-{i}"), "sensor_type": "temperature", "value": v, "unit": "C"}))).await;
@@ -75,16 +86,42 @@ async fn seed_003_iot_pipeline() {
         record("energy", &o);
     }
     for _ in 0..2 {
-        let o = send(&c, &server, &reading("dup-1", json!({"device_id": "temp-d", "sensor_type": "temperature", "value": 95}))).await;
+        let o = send(
+            &c,
+            &server,
+            &reading(
+                "dup-1",
+                json!({"device_id": "temp-d", "sensor_type": "temperature", "value": 95}),
+            ),
+        )
+        .await;
         record("duplicate", &o);
     }
     for i in 0..2 {
         let o = send(&c, &server, &reading(&format!("test-{i}"), json!({"device_id": format!("test-{i}"), "sensor_type": "temperature", "value": 20, "environment": "test"}))).await;
         record("test-device", &o);
     }
-    let o = send(&c, &server, &event("device_lifecycle", "life-1", json!({"device_id": "temp-9", "event": "provisioned"}))).await;
+    let o = send(
+        &c,
+        &server,
+        &event(
+            "device_lifecycle",
+            "life-1",
+            json!({"device_id": "temp-9", "event": "provisioned"}),
+        ),
+    )
+    .await;
     record("lifecycle", &o);
-    let o = send(&c, &server, &event("firmware_update", "fw-1", json!({"device_id": "temp-9", "version": "2.1", "signed": false}))).await;
+    let o = send(
+        &c,
+        &server,
+        &event(
+            "firmware_update",
+            "fw-1",
+            json!({"device_id": "temp-9", "version": "2.1", "signed": false}),
+        ),
+    )
+    .await;
     record("firmware", &o);
 
     let expect = |what: &str, want: &[&str]| {
@@ -94,13 +131,34 @@ async fn seed_003_iot_pipeline() {
             assert!(g.starts_with(w), "{what}: got {g}, want {w}");
         }
     };
-    expect("critical", &["Rerouted:alert-fanout", "Rerouted:alert-fanout"]);
-    expect("intrusion", &["Rerouted:alert-fanout", "Rerouted:alert-fanout"]);
-    expect("normal", &["Failed:NOT_IMPLEMENTED:rule `chain-sensor-readings`: action type `chain`"; 3]);
-    expect("humidity", &["Failed:NOT_IMPLEMENTED:rule `group-humidity-readings`: action type `group`"; 3]);
-    expect("energy", &["Failed:NOT_IMPLEMENTED:rule `schedule-energy-reports`: action type `schedule`"; 2]);
+    expect(
+        "critical",
+        &["Rerouted:alert-fanout", "Rerouted:alert-fanout"],
+    );
+    expect(
+        "intrusion",
+        &["Rerouted:alert-fanout", "Rerouted:alert-fanout"],
+    );
+    expect(
+        "normal",
+        &["Failed:NOT_IMPLEMENTED:rule `chain-sensor-readings`: action type `chain`"; 3],
+    );
+    expect(
+        "humidity",
+        &["Failed:NOT_IMPLEMENTED:rule `group-humidity-readings`: action type `group`"; 3],
+    );
+    expect(
+        "energy",
+        &["Failed:NOT_IMPLEMENTED:rule `schedule-energy-reports`: action type `schedule`"; 2],
+    );
     expect("duplicate", &["Rerouted:alert-fanout", "Deduplicated"]);
-    expect("test-device", &["Suppressed:suppress-test-devices", "Suppressed:suppress-test-devices"]);
+    expect(
+        "test-device",
+        &[
+            "Suppressed:suppress-test-devices",
+            "Suppressed:suppress-test-devices",
+        ],
+    );
     expect("lifecycle", &["Rerouted:event-bus"]);
     expect("firmware", &["Suppressed:deny-unsigned-firmware"]);
 
@@ -110,9 +168,21 @@ async fn seed_003_iot_pipeline() {
     let mut throttled = Vec::new();
     let mut passed = 0;
     for i in 0..40 {
-        let o = send(&c, &server, &event("heartbeat", &format!("hb-{i}"), json!({"device_id": format!("hb-{i}")}))).await;
+        let o = send(
+            &c,
+            &server,
+            &event(
+                "heartbeat",
+                &format!("hb-{i}"),
+                json!({"device_id": format!("hb-{i}")}),
+            ),
+        )
+        .await;
         match o.get("Throttled") {
-            Some(t) => throttled.push(Duration::new(t["retry_after"]["secs"].as_u64().expect("secs"), t["retry_after"]["nanos"].as_u64().expect("nanos") as u32)),
+            Some(t) => throttled.push(Duration::new(
+                t["retry_after"]["secs"].as_u64().expect("secs"),
+                t["retry_after"]["nanos"].as_u64().expect("nanos") as u32,
+            )),
             None => {
                 assert!(o.get("Executed").is_some(), "heartbeats are allowed: {o}");
                 passed += 1;
@@ -124,10 +194,27 @@ async fn seed_003_iot_pipeline() {
     // NOT_IMPLEMENTED ones are answered without touching state. So 30 - 6 = 24 pass.
     assert_eq!(passed, 24, "throttled: {}", throttled.len());
     assert_eq!(throttled.len(), 16);
-    assert!(throttled.iter().all(|d| *d <= Duration::from_secs(60) && *d > Duration::from_secs(50)), "{throttled:?}");
+    assert!(
+        throttled
+            .iter()
+            .all(|d| *d <= Duration::from_secs(60) && *d > Duration::from_secs(50)),
+        "{throttled:?}"
+    );
 
     // The modify rule ran before `allow-remaining` (evaluation continued after it).
-    let metrics = c.get(server.url("/metrics")).send().await.expect("sent").text().await.expect("text");
-    assert!(metrics.contains("acteon_rule_matches_total{rule=\"iot/enrich-telemetry-metadata\"}"), "modify matched");
-    assert!(metrics.contains("acteon_dispatches_total{namespace=\"iot\",outcome=\"throttled\",provider=\"telemetry\"} 16"));
+    let metrics = c
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .expect("sent")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("acteon_rule_matches_total{rule=\"iot/enrich-telemetry-metadata\"}"),
+        "modify matched"
+    );
+    assert!(metrics.contains(
+        "acteon_dispatches_total{namespace=\"iot\",outcome=\"throttled\",provider=\"telemetry\"} 16"
+    ));
 }

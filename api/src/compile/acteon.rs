@@ -8,16 +8,37 @@ use serde_json::{Map, Value};
 use super::documents::Document;
 use super::error::{CompileError, Kind, ObjectId};
 
-const RULE_KEYS: &[&str] = &["name", "priority", "description", "enabled", "condition", "cel", "timezone", "action", "metadata"];
+const RULE_KEYS: &[&str] = &[
+    "name",
+    "priority",
+    "description",
+    "enabled",
+    "condition",
+    "cel",
+    "timezone",
+    "action",
+    "metadata",
+];
 
 fn error(source: &str, object: Option<ObjectId>, field: String, message: String) -> CompileError {
-    CompileError { source: source.to_owned(), object, field: Some(field), reason: "InvalidRuleFile", message }
+    CompileError {
+        source: source.to_owned(),
+        object,
+        field: Some(field),
+        reason: "InvalidRuleFile",
+        message,
+    }
 }
 
 /// Turns each entry of `rules:` into a shared (namespace-less) Rule document.
 pub fn rule_documents(source: &str, file: &Value) -> Result<Vec<Document>, Vec<CompileError>> {
     let Some(rules) = file.get("rules").and_then(Value::as_array) else {
-        return Err(vec![error(source, None, "rules".into(), "`rules` must be a list".into())]);
+        return Err(vec![error(
+            source,
+            None,
+            "rules".into(),
+            "`rules` must be a list".into(),
+        )]);
     };
     let mut docs = Vec::new();
     let mut errors = Vec::new();
@@ -27,21 +48,43 @@ pub fn rule_documents(source: &str, file: &Value) -> Result<Vec<Document>, Vec<C
             Err(e) => errors.push(e),
         }
     }
-    if errors.is_empty() { Ok(docs) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(docs)
+    } else {
+        Err(errors)
+    }
 }
 
 fn rule_document(source: &str, index: usize, rule: &Value) -> Result<Document, CompileError> {
     let at = format!("rules[{index}]");
-    let obj = rule.as_object().ok_or_else(|| error(source, None, at.clone(), "a rule must be a map".into()))?;
-    let name = obj
-        .get("name")
-        .and_then(Value::as_str)
-        .ok_or_else(|| error(source, None, format!("{at}.name"), "a rule needs a `name`".into()))?;
-    let id = ObjectId { kind: Kind::Rule, namespace: None, name: name.to_owned() };
+    let obj = rule
+        .as_object()
+        .ok_or_else(|| error(source, None, at.clone(), "a rule must be a map".into()))?;
+    let name = obj.get("name").and_then(Value::as_str).ok_or_else(|| {
+        error(
+            source,
+            None,
+            format!("{at}.name"),
+            "a rule needs a `name`".into(),
+        )
+    })?;
+    let id = ObjectId {
+        kind: Kind::Rule,
+        namespace: None,
+        name: name.to_owned(),
+    };
     let mut spec = Map::new();
     for (key, value) in obj {
         if !RULE_KEYS.contains(&key.as_str()) {
-            return Err(error(source, Some(id), format!("{at}.{key}"), format!("unknown rule key `{key}` (expected one of {})", RULE_KEYS.join(", "))));
+            return Err(error(
+                source,
+                Some(id),
+                format!("{at}.{key}"),
+                format!(
+                    "unknown rule key `{key}` (expected one of {})",
+                    RULE_KEYS.join(", ")
+                ),
+            ));
         }
         let converted = match key.as_str() {
             "name" | "metadata" => continue,
@@ -51,7 +94,12 @@ fn rule_document(source: &str, index: usize, rule: &Value) -> Result<Document, C
         };
         spec.insert(key.clone(), converted);
     }
-    Ok(Document { source: format!("{source} {at}"), id, generation: None, spec: Value::Object(spec) })
+    Ok(Document {
+        source: format!("{source} {at}"),
+        id,
+        generation: None,
+        spec: Value::Object(spec),
+    })
 }
 
 /// `starts_with` → `startsWith`.
@@ -73,7 +121,9 @@ pub fn snake_to_camel(s: &str) -> String {
 
 /// Rewrites the keys of condition nodes, never the values being compared.
 fn camel_condition(cond: &Value) -> Value {
-    let Some(obj) = cond.as_object() else { return cond.clone() };
+    let Some(obj) = cond.as_object() else {
+        return cond.clone();
+    };
     let mut out = Map::new();
     for (key, value) in obj {
         let value = match key.as_str() {
@@ -91,7 +141,9 @@ fn camel_condition(cond: &Value) -> Value {
 
 /// Rewrites the action's keys and its `type`; `changes` (a payload patch) is left alone.
 fn camel_action(action: &Value) -> Value {
-    let Some(obj) = action.as_object() else { return action.clone() };
+    let Some(obj) = action.as_object() else {
+        return action.clone();
+    };
     let mut out = Map::new();
     for (key, value) in obj {
         let value = match (key.as_str(), value) {
@@ -107,17 +159,31 @@ fn camel_action(action: &Value) -> Value {
 pub fn manifest_name(name: &str) -> String {
     let mut out: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .collect();
     while out.contains("--") {
         out = out.replace("--", "-");
     }
     let trimmed = out.trim_matches('-');
-    if trimmed.is_empty() { "rule".to_owned() } else { trimmed.chars().take(253).collect() }
+    if trimmed.is_empty() {
+        "rule".to_owned()
+    } else {
+        trimmed.chars().take(253).collect()
+    }
 }
 
 /// Renders an Acteon rule file as Rule manifests (`---`-separated YAML).
-pub fn to_manifests(source: &str, text: &str, namespace: Option<&str>) -> Result<String, Vec<CompileError>> {
+pub fn to_manifests(
+    source: &str,
+    text: &str,
+    namespace: Option<&str>,
+) -> Result<String, Vec<CompileError>> {
     let docs = super::documents::parse_text(source, text)?;
     let mut out = String::new();
     for doc in docs.iter().filter(|d| d.id.kind == Kind::Rule) {
@@ -133,7 +199,13 @@ pub fn to_manifests(source: &str, text: &str, namespace: Option<&str>) -> Result
             "spec": doc.spec,
         });
         let yaml = serde_yaml_ng::to_string(&manifest).map_err(|e| {
-            vec![CompileError { source: doc.source.clone(), object: Some(doc.id.clone()), field: None, reason: "InvalidRuleFile", message: e.to_string() }]
+            vec![CompileError {
+                source: doc.source.clone(),
+                object: Some(doc.id.clone()),
+                field: None,
+                reason: "InvalidRuleFile",
+                message: e.to_string(),
+            }]
         })?;
         out.push_str("---\n");
         out.push_str(&yaml);
@@ -170,7 +242,10 @@ mod tests {
                 "action": {"type": "stateMachine", "stateMachine": "alert", "fingerprintFields": ["metadata.cluster_name"]}
             })
         );
-        assert_eq!(manifest_name("Dedup_Sensor readings"), "dedup-sensor-readings");
+        assert_eq!(
+            manifest_name("Dedup_Sensor readings"),
+            "dedup-sensor-readings"
+        );
     }
 
     #[test]
@@ -178,7 +253,10 @@ mod tests {
         let file = json!({"rules": [{"name": "m", "condition": {"field": "tenant", "eq": "t"},
             "action": {"type": "modify", "changes": {"pipeline_version": "2"}}}]});
         let docs = rule_documents("f.yaml", &file).unwrap();
-        assert_eq!(docs[0].spec["action"]["changes"], json!({"pipeline_version": "2"}));
+        assert_eq!(
+            docs[0].spec["action"]["changes"],
+            json!({"pipeline_version": "2"})
+        );
     }
 
     #[test]

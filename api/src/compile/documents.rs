@@ -21,7 +21,12 @@ pub struct Document {
 /// Namespace Kubernetes gives an object applied without one.
 const DEFAULT_NAMESPACE: &str = "default";
 
-fn error(source: &str, object: Option<ObjectId>, field: Option<&str>, message: String) -> CompileError {
+fn error(
+    source: &str,
+    object: Option<ObjectId>,
+    field: Option<&str>,
+    message: String,
+) -> CompileError {
     CompileError {
         source: source.to_owned(),
         object,
@@ -35,19 +40,28 @@ fn error(source: &str, object: Option<ObjectId>, field: Option<&str>, message: S
 pub fn yaml_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, CompileError> {
     let mut files = Vec::new();
     for path in paths {
-        let io_err = |e: std::io::Error| error(&path.display().to_string(), None, None, e.to_string());
+        let io_err =
+            |e: std::io::Error| error(&path.display().to_string(), None, None, e.to_string());
         if path.is_dir() {
             let mut found: Vec<PathBuf> = std::fs::read_dir(path)
                 .map_err(io_err)?
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+                .filter(|p| {
+                    p.is_file()
+                        && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+                })
                 .collect();
             found.sort();
             files.extend(found);
         } else if path.exists() {
             files.push(path.clone());
         } else {
-            return Err(error(&path.display().to_string(), None, None, "no such file or directory".into()));
+            return Err(error(
+                &path.display().to_string(),
+                None,
+                None,
+                "no such file or directory".into(),
+            ));
         }
     }
     Ok(files)
@@ -68,7 +82,11 @@ pub fn read_paths(paths: &[PathBuf]) -> Result<Vec<Document>, Vec<CompileError>>
             Err(e) => errors.push(error(&source, None, None, e.to_string())),
         }
     }
-    if errors.is_empty() { Ok(docs) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(docs)
+    } else {
+        Err(errors)
+    }
 }
 
 /// Parses one file's text: any number of `---`-separated manifests, or an Acteon rule file.
@@ -83,21 +101,32 @@ pub fn parse_text(source: &str, text: &str) -> Result<Vec<Document>, Vec<Compile
             Err(e) => {
                 // The document stream cannot resume after a syntax error (the iterator
                 // would yield the same error forever), so stop at the first one.
-                errors.push(error(&doc_source, None, None, format!("not valid YAML: {e}")));
+                errors.push(error(
+                    &doc_source,
+                    None,
+                    None,
+                    format!("not valid YAML: {e}"),
+                ));
                 break;
             }
         };
         let result = if is_acteon_rule_file(&value) {
             acteon::rule_documents(source, &value)
         } else {
-            manifest_document(&doc_source, value).map(|d| vec![d]).map_err(|e| vec![e])
+            manifest_document(&doc_source, value)
+                .map(|d| vec![d])
+                .map_err(|e| vec![e])
         };
         match result {
             Ok(d) => docs.extend(d),
             Err(e) => errors.extend(e),
         }
     }
-    if errors.is_empty() { Ok(docs) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(docs)
+    } else {
+        Err(errors)
+    }
 }
 
 fn is_acteon_rule_file(v: &Value) -> bool {
@@ -106,27 +135,64 @@ fn is_acteon_rule_file(v: &Value) -> bool {
 
 fn manifest_document(source: &str, mut value: Value) -> Result<Document, CompileError> {
     let str_at = |v: &Value, field: &str| v.get(field).and_then(Value::as_str).map(str::to_owned);
-    let api_version = str_at(&value, "apiVersion")
-        .ok_or_else(|| error(source, None, Some("apiVersion"), "missing `apiVersion` (expected acteon.dev/v1alpha1)".into()))?;
+    let api_version = str_at(&value, "apiVersion").ok_or_else(|| {
+        error(
+            source,
+            None,
+            Some("apiVersion"),
+            "missing `apiVersion` (expected acteon.dev/v1alpha1)".into(),
+        )
+    })?;
     let kind_name = str_at(&value, "kind")
         .ok_or_else(|| error(source, None, Some("kind"), "missing `kind`".into()))?;
     if api_version != crate::API_VERSION {
-        return Err(error(source, None, Some("apiVersion"), format!("`{api_version}` is not {}", crate::API_VERSION)));
+        return Err(error(
+            source,
+            None,
+            Some("apiVersion"),
+            format!("`{api_version}` is not {}", crate::API_VERSION),
+        ));
     }
     let kind = Kind::parse(&kind_name).ok_or_else(|| {
-        error(source, None, Some("kind"), format!("unknown kind `{kind_name}` (expected Rule, Provider, Chain, StateMachine or Quota)"))
+        error(
+            source,
+            None,
+            Some("kind"),
+            format!(
+                "unknown kind `{kind_name}` (expected Rule, Provider, Chain, StateMachine or Quota)"
+            ),
+        )
     })?;
     let metadata = value.get("metadata").cloned().unwrap_or(Value::Null);
-    let name = str_at(&metadata, "name")
-        .ok_or_else(|| error(source, None, Some("metadata.name"), format!("{kind} without `metadata.name`")))?;
+    let name = str_at(&metadata, "name").ok_or_else(|| {
+        error(
+            source,
+            None,
+            Some("metadata.name"),
+            format!("{kind} without `metadata.name`"),
+        )
+    })?;
     let namespace = str_at(&metadata, "namespace").unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
-    let id = ObjectId { kind, namespace: Some(namespace), name };
+    let id = ObjectId {
+        kind,
+        namespace: Some(namespace),
+        name,
+    };
     check_dns_label(source, &id)?;
-    let spec = value
-        .get_mut("spec")
-        .map(Value::take)
-        .ok_or_else(|| error(source, Some(id.clone()), Some("spec"), "missing `spec`".into()))?;
-    Ok(Document { source: source.to_owned(), generation: metadata.get("generation").and_then(Value::as_i64), id, spec })
+    let spec = value.get_mut("spec").map(Value::take).ok_or_else(|| {
+        error(
+            source,
+            Some(id.clone()),
+            Some("spec"),
+            "missing `spec`".into(),
+        )
+    })?;
+    Ok(Document {
+        source: source.to_owned(),
+        generation: metadata.get("generation").and_then(Value::as_i64),
+        id,
+        spec,
+    })
 }
 
 /// Object names follow Kubernetes' DNS-1123 subdomain rules.
@@ -134,18 +200,31 @@ fn check_dns_label(source: &str, id: &ObjectId) -> Result<(), CompileError> {
     let valid = |s: &str| {
         !s.is_empty()
             && s.len() <= 253
-            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
             && s.starts_with(|c: char| c.is_ascii_alphanumeric())
             && s.ends_with(|c: char| c.is_ascii_alphanumeric())
     };
     if !valid(&id.name) {
-        return Err(error(source, Some(id.clone()), Some("metadata.name"), format!("`{}` is not a valid name (lowercase letters, digits, '-' and '.')", id.name)));
+        return Err(error(
+            source,
+            Some(id.clone()),
+            Some("metadata.name"),
+            format!(
+                "`{}` is not a valid name (lowercase letters, digits, '-' and '.')",
+                id.name
+            ),
+        ));
     }
-    if let Some(ns) = &id.namespace {
-        if !valid(ns) {
-            return Err(error(source, Some(id.clone()), Some("metadata.namespace"), format!("`{ns}` is not a valid namespace")));
+    if let Some(ns) = &id.namespace
+        && !valid(ns) {
+            return Err(error(
+                source,
+                Some(id.clone()),
+                Some("metadata.namespace"),
+                format!("`{ns}` is not a valid namespace"),
+            ));
         }
-    }
     Ok(())
 }
 

@@ -26,7 +26,9 @@ pub struct CompileOptions {
 
 impl Default for CompileOptions {
     fn default() -> Self {
-        CompileOptions { shared_namespace: DEFAULT_SHARED_NAMESPACE.to_owned() }
+        CompileOptions {
+            shared_namespace: DEFAULT_SHARED_NAMESPACE.to_owned(),
+        }
     }
 }
 
@@ -44,8 +46,15 @@ pub fn compile(docs: &[Document], options: &CompileOptions) -> Compiled {
 }
 
 /// Reads and compiles files; any read or validation problem is an error.
-pub fn compile_paths(paths: &[std::path::PathBuf], options: &CompileOptions) -> Result<Snapshot, Vec<CompileError>> {
+pub fn compile_paths(
+    paths: &[std::path::PathBuf],
+    options: &CompileOptions,
+) -> Result<Snapshot, Vec<CompileError>> {
     let docs = read_paths(paths)?;
     let compiled = compile(&docs, options);
-    if compiled.rejections.is_empty() { Ok(compiled.snapshot) } else { Err(compiled.rejections) }
+    if compiled.rejections.is_empty() {
+        Ok(compiled.snapshot)
+    } else {
+        Err(compiled.rejections)
+    }
 }

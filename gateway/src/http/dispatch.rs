@@ -31,9 +31,19 @@ pub struct DispatchParams {
 }
 
 fn parse_action(bytes: &[u8], what: &str, app: &AppState) -> Result<Action, ApiError> {
-    let action: Action = json::parse(bytes, what).inspect_err(|_| app.gateway.metrics.bad_requests.with_label_values(&["invalid_json"]).inc())?;
+    let action: Action = json::parse(bytes, what).inspect_err(|_| {
+        app.gateway
+            .metrics
+            .bad_requests
+            .with_label_values(&["invalid_json"])
+            .inc()
+    })?;
     action::validate(&action).map_err(|m| {
-        app.gateway.metrics.bad_requests.with_label_values(&["invalid_action"]).inc();
+        app.gateway
+            .metrics
+            .bad_requests
+            .with_label_values(&["invalid_action"])
+            .inc();
         ApiError::invalid(format!("invalid {what}: {m}"))
     })?;
     Ok(action)
@@ -57,13 +67,23 @@ pub async fn dispatch(
 #[serde(untagged)]
 pub enum BatchItem {
     Outcome(ActionOutcome),
-    Error { error: String, code: &'static str, message: String, retryable: bool },
+    Error {
+        error: String,
+        code: &'static str,
+        message: String,
+        retryable: bool,
+    },
 }
 
 impl From<ApiError> for BatchItem {
     fn from(e: ApiError) -> BatchItem {
         let b = e.body();
-        BatchItem::Error { error: b.error, code: b.code, message: b.message, retryable: b.retryable }
+        BatchItem::Error {
+            error: b.error,
+            code: b.code,
+            message: b.message,
+            retryable: b.retryable,
+        }
     }
 }
 
@@ -76,10 +96,18 @@ pub async fn dispatch_batch(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Vec<BatchItem>>, ApiError> {
     let bytes = json::body(body, app.body_limit)?;
-    let items: Vec<Box<RawValue>> = json::parse(&bytes, "batch (expected a JSON array of actions)")?;
+    let items: Vec<Box<RawValue>> =
+        json::parse(&bytes, "batch (expected a JSON array of actions)")?;
     if items.len() > MAX_BATCH {
-        app.gateway.metrics.bad_requests.with_label_values(&["batch_too_large"]).inc();
-        return Err(ApiError::invalid(format!("batch has {} actions; the limit is {MAX_BATCH}", items.len())));
+        app.gateway
+            .metrics
+            .bad_requests
+            .with_label_values(&["batch_too_large"])
+            .inc();
+        return Err(ApiError::invalid(format!(
+            "batch has {} actions; the limit is {MAX_BATCH}",
+            items.len()
+        )));
     }
     let app = &app;
     let results: Vec<BatchItem> = futures::stream::iter(items.into_iter().enumerate())

@@ -28,15 +28,27 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn invalid(message: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::BAD_REQUEST, code: "INVALID_REQUEST", message: message.into() }
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "INVALID_REQUEST",
+            message: message.into(),
+        }
     }
 
     pub fn too_large(message: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::PAYLOAD_TOO_LARGE, code: "PAYLOAD_TOO_LARGE", message: message.into() }
+        ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            code: "PAYLOAD_TOO_LARGE",
+            message: message.into(),
+        }
     }
 
     pub fn unavailable(message: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::SERVICE_UNAVAILABLE, code: "UNAVAILABLE", message: message.into() }
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "UNAVAILABLE",
+            message: message.into(),
+        }
     }
 
     pub fn body(&self) -> ErrorBody {

@@ -11,7 +11,9 @@ use super::error::ApiError;
 pub fn body(result: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
     result.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::too_large(format!("request body is larger than the limit of {limit} bytes"))
+            ApiError::too_large(format!(
+                "request body is larger than the limit of {limit} bytes"
+            ))
         } else {
             ApiError::invalid(format!("could not read the request body: {r}"))
         }
@@ -29,7 +31,9 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, ApiErro
         }
         let inner = e.into_inner();
         let kind = match inner.classify() {
-            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => "malformed JSON",
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                "malformed JSON"
+            }
             _ => "invalid",
         };
         if path == "." || path.is_empty() || path.contains('?') {

@@ -26,9 +26,27 @@ pub struct AppState {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Acteon for Kubernetes gateway", description = "Acteon-compatible action dispatch API"),
-    paths(dispatch::dispatch, dispatch::dispatch_batch, ops::rules, ops::config, ops::healthz, ops::readyz, ops::metrics),
-    components(schemas(crate::action::Action, crate::outcome::ActionOutcome, error::ErrorBody, dispatch::BatchItem, ops::RuleInfo, ops::ConfigInfo))
+    info(
+        title = "Acteon for Kubernetes gateway",
+        description = "Acteon-compatible action dispatch API"
+    ),
+    paths(
+        dispatch::dispatch,
+        dispatch::dispatch_batch,
+        ops::rules,
+        ops::config,
+        ops::healthz,
+        ops::readyz,
+        ops::metrics
+    ),
+    components(schemas(
+        crate::action::Action,
+        crate::outcome::ActionOutcome,
+        error::ErrorBody,
+        dispatch::BatchItem,
+        ops::RuleInfo,
+        ops::ConfigInfo
+    ))
 )]
 pub struct ApiDoc;
 
@@ -37,7 +55,11 @@ async fn openapi() -> impl IntoResponse {
 }
 
 async fn not_found() -> error::ApiError {
-    error::ApiError { status: axum::http::StatusCode::NOT_FOUND, code: "NOT_FOUND", message: "no such endpoint".into() }
+    error::ApiError {
+        status: axum::http::StatusCode::NOT_FOUND,
+        code: "NOT_FOUND",
+        message: "no such endpoint".into(),
+    }
 }
 
 /// The router with every endpoint.

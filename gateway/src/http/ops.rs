@@ -24,16 +24,24 @@ pub async fn healthz() -> impl IntoResponse {
 pub async fn readyz(State(app): State<Arc<AppState>>) -> Result<impl IntoResponse, ApiError> {
     let gw = &app.gateway;
     match tokio::time::timeout(gw.options.state_timeout, gw.state.ping()).await {
-        Ok(Ok(())) => Ok(Json(json!({"status": "ready", "snapshot_version": gw.config.load().snapshot.version}))),
+        Ok(Ok(())) => Ok(Json(
+            json!({"status": "ready", "snapshot_version": gw.config.load().snapshot.version}),
+        )),
         Ok(Err(e)) => Err(ApiError::unavailable(e.to_string())),
-        Err(_) => Err(ApiError::unavailable(format!("state backend did not answer within {:?}", gw.options.state_timeout))),
+        Err(_) => Err(ApiError::unavailable(format!(
+            "state backend did not answer within {:?}",
+            gw.options.state_timeout
+        ))),
     }
 }
 
 /// Prometheus metrics.
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format")))]
 pub async fn metrics(State(app): State<Arc<AppState>>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.gateway.metrics.render())
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.gateway.metrics.render(),
+    )
 }
 
 /// A rule as listed by `GET /v1/rules`.
@@ -68,7 +76,9 @@ pub async fn rules(State(app): State<Arc<AppState>>) -> Json<Vec<RuleInfo>> {
             source: e.source.clone(),
         })
         .collect();
-    out.sort_by(|a, b| (a.priority, &a.namespace, &a.name).cmp(&(b.priority, &b.namespace, &b.name)));
+    out.sort_by(|a, b| {
+        (a.priority, &a.namespace, &a.name).cmp(&(b.priority, &b.namespace, &b.name))
+    });
     Json(out)
 }
 

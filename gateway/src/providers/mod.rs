@@ -25,8 +25,18 @@ pub struct ProviderError {
 }
 
 impl ProviderError {
-    pub fn new(code: &str, message: impl Into<String>, retryable: bool, attempts: u32) -> ProviderError {
-        ProviderError { code: code.to_owned(), message: message.into(), retryable, attempts }
+    pub fn new(
+        code: &str,
+        message: impl Into<String>,
+        retryable: bool,
+        attempts: u32,
+    ) -> ProviderError {
+        ProviderError {
+            code: code.to_owned(),
+            message: message.into(),
+            retryable,
+            attempts,
+        }
     }
 }
 
@@ -49,7 +59,9 @@ pub struct Noop;
 #[async_trait]
 impl Provider for Noop {
     async fn execute(&self, _: &Action) -> Result<ProviderResponse, ProviderError> {
-        Ok(ProviderResponse::success(serde_json::Value::Object(Default::default())))
+        Ok(ProviderResponse::success(serde_json::Value::Object(
+            Default::default(),
+        )))
     }
 }
 
@@ -59,7 +71,12 @@ struct NotImplemented(ProviderType);
 #[async_trait]
 impl Provider for NotImplemented {
     async fn execute(&self, _: &Action) -> Result<ProviderResponse, ProviderError> {
-        Err(ProviderError::new("NOT_IMPLEMENTED", format!("provider type `{}` is not implemented yet", self.0.as_str()), false, 0))
+        Err(ProviderError::new(
+            "NOT_IMPLEMENTED",
+            format!("provider type `{}` is not implemented yet", self.0.as_str()),
+            false,
+            0,
+        ))
     }
 }
 
@@ -83,7 +100,9 @@ impl Retry {
         let r = spec.retry.as_ref();
         Retry {
             max_attempts: r.and_then(|r| r.max_attempts).unwrap_or(3).max(1),
-            initial_backoff: Duration::from_millis(r.and_then(|r| r.initial_backoff_ms).unwrap_or(100)),
+            initial_backoff: Duration::from_millis(
+                r.and_then(|r| r.initial_backoff_ms).unwrap_or(100),
+            ),
             max_backoff: Duration::from_millis(r.and_then(|r| r.max_backoff_ms).unwrap_or(2000)),
         }
     }
@@ -107,10 +126,17 @@ impl ProviderRegistry {
     pub fn build(entries: &[Entry<ProviderSpec>], http: &reqwest::Client) -> ProviderRegistry {
         let mut reg = ProviderRegistry::default();
         for e in entries {
-            let handle = ProviderHandle { name: e.name.clone(), kind: e.spec.provider_type, provider: build(&e.spec, http) };
+            let handle = ProviderHandle {
+                name: e.name.clone(),
+                kind: e.spec.provider_type,
+                provider: build(&e.spec, http),
+            };
             match &e.namespace {
                 Some(ns) => {
-                    reg.by_namespace.entry(ns.clone()).or_default().insert(e.name.clone(), handle);
+                    reg.by_namespace
+                        .entry(ns.clone())
+                        .or_default()
+                        .insert(e.name.clone(), handle);
                 }
                 None => {
                     reg.shared.insert(e.name.clone(), handle);
@@ -122,7 +148,10 @@ impl ProviderRegistry {
 
     /// The provider `name` as seen from `namespace` (own namespace first, then shared).
     pub fn get(&self, namespace: &str, name: &str) -> Option<&ProviderHandle> {
-        self.by_namespace.get(namespace).and_then(|m| m.get(name)).or_else(|| self.shared.get(name))
+        self.by_namespace
+            .get(namespace)
+            .and_then(|m| m.get(name))
+            .or_else(|| self.shared.get(name))
     }
 
     /// Whether `namespace` has providers of its own.

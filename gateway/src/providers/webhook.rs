@@ -38,8 +38,16 @@ impl WebhookProvider {
     pub fn new(w: &WebhookSpec, spec: &ProviderSpec, http: reqwest::Client) -> WebhookProvider {
         WebhookProvider {
             url: w.url.clone(),
-            method: w.method.as_deref().and_then(|m| Method::from_bytes(m.to_ascii_uppercase().as_bytes()).ok()).unwrap_or(Method::POST),
-            headers: w.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            method: w
+                .method
+                .as_deref()
+                .and_then(|m| Method::from_bytes(m.to_ascii_uppercase().as_bytes()).ok())
+                .unwrap_or(Method::POST),
+            headers: w
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             timeout: Duration::from_secs(spec.timeout_seconds.unwrap_or(10)),
             retry: Retry::from_spec(spec),
             http,
@@ -60,7 +68,11 @@ impl WebhookProvider {
             req = req.header(k, v);
         }
         let resp = req.send().await.map_err(|e| Attempt {
-            code: if e.is_timeout() { "TIMEOUT" } else { "CONNECTION" },
+            code: if e.is_timeout() {
+                "TIMEOUT"
+            } else {
+                "CONNECTION"
+            },
             message: format!("{} {}: {e}", self.method, self.url),
             retryable: e.is_timeout() || e.is_connect() || e.is_request(),
         })?;
@@ -71,12 +83,26 @@ impl WebhookProvider {
             .filter(|(k, _)| k.as_str() == "content-type" || k.as_str().starts_with("x-"))
             .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.to_string(), v.to_owned())))
             .collect();
-        let bytes = resp.bytes().await.map_err(|e| Attempt { code: "CONNECTION", message: e.to_string(), retryable: true })?;
-        let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        let bytes = resp.bytes().await.map_err(|e| Attempt {
+            code: "CONNECTION",
+            message: e.to_string(),
+            retryable: true,
+        })?;
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
         if !status.is_success() {
             return Err(Attempt {
-                code: if status.is_server_error() { "HTTP_5XX" } else { "HTTP_4XX" },
-                message: format!("{} {} answered {status}: {}", self.method, self.url, truncate(&body.to_string(), 300)),
+                code: if status.is_server_error() {
+                    "HTTP_5XX"
+                } else {
+                    "HTTP_4XX"
+                },
+                message: format!(
+                    "{} {} answered {status}: {}",
+                    self.method,
+                    self.url,
+                    truncate(&body.to_string(), 300)
+                ),
                 retryable: status.is_server_error() || status.as_u16() == 429,
             });
         }

@@ -19,17 +19,25 @@ impl std::fmt::Debug for CelCondition {
 
 impl CelCondition {
     pub fn compile(src: &str) -> Result<CelCondition, CompileError> {
-        cel::Program::compile(src).map(|program| CelCondition { program }).map_err(|e| CompileError(e.to_string()))
+        cel::Program::compile(src)
+            .map(|program| CelCondition { program })
+            .map_err(|e| CompileError(e.to_string()))
     }
 
     pub fn eval(&self, input: &EvalInput<'_>, tz: Option<Tz>) -> Result<bool, EvalError> {
         let mut ctx = cel::Context::default();
         ctx.add_variable_from_value("action", action_value(input)?);
         ctx.add_variable_from_value("time", time_value(input, tz)?);
-        ctx.add_variable_from_value("state", cel::Value::from(std::collections::HashMap::<String, cel::Value>::new()));
+        ctx.add_variable_from_value(
+            "state",
+            cel::Value::from(std::collections::HashMap::<String, cel::Value>::new()),
+        );
         match self.program.execute(&ctx) {
             Ok(cel::Value::Bool(b)) => Ok(b),
-            Ok(other) => Err(EvalError::Cel(format!("expression gave {:?}, not a boolean", other.type_of()))),
+            Ok(other) => Err(EvalError::Cel(format!(
+                "expression gave {:?}, not a boolean",
+                other.type_of()
+            ))),
             Err(e) => Err(EvalError::Cel(e.to_string())),
         }
     }

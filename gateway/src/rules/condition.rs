@@ -21,7 +21,11 @@ pub enum EvalError {
     #[error("field `{0}` is missing")]
     MissingField(String),
     #[error("`{op}` cannot compare {found} with {expected}")]
-    TypeMismatch { op: &'static str, found: &'static str, expected: &'static str },
+    TypeMismatch {
+        op: &'static str,
+        found: &'static str,
+        expected: &'static str,
+    },
     #[error("{0}")]
     Unsupported(String),
     #[error("CEL: {0}")]
@@ -34,10 +38,16 @@ pub enum Cond {
     All(Vec<Cond>),
     Any(Vec<Cond>),
     Not(Box<Cond>),
-    Check { path: FieldPath, display: String, op: Op },
+    Check {
+        path: FieldPath,
+        display: String,
+        op: Op,
+    },
     /// State predicates and inhibition functions parse and validate; they are evaluated by
     /// the state-machine and grouping work, and until then count as rule errors.
-    NeedsState { what: String },
+    NeedsState {
+        what: String,
+    },
 }
 
 /// A compiled operator.
@@ -45,7 +55,11 @@ pub enum Cond {
 pub enum Op {
     Eq(Value),
     Ne(Value),
-    Cmp { op: &'static str, rhs: Value, accept: fn(Ordering) -> bool },
+    Cmp {
+        op: &'static str,
+        rhs: Value,
+        accept: fn(Ordering) -> bool,
+    },
     Contains(Value),
     StartsWith(String),
     EndsWith(String),
@@ -70,9 +84,15 @@ pub fn compile(c: &Condition) -> Result<Cond, CompileError> {
             display: field.clone(),
             op: compile_op(op)?,
         },
-        Condition::StateSeen { key, .. } => Cond::NeedsState { what: format!("stateSeen `{key}`") },
-        Condition::StateCounter { key, .. } => Cond::NeedsState { what: format!("stateCounter `{key}`") },
-        Condition::Call { function, .. } => Cond::NeedsState { what: format!("`{function}`") },
+        Condition::StateSeen { key, .. } => Cond::NeedsState {
+            what: format!("stateSeen `{key}`"),
+        },
+        Condition::StateCounter { key, .. } => Cond::NeedsState {
+            what: format!("stateCounter `{key}`"),
+        },
+        Condition::Call { function, .. } => Cond::NeedsState {
+            what: format!("`{function}`"),
+        },
     })
 }
 
@@ -80,14 +100,32 @@ fn compile_op(op: &FieldOp) -> Result<Op, CompileError> {
     Ok(match op {
         FieldOp::Eq(v) => Op::Eq(v.clone()),
         FieldOp::Ne(v) => Op::Ne(v.clone()),
-        FieldOp::Gt(v) => Op::Cmp { op: "gt", rhs: v.clone(), accept: |o| o == Ordering::Greater },
-        FieldOp::Gte(v) => Op::Cmp { op: "gte", rhs: v.clone(), accept: |o| o != Ordering::Less },
-        FieldOp::Lt(v) => Op::Cmp { op: "lt", rhs: v.clone(), accept: |o| o == Ordering::Less },
-        FieldOp::Lte(v) => Op::Cmp { op: "lte", rhs: v.clone(), accept: |o| o != Ordering::Greater },
+        FieldOp::Gt(v) => Op::Cmp {
+            op: "gt",
+            rhs: v.clone(),
+            accept: |o| o == Ordering::Greater,
+        },
+        FieldOp::Gte(v) => Op::Cmp {
+            op: "gte",
+            rhs: v.clone(),
+            accept: |o| o != Ordering::Less,
+        },
+        FieldOp::Lt(v) => Op::Cmp {
+            op: "lt",
+            rhs: v.clone(),
+            accept: |o| o == Ordering::Less,
+        },
+        FieldOp::Lte(v) => Op::Cmp {
+            op: "lte",
+            rhs: v.clone(),
+            accept: |o| o != Ordering::Greater,
+        },
         FieldOp::Contains(v) => Op::Contains(v.clone()),
         FieldOp::StartsWith(s) => Op::StartsWith(s.clone()),
         FieldOp::EndsWith(s) => Op::EndsWith(s.clone()),
-        FieldOp::Matches(re) => Op::Matches(Regex::new(re).map_err(|e| CompileError(e.to_string()))?),
+        FieldOp::Matches(re) => {
+            Op::Matches(Regex::new(re).map_err(|e| CompileError(e.to_string()))?)
+        }
         FieldOp::InList(v) => Op::InList(v.clone()),
         FieldOp::Exists(b) => Op::Exists(*b),
     })
@@ -177,7 +215,11 @@ fn equals(field: &FieldValue<'_>, lit: &Value) -> bool {
 }
 
 fn mismatch(op: &'static str, found: &FieldValue<'_>, expected: &'static str) -> EvalError {
-    EvalError::TypeMismatch { op, found: type_name(found), expected }
+    EvalError::TypeMismatch {
+        op,
+        found: type_name(found),
+        expected,
+    }
 }
 
 fn apply(op: &Op, field: &FieldValue<'_>, display: &str) -> Result<bool, EvalError> {
@@ -194,7 +236,9 @@ fn apply(op: &Op, field: &FieldValue<'_>, display: &str) -> Result<bool, EvalErr
         Op::InList(items) => Ok(items.iter().any(|lit| equals(field, lit))),
         Op::Cmp { op, rhs, accept } => {
             let ord = match (rhs, as_f64(field), as_str(field)) {
-                (Value::Number(n), Some(lhs), _) => lhs.partial_cmp(&n.as_f64().unwrap_or(f64::NAN)),
+                (Value::Number(n), Some(lhs), _) => {
+                    lhs.partial_cmp(&n.as_f64().unwrap_or(f64::NAN))
+                }
                 (Value::String(r), _, Some(lhs)) => Some(lhs.cmp(r.as_str())),
                 (Value::Number(_), ..) => return Err(mismatch(op, field, "a number")),
                 _ => return Err(mismatch(op, field, "a string")),
@@ -202,13 +246,23 @@ fn apply(op: &Op, field: &FieldValue<'_>, display: &str) -> Result<bool, EvalErr
             Ok(ord.is_some_and(accept))
         }
         Op::Contains(needle) => match (field, needle) {
-            (FieldValue::Json(Value::Array(items)), lit) => Ok(items.iter().any(|i| equals(&FieldValue::Json(i), lit))),
-            (_, Value::String(n)) => as_str(field).map(|s| s.contains(n.as_str())).ok_or_else(|| mismatch("contains", field, "a string or a list")),
+            (FieldValue::Json(Value::Array(items)), lit) => {
+                Ok(items.iter().any(|i| equals(&FieldValue::Json(i), lit)))
+            }
+            (_, Value::String(n)) => as_str(field)
+                .map(|s| s.contains(n.as_str()))
+                .ok_or_else(|| mismatch("contains", field, "a string or a list")),
             _ => Err(mismatch("contains", field, "a list")),
         },
-        Op::StartsWith(p) => as_str(field).map(|s| s.starts_with(p.as_str())).ok_or_else(|| mismatch("startsWith", field, "a string")),
-        Op::EndsWith(p) => as_str(field).map(|s| s.ends_with(p.as_str())).ok_or_else(|| mismatch("endsWith", field, "a string")),
-        Op::Matches(re) => as_str(field).map(|s| re.is_match(s)).ok_or_else(|| mismatch("matches", field, "a string")),
+        Op::StartsWith(p) => as_str(field)
+            .map(|s| s.starts_with(p.as_str()))
+            .ok_or_else(|| mismatch("startsWith", field, "a string")),
+        Op::EndsWith(p) => as_str(field)
+            .map(|s| s.ends_with(p.as_str()))
+            .ok_or_else(|| mismatch("endsWith", field, "a string")),
+        Op::Matches(re) => as_str(field)
+            .map(|s| re.is_match(s))
+            .ok_or_else(|| mismatch("matches", field, "a string")),
         Op::Exists(want) => Ok(*want),
     }
 }

@@ -17,7 +17,12 @@ use crate::state::Gate;
 pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
 
 /// Builds the gate, or `None` if the action carries no key for this rule.
-pub fn gate(input: &EvalInput<'_>, tz: Option<Tz>, ttl: Option<u64>, key: Option<&KeyTemplate>) -> Option<Gate> {
+pub fn gate(
+    input: &EvalInput<'_>,
+    tz: Option<Tz>,
+    ttl: Option<u64>,
+    key: Option<&KeyTemplate>,
+) -> Option<Gate> {
     let raw = match key {
         Some(t) => render(t, input, tz)?,
         None => input.action.dedup_key.clone()?,

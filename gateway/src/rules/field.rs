@@ -32,7 +32,8 @@ impl FieldValue<'_> {
 }
 
 fn opt(s: &Option<String>) -> FieldValue<'_> {
-    s.as_deref().map_or(FieldValue::Missing, |s| FieldValue::Str(Cow::Borrowed(s)))
+    s.as_deref()
+        .map_or(FieldValue::Missing, |s| FieldValue::Str(Cow::Borrowed(s)))
 }
 
 /// Walks object keys (and numeric array indexes) into a JSON value.
@@ -59,8 +60,13 @@ pub fn resolve<'a>(path: &FieldPath, input: &'a EvalInput<'a>, tz: Option<Tz>) -
         FieldPath::Status => opt(&a.status),
         FieldPath::Fingerprint => opt(&a.fingerprint),
         FieldPath::DedupKey => opt(&a.dedup_key),
-        FieldPath::Payload(keys) => walk(input.payload, keys).map_or(FieldValue::Missing, FieldValue::Json),
-        FieldPath::Metadata(k) => a.metadata.get(k).map_or(FieldValue::Missing, |s| FieldValue::Str(Cow::Borrowed(s))),
+        FieldPath::Payload(keys) => {
+            walk(input.payload, keys).map_or(FieldValue::Missing, FieldValue::Json)
+        }
+        FieldPath::Metadata(k) => a
+            .metadata
+            .get(k)
+            .map_or(FieldValue::Missing, |s| FieldValue::Str(Cow::Borrowed(s))),
         FieldPath::Time(t) => time_field(*t, input, tz),
     }
 }

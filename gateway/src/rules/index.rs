@@ -20,7 +20,12 @@ use super::condition::{Cond, Op};
 use crate::action::Action;
 
 /// Indexed fields, in bit order.
-const FIELDS: [FieldPath; 4] = [FieldPath::Namespace, FieldPath::Tenant, FieldPath::Provider, FieldPath::ActionType];
+const FIELDS: [FieldPath; 4] = [
+    FieldPath::Namespace,
+    FieldPath::Tenant,
+    FieldPath::Provider,
+    FieldPath::ActionType,
+];
 
 /// Above this many value combinations a rule is filed under fewer fields.
 const MAX_COMBINATIONS: usize = 64;
@@ -63,7 +68,10 @@ fn collect(cond: &Cond, out: &mut Constraints) {
             let Some(slot) = field_slot(path) else { return };
             let values: Option<Vec<String>> = match op {
                 Op::Eq(Value::String(s)) => Some(vec![s.clone()]),
-                Op::InList(items) => items.iter().map(|v| v.as_str().map(str::to_owned)).collect(),
+                Op::InList(items) => items
+                    .iter()
+                    .map(|v| v.as_str().map(str::to_owned))
+                    .collect(),
                 _ => None,
             };
             // Keep the first constraint per field; a second one only narrows further,
@@ -116,10 +124,15 @@ impl RuleIndex {
         let mut index = RuleIndex::default();
         for (pos, c) in rules.iter().enumerate() {
             let pos = pos as u32;
-            let mut mask: u8 = (0..4).filter(|s| c[*s].as_ref().is_some_and(|v| !v.is_empty())).fold(0, |m, s| m | 1 << s);
+            let mut mask: u8 = (0..4)
+                .filter(|s| c[*s].as_ref().is_some_and(|v| !v.is_empty()))
+                .fold(0, |m, s| m | 1 << s);
             // Drop the widest fields until the number of combinations is reasonable.
             while mask != 0 && combinations_len(c, mask) > MAX_COMBINATIONS {
-                let widest = (0..4).filter(|s| mask & (1 << s) != 0).max_by_key(|s| c[*s].as_ref().map_or(0, Vec::len)).unwrap_or(0);
+                let widest = (0..4)
+                    .filter(|s| mask & (1 << s) != 0)
+                    .max_by_key(|s| c[*s].as_ref().map_or(0, Vec::len))
+                    .unwrap_or(0);
                 mask &= !(1 << widest);
             }
             if mask == 0 {
@@ -130,7 +143,11 @@ impl RuleIndex {
                 index.masks.push(mask);
             }
             for combo in combinations(c, mask) {
-                index.buckets.entry(hash_key(mask, &combo)).or_default().push(pos);
+                index
+                    .buckets
+                    .entry(hash_key(mask, &combo))
+                    .or_default()
+                    .push(pos);
             }
         }
         index
@@ -138,7 +155,12 @@ impl RuleIndex {
 
     /// Rules that may match `action`, in priority order, without duplicates.
     pub fn candidates(&self, action: &Action) -> Candidates {
-        let values = [action.namespace.as_str(), action.tenant.as_str(), action.provider.as_str(), action.action_type.as_str()];
+        let values = [
+            action.namespace.as_str(),
+            action.tenant.as_str(),
+            action.provider.as_str(),
+            action.action_type.as_str(),
+        ];
         let mut out: Candidates = self.always.iter().copied().collect();
         let mut sources = 0;
         for mask in &self.masks {

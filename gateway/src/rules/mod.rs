@@ -51,13 +51,26 @@ pub enum Effect {
     Allow,
     Deny,
     Suppress,
-    Reroute { target: String },
-    Modify { changes: Value },
-    Deduplicate { ttl_seconds: Option<u64>, key: Option<KeyTemplate> },
-    Throttle { max_count: u64, window_seconds: u64, key: Option<KeyTemplate> },
+    Reroute {
+        target: String,
+    },
+    Modify {
+        changes: Value,
+    },
+    Deduplicate {
+        ttl_seconds: Option<u64>,
+        key: Option<KeyTemplate>,
+    },
+    Throttle {
+        max_count: u64,
+        window_seconds: u64,
+        key: Option<KeyTemplate>,
+    },
     /// Parsed and validated, but run by later work (group, schedule, chain, state machine,
     /// approval): answered `NOT_IMPLEMENTED`.
-    NotImplemented { kind: &'static str },
+    NotImplemented {
+        kind: &'static str,
+    },
 }
 
 /// One compiled rule.
@@ -92,11 +105,21 @@ pub struct RuleSet {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     /// Execute on the requested provider; `rule` is the `allow` rule, if one matched.
-    Execute { rule: Option<u32> },
-    Deny { rule: u32 },
-    Suppress { rule: u32 },
-    Reroute { rule: u32 },
-    NotImplemented { rule: u32 },
+    Execute {
+        rule: Option<u32>,
+    },
+    Deny {
+        rule: u32,
+    },
+    Suppress {
+        rule: u32,
+    },
+    Reroute {
+        rule: u32,
+    },
+    NotImplemented {
+        rule: u32,
+    },
 }
 
 /// A gate and the rule that asked for it.
@@ -124,7 +147,10 @@ fn compile_rule(entry: &Entry<RuleSpec>) -> Result<CompiledRule, BuildError> {
         Some(ns) => format!("{ns}/{}", entry.name).into(),
         None => entry.name.clone().into(),
     };
-    let fail = |message: String| BuildError { rule: id.to_string(), message };
+    let fail = |message: String| BuildError {
+        rule: id.to_string(),
+        message,
+    };
     let spec = &entry.spec;
     let predicate = match (&spec.condition, &spec.cel) {
         (Some(c), _) => Predicate::Condition(condition::compile(c).map_err(|e| fail(e.0))?),
@@ -132,23 +158,43 @@ fn compile_rule(entry: &Entry<RuleSpec>) -> Result<CompiledRule, BuildError> {
         (None, None) => return Err(fail("no condition".into())),
     };
     let timezone = match &spec.timezone {
-        Some(tz) => Some(tz.parse::<Tz>().map_err(|_| fail(format!("bad time zone `{tz}`")))?),
+        Some(tz) => Some(
+            tz.parse::<Tz>()
+                .map_err(|_| fail(format!("bad time zone `{tz}`")))?,
+        ),
         None => None,
     };
     let template = |k: &Option<String>| -> Result<Option<KeyTemplate>, BuildError> {
-        k.as_deref().map(|k| KeyTemplate::parse(k).map_err(|e| fail(e.0))).transpose()
+        k.as_deref()
+            .map(|k| KeyTemplate::parse(k).map_err(|e| fail(e.0)))
+            .transpose()
     };
     let effect = match &spec.action {
         RuleAction::Allow => Effect::Allow,
         RuleAction::Deny => Effect::Deny,
         RuleAction::Suppress => Effect::Suppress,
-        RuleAction::Reroute { target_provider } => Effect::Reroute { target: target_provider.clone() },
-        RuleAction::Modify { changes } => Effect::Modify { changes: changes.clone() },
-        RuleAction::Deduplicate { ttl_seconds, key } => Effect::Deduplicate { ttl_seconds: *ttl_seconds, key: template(key)? },
-        RuleAction::Throttle { max_count, window_seconds, key } => {
-            Effect::Throttle { max_count: *max_count, window_seconds: *window_seconds, key: template(key)? }
-        }
-        other => Effect::NotImplemented { kind: other.type_name() },
+        RuleAction::Reroute { target_provider } => Effect::Reroute {
+            target: target_provider.clone(),
+        },
+        RuleAction::Modify { changes } => Effect::Modify {
+            changes: changes.clone(),
+        },
+        RuleAction::Deduplicate { ttl_seconds, key } => Effect::Deduplicate {
+            ttl_seconds: *ttl_seconds,
+            key: template(key)?,
+        },
+        RuleAction::Throttle {
+            max_count,
+            window_seconds,
+            key,
+        } => Effect::Throttle {
+            max_count: *max_count,
+            window_seconds: *window_seconds,
+            key: template(key)?,
+        },
+        other => Effect::NotImplemented {
+            kind: other.type_name(),
+        },
     };
     Ok(CompiledRule {
         id,
@@ -169,7 +215,8 @@ pub fn scoped_key(prefix: &str, namespace: &str, tenant: &str, rest: &str) -> St
     } else {
         Cow::Borrowed(tenant)
     };
-    let mut key = String::with_capacity(prefix.len() + namespace.len() + tenant.len() + rest.len() + 3);
+    let mut key =
+        String::with_capacity(prefix.len() + namespace.len() + tenant.len() + rest.len() + 3);
     for (i, part) in [prefix, namespace, &tenant, rest].iter().enumerate() {
         if i > 0 {
             key.push(':');
@@ -182,15 +229,24 @@ pub fn scoped_key(prefix: &str, namespace: &str, tenant: &str, rest: &str) -> St
 impl RuleSet {
     /// Compiles the enabled rules, sorted by priority, then namespace, then name.
     pub fn build(entries: &[Entry<RuleSpec>]) -> Result<RuleSet, BuildError> {
-        let mut enabled: Vec<&Entry<RuleSpec>> = entries.iter().filter(|e| e.spec.enabled).collect();
+        let mut enabled: Vec<&Entry<RuleSpec>> =
+            entries.iter().filter(|e| e.spec.enabled).collect();
         enabled.sort_by(|a, b| {
-            (a.spec.priority, a.namespace.as_deref().unwrap_or(""), a.name.as_str()).cmp(&(
-                b.spec.priority,
-                b.namespace.as_deref().unwrap_or(""),
-                b.name.as_str(),
-            ))
+            (
+                a.spec.priority,
+                a.namespace.as_deref().unwrap_or(""),
+                a.name.as_str(),
+            )
+                .cmp(&(
+                    b.spec.priority,
+                    b.namespace.as_deref().unwrap_or(""),
+                    b.name.as_str(),
+                ))
         });
-        let rules = enabled.into_iter().map(compile_rule).collect::<Result<Vec<_>, _>>()?;
+        let rules = enabled
+            .into_iter()
+            .map(compile_rule)
+            .collect::<Result<Vec<_>, _>>()?;
         let constraints: Vec<_> = rules
             .iter()
             .map(|r| {
@@ -238,7 +294,12 @@ impl RuleSet {
         self.evaluate_candidates(action, now, (0..self.rules.len() as u32).collect())
     }
 
-    fn evaluate_candidates(&self, action: &Action, now: DateTime<Utc>, candidates: index::Candidates) -> Evaluation {
+    fn evaluate_candidates(
+        &self,
+        action: &Action,
+        now: DateTime<Utc>,
+        candidates: index::Candidates,
+    ) -> Evaluation {
         let mut payload: Cow<'_, Value> = Cow::Borrowed(&action.payload);
         let mut eval = Evaluation {
             payload: None,
@@ -249,10 +310,18 @@ impl RuleSet {
         };
         for pos in candidates {
             let rule = &self.rules[pos as usize];
-            if rule.namespace.as_deref().is_some_and(|ns| ns != action.namespace) {
+            if rule
+                .namespace
+                .as_deref()
+                .is_some_and(|ns| ns != action.namespace)
+            {
                 continue;
             }
-            let input = EvalInput { action, payload: &payload, now };
+            let input = EvalInput {
+                action,
+                payload: &payload,
+                now,
+            };
             let matched = match &rule.predicate {
                 Predicate::Condition(c) => c.eval(&input, rule.timezone),
                 Predicate::Cel(c) => c.eval(&input, rule.timezone),
@@ -273,14 +342,33 @@ impl RuleSet {
                 Effect::Deduplicate { ttl_seconds, key } => {
                     match dedup::gate(&input, rule.timezone, *ttl_seconds, key.as_ref()) {
                         Some(gate) => eval.gates.push(RuleGate { rule: pos, gate }),
-                        None => eval.errors.push((pos, EvalError::MissingField("dedup key (dedup_key or the rule's key template)".into()))),
+                        None => eval.errors.push((
+                            pos,
+                            EvalError::MissingField(
+                                "dedup key (dedup_key or the rule's key template)".into(),
+                            ),
+                        )),
                     }
                     None
                 }
-                Effect::Throttle { max_count, window_seconds, key } => {
-                    match throttle::gate(&input, rule.timezone, &rule.id, *max_count, *window_seconds, key.as_ref()) {
+                Effect::Throttle {
+                    max_count,
+                    window_seconds,
+                    key,
+                } => {
+                    match throttle::gate(
+                        &input,
+                        rule.timezone,
+                        &rule.id,
+                        *max_count,
+                        *window_seconds,
+                        key.as_ref(),
+                    ) {
                         Some(gate) => eval.gates.push(RuleGate { rule: pos, gate }),
-                        None => eval.errors.push((pos, EvalError::MissingField("throttle key template field".into()))),
+                        None => eval.errors.push((
+                            pos,
+                            EvalError::MissingField("throttle key template field".into()),
+                        )),
                     }
                     None
                 }

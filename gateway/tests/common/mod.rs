@@ -23,10 +23,16 @@ pub fn repo_root() -> PathBuf {
 
 /// A gateway compiled from YAML documents, in process, on the memory backend.
 pub fn gateway(yaml: &str) -> Gateway {
-    let docs = parse_text("test.yaml", yaml).unwrap_or_else(|e| panic!("test YAML does not parse: {e:?}"));
+    let docs =
+        parse_text("test.yaml", yaml).unwrap_or_else(|e| panic!("test YAML does not parse: {e:?}"));
     let compiled = compile(&docs, &CompileOptions::default());
-    assert!(compiled.rejections.is_empty(), "test config rejected: {:?}", compiled.rejections);
-    let runtime = Runtime::build(compiled.snapshot, &reqwest::Client::new()).expect("runtime builds");
+    assert!(
+        compiled.rejections.is_empty(),
+        "test config rejected: {:?}",
+        compiled.rejections
+    );
+    let runtime =
+        Runtime::build(compiled.snapshot, &reqwest::Client::new()).expect("runtime builds");
     Gateway {
         config: LiveConfig::new(runtime),
         state: Arc::new(MemoryStore::new()),
@@ -42,7 +48,10 @@ pub fn action(v: Value) -> acteon_gateway::action::Action {
 
 /// A free loopback port.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 /// The gateway binary, running until dropped.
@@ -66,10 +75,16 @@ impl Server {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("gateway binary starts");
-        let server = Server { child, base: format!("http://{listen}") };
+        let server = Server {
+            child,
+            base: format!("http://{listen}"),
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(&listen).is_err() {
-            assert!(Instant::now() < deadline, "gateway did not listen on {listen}");
+            assert!(
+                Instant::now() < deadline,
+                "gateway did not listen on {listen}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         server
@@ -81,7 +96,9 @@ impl Server {
 
     /// Sends SIGTERM.
     pub fn terminate(&self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
     }
 }
 
@@ -114,23 +131,41 @@ impl Recorder {
     pub async fn start() -> Recorder {
         use axum::extract::State;
         use axum::http::{HeaderMap, StatusCode, Uri};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind recorder");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind recorder");
         let rec = Recorder {
             addr: listener.local_addr().expect("addr"),
             requests: Arc::default(),
             script: Arc::default(),
             delay: Arc::new(Mutex::new(Duration::ZERO)),
         };
-        async fn handle(State(rec): State<Recorder>, uri: Uri, headers: HeaderMap, body: axum::body::Bytes) -> (StatusCode, String) {
+        async fn handle(
+            State(rec): State<Recorder>,
+            uri: Uri,
+            headers: HeaderMap,
+            body: axum::body::Bytes,
+        ) -> (StatusCode, String) {
             let delay = *rec.delay.lock();
             tokio::time::sleep(delay).await;
             let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            rec.requests.lock().push(Recorded { path: uri.path().to_owned(), headers, body });
+            rec.requests.lock().push(Recorded {
+                path: uri.path().to_owned(),
+                headers,
+                body,
+            });
             let status = {
                 let mut script = rec.script.lock();
-                if script.is_empty() { 200 } else { script.remove(0) }
+                if script.is_empty() {
+                    200
+                } else {
+                    script.remove(0)
+                }
             };
-            (StatusCode::from_u16(status).unwrap_or(StatusCode::OK), r#"{"ok":true}"#.to_owned())
+            (
+                StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+                r#"{"ok":true}"#.to_owned(),
+            )
         }
         let app = axum::Router::new().fallback(handle).with_state(rec.clone());
         tokio::spawn(async move {

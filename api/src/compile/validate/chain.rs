@@ -12,48 +12,98 @@ const BRANCH_OPERATORS: &[&str] = &["eq", "ne", "gt", "gte", "lt", "lte", "conta
 pub(super) fn check(c: &Parsed<'_, ChainSpec>, accepted: &Accepted) -> Result<(), Problem> {
     let steps = &c.spec.steps;
     if steps.is_empty() {
-        return Err(Problem::new("spec.steps", "InvalidChain", "needs at least one step"));
+        return Err(Problem::new(
+            "spec.steps",
+            "InvalidChain",
+            "needs at least one step",
+        ));
     }
     let mut names = HashSet::new();
     for (i, step) in steps.iter().enumerate() {
         let at = format!("spec.steps[{i}]");
         if !names.insert(step.name.as_str()) {
-            return Err(Problem::new(format!("{at}.name"), "InvalidChain", format!("step name `{}` is used twice", step.name)));
+            return Err(Problem::new(
+                format!("{at}.name"),
+                "InvalidChain",
+                format!("step name `{}` is used twice", step.name),
+            ));
         }
         match (&step.provider, &step.sub_chain) {
             (Some(p), None) if !accepted.resolves(Kind::Provider, &c.scope, p) => {
-                return Err(Problem::new(format!("{at}.provider"), "ProviderNotFound", format!("provider `{p}` not found")));
+                return Err(Problem::new(
+                    format!("{at}.provider"),
+                    "ProviderNotFound",
+                    format!("provider `{p}` not found"),
+                ));
             }
             (Some(_), None) | (None, Some(_)) => {}
-            _ => return Err(Problem::new(at, "InvalidChain", "a step has exactly one of `provider` and `subChain`")),
+            _ => {
+                return Err(Problem::new(
+                    at,
+                    "InvalidChain",
+                    "a step has exactly one of `provider` and `subChain`",
+                ));
+            }
         }
         for (b, branch) in step.branches.iter().enumerate() {
             if !BRANCH_OPERATORS.contains(&branch.operator.as_str()) {
-                return Err(Problem::new(format!("{at}.branches[{b}].operator"), "InvalidChain", format!("`{}` is not one of {}", branch.operator, BRANCH_OPERATORS.join(", "))));
+                return Err(Problem::new(
+                    format!("{at}.branches[{b}].operator"),
+                    "InvalidChain",
+                    format!(
+                        "`{}` is not one of {}",
+                        branch.operator,
+                        BRANCH_OPERATORS.join(", ")
+                    ),
+                ));
             }
         }
     }
     for (i, step) in steps.iter().enumerate() {
-        let targets = step.branches.iter().enumerate().map(|(b, br)| (format!("spec.steps[{i}].branches[{b}].target"), &br.target));
-        let default = step.default_next.iter().map(|t| (format!("spec.steps[{i}].defaultNext"), t));
+        let targets = step
+            .branches
+            .iter()
+            .enumerate()
+            .map(|(b, br)| (format!("spec.steps[{i}].branches[{b}].target"), &br.target));
+        let default = step
+            .default_next
+            .iter()
+            .map(|t| (format!("spec.steps[{i}].defaultNext"), t));
         for (field, target) in targets.chain(default) {
             if !names.contains(target.as_str()) {
-                return Err(Problem::new(field, "DanglingStep", format!("step `{target}` does not exist in this chain")));
+                return Err(Problem::new(
+                    field,
+                    "DanglingStep",
+                    format!("step `{target}` does not exist in this chain"),
+                ));
             }
         }
     }
     if let Some(step) = step_cycle(&c.spec) {
-        return Err(Problem::new("spec.steps", "CycleDetected", format!("steps loop back through `{step}`")));
+        return Err(Problem::new(
+            "spec.steps",
+            "CycleDetected",
+            format!("steps loop back through `{step}`"),
+        ));
     }
     Ok(())
 }
 
 /// Finds a step reachable from itself (branches, `defaultNext`, or falling through to the next step).
 fn step_cycle(spec: &ChainSpec) -> Option<String> {
-    let index: HashMap<&str, usize> = spec.steps.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
+    let index: HashMap<&str, usize> = spec
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.name.as_str(), i))
+        .collect();
     let next = |i: usize| -> Vec<usize> {
         let s = &spec.steps[i];
-        let mut out: Vec<usize> = s.branches.iter().filter_map(|b| index.get(b.target.as_str()).copied()).collect();
+        let mut out: Vec<usize> = s
+            .branches
+            .iter()
+            .filter_map(|b| index.get(b.target.as_str()).copied())
+            .collect();
         match &s.default_next {
             Some(d) => out.extend(index.get(d.as_str()).copied()),
             None if i + 1 < spec.steps.len() => out.push(i + 1),
@@ -101,10 +151,26 @@ fn find_cycle(edges: &[Vec<usize>]) -> Option<usize> {
 }
 
 /// Rejects chains whose sub-chains are missing or rejected, then chains on a sub-chain cycle.
-pub(super) fn check_sub_chains<'d>(run: &mut Run<'_>, mut chains: Vec<Parsed<'d, ChainSpec>>) -> Vec<Parsed<'d, ChainSpec>> {
+pub(super) fn check_sub_chains<'d>(
+    run: &mut Run<'_>,
+    mut chains: Vec<Parsed<'d, ChainSpec>>,
+) -> Vec<Parsed<'d, ChainSpec>> {
+    reject_missing_sub_chains(run, &mut chains);
+    let mut kept = reject_sub_chain_cycles(run, chains);
+    // A chain that calls a chain rejected for being on a cycle has lost its sub-chain too.
+    reject_missing_sub_chains(run, &mut kept);
+    kept
+}
+
+/// Rejects, until none is left, chains calling a sub-chain that is missing or rejected.
+fn reject_missing_sub_chains(run: &mut Run<'_>, chains: &mut Vec<Parsed<'_, ChainSpec>>) {
     loop {
         let missing = chains.iter().position(|c| {
-            c.spec.steps.iter().filter_map(|s| s.sub_chain.as_ref()).any(|sub| !run.accepted.resolves(Kind::Chain, &c.scope, sub))
+            c.spec
+                .steps
+                .iter()
+                .filter_map(|s| s.sub_chain.as_ref())
+                .any(|sub| !run.accepted.resolves(Kind::Chain, &c.scope, sub))
         });
         let Some(i) = missing else { break };
         let c = chains.remove(i);
@@ -113,28 +179,65 @@ pub(super) fn check_sub_chains<'d>(run: &mut Run<'_>, mut chains: Vec<Parsed<'d,
             .steps
             .iter()
             .enumerate()
-            .find_map(|(n, s)| s.sub_chain.as_ref().filter(|sub| !run.accepted.resolves(Kind::Chain, &c.scope, sub)).map(|sub| (n, sub.clone())))
+            .find_map(|(n, s)| {
+                s.sub_chain
+                    .as_ref()
+                    .filter(|sub| !run.accepted.resolves(Kind::Chain, &c.scope, sub))
+                    .map(|sub| (n, sub.clone()))
+            })
             .unwrap_or_default();
         run.accepted.remove(Kind::Chain, &c.scope, &c.doc.id.name);
-        run.reject(c.doc, Problem::new(format!("spec.steps[{step}].subChain"), "ChainNotFound", format!("chain `{sub}` not found")));
+        run.reject(
+            c.doc,
+            Problem::new(
+                format!("spec.steps[{step}].subChain"),
+                "ChainNotFound",
+                format!("chain `{sub}` not found"),
+            ),
+        );
     }
+}
+
+/// Rejects every chain on a sub-chain cycle.
+fn reject_sub_chain_cycles<'d>(
+    run: &mut Run<'_>,
+    chains: Vec<Parsed<'d, ChainSpec>>,
+) -> Vec<Parsed<'d, ChainSpec>> {
     // Resolve each sub-chain reference to an index (own namespace first, then shared).
     let position = |scope: &Option<String>, name: &str| {
         chains
             .iter()
             .position(|c| c.scope == *scope && c.doc.id.name == name)
-            .or_else(|| chains.iter().position(|c| c.scope.is_none() && c.doc.id.name == name))
+            .or_else(|| {
+                chains
+                    .iter()
+                    .position(|c| c.scope.is_none() && c.doc.id.name == name)
+            })
     };
     let edges: Vec<Vec<usize>> = chains
         .iter()
-        .map(|c| c.spec.steps.iter().filter_map(|s| s.sub_chain.as_ref()).filter_map(|sub| position(&c.scope, sub)).collect())
+        .map(|c| {
+            c.spec
+                .steps
+                .iter()
+                .filter_map(|s| s.sub_chain.as_ref())
+                .filter_map(|sub| position(&c.scope, sub))
+                .collect()
+        })
         .collect();
     let on_cycle = nodes_on_cycles(&edges);
     let mut kept = Vec::new();
     for (i, c) in chains.into_iter().enumerate() {
         if on_cycle.contains(&i) {
             run.accepted.remove(Kind::Chain, &c.scope, &c.doc.id.name);
-            run.reject(c.doc, Problem::new("spec.steps", "CycleDetected", "sub-chains lead back to this chain"));
+            run.reject(
+                c.doc,
+                Problem::new(
+                    "spec.steps",
+                    "CycleDetected",
+                    "sub-chains lead back to this chain",
+                ),
+            );
         } else {
             kept.push(c);
         }

@@ -8,10 +8,12 @@ mod rule;
 use std::collections::{BTreeMap, HashSet};
 
 use serde::de::DeserializeOwned;
+use serde_json::Value;
+use serde_path_to_error::Segment;
 
+use super::CompileOptions;
 use super::documents::Document;
 use super::error::{CompileError, Kind, ObjectId};
-use super::CompileOptions;
 use crate::crd::quota::parse_window_seconds;
 use crate::crd::{Overage, QuotaSpec, StateMachineSpec};
 use crate::snapshot::{Entry, Snapshot};
@@ -24,8 +26,16 @@ pub(super) struct Problem {
 }
 
 impl Problem {
-    pub fn new(field: impl Into<String>, reason: &'static str, message: impl Into<String>) -> Problem {
-        Problem { field: field.into(), reason, message: message.into() }
+    pub fn new(
+        field: impl Into<String>,
+        reason: &'static str,
+        message: impl Into<String>,
+    ) -> Problem {
+        Problem {
+            field: field.into(),
+            reason,
+            message: message.into(),
+        }
     }
 }
 
@@ -46,7 +56,8 @@ impl Accepted {
 
     /// An object in `scope` may use objects of its own namespace and shared ones.
     pub fn resolves(&self, kind: Kind, scope: &Option<String>, name: &str) -> bool {
-        self.names.contains(&(kind, scope.clone(), name.to_owned())) || self.names.contains(&(kind, None, name.to_owned()))
+        self.names.contains(&(kind, scope.clone(), name.to_owned()))
+            || self.names.contains(&(kind, None, name.to_owned()))
     }
 }
 
@@ -75,19 +86,35 @@ impl<'a> Run<'a> {
     }
 
     fn scope(&self, id: &ObjectId) -> Option<String> {
-        id.namespace.clone().filter(|ns| *ns != self.options.shared_namespace)
+        id.namespace
+            .clone()
+            .filter(|ns| *ns != self.options.shared_namespace)
     }
 
     /// Deserializes each document of `kind`; errors name the spec field.
-    fn parse<'d, S: DeserializeOwned>(&mut self, docs: &'d [Document], kind: Kind) -> Vec<Parsed<'d, S>> {
+    fn parse<'d, S: DeserializeOwned>(
+        &mut self,
+        docs: &'d [Document],
+        kind: Kind,
+    ) -> Vec<Parsed<'d, S>> {
         let mut out = Vec::new();
         for doc in docs.iter().filter(|d| d.id.kind == kind) {
             match serde_path_to_error::deserialize::<_, S>(&doc.spec) {
-                Ok(spec) => out.push(Parsed { doc, scope: self.scope(&doc.id), spec }),
+                Ok(spec) => out.push(Parsed {
+                    doc,
+                    scope: self.scope(&doc.id),
+                    spec,
+                }),
                 Err(e) => {
-                    let path = e.path().to_string();
-                    let field = if path == "." { "spec".to_owned() } else { format!("spec.{path}") };
-                    self.reject(doc, Problem::new(field, "InvalidSpec", e.into_inner().to_string()));
+                    let field = error_field(&doc.spec, &e, |v| {
+                        serde_path_to_error::deserialize::<_, S>(v)
+                            .err()
+                            .map(|e| e.into_inner().to_string())
+                    });
+                    self.reject(
+                        doc,
+                        Problem::new(field, "InvalidSpec", e.into_inner().to_string()),
+                    );
                 }
             }
         }
@@ -95,7 +122,12 @@ impl<'a> Run<'a> {
     }
 
     /// Keeps the objects `check` accepts and records them as resolvable.
-    fn keep<'d, S>(&mut self, kind: Kind, items: Vec<Parsed<'d, S>>, check: impl Fn(&Parsed<'d, S>, &Accepted) -> Result<(), Problem>) -> Vec<Parsed<'d, S>> {
+    fn keep<'d, S>(
+        &mut self,
+        kind: Kind,
+        items: Vec<Parsed<'d, S>>,
+        check: impl Fn(&Parsed<'d, S>, &Accepted) -> Result<(), Problem>,
+    ) -> Vec<Parsed<'d, S>> {
         let mut kept = Vec::new();
         for item in items {
             match check(&item, &self.accepted) {
@@ -108,6 +140,75 @@ impl<'a> Run<'a> {
         }
         kept
     }
+}
+
+/// The value a deserialization error path points at.
+fn value_at<'v>(root: &'v Value, path: &serde_path_to_error::Path) -> Option<&'v Value> {
+    path.iter().try_fold(root, |v, segment| match segment {
+        Segment::Map { key } => v.get(key.as_str()),
+        Segment::Seq { index } => v.get(*index),
+        Segment::Enum { .. } => Some(v),
+        Segment::Unknown => None,
+    })
+}
+
+fn value_at_mut<'v>(
+    root: &'v mut Value,
+    path: &serde_path_to_error::Path,
+) -> Option<&'v mut Value> {
+    path.iter().try_fold(root, |v, segment| match segment {
+        Segment::Map { key } => v.get_mut(key.as_str()),
+        Segment::Seq { index } => v.get_mut(*index),
+        Segment::Enum { .. } => Some(v),
+        Segment::Unknown => None,
+    })
+}
+
+/// The dotted field (`spec.…`) a deserialization error belongs to.
+///
+/// serde cannot follow paths into internally tagged enums (a Rule's `action`), so
+/// `ttlSeconds: "x"` is reported at `action`: there the offending key is found by
+/// leaving each key out in turn (`retry` deserializes a trial spec, `None` = success).
+/// `unknown field` and `missing field` errors on a map name their key.
+fn error_field(
+    spec: &Value,
+    err: &serde_path_to_error::Error<serde_json::Error>,
+    retry: impl Fn(&Value) -> Option<String>,
+) -> String {
+    let path = err.path().to_string();
+    let base = if path == "." {
+        "spec".to_owned()
+    } else {
+        format!("spec.{path}")
+    };
+    let Some(obj) = value_at(spec, err.path()).and_then(Value::as_object) else {
+        return base;
+    };
+    let message = err.inner().to_string();
+    let quoted = |prefix: &str| {
+        message
+            .strip_prefix(prefix)
+            .and_then(|r| r.strip_prefix('`'))
+            .and_then(|r| r.split('`').next())
+    };
+    if let Some(key) = quoted("unknown field ").filter(|k| obj.contains_key(*k)) {
+        return format!("{base}.{key}");
+    }
+    if let Some(key) = quoted("missing field ").filter(|k| !obj.contains_key(*k)) {
+        return format!("{base}.{key}");
+    }
+    if obj.get("type").is_some_and(Value::is_string) {
+        for key in obj.keys().filter(|k| *k != "type") {
+            let mut trial = spec.clone();
+            if let Some(o) = value_at_mut(&mut trial, err.path()).and_then(Value::as_object_mut) {
+                o.remove(key);
+            }
+            if retry(&trial).as_deref() != Some(message.as_str()) {
+                return format!("{base}.{key}");
+            }
+        }
+    }
+    base
 }
 
 fn duplicates(docs: &[Document]) -> Vec<CompileError> {
@@ -127,24 +228,55 @@ fn duplicates(docs: &[Document]) -> Vec<CompileError> {
     errors
 }
 
+/// Accepted objects in a fixed order (namespace, then name), whatever order the
+/// documents came in, so equal content gives an equal snapshot and digest (the operator
+/// lists objects from its cache in no particular order).
 fn entries<S>(items: Vec<Parsed<'_, S>>) -> Vec<Entry<S>> {
-    items
+    let mut out: Vec<Entry<S>> = items
         .into_iter()
-        .map(|p| Entry { namespace: p.scope, name: p.doc.id.name.clone(), generation: p.doc.generation, source: p.doc.source.clone(), spec: p.spec })
-        .collect()
+        .map(|p| Entry {
+            namespace: p.scope,
+            name: p.doc.id.name.clone(),
+            generation: p.doc.generation,
+            source: p.doc.source.clone(),
+            spec: p.spec,
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        (a.namespace.as_deref().unwrap_or(""), &a.name, &a.source).cmp(&(
+            b.namespace.as_deref().unwrap_or(""),
+            &b.name,
+            &b.source,
+        ))
+    });
+    out
 }
 
 pub(super) fn compile(docs: &[Document], options: &CompileOptions) -> super::Compiled {
-    let mut run = Run { options, rejections: duplicates(docs), accepted: Accepted::default() };
-    let dup: HashSet<&ObjectId> = run.rejections.iter().filter_map(|e| e.object.as_ref()).collect();
-    let unique: Vec<Document> = docs.iter().filter(|d| !dup.contains(&d.id)).cloned().collect();
+    let mut run = Run {
+        options,
+        rejections: duplicates(docs),
+        accepted: Accepted::default(),
+    };
+    let dup: HashSet<&ObjectId> = run
+        .rejections
+        .iter()
+        .filter_map(|e| e.object.as_ref())
+        .collect();
+    let unique: Vec<Document> = docs
+        .iter()
+        .filter(|d| !dup.contains(&d.id))
+        .cloned()
+        .collect();
 
     let providers = run.parse(&unique, Kind::Provider);
     let providers = run.keep(Kind::Provider, providers, |p, _| provider::check(&p.spec));
     let providers = provider::check_fallbacks(&mut run, providers);
 
     let machines = run.parse(&unique, Kind::StateMachine);
-    let machines = run.keep(Kind::StateMachine, machines, |m, _| check_state_machine(&m.spec));
+    let machines = run.keep(Kind::StateMachine, machines, |m, _| {
+        check_state_machine(&m.spec)
+    });
 
     let chains = run.parse(&unique, Kind::Chain);
     let chains = run.keep(Kind::Chain, chains, |c, acc| chain::check(c, acc));
@@ -159,39 +291,67 @@ pub(super) fn compile(docs: &[Document], options: &CompileOptions) -> super::Com
     let mut snapshot = Snapshot {
         version: 1,
         digest: String::new(),
-        rules: entries(rules),
+        rules: {
+            // Evaluation order: priority, then namespace, then name (the sort is stable).
+            let mut rules = entries(rules);
+            rules.sort_by_key(|r| r.spec.priority);
+            rules
+        },
         providers: entries(providers),
         chains: entries(chains),
         state_machines: entries(machines),
         quotas: entries(quotas),
     };
     snapshot.seal();
-    super::Compiled { snapshot, rejections: run.rejections }
+    super::Compiled {
+        snapshot,
+        rejections: run.rejections,
+    }
 }
 
 fn check_state_machine(spec: &StateMachineSpec) -> Result<(), Problem> {
     if spec.states.is_empty() {
-        return Err(Problem::new("spec.states", "InvalidStateMachine", "needs at least one state"));
+        return Err(Problem::new(
+            "spec.states",
+            "InvalidStateMachine",
+            "needs at least one state",
+        ));
     }
     let known = |s: &str| spec.states.iter().any(|x| x == s);
     if !known(&spec.initial_state) {
-        return Err(Problem::new("spec.initialState", "InvalidStateMachine", format!("`{}` is not one of spec.states", spec.initial_state)));
+        return Err(Problem::new(
+            "spec.initialState",
+            "InvalidStateMachine",
+            format!("`{}` is not one of spec.states", spec.initial_state),
+        ));
     }
     for (i, t) in spec.transitions.iter().enumerate() {
         for (field, state) in [("from", &t.from), ("to", &t.to)] {
             if !known(state) {
-                return Err(Problem::new(format!("spec.transitions[{i}].{field}"), "InvalidStateMachine", format!("`{state}` is not one of spec.states")));
+                return Err(Problem::new(
+                    format!("spec.transitions[{i}].{field}"),
+                    "InvalidStateMachine",
+                    format!("`{state}` is not one of spec.states"),
+                ));
             }
         }
     }
     for (i, t) in spec.timeouts.iter().enumerate() {
         for (field, state) in [("state", &t.state), ("transitionTo", &t.transition_to)] {
             if !known(state) {
-                return Err(Problem::new(format!("spec.timeouts[{i}].{field}"), "InvalidStateMachine", format!("`{state}` is not one of spec.states")));
+                return Err(Problem::new(
+                    format!("spec.timeouts[{i}].{field}"),
+                    "InvalidStateMachine",
+                    format!("`{state}` is not one of spec.states"),
+                ));
             }
         }
         if t.after_seconds == 0 {
-            return Err(Problem::new(format!("spec.timeouts[{i}].afterSeconds"), "InvalidStateMachine", "must be at least 1"));
+            return Err(Problem::new(
+                format!("spec.timeouts[{i}].afterSeconds"),
+                "InvalidStateMachine",
+                "must be at least 1",
+            ));
         }
     }
     Ok(())
@@ -200,19 +360,37 @@ fn check_state_machine(spec: &StateMachineSpec) -> Result<(), Problem> {
 fn check_quota(q: &Parsed<'_, QuotaSpec>, accepted: &Accepted) -> Result<(), Problem> {
     let spec = &q.spec;
     if spec.tenant.is_empty() {
-        return Err(Problem::new("spec.tenant", "InvalidQuota", "must not be empty"));
+        return Err(Problem::new(
+            "spec.tenant",
+            "InvalidQuota",
+            "must not be empty",
+        ));
     }
     if spec.limit == 0 {
-        return Err(Problem::new("spec.limit", "InvalidQuota", "must be at least 1"));
+        return Err(Problem::new(
+            "spec.limit",
+            "InvalidQuota",
+            "must be at least 1",
+        ));
     }
     if parse_window_seconds(&spec.window).is_none() {
-        return Err(Problem::new("spec.window", "InvalidQuota", format!("`{}` is not a window (e.g. 30s, 15m, 1h, 1d)", spec.window)));
+        return Err(Problem::new(
+            "spec.window",
+            "InvalidQuota",
+            format!("`{}` is not a window (e.g. 30s, 15m, 1h, 1d)", spec.window),
+        ));
     }
     match (&spec.overage, &spec.fallback_provider) {
-        (Overage::Degrade, None) => Err(Problem::new("spec.fallbackProvider", "InvalidQuota", "`overage: degrade` needs a fallbackProvider")),
-        (_, Some(p)) if !accepted.resolves(Kind::Provider, &q.scope, p) => {
-            Err(Problem::new("spec.fallbackProvider", "ProviderNotFound", format!("provider `{p}` not found")))
-        }
+        (Overage::Degrade, None) => Err(Problem::new(
+            "spec.fallbackProvider",
+            "InvalidQuota",
+            "`overage: degrade` needs a fallbackProvider",
+        )),
+        (_, Some(p)) if !accepted.resolves(Kind::Provider, &q.scope, p) => Err(Problem::new(
+            "spec.fallbackProvider",
+            "ProviderNotFound",
+            format!("provider `{p}` not found"),
+        )),
         _ => Ok(()),
     }
 }

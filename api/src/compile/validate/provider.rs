@@ -5,7 +5,9 @@ use crate::compile::error::Kind;
 use crate::crd::{ProviderSpec, ProviderType};
 
 fn is_http_url(url: &str) -> bool {
-    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
     matches!(rest, Some(r) if !r.is_empty() && !r.starts_with('/'))
 }
 
@@ -28,77 +30,140 @@ fn blocks(spec: &ProviderSpec) -> Vec<&'static str> {
 pub(super) fn check(spec: &ProviderSpec) -> Result<(), Problem> {
     let ty = spec.provider_type.as_str();
     if let Some(other) = blocks(spec).into_iter().find(|b| *b != ty) {
-        return Err(Problem::new(format!("spec.{other}"), "InvalidProvider", format!("`{other}` settings on a provider of type `{ty}`")));
+        return Err(Problem::new(
+            format!("spec.{other}"),
+            "InvalidProvider",
+            format!("`{other}` settings on a provider of type `{ty}`"),
+        ));
     }
     let needs_block = !matches!(spec.provider_type, ProviderType::Log | ProviderType::Noop);
     if needs_block && blocks(spec).is_empty() {
-        return Err(Problem::new(format!("spec.{ty}"), "InvalidProvider", format!("type `{ty}` needs a `{ty}` block")));
+        return Err(Problem::new(
+            format!("spec.{ty}"),
+            "InvalidProvider",
+            format!("type `{ty}` needs a `{ty}` block"),
+        ));
     }
     if let Some(w) = &spec.webhook {
         if !is_http_url(&w.url) {
-            return Err(Problem::new("spec.webhook.url", "InvalidProvider", format!("`{}` is not an http(s) URL", w.url)));
+            return Err(Problem::new(
+                "spec.webhook.url",
+                "InvalidProvider",
+                format!("`{}` is not an http(s) URL", w.url),
+            ));
         }
-        if let Some(m) = &w.method {
-            if !matches!(m.to_ascii_uppercase().as_str(), "POST" | "PUT" | "PATCH" | "GET" | "DELETE") {
-                return Err(Problem::new("spec.webhook.method", "InvalidProvider", format!("`{m}` is not one of POST, PUT, PATCH, GET, DELETE")));
+        if let Some(m) = &w.method
+            && !matches!(
+                m.to_ascii_uppercase().as_str(),
+                "POST" | "PUT" | "PATCH" | "GET" | "DELETE"
+            ) {
+                return Err(Problem::new(
+                    "spec.webhook.method",
+                    "InvalidProvider",
+                    format!("`{m}` is not one of POST, PUT, PATCH, GET, DELETE"),
+                ));
             }
-        }
     }
-    if let Some(p) = &spec.pagerduty {
-        if let Some(url) = &p.api_url {
-            if !is_http_url(url) {
-                return Err(Problem::new("spec.pagerduty.apiUrl", "InvalidProvider", format!("`{url}` is not an http(s) URL")));
+    if let Some(p) = &spec.pagerduty
+        && let Some(url) = &p.api_url
+            && !is_http_url(url) {
+                return Err(Problem::new(
+                    "spec.pagerduty.apiUrl",
+                    "InvalidProvider",
+                    format!("`{url}` is not an http(s) URL"),
+                ));
             }
+    if let Some(level) = spec.log.as_ref().and_then(|l| l.level.as_deref())
+        && !matches!(level, "info" | "warn" | "debug") {
+            return Err(Problem::new(
+                "spec.log.level",
+                "InvalidProvider",
+                format!("`{level}` is not one of info, warn, debug"),
+            ));
         }
-    }
-    if let Some(level) = spec.log.as_ref().and_then(|l| l.level.as_deref()) {
-        if !matches!(level, "info" | "warn" | "debug") {
-            return Err(Problem::new("spec.log.level", "InvalidProvider", format!("`{level}` is not one of info, warn, debug")));
-        }
-    }
     if spec.timeout_seconds == Some(0) {
-        return Err(Problem::new("spec.timeoutSeconds", "InvalidProvider", "must be at least 1"));
+        return Err(Problem::new(
+            "spec.timeoutSeconds",
+            "InvalidProvider",
+            "must be at least 1",
+        ));
     }
     if let Some(r) = &spec.retry {
         if r.max_attempts == Some(0) {
-            return Err(Problem::new("spec.retry.maxAttempts", "InvalidProvider", "must be at least 1 (the first attempt counts)"));
+            return Err(Problem::new(
+                "spec.retry.maxAttempts",
+                "InvalidProvider",
+                "must be at least 1 (the first attempt counts)",
+            ));
         }
-        if let (Some(lo), Some(hi)) = (r.initial_backoff_ms, r.max_backoff_ms) {
-            if lo > hi {
-                return Err(Problem::new("spec.retry.initialBackoffMs", "InvalidProvider", "is larger than maxBackoffMs"));
+        if let (Some(lo), Some(hi)) = (r.initial_backoff_ms, r.max_backoff_ms)
+            && lo > hi {
+                return Err(Problem::new(
+                    "spec.retry.initialBackoffMs",
+                    "InvalidProvider",
+                    "is larger than maxBackoffMs",
+                ));
             }
-        }
     }
-    if let Some(cb) = &spec.circuit_breaker {
-        if cb.failure_threshold == 0 {
-            return Err(Problem::new("spec.circuitBreaker.failureThreshold", "InvalidProvider", "must be at least 1"));
+    if let Some(cb) = &spec.circuit_breaker
+        && cb.failure_threshold == 0 {
+            return Err(Problem::new(
+                "spec.circuitBreaker.failureThreshold",
+                "InvalidProvider",
+                "must be at least 1",
+            ));
         }
-    }
-    if spec.rate_limit.as_ref().is_some_and(|r| r.max_per_second == 0) {
-        return Err(Problem::new("spec.rateLimit.maxPerSecond", "InvalidProvider", "must be at least 1"));
+    if spec
+        .rate_limit
+        .as_ref()
+        .is_some_and(|r| r.max_per_second == 0)
+    {
+        return Err(Problem::new(
+            "spec.rateLimit.maxPerSecond",
+            "InvalidProvider",
+            "must be at least 1",
+        ));
     }
     Ok(())
 }
 
 /// A fallback provider must exist in scope and not be the provider itself.
-pub(super) fn check_fallbacks<'d>(run: &mut Run<'_>, providers: Vec<Parsed<'d, ProviderSpec>>) -> Vec<Parsed<'d, ProviderSpec>> {
-    let mut kept = Vec::new();
-    for p in providers {
-        let fallback = p.spec.circuit_breaker.as_ref().and_then(|cb| cb.fallback_provider.clone());
-        let problem = match fallback {
-            Some(f) if f == p.doc.id.name => Some(Problem::new("spec.circuitBreaker.fallbackProvider", "InvalidProvider", "a provider cannot be its own fallback")),
-            Some(f) if !run.accepted.resolves(Kind::Provider, &p.scope, &f) => {
-                Some(Problem::new("spec.circuitBreaker.fallbackProvider", "ProviderNotFound", format!("provider `{f}` not found")))
-            }
-            _ => None,
+pub(super) fn check_fallbacks<'d>(
+    run: &mut Run<'_>,
+    mut providers: Vec<Parsed<'d, ProviderSpec>>,
+) -> Vec<Parsed<'d, ProviderSpec>> {
+    // Until nothing changes: rejecting a provider can leave another one (checked
+    // earlier) falling back to a provider that is no longer there.
+    loop {
+        let found = providers.iter().enumerate().find_map(|(i, p)| {
+            let fallback = p
+                .spec
+                .circuit_breaker
+                .as_ref()
+                .and_then(|cb| cb.fallback_provider.as_deref())?;
+            let problem = if fallback == p.doc.id.name {
+                Problem::new(
+                    "spec.circuitBreaker.fallbackProvider",
+                    "InvalidProvider",
+                    "a provider cannot be its own fallback",
+                )
+            } else if !run.accepted.resolves(Kind::Provider, &p.scope, fallback) {
+                Problem::new(
+                    "spec.circuitBreaker.fallbackProvider",
+                    "ProviderNotFound",
+                    format!("provider `{fallback}` not found"),
+                )
+            } else {
+                return None;
+            };
+            Some((i, problem))
+        });
+        let Some((i, problem)) = found else {
+            return providers;
         };
-        match problem {
-            Some(problem) => {
-                run.accepted.remove(Kind::Provider, &p.scope, &p.doc.id.name);
-                run.reject(p.doc, problem);
-            }
-            None => kept.push(p),
-        }
+        let p = providers.remove(i);
+        run.accepted
+            .remove(Kind::Provider, &p.scope, &p.doc.id.name);
+        run.reject(p.doc, problem);
     }
-    kept
 }
