@@ -228,16 +228,17 @@ impl Gateway {
         eval: &Evaluation,
         quotas: &[Gate],
     ) -> Result<GateCheck, DispatchError> {
-        let gates: SmallVec<[Gate; 4]> = eval
-            .gates
-            .iter()
-            .map(|g| g.gate.clone())
-            .chain(quotas.iter().cloned())
-            .collect();
+        let combined: SmallVec<[Gate; 4]>;
+        let gates: &[Gate] = if quotas.is_empty() {
+            &eval.gates
+        } else {
+            combined = eval.gates.iter().chain(quotas).cloned().collect();
+            &combined
+        };
         if gates.is_empty() {
             return Ok(GateCheck::Passed);
         }
-        Ok(match self.apply_gates(&gates).await? {
+        Ok(match self.apply_gates(gates).await? {
             GateResult::Passed => GateCheck::Passed,
             GateResult::Stopped {
                 reason: GateStop::Duplicate,
@@ -388,7 +389,7 @@ impl Gateway {
     /// Releases this dispatch's dedup marks so a retry of the same key can be delivered.
     async fn release_dedup(&self, eval: &Evaluation) {
         for g in &eval.gates {
-            if let Gate::Dedup { key, token, .. } = &g.gate {
+            if let Gate::Dedup { key, token, .. } = g {
                 let released = tokio::time::timeout(
                     self.options.state_timeout,
                     self.state.release_dedup(key, token),

@@ -122,19 +122,13 @@ pub enum Verdict {
     },
 }
 
-/// A gate and the rule that asked for it.
-#[derive(Debug, Clone)]
-pub struct RuleGate {
-    pub rule: u32,
-    pub gate: Gate,
-}
-
 /// The result of evaluating one action.
 #[derive(Debug)]
 pub struct Evaluation {
     /// The payload after `modify` rules, if any applied.
     pub payload: Option<Value>,
-    pub gates: SmallVec<[RuleGate; 2]>,
+    /// Gates asked for by `deduplicate` and `throttle` rules, in rule order.
+    pub gates: SmallVec<[Gate; 2]>,
     pub verdict: Verdict,
     /// Rules that matched, in order (for metrics).
     pub matched: SmallVec<[u32; 4]>,
@@ -341,7 +335,7 @@ impl RuleSet {
                 }
                 Effect::Deduplicate { ttl_seconds, key } => {
                     match dedup::gate(&input, rule.timezone, *ttl_seconds, key.as_ref()) {
-                        Some(gate) => eval.gates.push(RuleGate { rule: pos, gate }),
+                        Some(gate) => eval.gates.push(gate),
                         None => eval.errors.push((
                             pos,
                             EvalError::MissingField(
@@ -364,7 +358,7 @@ impl RuleSet {
                         *window_seconds,
                         key.as_ref(),
                     ) {
-                        Some(gate) => eval.gates.push(RuleGate { rule: pos, gate }),
+                        Some(gate) => eval.gates.push(gate),
                         None => eval.errors.push((
                             pos,
                             EvalError::MissingField("throttle key template field".into()),
