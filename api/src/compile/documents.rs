@@ -217,14 +217,15 @@ fn check_dns_label(source: &str, id: &ObjectId) -> Result<(), CompileError> {
         ));
     }
     if let Some(ns) = &id.namespace
-        && !valid(ns) {
-            return Err(error(
-                source,
-                Some(id.clone()),
-                Some("metadata.namespace"),
-                format!("`{ns}` is not a valid namespace"),
-            ));
-        }
+        && !valid(ns)
+    {
+        return Err(error(
+            source,
+            Some(id.clone()),
+            Some("metadata.namespace"),
+            format!("`{ns}` is not a valid namespace"),
+        ));
+    }
     Ok(())
 }
 

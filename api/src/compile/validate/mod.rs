@@ -5,7 +5,7 @@ mod chain;
 mod provider;
 mod rule;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -211,21 +211,28 @@ fn error_field(
     base
 }
 
-fn duplicates(docs: &[Document]) -> Vec<CompileError> {
-    let mut seen: BTreeMap<&ObjectId, &str> = BTreeMap::new();
-    let mut errors = Vec::new();
+/// Keeps the first document of each (kind, scope, name) and rejects later ones. Scope, not
+/// namespace: a rule from an Acteon rule file and a manifest in the shared namespace with
+/// the same name would otherwise share metric labels and throttle keys.
+fn without_duplicates(docs: &[Document], run: &mut Run<'_>) -> Vec<Document> {
+    let mut seen: HashMap<(Kind, Option<String>, &str), &str> = HashMap::new();
+    let mut unique = Vec::with_capacity(docs.len());
     for doc in docs {
-        if let Some(first) = seen.insert(&doc.id, &doc.source) {
-            errors.push(CompileError {
+        let key = (doc.id.kind, run.scope(&doc.id), doc.id.name.as_str());
+        if let Some(first) = seen.get(&key) {
+            run.rejections.push(CompileError {
                 source: doc.source.clone(),
                 object: Some(doc.id.clone()),
                 field: Some("metadata.name".into()),
                 reason: "Duplicate",
                 message: format!("defined twice (first in {first})"),
             });
+        } else {
+            seen.insert(key, &doc.source);
+            unique.push(doc.clone());
         }
     }
-    errors
+    unique
 }
 
 /// Accepted objects in a fixed order (namespace, then name), whatever order the
@@ -255,19 +262,10 @@ fn entries<S>(items: Vec<Parsed<'_, S>>) -> Vec<Entry<S>> {
 pub(super) fn compile(docs: &[Document], options: &CompileOptions) -> super::Compiled {
     let mut run = Run {
         options,
-        rejections: duplicates(docs),
+        rejections: Vec::new(),
         accepted: Accepted::default(),
     };
-    let dup: HashSet<&ObjectId> = run
-        .rejections
-        .iter()
-        .filter_map(|e| e.object.as_ref())
-        .collect();
-    let unique: Vec<Document> = docs
-        .iter()
-        .filter(|d| !dup.contains(&d.id))
-        .cloned()
-        .collect();
+    let unique = without_duplicates(docs, &mut run);
 
     let providers = run.parse(&unique, Kind::Provider);
     let providers = run.keep(Kind::Provider, providers, |p, _| provider::check(&p.spec));

@@ -56,31 +56,34 @@ pub(super) fn check(spec: &ProviderSpec) -> Result<(), Problem> {
             && !matches!(
                 m.to_ascii_uppercase().as_str(),
                 "POST" | "PUT" | "PATCH" | "GET" | "DELETE"
-            ) {
-                return Err(Problem::new(
-                    "spec.webhook.method",
-                    "InvalidProvider",
-                    format!("`{m}` is not one of POST, PUT, PATCH, GET, DELETE"),
-                ));
-            }
+            )
+        {
+            return Err(Problem::new(
+                "spec.webhook.method",
+                "InvalidProvider",
+                format!("`{m}` is not one of POST, PUT, PATCH, GET, DELETE"),
+            ));
+        }
     }
     if let Some(p) = &spec.pagerduty
         && let Some(url) = &p.api_url
-            && !is_http_url(url) {
-                return Err(Problem::new(
-                    "spec.pagerduty.apiUrl",
-                    "InvalidProvider",
-                    format!("`{url}` is not an http(s) URL"),
-                ));
-            }
+        && !is_http_url(url)
+    {
+        return Err(Problem::new(
+            "spec.pagerduty.apiUrl",
+            "InvalidProvider",
+            format!("`{url}` is not an http(s) URL"),
+        ));
+    }
     if let Some(level) = spec.log.as_ref().and_then(|l| l.level.as_deref())
-        && !matches!(level, "info" | "warn" | "debug") {
-            return Err(Problem::new(
-                "spec.log.level",
-                "InvalidProvider",
-                format!("`{level}` is not one of info, warn, debug"),
-            ));
-        }
+        && !matches!(level, "info" | "warn" | "debug")
+    {
+        return Err(Problem::new(
+            "spec.log.level",
+            "InvalidProvider",
+            format!("`{level}` is not one of info, warn, debug"),
+        ));
+    }
     if spec.timeout_seconds == Some(0) {
         return Err(Problem::new(
             "spec.timeoutSeconds",
@@ -97,22 +100,24 @@ pub(super) fn check(spec: &ProviderSpec) -> Result<(), Problem> {
             ));
         }
         if let (Some(lo), Some(hi)) = (r.initial_backoff_ms, r.max_backoff_ms)
-            && lo > hi {
-                return Err(Problem::new(
-                    "spec.retry.initialBackoffMs",
-                    "InvalidProvider",
-                    "is larger than maxBackoffMs",
-                ));
-            }
-    }
-    if let Some(cb) = &spec.circuit_breaker
-        && cb.failure_threshold == 0 {
+            && lo > hi
+        {
             return Err(Problem::new(
-                "spec.circuitBreaker.failureThreshold",
+                "spec.retry.initialBackoffMs",
                 "InvalidProvider",
-                "must be at least 1",
+                "is larger than maxBackoffMs",
             ));
         }
+    }
+    if let Some(cb) = &spec.circuit_breaker
+        && cb.failure_threshold == 0
+    {
+        return Err(Problem::new(
+            "spec.circuitBreaker.failureThreshold",
+            "InvalidProvider",
+            "must be at least 1",
+        ));
+    }
     if spec
         .rate_limit
         .as_ref()

@@ -31,13 +31,14 @@ pub(super) fn check(r: &Parsed<'_, RuleSpec>, accepted: &Accepted) -> Result<(),
         }
     }
     if let Some(tz) = &spec.timezone
-        && tz.parse::<chrono_tz::Tz>().is_err() {
-            return Err(Problem::new(
-                "spec.timezone",
-                "InvalidTimezone",
-                format!("`{tz}` is not an IANA time zone"),
-            ));
-        }
+        && tz.parse::<chrono_tz::Tz>().is_err()
+    {
+        return Err(Problem::new(
+            "spec.timezone",
+            "InvalidTimezone",
+            format!("`{tz}` is not an IANA time zone"),
+        ));
+    }
     check_action(&spec.action, &r.scope, accepted)
 }
 

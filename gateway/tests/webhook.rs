@@ -1,0 +1,300 @@
+//! The webhook provider against a local HTTP server that records requests and answers
+//! as scripted: success, 5xx, 4xx, slow answers, nothing listening.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use acteon_api::crd::ProviderSpec;
+use acteon_gateway::action::Action;
+use acteon_gateway::outcome::ResponseStatus;
+use acteon_gateway::providers::Provider;
+use acteon_gateway::providers::webhook::WebhookProvider;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+/// How the server answers one request.
+#[derive(Clone, Copy, Debug)]
+enum Answer {
+    /// This status, with a JSON body.
+    Status(u16),
+    /// Wait, then answer 200.
+    Delay(Duration),
+}
+
+/// One request the server saw.
+#[derive(Clone, Debug)]
+struct Seen {
+    method: Method,
+    path: String,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+#[derive(Default)]
+struct Script {
+    /// Answers in order; the last one repeats.
+    answers: VecDeque<Answer>,
+    seen: Vec<Seen>,
+}
+
+#[derive(Clone)]
+struct Mock(Arc<Mutex<Script>>);
+
+impl Mock {
+    /// Serves on 127.0.0.1 on a free port until the test ends.
+    async fn start(answers: &[Answer]) -> (Mock, SocketAddr) {
+        let mock = Mock(Arc::new(Mutex::new(Script {
+            answers: answers.iter().copied().collect(),
+            seen: Vec::new(),
+        })));
+        let app = Router::new().fallback(handle).with_state(mock.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        tokio::spawn(async move {
+            axum::serve(listener, app).await.expect("mock server runs");
+        });
+        (mock, addr)
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.0.lock().unwrap().seen.clone()
+    }
+}
+
+async fn handle(
+    State(mock): State<Mock>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (answer, n) = {
+        let mut script = mock.0.lock().unwrap();
+        script.seen.push(Seen {
+            method,
+            path: uri.path().to_owned(),
+            headers,
+            body,
+        });
+        let answer = if script.answers.len() > 1 {
+            script.answers.pop_front()
+        } else {
+            script.answers.front().copied()
+        };
+        (answer.unwrap_or(Answer::Status(200)), script.seen.len())
+    };
+    let status = match answer {
+        Answer::Status(code) => StatusCode::from_u16(code).expect("valid status"),
+        Answer::Delay(d) => {
+            tokio::time::sleep(d).await;
+            StatusCode::OK
+        }
+    };
+    let body = json!({"received": n, "status": status.as_u16()});
+    (
+        status,
+        [("x-request-number", n.to_string())],
+        axum::Json(body),
+    )
+        .into_response()
+}
+
+/// A webhook provider for `url` with small backoffs.
+fn provider(url: &str, max_attempts: u32, timeout_seconds: u64) -> WebhookProvider {
+    let spec: ProviderSpec = serde_json::from_value(json!({
+        "type": "webhook",
+        "webhook": {"url": url, "method": "POST", "headers": {"X-Team": "iot", "Authorization": "Bearer t0ken"}},
+        "timeoutSeconds": timeout_seconds,
+        "retry": {"maxAttempts": max_attempts, "initialBackoffMs": 10, "maxBackoffMs": 40}
+    }))
+    .expect("provider spec parses");
+    let webhook = spec.webhook.as_ref().expect("webhook block");
+    WebhookProvider::new(webhook, &spec, reqwest::Client::new())
+}
+
+fn action() -> Action {
+    serde_json::from_value(json!({
+        "id": "action-1",
+        "namespace": "iot",
+        "tenant": "smartbuilding-hq",
+        "provider": "alert-fanout",
+        "action_type": "sensor_reading",
+        "payload": {"device_id": "sensor-7", "value": 91.5, "tags": ["a", "b"]}
+    }))
+    .expect("action parses")
+}
+
+fn header<'a>(seen: &'a Seen, name: &str) -> &'a str {
+    seen.headers
+        .get(name)
+        .unwrap_or_else(|| panic!("header {name} missing: {:?}", seen.headers))
+        .to_str()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn success_returns_the_json_body_and_sends_payload_and_headers() {
+    let (mock, addr) = Mock::start(&[Answer::Status(200)]).await;
+    let p = provider(&format!("http://{addr}/hooks/alerts"), 3, 5);
+    let response = p.execute(&action()).await.expect("2xx is a success");
+    assert_eq!(response.status, ResponseStatus::Success);
+    assert_eq!(response.body, json!({"received": 1, "status": 200}));
+    assert_eq!(
+        response.headers.get("x-request-number").map(String::as_str),
+        Some("1")
+    );
+    assert!(
+        response
+            .headers
+            .get("content-type")
+            .is_some_and(|c| c.starts_with("application/json")),
+        "{:?}",
+        response.headers
+    );
+
+    let seen = mock.seen();
+    assert_eq!(seen.len(), 1);
+    let req = &seen[0];
+    assert_eq!(req.method, Method::POST);
+    assert_eq!(req.path, "/hooks/alerts");
+    let body: Value = serde_json::from_slice(&req.body).expect("the body is JSON");
+    assert_eq!(body, action().payload, "the body is the payload");
+    assert!(header(req, "content-type").starts_with("application/json"));
+    assert_eq!(header(req, "x-acteon-action-id"), "action-1");
+    assert_eq!(header(req, "x-acteon-namespace"), "iot");
+    assert_eq!(header(req, "x-acteon-tenant"), "smartbuilding-hq");
+    assert_eq!(header(req, "x-acteon-action-type"), "sensor_reading");
+    assert_eq!(header(req, "x-team"), "iot", "configured headers are sent");
+    assert_eq!(header(req, "authorization"), "Bearer t0ken");
+}
+
+#[tokio::test]
+async fn configured_method_is_used() {
+    let (mock, addr) = Mock::start(&[Answer::Status(204)]).await;
+    let spec: ProviderSpec = serde_json::from_value(json!({
+        "type": "webhook",
+        "webhook": {"url": format!("http://{addr}/put"), "method": "put"}
+    }))
+    .unwrap();
+    let p = WebhookProvider::new(
+        spec.webhook.as_ref().unwrap(),
+        &spec,
+        reqwest::Client::new(),
+    );
+    let response = p.execute(&action()).await.expect("204 is a success");
+    assert_eq!(response.status, ResponseStatus::Success);
+    assert_eq!(mock.seen()[0].method, Method::PUT);
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_until_success() {
+    let (mock, addr) = Mock::start(&[
+        Answer::Status(500),
+        Answer::Status(500),
+        Answer::Status(200),
+    ])
+    .await;
+    let p = provider(&format!("http://{addr}/flaky"), 3, 5);
+    let response = p
+        .execute(&action())
+        .await
+        .expect("the third attempt succeeds");
+    assert_eq!(response.status, ResponseStatus::Success);
+    assert_eq!(response.body["received"], 3);
+    let seen = mock.seen();
+    assert_eq!(seen.len(), 3, "the server saw three attempts");
+    for req in &seen {
+        let body: Value = serde_json::from_slice(&req.body).unwrap();
+        assert_eq!(body, action().payload, "every attempt carries the payload");
+        assert_eq!(header(req, "x-acteon-action-id"), "action-1");
+    }
+}
+
+#[tokio::test]
+async fn persistent_server_errors_fail_after_max_attempts() {
+    let (mock, addr) = Mock::start(&[Answer::Status(500)]).await;
+    let p = provider(&format!("http://{addr}/down"), 2, 5);
+    let err = p
+        .execute(&action())
+        .await
+        .expect_err("5xx is never a success");
+    assert_eq!(err.code, "HTTP_5XX", "{err:?}");
+    assert_eq!(err.attempts, 2, "{err:?}");
+    assert!(err.retryable, "{err:?}");
+    assert!(err.message.contains("500"), "{err:?}");
+    assert_eq!(mock.seen().len(), 2);
+}
+
+#[tokio::test]
+async fn client_errors_fail_at_once() {
+    let (mock, addr) = Mock::start(&[Answer::Status(404)]).await;
+    let p = provider(&format!("http://{addr}/missing"), 3, 5);
+    let err = p
+        .execute(&action())
+        .await
+        .expect_err("4xx is never a success");
+    assert_eq!(err.code, "HTTP_4XX", "{err:?}");
+    assert_eq!(err.attempts, 1, "{err:?}");
+    assert!(!err.retryable, "{err:?}");
+    assert!(err.message.contains("404"), "{err:?}");
+    assert_eq!(mock.seen().len(), 1, "a 404 is not retried");
+}
+
+#[tokio::test]
+async fn too_many_requests_is_retried() {
+    let (mock, addr) = Mock::start(&[Answer::Status(429), Answer::Status(200)]).await;
+    let p = provider(&format!("http://{addr}/limited"), 3, 5);
+    let response = p.execute(&action()).await.expect("the retry succeeds");
+    assert_eq!(response.status, ResponseStatus::Success);
+    assert_eq!(mock.seen().len(), 2);
+}
+
+#[tokio::test]
+async fn slow_answers_time_out() {
+    let (mock, addr) = Mock::start(&[Answer::Delay(Duration::from_millis(2500))]).await;
+    let p = provider(&format!("http://{addr}/slow"), 2, 1);
+    let started = Instant::now();
+    let err = p
+        .execute(&action())
+        .await
+        .expect_err("a slow answer is a failure");
+    let elapsed = started.elapsed();
+    assert_eq!(err.code, "TIMEOUT", "{err:?}");
+    assert_eq!(err.attempts, 2, "timeouts are retried: {err:?}");
+    assert!(err.retryable, "{err:?}");
+    assert_eq!(mock.seen().len(), 2);
+    // Two attempts of one second each (plus a small backoff), not the server's 2.5 s each.
+    assert!(elapsed >= Duration::from_millis(1900), "{elapsed:?}");
+    assert!(elapsed < Duration::from_millis(4500), "{elapsed:?}");
+}
+
+#[tokio::test]
+async fn nothing_listening_is_a_connection_error_retried_max_attempts_times() {
+    // A port that was free a moment ago: nothing listens there any more.
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let p = provider(&format!("http://{addr}/nobody"), 3, 2);
+    let started = Instant::now();
+    let err = p
+        .execute(&action())
+        .await
+        .expect_err("connection refused is a failure");
+    assert_eq!(err.code, "CONNECTION", "{err:?}");
+    assert_eq!(err.attempts, 3, "{err:?}");
+    assert!(err.retryable, "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "small backoffs: {:?}",
+        started.elapsed()
+    );
+}
