@@ -29,22 +29,42 @@ const RULES_PER_TENANT: usize = 10;
 const TYPES: usize = 2;
 
 fn field(path: &str, op: FieldOp) -> Condition {
-    Condition::Field { field: path.to_owned(), op }
+    Condition::Field {
+        field: path.to_owned(),
+        op,
+    }
 }
 
 fn rule(i: usize) -> Entry<RuleSpec> {
     let tenant = i / RULES_PER_TENANT;
     let action_type = i % TYPES;
     let action = match (i / TYPES) % 5 {
-        0 => RuleAction::Modify { changes: json!({"enriched": true, "rule": i}) },
-        1 => RuleAction::Deduplicate { ttl_seconds: Some(60), key: None },
-        2 => RuleAction::Throttle { max_count: 100, window_seconds: 1, key: None },
+        0 => RuleAction::Modify {
+            changes: json!({"enriched": true, "rule": i}),
+        },
+        1 => RuleAction::Deduplicate {
+            ttl_seconds: Some(60),
+            key: None,
+        },
+        2 => RuleAction::Throttle {
+            max_count: 100,
+            window_seconds: 1,
+            key: None,
+        },
         3 => RuleAction::Suppress,
-        _ => RuleAction::Reroute { target_provider: "fallback".into() },
+        _ => RuleAction::Reroute {
+            target_provider: "fallback".into(),
+        },
     };
     let condition = Condition::All(vec![
-        field("action.tenant", FieldOp::Eq(json!(format!("tenant-{tenant}")))),
-        field("action.action_type", FieldOp::Eq(json!(format!("type-{action_type}")))),
+        field(
+            "action.tenant",
+            FieldOp::Eq(json!(format!("tenant-{tenant}"))),
+        ),
+        field(
+            "action.action_type",
+            FieldOp::Eq(json!(format!("type-{action_type}"))),
+        ),
         field("action.payload.severity", FieldOp::Gte(json!(3))),
     ]);
     Entry {
@@ -95,7 +115,11 @@ fn bench_evaluate(c: &mut Criterion) {
     let matching = action("tenant-0", "type-0");
     for (_, set) in &sets {
         let eval = set.evaluate(&matching, now);
-        assert_eq!(eval.matched.len(), 4, "the measured action should match modify, dedup, throttle and suppress");
+        assert_eq!(
+            eval.matched.len(),
+            4,
+            "the measured action should match modify, dedup, throttle and suppress"
+        );
         assert_eq!(eval.gates.len(), 2);
     }
     let mut group = c.benchmark_group("evaluate");
