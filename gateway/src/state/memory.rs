@@ -58,7 +58,11 @@ fn ms(d: Duration) -> u64 {
 
 impl Window {
     fn prune(&mut self, now: u64) {
-        while self.passes.front().is_some_and(|t| *t + self.window_ms <= now) {
+        while self
+            .passes
+            .front()
+            .is_some_and(|t| *t + self.window_ms <= now)
+        {
             self.passes.pop_front();
         }
     }
@@ -72,6 +76,12 @@ impl Inner {
                 live.then_some(GateStop::Duplicate)
             }
             Gate::Throttle { key, limit, window } => {
+                if *limit == 0 {
+                    // Nothing ever passes; there is no pass whose leaving frees a slot.
+                    return Some(GateStop::Throttled {
+                        retry_after: (*window).max(Duration::from_millis(1)),
+                    });
+                }
                 let w = self.windows.get_mut(key)?;
                 w.window_ms = ms(*window);
                 w.prune(now);
@@ -80,7 +90,9 @@ impl Inner {
                 }
                 // The pass that frees a slot is the one `limit` places from the end.
                 let freeing = w.passes[w.passes.len() - *limit as usize];
-                Some(GateStop::Throttled { retry_after: Duration::from_millis(freeing + w.window_ms - now) })
+                Some(GateStop::Throttled {
+                    retry_after: Duration::from_millis(freeing + w.window_ms - now),
+                })
             }
             Gate::Quota { key, limit, window } => {
                 let (start, end) = quota_window(now, ms(*window));
@@ -88,7 +100,10 @@ impl Inner {
                     Some((s, _, count)) if *s == start => *count,
                     _ => 0,
                 };
-                (used >= *limit).then(|| GateStop::QuotaExceeded { used, resets_in: Duration::from_millis(end - now) })
+                (used >= *limit).then(|| GateStop::QuotaExceeded {
+                    used,
+                    resets_in: Duration::from_millis(end - now),
+                })
             }
         }
     }
@@ -96,13 +111,14 @@ impl Inner {
     fn apply(&mut self, gate: &Gate, now: u64) {
         match gate {
             Gate::Dedup { key, ttl, token } => {
-                self.dedup.insert(key.clone(), (token.clone(), now + ms(*ttl)));
+                self.dedup
+                    .insert(key.clone(), (token.clone(), now + ms(*ttl)));
             }
             Gate::Throttle { key, window, .. } => {
-                let w = self
-                    .windows
-                    .entry(key.clone())
-                    .or_insert_with(|| Window { window_ms: ms(*window), passes: VecDeque::new() });
+                let w = self.windows.entry(key.clone()).or_insert_with(|| Window {
+                    window_ms: ms(*window),
+                    passes: VecDeque::new(),
+                });
                 w.passes.push_back(now);
             }
             Gate::Quota { key, window, .. } => {
@@ -141,7 +157,10 @@ impl MemoryStore {
     }
 
     pub fn with_clock(clock: Clock) -> Self {
-        MemoryStore { inner: Mutex::new(Inner::default()), clock }
+        MemoryStore {
+            inner: Mutex::new(Inner::default()),
+            clock,
+        }
     }
 
     /// Drops expired entries every `every`, for as long as the store lives.
@@ -161,7 +180,12 @@ impl MemoryStore {
     /// Number of live entries of every kind (for tests of boundedness).
     pub fn entry_count(&self) -> usize {
         let inner = self.inner.lock();
-        inner.dedup.len() + inner.windows.len() + inner.quotas.len() + inner.kv.len() + inner.locks.len() + inner.timers.len()
+        inner.dedup.len()
+            + inner.windows.len()
+            + inner.quotas.len()
+            + inner.kv.len()
+            + inner.locks.len()
+            + inner.timers.len()
     }
 
     /// Sweeps now (tests).
@@ -196,8 +220,13 @@ impl StateStore for MemoryStore {
     }
 
     async fn release_dedup(&self, key: &str, token: &str) -> Result<bool, StateError> {
+        let now = (self.clock)();
         let mut inner = self.inner.lock();
-        let owned = inner.dedup.get(key).is_some_and(|(t, _)| t == token);
+        // An expired mark is no longer owned: there is nothing to release.
+        let owned = inner
+            .dedup
+            .get(key)
+            .is_some_and(|(t, exp)| t == token && *exp > now);
         if owned {
             inner.dedup.remove(key);
         }
@@ -206,13 +235,20 @@ impl StateStore for MemoryStore {
 
     async fn dedup_exists(&self, key: &str) -> Result<bool, StateError> {
         let now = (self.clock)();
-        Ok(self.inner.lock().dedup.get(key).is_some_and(|(_, exp)| *exp > now))
+        Ok(self
+            .inner
+            .lock()
+            .dedup
+            .get(key)
+            .is_some_and(|(_, exp)| *exp > now))
     }
 
     async fn window_count(&self, key: &str, window: Duration) -> Result<u64, StateError> {
         let now = (self.clock)();
         let inner = self.inner.lock();
-        let count = inner.windows.get(key).map_or(0, |w| w.passes.iter().filter(|t| **t + ms(window) > now).count());
+        let count = inner.windows.get(key).map_or(0, |w| {
+            w.passes.iter().filter(|t| **t + ms(window) > now).count()
+        });
         Ok(count as u64)
     }
 
@@ -228,32 +264,57 @@ impl StateStore for MemoryStore {
     async fn get(&self, key: &str) -> Result<Option<Versioned>, StateError> {
         let now = (self.clock)();
         let inner = self.inner.lock();
-        Ok(inner.kv.get(key).filter(|(_, exp)| exp.is_none_or(|e| e > now)).map(|(v, _)| v.clone()))
+        Ok(inner
+            .kv
+            .get(key)
+            .filter(|(_, exp)| exp.is_none_or(|e| e > now))
+            .map(|(v, _)| v.clone()))
     }
 
-    async fn compare_and_swap(&self, key: &str, expected: Option<u64>, value: Vec<u8>, ttl: Option<Duration>) -> Result<Option<u64>, StateError> {
+    async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<u64>,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> Result<Option<u64>, StateError> {
         let now = (self.clock)();
         let mut inner = self.inner.lock();
-        let current = inner.kv.get(key).filter(|(_, exp)| exp.is_none_or(|e| e > now)).map(|(v, _)| v.version);
+        let current = inner
+            .kv
+            .get(key)
+            .filter(|(_, exp)| exp.is_none_or(|e| e > now))
+            .map(|(v, _)| v.version);
         if current != expected {
             return Ok(None);
         }
         inner.next_version += 1;
         let version = inner.next_version;
-        inner.kv.insert(key.to_owned(), (Versioned { value, version }, ttl.map(|t| now + ms(t))));
+        inner.kv.insert(
+            key.to_owned(),
+            (Versioned { value, version }, ttl.map(|t| now + ms(t))),
+        );
         Ok(Some(version))
     }
 
     async fn delete(&self, key: &str) -> Result<bool, StateError> {
-        Ok(self.inner.lock().kv.remove(key).is_some())
+        let now = (self.clock)();
+        // An expired value counts as absent, as for `get`.
+        let removed = self.inner.lock().kv.remove(key);
+        Ok(removed.is_some_and(|(_, exp)| exp.is_none_or(|e| e > now)))
     }
 
     async fn try_lock(&self, key: &str, owner: &str, ttl: Duration) -> Result<bool, StateError> {
         let now = (self.clock)();
         let mut inner = self.inner.lock();
-        let free = inner.locks.get(key).is_none_or(|(o, exp)| *exp <= now || o == owner);
+        let free = inner
+            .locks
+            .get(key)
+            .is_none_or(|(o, exp)| *exp <= now || o == owner);
         if free {
-            inner.locks.insert(key.to_owned(), (owner.to_owned(), now + ms(ttl)));
+            inner
+                .locks
+                .insert(key.to_owned(), (owner.to_owned(), now + ms(ttl)));
         }
         Ok(free)
     }
@@ -261,24 +322,49 @@ impl StateStore for MemoryStore {
     async fn unlock(&self, key: &str, owner: &str) -> Result<bool, StateError> {
         let now = (self.clock)();
         let mut inner = self.inner.lock();
-        let held = inner.locks.get(key).is_some_and(|(o, exp)| o == owner && *exp > now);
+        let held = inner
+            .locks
+            .get(key)
+            .is_some_and(|(o, exp)| o == owner && *exp > now);
         if held {
             inner.locks.remove(key);
         }
         Ok(held)
     }
 
-    async fn schedule_timer(&self, id: &str, due_unix_ms: u64, payload: Vec<u8>) -> Result<(), StateError> {
-        self.inner.lock().timers.insert(id.to_owned(), Timer { due_ms: due_unix_ms, payload, claim: None });
+    async fn schedule_timer(
+        &self,
+        id: &str,
+        due_unix_ms: u64,
+        payload: Vec<u8>,
+    ) -> Result<(), StateError> {
+        self.inner.lock().timers.insert(
+            id.to_owned(),
+            Timer {
+                due_ms: due_unix_ms,
+                payload,
+                claim: None,
+            },
+        );
         Ok(())
     }
 
-    async fn claim_due_timers(&self, now_unix_ms: u64, max: usize, lease: Duration) -> Result<Vec<ClaimedTimer>, StateError> {
+    async fn claim_due_timers(
+        &self,
+        now_unix_ms: u64,
+        max: usize,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedTimer>, StateError> {
         let mut inner = self.inner.lock();
         let Inner { timers, claims, .. } = &mut *inner;
         let mut due: Vec<(&String, &mut Timer)> = timers
             .iter_mut()
-            .filter(|(_, t)| t.due_ms <= now_unix_ms && t.claim.as_ref().is_none_or(|(_, until)| *until <= now_unix_ms))
+            .filter(|(_, t)| {
+                t.due_ms <= now_unix_ms
+                    && t.claim
+                        .as_ref()
+                        .is_none_or(|(_, until)| *until <= now_unix_ms)
+            })
             .collect();
         due.sort_by_key(|(id, t)| (t.due_ms, (*id).clone()));
         let mut out = Vec::new();
@@ -286,14 +372,22 @@ impl StateStore for MemoryStore {
             *claims += 1;
             let claim = format!("c{claims}");
             timer.claim = Some((claim.clone(), now_unix_ms + ms(lease)));
-            out.push(ClaimedTimer { id: id.clone(), payload: timer.payload.clone(), claim });
+            out.push(ClaimedTimer {
+                id: id.clone(),
+                payload: timer.payload.clone(),
+                claim,
+            });
         }
         Ok(out)
     }
 
     async fn complete_timer(&self, id: &str, claim: &str) -> Result<bool, StateError> {
         let mut inner = self.inner.lock();
-        let owned = inner.timers.get(id).and_then(|t| t.claim.as_ref()).is_some_and(|(c, _)| c == claim);
+        let owned = inner
+            .timers
+            .get(id)
+            .and_then(|t| t.claim.as_ref())
+            .is_some_and(|(c, _)| c == claim);
         if owned {
             inner.timers.remove(id);
         }

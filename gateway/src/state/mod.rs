@@ -5,6 +5,7 @@
 //! dispatch needs are checked together and applied only if all pass, so a rejected action
 //! never consumes budget and a dispatch costs one round trip whatever its rules.
 
+pub mod conformance;
 pub mod memory;
 
 use std::time::Duration;
@@ -26,11 +27,23 @@ pub enum StateError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Gate {
     /// At most one holder of `key` within `ttl`. On pass the key is marked with `token`.
-    Dedup { key: String, ttl: Duration, token: String },
+    Dedup {
+        key: String,
+        ttl: Duration,
+        token: String,
+    },
     /// Sliding window: at most `limit` passes in any `window`.
-    Throttle { key: String, limit: u64, window: Duration },
+    Throttle {
+        key: String,
+        limit: u64,
+        window: Duration,
+    },
     /// Fixed window aligned to multiples of `window` since the epoch: at most `limit` passes.
-    Quota { key: String, limit: u64, window: Duration },
+    Quota {
+        key: String,
+        limit: u64,
+        window: Duration,
+    },
 }
 
 /// The answer to [`StateStore::apply_gates`].
@@ -47,8 +60,13 @@ pub enum GateResult {
 pub enum GateStop {
     Duplicate,
     /// Time until the oldest counted pass leaves the window.
-    Throttled { retry_after: Duration },
-    QuotaExceeded { used: u64, resets_in: Duration },
+    Throttled {
+        retry_after: Duration,
+    },
+    QuotaExceeded {
+        used: u64,
+        resets_in: Duration,
+    },
 }
 
 /// A value with the version that compare-and-swap checks.
@@ -113,11 +131,21 @@ pub trait StateStore: Send + Sync + 'static {
     async fn unlock(&self, key: &str, owner: &str) -> Result<bool, StateError>;
 
     /// Registers (or replaces) a timer due at `due_unix_ms`.
-    async fn schedule_timer(&self, id: &str, due_unix_ms: u64, payload: Vec<u8>) -> Result<(), StateError>;
+    async fn schedule_timer(
+        &self,
+        id: &str,
+        due_unix_ms: u64,
+        payload: Vec<u8>,
+    ) -> Result<(), StateError>;
 
     /// Claims up to `max` due timers for `lease`; a claimed timer goes to no one else until
     /// the lease expires without [`StateStore::complete_timer`].
-    async fn claim_due_timers(&self, now_unix_ms: u64, max: usize, lease: Duration) -> Result<Vec<ClaimedTimer>, StateError>;
+    async fn claim_due_timers(
+        &self,
+        now_unix_ms: u64,
+        max: usize,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedTimer>, StateError>;
 
     /// Removes a claimed timer; false if the claim was lost.
     async fn complete_timer(&self, id: &str, claim: &str) -> Result<bool, StateError>;
