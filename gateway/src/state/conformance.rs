@@ -98,7 +98,7 @@ macro_rules! __state_conformance_checks {
 /// every test inside the module (which imports `super::*`), whose value is a future of
 /// something that coerces to `Arc<dyn StateStore>`. The calling crate needs `tokio`.
 ///
-/// ```ignore
+/// ```text
 /// use std::sync::Arc;
 /// use acteon_gateway::state::MemoryStore;
 /// acteon_gateway::conformance_tests!(memory, async { Arc::new(MemoryStore::new()) });
