@@ -13,7 +13,7 @@ use crate::config::{LiveConfig, Runtime};
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::pipeline::{Gateway, GatewayOptions};
-use crate::state::{MemoryStore, StateStore};
+use crate::state::{MemoryStore, RedisStore, StateStore};
 
 #[derive(Parser, Debug)]
 #[command(name = "acteon-gateway", version, about = "Acteon action gateway")]
@@ -52,6 +52,9 @@ pub struct ServeArgs {
     /// `memory`, `redis://…` or `postgres://…`.
     #[arg(long, env = "ACTEON_STATE", default_value = "memory")]
     pub state: String,
+    /// Key prefix (Redis) or schema (Postgres) of this installation's state.
+    #[arg(long, env = "ACTEON_STATE_PREFIX", default_value = "acteon")]
+    pub state_prefix: String,
     /// Objects in this namespace apply to every namespace.
     #[arg(long, env = "ACTEON_SHARED_NAMESPACE", default_value = compile::DEFAULT_SHARED_NAMESPACE)]
     pub shared_namespace: String,
@@ -171,7 +174,12 @@ fn serve_blocking(args: ServeArgs) -> ExitCode {
     }
 }
 
-fn state_backend(url: &str) -> anyhow::Result<Arc<dyn StateStore>> {
+/// Opens the state backend named by `--state`.
+pub async fn state_backend(
+    url: &str,
+    prefix: &str,
+    timeout: Duration,
+) -> anyhow::Result<Arc<dyn StateStore>> {
     match url {
         "memory" | "memory://" => {
             let store = Arc::new(MemoryStore::new());
@@ -179,12 +187,17 @@ fn state_backend(url: &str) -> anyhow::Result<Arc<dyn StateStore>> {
             Ok(store)
         }
         u if u.starts_with("redis://")
-            || u.starts_with("postgres://")
-            || u.starts_with("postgresql://") =>
+            || u.starts_with("rediss://")
+            || u.starts_with("redis+unix://") =>
         {
-            anyhow::bail!(
-                "--state {u}: the Redis and Postgres backends are not in this build yet; use --state memory"
-            )
+            let store = RedisStore::connect(u, prefix, timeout)
+                .await
+                .map_err(|e| anyhow::anyhow!("--state: {e}"))?;
+            tracing::info!(prefix, "state backend: redis");
+            Ok(Arc::new(store))
+        }
+        u if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
+            anyhow::bail!("--state postgres://…: the Postgres backend is not in this build yet")
         }
         other => anyhow::bail!("--state `{other}`: expected memory, redis://… or postgres://…"),
     }
@@ -219,7 +232,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     let gateway = Arc::new(Gateway {
         config: LiveConfig::new(runtime),
-        state: state_backend(&args.state)?,
+        state: state_backend(
+            &args.state,
+            &args.state_prefix,
+            Duration::from_millis(args.state_timeout_ms),
+        )
+        .await?,
         metrics,
         options: GatewayOptions {
             state_timeout: Duration::from_millis(args.state_timeout_ms),

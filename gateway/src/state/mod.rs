@@ -7,12 +7,14 @@
 
 pub mod conformance;
 pub mod memory;
+pub mod redis;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 
 pub use memory::MemoryStore;
+pub use redis::RedisStore;
 
 /// Errors of a state backend. Every one of them means "unavailable": callers answer 503.
 #[derive(Debug, thiserror::Error)]
