@@ -181,7 +181,11 @@ impl RedisStore {
         prefix: &str,
         timeout: Duration,
     ) -> Result<RedisStore, StateError> {
-        let client = redis::Client::open(url).map_err(unavailable)?;
+        // Small requests and answers: without TCP_NODELAY, Nagle's algorithm holds them back.
+        let info = redis::IntoConnectionInfo::into_connection_info(url)
+            .map_err(unavailable)?
+            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        let client = redis::Client::open(info).map_err(unavailable)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
