@@ -1,0 +1,199 @@
+//! Backend outages: with the state backend cut off (a black-holed port, like a dead host)
+//! under load, gateways answer 503 within 2 s, `/readyz` fails, nothing panics; when the
+//! backend comes back, service resumes within 5 s without a restart. Redis and Postgres.
+
+mod common;
+#[path = "common/proxy.rs"]
+mod proxy;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::Server;
+use parking_lot::Mutex;
+use proxy::FaultProxy;
+use serde_json::json;
+
+const CONFIG: &str = r#"
+apiVersion: acteon.dev/v1alpha1
+kind: Provider
+metadata: {name: p, namespace: f}
+spec: {type: noop}
+---
+apiVersion: acteon.dev/v1alpha1
+kind: Rule
+metadata: {name: dedup, namespace: f}
+spec:
+  condition: {field: action.action_type, eq: x}
+  action: {type: deduplicate, ttlSeconds: 60}
+"#;
+
+/// One answered request: when it was sent, its status, how long it took.
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    sent: Instant,
+    status: u16,
+    took: Duration,
+}
+
+fn socket_addr(host_port: &str) -> SocketAddr {
+    use std::net::ToSocketAddrs;
+    host_port
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .unwrap_or_else(|| panic!("resolves {host_port}"))
+}
+
+async fn ready(client: &reqwest::Client, server: &Server) -> u16 {
+    match client
+        .get(server.url("/readyz"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+    {
+        Ok(r) => r.status().as_u16(),
+        Err(_) => 0,
+    }
+}
+
+/// Runs the outage scenario against a backend reached through `proxy` with `state_url`.
+async fn outage_and_recovery(proxy: &FaultProxy, state_url: &str) {
+    let dir = std::env::temp_dir().join(format!("acteon-faults-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("config.yaml");
+    std::fs::write(&file, CONFIG).expect("config");
+    let prefix = format!(
+        "acteon_f{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let args = [
+        "--config",
+        file.to_str().expect("utf-8"),
+        "--state",
+        state_url,
+        "--state-prefix",
+        &prefix,
+        "--state-timeout-ms",
+        "1500",
+    ];
+    let mut servers = [Server::start(&args), Server::start(&args)];
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    for s in &servers {
+        assert_eq!(ready(&client, s).await, 200);
+    }
+
+    // Background load on both gateways, recording every answer.
+    let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = Vec::new();
+    for worker in 0..8 {
+        let url = servers[worker % 2].url("/v1/dispatch");
+        let (client, samples, stop) = (client.clone(), samples.clone(), stop.clone());
+        load.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let body = json!({"namespace": "f", "tenant": "t", "provider": "p", "action_type": "x", "payload": {}, "dedup_key": format!("{worker}-{n}")});
+                let sent = Instant::now();
+                let status = match client.post(&url).json(&body).send().await {
+                    Ok(r) => r.status().as_u16(),
+                    Err(_) => 0,
+                };
+                samples.lock().push(Sample { sent, status, took: sent.elapsed() });
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }));
+    }
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let cut_at = Instant::now();
+    proxy.cut();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for s in &servers {
+        assert_eq!(
+            ready(&client, s).await,
+            503,
+            "/readyz fails while the backend is unreachable"
+        );
+    }
+    let restored_at = Instant::now();
+    proxy.restore();
+
+    // Recovery: each gateway is ready again within 5 s.
+    for s in &servers {
+        let deadline = restored_at + Duration::from_secs(5);
+        while ready(&client, s).await != 200 {
+            assert!(
+                Instant::now() < deadline,
+                "not ready 5 s after the backend came back"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let recovered_at = Instant::now();
+    eprintln!(
+        "ready again {:?} after the backend came back",
+        recovered_at - restored_at
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await.expect("load task");
+    }
+
+    let samples = samples.lock().clone();
+    let before: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.sent + s.took < cut_at)
+        .collect();
+    let during: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.sent > cut_at + Duration::from_millis(100) && s.sent + s.took < restored_at)
+        .collect();
+    let after: Vec<&Sample> = samples.iter().filter(|s| s.sent > recovered_at).collect();
+    assert!(
+        !before.is_empty() && before.iter().all(|s| s.status == 200),
+        "healthy before the outage"
+    );
+    assert!(!during.is_empty(), "requests were sent during the outage");
+    for s in &during {
+        assert_eq!(s.status, 503, "only 503 during the outage: {s:?}");
+    }
+    let slowest = samples
+        .iter()
+        .filter(|s| s.status == 503)
+        .map(|s| s.took)
+        .max()
+        .unwrap_or_default();
+    assert!(slowest <= Duration::from_secs(2), "a 503 took {slowest:?}");
+    assert!(
+        !after.is_empty() && after.iter().all(|s| s.status == 200),
+        "service resumed: {:?}",
+        after.iter().filter(|s| s.status != 200).collect::<Vec<_>>()
+    );
+    assert!(
+        samples.iter().all(|s| s.status == 200 || s.status == 503),
+        "no other answers, no dropped connections"
+    );
+    for s in &mut servers {
+        assert!(
+            s.child.try_wait().expect("status").is_none(),
+            "the gateway is still running"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_outage_gives_503_and_recovers() {
+    let url = std::env::var("ACTEON_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let host_port = url.trim_start_matches("redis://").trim_end_matches('/');
+    let proxy = FaultProxy::start(socket_addr(host_port));
+    outage_and_recovery(&proxy, &format!("redis://{}", proxy.addr())).await;
+}
