@@ -13,7 +13,8 @@ use crate::config::{LiveConfig, Runtime};
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::pipeline::{Gateway, GatewayOptions};
-use crate::state::{MemoryStore, RedisStore, StateStore};
+use crate::state::postgres::PostgresOptions;
+use crate::state::{MemoryStore, PostgresStore, RedisStore, StateStore};
 
 #[derive(Parser, Debug)]
 #[command(name = "acteon-gateway", version, about = "Acteon action gateway")]
@@ -32,6 +33,15 @@ pub enum Command {
         paths: Vec<PathBuf>,
         #[arg(long, env = "ACTEON_SHARED_NAMESPACE", default_value = compile::DEFAULT_SHARED_NAMESPACE)]
         shared_namespace: String,
+    },
+    /// Create or upgrade the Postgres schema (`serve` also does it at start), then exit.
+    Migrate {
+        /// `postgres://…`
+        #[arg(long, env = "ACTEON_STATE")]
+        state: String,
+        /// Schema of this installation's state.
+        #[arg(long, env = "ACTEON_STATE_PREFIX", default_value = "acteon")]
+        state_prefix: String,
     },
     /// Print an Acteon rule file as Rule manifests.
     Convert {
@@ -93,6 +103,10 @@ pub fn run(cli: Cli) -> ExitCode {
             shared_namespace,
         }) => validate(&paths, shared_namespace),
         Some(Command::Convert { file, namespace }) => convert(&file, namespace.as_deref()),
+        Some(Command::Migrate {
+            state,
+            state_prefix,
+        }) => migrate(&state, &state_prefix),
     }
 }
 
@@ -137,6 +151,34 @@ fn convert(file: &PathBuf, namespace: Option<&str>) -> ExitCode {
             for e in &errors {
                 eprintln!("error: {e}");
             }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn migrate(url: &str, schema: &str) -> ExitCode {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        eprintln!(
+            "error: --state: `migrate` is for postgres://… (Redis and memory need no migration)"
+        );
+        return ExitCode::FAILURE;
+    }
+    let run = async {
+        let store = PostgresStore::connect(url, schema).await?;
+        store.migrate().await
+    };
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| rt.block_on(run).map_err(|e| e.to_string()));
+    match result {
+        Ok(()) => {
+            println!("schema `{schema}` is up to date");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }
@@ -197,7 +239,23 @@ pub async fn state_backend(
             Ok(Arc::new(store))
         }
         u if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
-            anyhow::bail!("--state postgres://…: the Postgres backend is not in this build yet")
+            let options = PostgresOptions {
+                op_timeout: timeout,
+                ..PostgresOptions::default()
+            };
+            let store = Arc::new(
+                PostgresStore::connect_with(u, prefix, options)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("--state: {e}"))?,
+            );
+            // Migrations are idempotent and versioned: every gateway applies them at start.
+            store
+                .migrate()
+                .await
+                .map_err(|e| anyhow::anyhow!("--state: migrating schema `{prefix}`: {e}"))?;
+            store.start_sweeper(Duration::from_secs(10));
+            tracing::info!(schema = prefix, "state backend: postgres");
+            Ok(store)
         }
         other => anyhow::bail!("--state `{other}`: expected memory, redis://… or postgres://…"),
     }

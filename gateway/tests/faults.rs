@@ -197,3 +197,25 @@ async fn redis_outage_gives_503_and_recovers() {
     let proxy = FaultProxy::start(socket_addr(host_port));
     outage_and_recovery(&proxy, &format!("redis://{}", proxy.addr())).await;
 }
+
+/// `postgres://user@host:port/db` → (`host:port`, a function that puts another address in).
+fn split_postgres_url(url: &str) -> (String, String, String) {
+    let (scheme_user, rest) = url
+        .rsplit_once('@')
+        .unwrap_or_else(|| panic!("postgres URL with user@: {url}"));
+    let (host_port, db) = rest.split_once('/').unwrap_or((rest, ""));
+    (
+        format!("{scheme_user}@"),
+        host_port.to_owned(),
+        format!("/{db}"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_outage_gives_503_and_recovers() {
+    let url = std::env::var("ACTEON_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".to_owned());
+    let (head, host_port, tail) = split_postgres_url(&url);
+    let proxy = FaultProxy::start(socket_addr(&host_port));
+    outage_and_recovery(&proxy, &format!("{head}{}{tail}", proxy.addr())).await;
+}

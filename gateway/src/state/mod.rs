@@ -7,6 +7,7 @@
 
 pub mod conformance;
 pub mod memory;
+pub mod postgres;
 pub mod redis;
 
 use std::time::Duration;
@@ -14,6 +15,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub use memory::MemoryStore;
+pub use postgres::PostgresStore;
 pub use redis::RedisStore;
 
 /// Errors of a state backend. Every one of them means "unavailable": callers answer 503.

@@ -1,0 +1,589 @@
+//! The Postgres backend: the shared conformance suite on a real server, each test in a fresh
+//! schema of its own, plus the sweeper and recovery.
+//!
+//! The server is `ACTEON_TEST_POSTGRES_URL` (default `postgres://root@127.0.0.1:5432/test`;
+//! `scripts/test-services.sh` provides one). Without a server these tests fail: they never
+//! pass silently.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use acteon_gateway::state::postgres::PostgresOptions;
+use acteon_gateway::state::{
+    ClaimedTimer, Gate, GateResult, PostgresStore, StateError, StateStore, Versioned,
+};
+use async_trait::async_trait;
+use sqlx::Connection;
+use tokio::sync::{Semaphore, SemaphorePermit};
+
+const DEFAULT_URL: &str = "postgres://root@127.0.0.1:5432/test";
+/// Test schemas are named `acteon_test_<unix seconds>_<random>`; those older than this are
+/// dropped by later runs.
+const STALE_AFTER_SECS: u64 = 900;
+
+fn url() -> String {
+    std::env::var("ACTEON_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
+}
+
+fn unix_secs() -> u64 {
+    acteon_gateway::state::unix_ms() / 1_000
+}
+
+/// A fresh schema name: `acteon_test_<unix seconds>_<random>`.
+fn test_schema_name() -> String {
+    format!(
+        "acteon_test_{}_{}",
+        unix_secs(),
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
+/// A store on a fresh, migrated schema.
+async fn fresh_store() -> PostgresStore {
+    let url = url();
+    drop_stale_schemas(&url).await;
+    let schema = test_schema_name();
+    let options = PostgresOptions {
+        max_connections: CONNECTIONS,
+        ..PostgresOptions::default()
+    };
+    let store = PostgresStore::connect_with(&url, &schema, options)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "the Postgres state tests need a Postgres server at {url} \
+                 (set ACTEON_TEST_POSTGRES_URL, or run scripts/test-services.sh): {e}"
+            )
+        });
+    store
+        .migrate()
+        .await
+        .unwrap_or_else(|e| panic!("migrating schema {schema} on {url}: {e}"));
+    store
+}
+
+/// Drops the schemas that earlier runs left behind (once per process).
+async fn drop_stale_schemas(url: &str) {
+    static DONE: AtomicBool = AtomicBool::new(false);
+    if DONE.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let Ok(mut conn) = sqlx::PgConnection::connect(url).await else {
+        return; // connect_with reports the problem
+    };
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'acteon\\_test\\_%'",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap_or_default();
+    let cutoff = unix_secs().saturating_sub(STALE_AFTER_SECS);
+    for name in names {
+        let created = name
+            .strip_prefix("acteon_test_")
+            .and_then(|rest| rest.split('_').next())
+            .and_then(|secs| secs.parse::<u64>().ok());
+        if created.is_some_and(|c| c < cutoff) {
+            let sql = format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE");
+            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(&mut conn)
+                .await;
+        }
+    }
+    let _ = conn.close().await;
+}
+
+/// Drops the schema of a test that ran to its end.
+async fn drop_schema(store: &PostgresStore) {
+    let mut conn = sqlx::PgConnection::connect(&url()).await.unwrap();
+    let sql = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", store.schema());
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+}
+
+/// Tests of this binary that use Postgres at once. With a pool of [`CONNECTIONS`] each they
+/// stay far below the server's connection limit (100 by default) however many test
+/// threads the machine runs.
+static SLOTS: Semaphore = Semaphore::const_new(6);
+/// Pool size of a test store.
+const CONNECTIONS: u32 = 8;
+
+async fn slot() -> SemaphorePermit<'static> {
+    SLOTS.acquire().await.expect("never closed")
+}
+
+/// A store that holds its test's slot for as long as it lives.
+struct Slotted {
+    store: PostgresStore,
+    _slot: SemaphorePermit<'static>,
+}
+
+/// Conformance checks cannot clean up after themselves: their store drops its schema.
+impl Drop for Slotted {
+    fn drop(&mut self) {
+        let sql = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.store.schema());
+        // On a thread of its own: this runs inside the test's runtime.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(async {
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&url()).await {
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                        .execute(&mut conn)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+#[async_trait]
+impl StateStore for Slotted {
+    fn kind(&self) -> &'static str {
+        self.store.kind()
+    }
+    async fn ping(&self) -> Result<(), StateError> {
+        self.store.ping().await
+    }
+    async fn apply_gates(&self, gates: &[Gate]) -> Result<GateResult, StateError> {
+        self.store.apply_gates(gates).await
+    }
+    async fn release_dedup(&self, key: &str, token: &str) -> Result<bool, StateError> {
+        self.store.release_dedup(key, token).await
+    }
+    async fn dedup_exists(&self, key: &str) -> Result<bool, StateError> {
+        self.store.dedup_exists(key).await
+    }
+    async fn window_count(&self, key: &str, window: Duration) -> Result<u64, StateError> {
+        self.store.window_count(key, window).await
+    }
+    async fn quota_usage(&self, key: &str, window: Duration) -> Result<u64, StateError> {
+        self.store.quota_usage(key, window).await
+    }
+    async fn get(&self, key: &str) -> Result<Option<Versioned>, StateError> {
+        self.store.get(key).await
+    }
+    async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<u64>,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> Result<Option<u64>, StateError> {
+        self.store.compare_and_swap(key, expected, value, ttl).await
+    }
+    async fn delete(&self, key: &str) -> Result<bool, StateError> {
+        self.store.delete(key).await
+    }
+    async fn try_lock(&self, key: &str, owner: &str, ttl: Duration) -> Result<bool, StateError> {
+        self.store.try_lock(key, owner, ttl).await
+    }
+    async fn unlock(&self, key: &str, owner: &str) -> Result<bool, StateError> {
+        self.store.unlock(key, owner).await
+    }
+    async fn schedule_timer(
+        &self,
+        id: &str,
+        due_unix_ms: u64,
+        payload: Vec<u8>,
+    ) -> Result<(), StateError> {
+        self.store.schedule_timer(id, due_unix_ms, payload).await
+    }
+    async fn claim_due_timers(
+        &self,
+        now_unix_ms: u64,
+        max: usize,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedTimer>, StateError> {
+        self.store.claim_due_timers(now_unix_ms, max, lease).await
+    }
+    async fn complete_timer(&self, id: &str, claim: &str) -> Result<bool, StateError> {
+        self.store.complete_timer(id, claim).await
+    }
+}
+
+acteon_gateway::conformance_tests!(conformance, async {
+    let slot = slot().await;
+    Arc::new(Slotted {
+        store: fresh_store().await,
+        _slot: slot,
+    })
+});
+
+/// Rows of one state table of `store`'s schema.
+async fn rows(store: &PostgresStore, table: &str) -> i64 {
+    let mut conn = sqlx::PgConnection::connect(&url()).await.unwrap();
+    let sql = format!("SELECT count(*) FROM \"{}\".{table}", store.schema());
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+}
+
+const TABLES: [&str; 6] = [
+    "acteon_dedup",
+    "acteon_throttle",
+    "acteon_throttle_head",
+    "acteon_quota",
+    "acteon_kv",
+    "acteon_locks",
+];
+
+/// Expired rows of every kind are deleted by a sweep (in batches); live ones, values without
+/// TTL and timers stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sweep_deletes_expired_rows_in_batches() {
+    let _slot = slot().await;
+    let store = fresh_store().await;
+    let short = Duration::from_millis(500);
+    let long = Duration::from_secs(3_600);
+    for (n, ttl) in [("short", short), ("long", long)] {
+        let gates = [
+            Gate::Dedup {
+                key: format!("d-{n}"),
+                ttl,
+                token: "tok".into(),
+            },
+            Gate::Throttle {
+                key: format!("t-{n}"),
+                limit: 10,
+                window: ttl,
+            },
+            Gate::Quota {
+                key: format!("q-{n}"),
+                limit: 10,
+                window: ttl,
+            },
+        ];
+        assert_eq!(store.apply_gates(&gates).await.unwrap(), GateResult::Passed);
+        store
+            .compare_and_swap(&format!("v-{n}"), None, b"x".to_vec(), Some(ttl))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(store.try_lock(&format!("l-{n}"), "a", ttl).await.unwrap());
+    }
+    store
+        .compare_and_swap("v-forever", None, b"x".to_vec(), None)
+        .await
+        .unwrap()
+        .unwrap();
+    store.schedule_timer("timer", 0, Vec::new()).await.unwrap();
+    store.sweep_now().await.unwrap();
+    assert_eq!(rows(&store, "acteon_dedup").await, 2, "nothing expired yet");
+    assert_eq!(rows(&store, "acteon_kv").await, 3, "nothing expired yet");
+
+    // Far more expired passes than one batch holds.
+    let mut admin = sqlx::PgConnection::connect(&url()).await.unwrap();
+    let sql = format!(
+        "INSERT INTO \"{}\".acteon_throttle (key, slot, at_ms, expires_at) \
+         SELECT 'bulk-' || (i % 7), i, i, i + 1 FROM generate_series(1, 2500) i",
+        store.schema()
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+
+    tokio::time::sleep(short + Duration::from_millis(100)).await;
+    let statements = store.sweep_now().await.unwrap();
+    assert_eq!(
+        statements, 3,
+        "2 501 expired passes take three batches of 1 000"
+    );
+    for table in TABLES {
+        assert_eq!(
+            rows(&store, table).await,
+            if table == "acteon_kv" { 2 } else { 1 },
+            "{table}: only the long-lived entries (and the value without TTL) stay"
+        );
+    }
+    assert_eq!(
+        rows(&store, "acteon_timers").await,
+        1,
+        "timers are not swept"
+    );
+    assert!(store.dedup_exists("d-long").await.unwrap());
+    assert_eq!(store.window_count("t-long", long).await.unwrap(), 1);
+    assert_eq!(store.quota_usage("q-long", long).await.unwrap(), 1);
+    drop_schema(&store).await;
+}
+
+/// The background sweeper does the same on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_sweeper_deletes_expired_rows() {
+    let _slot = slot().await;
+    let store = Arc::new(fresh_store().await);
+    let gate = [Gate::Dedup {
+        key: "d".into(),
+        ttl: Duration::from_millis(100),
+        token: "tok".into(),
+    }];
+    assert_eq!(store.apply_gates(&gate).await.unwrap(), GateResult::Passed);
+    store.start_sweeper(Duration::from_millis(50));
+    let started = std::time::Instant::now();
+    while rows(&store, "acteon_dedup").await != 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the sweeper did not delete the expired mark"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop_schema(&store).await;
+}
+
+/// Migrating twice, and from several stores at once, is harmless.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_is_idempotent_and_concurrent_safe() {
+    let _slot = slot().await;
+    let store = fresh_store().await;
+    store.migrate().await.unwrap();
+    let mut others = Vec::new();
+    for _ in 0..4 {
+        others.push(
+            PostgresStore::connect(&url(), store.schema())
+                .await
+                .unwrap(),
+        );
+    }
+    let results = futures::future::join_all(others.iter().map(|s| s.migrate())).await;
+    for r in results {
+        r.unwrap();
+    }
+    // A migration from a newer gateway (rolling upgrade) does not stop this one.
+    let mut admin = sqlx::PgConnection::connect(&url()).await.unwrap();
+    let sql = format!(
+        "INSERT INTO \"{}\".acteon_migrations \
+         (version, description, success, checksum, execution_time) \
+         VALUES (99999999, 'from the future', true, '\\x00', 0)",
+        store.schema()
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    // A schema created concurrently by several replicas.
+    let schema = format!("{}_x", store.schema());
+    let mut fresh = Vec::new();
+    for _ in 0..3 {
+        fresh.push(PostgresStore::connect(&url(), &schema).await.unwrap());
+    }
+    let results = futures::future::join_all(fresh.iter().map(|s| s.migrate())).await;
+    for r in results {
+        r.unwrap();
+    }
+    assert_eq!(
+        fresh[0]
+            .apply_gates(&[Gate::Dedup {
+                key: "k".into(),
+                ttl: Duration::from_secs(60),
+                token: "t".into()
+            }])
+            .await
+            .unwrap(),
+        GateResult::Passed
+    );
+    drop_schema(&fresh[0]).await;
+    drop_schema(&store).await;
+}
+
+/// Invalid schema names are refused before anything reaches the server.
+#[tokio::test]
+async fn schema_names_are_checked() {
+    for bad in ["", "a\"b", "a b", "x;drop", &"s".repeat(64)] {
+        assert!(
+            PostgresStore::connect(&url(), bad).await.is_err(),
+            "{bad:?} must be refused"
+        );
+    }
+}
+
+/// An unreachable server gives an error within the operation deadline, never a hang.
+#[tokio::test]
+async fn unreachable_server_fails_fast() {
+    let started = std::time::Instant::now();
+    // A port nothing listens on (connection refused) and a blackholed address (timeout).
+    for url in [
+        "postgres://root@127.0.0.1:1/test",
+        "postgres://root:secret-pw@10.255.255.1:5432/test",
+    ] {
+        let t = std::time::Instant::now();
+        let err = match PostgresStore::connect(url, "s").await {
+            Ok(_) => panic!("connecting to {url} must fail"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "{url}: took {:?}",
+            t.elapsed()
+        );
+        assert!(!err.contains("secret-pw"), "credentials leaked: {err}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(6));
+}
+
+/// Connections killed on the server side are replaced: after one failed operation at most,
+/// the store works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovers_after_connections_are_killed() {
+    let _slot = slot().await;
+    let url = url();
+    let app = format!("acteon-test-{}", uuid::Uuid::new_v4().simple());
+    let options = PostgresOptions {
+        max_connections: 4,
+        application_name: app.clone(),
+        ..PostgresOptions::default()
+    };
+    let schema = test_schema_name();
+    let store = PostgresStore::connect_with(&url, &schema, options)
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    // Several connections in the pool.
+    let checks: Vec<_> = (0..8)
+        .map(|i| store.dedup_exists(if i % 2 == 0 { "a" } else { "b" }))
+        .collect();
+    for r in futures::future::join_all(checks).await {
+        assert!(!r.unwrap());
+    }
+    let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
+    let kill = "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                WHERE application_name = $1) k";
+    let killed: i64 = sqlx::query_scalar(kill)
+        .bind(&app)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert!(killed >= 1, "no connection of the store was found");
+    let mut failures = 0;
+    for _ in 0..5 {
+        if store.dedup_exists("k").await.is_err() {
+            failures += 1;
+        }
+    }
+    assert!(failures <= 1, "{failures} failures after the kill");
+    store.ping().await.unwrap();
+    assert_eq!(
+        store
+            .apply_gates(&[Gate::Dedup {
+                key: "k".into(),
+                ttl: Duration::from_secs(60),
+                token: "t".into()
+            }])
+            .await
+            .unwrap(),
+        GateResult::Passed
+    );
+    drop_schema(&store).await;
+}
+
+/// The same random sequence of gate lists (and releases) on Postgres and on the memory
+/// store gives the same answers: pass or stop, the stopping gate, `used`, and `retry_after`
+/// / `resets_in` up to the time between the two calls. Limits change between calls (rules
+/// are edited), which re-lays the throttle rings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_answers_as_the_memory_store() {
+    let _slot = slot().await;
+    use acteon_gateway::state::{GateStop, MemoryStore};
+    const DAY: Duration = Duration::from_secs(86_400);
+    // Quota windows of a day: stay clear of the boundary (UTC midnight).
+    let into_day = acteon_gateway::state::unix_ms() % 86_400_000;
+    if into_day > 86_400_000 - 30_000 {
+        tokio::time::sleep(Duration::from_millis(86_400_000 - into_day + 1_000)).await;
+    }
+    let pg = fresh_store().await;
+    let mem = MemoryStore::new();
+    let mut rng: u64 = 0x5eed_1234_abcd_0001;
+    let mut next = move |n: u64| {
+        rng = rng
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (rng >> 33) % n
+    };
+    let close = |a: Duration, b: Duration| a.abs_diff(b) <= Duration::from_millis(200);
+    for step in 0..600 {
+        if next(10) == 0 {
+            let key = format!("d{}", next(4));
+            let token = format!("tok{}", next(3));
+            assert_eq!(
+                pg.release_dedup(&key, &token).await.unwrap(),
+                mem.release_dedup(&key, &token).await.unwrap(),
+                "step {step}: release_dedup({key}, {token})"
+            );
+            continue;
+        }
+        let gates: Vec<Gate> = (0..1 + next(3))
+            .map(|_| match next(3) {
+                0 => Gate::Dedup {
+                    key: format!("d{}", next(4)),
+                    ttl: DAY,
+                    token: format!("tok{}", next(3)),
+                },
+                1 => Gate::Throttle {
+                    key: format!("t{}", next(3)),
+                    limit: [1, 2, 3, 5, 8][next(5) as usize],
+                    window: DAY,
+                },
+                _ => Gate::Quota {
+                    key: format!("q{}", next(2)),
+                    limit: 10 + next(30),
+                    window: DAY,
+                },
+            })
+            .collect();
+        let (a, b) = (
+            pg.apply_gates(&gates).await.unwrap(),
+            mem.apply_gates(&gates).await.unwrap(),
+        );
+        let same = match (&a, &b) {
+            (GateResult::Passed, GateResult::Passed) => true,
+            (
+                GateResult::Stopped {
+                    index: i,
+                    reason: r,
+                },
+                GateResult::Stopped {
+                    index: j,
+                    reason: q,
+                },
+            ) if i == j => match (r, q) {
+                (GateStop::Duplicate, GateStop::Duplicate) => true,
+                (
+                    GateStop::Throttled { retry_after: x },
+                    GateStop::Throttled { retry_after: y },
+                ) => close(*x, *y),
+                (
+                    GateStop::QuotaExceeded {
+                        used: u,
+                        resets_in: x,
+                    },
+                    GateStop::QuotaExceeded {
+                        used: v,
+                        resets_in: y,
+                    },
+                ) => u == v && close(*x, *y),
+                _ => false,
+            },
+            _ => false,
+        };
+        assert!(
+            same,
+            "step {step}: {gates:?}\npostgres: {a:?}\nmemory:   {b:?}"
+        );
+        for key in ["t0", "t1", "t2"] {
+            assert_eq!(
+                pg.window_count(key, DAY).await.unwrap(),
+                mem.window_count(key, DAY).await.unwrap(),
+                "step {step}: window_count({key})"
+            );
+        }
+    }
+    drop_schema(&pg).await;
+}
