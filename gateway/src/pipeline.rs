@@ -331,8 +331,41 @@ impl Gateway {
                 .state_errors
                 .with_label_values(&["apply_gates"])
                 .inc();
+            self.release_after_unknown_result(gates);
         }
         result
+    }
+
+    /// After a failed or timed-out gate check the client gets a 503 and will retry, but the
+    /// backend may still have applied the gates. Releasing this dispatch's dedup marks (the
+    /// release is owner-checked, so it only ever removes our own) keeps that retry from
+    /// being answered `Deduplicated` for an action that was never delivered.
+    fn release_after_unknown_result(&self, gates: &[Gate]) {
+        let marks: Vec<(String, String)> = gates
+            .iter()
+            .filter_map(|g| match g {
+                Gate::Dedup { key, token, .. } => Some((key.clone(), token.clone())),
+                _ => None,
+            })
+            .collect();
+        if marks.is_empty() {
+            return;
+        }
+        let state = self.state.clone();
+        let timeout = self.options.state_timeout;
+        tokio::spawn(async move {
+            for (key, token) in marks {
+                // Retried a few times: the backend is likely just coming back.
+                for attempt in 0..3u32 {
+                    if let Ok(Ok(_)) =
+                        tokio::time::timeout(timeout, state.release_dedup(&key, &token)).await
+                    {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt + 1))).await;
+                }
+            }
+        });
     }
 
     async fn deliver(

@@ -755,3 +755,115 @@ fn index_agrees_with_a_full_scan() {
         }
     }
 }
+
+/// A backend whose first `apply_gates` applies the gates but loses the answer, as a
+/// timeout after the server committed would.
+struct LostReply {
+    inner: acteon_gateway::state::MemoryStore,
+    lost: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl acteon_gateway::state::StateStore for LostReply {
+    fn kind(&self) -> &'static str {
+        "lost-reply"
+    }
+    async fn ping(&self) -> Result<(), StateError> {
+        Ok(())
+    }
+    async fn apply_gates(&self, gates: &[Gate]) -> Result<GateResult, StateError> {
+        let r = self.inner.apply_gates(gates).await;
+        if !self.lost.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Err(StateError::Timeout(Duration::from_secs(2)));
+        }
+        r
+    }
+    async fn release_dedup(&self, key: &str, token: &str) -> Result<bool, StateError> {
+        self.inner.release_dedup(key, token).await
+    }
+    async fn dedup_exists(&self, key: &str) -> Result<bool, StateError> {
+        self.inner.dedup_exists(key).await
+    }
+    async fn window_count(&self, key: &str, window: Duration) -> Result<u64, StateError> {
+        self.inner.window_count(key, window).await
+    }
+    async fn quota_usage(&self, key: &str, window: Duration) -> Result<u64, StateError> {
+        self.inner.quota_usage(key, window).await
+    }
+    async fn get(&self, key: &str) -> Result<Option<acteon_gateway::state::Versioned>, StateError> {
+        self.inner.get(key).await
+    }
+    async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<u64>,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> Result<Option<u64>, StateError> {
+        self.inner.compare_and_swap(key, expected, value, ttl).await
+    }
+    async fn delete(&self, key: &str) -> Result<bool, StateError> {
+        self.inner.delete(key).await
+    }
+    async fn try_lock(&self, key: &str, owner: &str, ttl: Duration) -> Result<bool, StateError> {
+        self.inner.try_lock(key, owner, ttl).await
+    }
+    async fn unlock(&self, key: &str, owner: &str) -> Result<bool, StateError> {
+        self.inner.unlock(key, owner).await
+    }
+    async fn schedule_timer(&self, id: &str, due: u64, payload: Vec<u8>) -> Result<(), StateError> {
+        self.inner.schedule_timer(id, due, payload).await
+    }
+    async fn claim_due_timers(
+        &self,
+        now: u64,
+        max: usize,
+        lease: Duration,
+    ) -> Result<Vec<acteon_gateway::state::ClaimedTimer>, StateError> {
+        self.inner.claim_due_timers(now, max, lease).await
+    }
+    async fn complete_timer(&self, id: &str, claim: &str) -> Result<bool, StateError> {
+        self.inner.complete_timer(id, claim).await
+    }
+}
+
+use acteon_gateway::state::{Gate, GateResult, StateError};
+
+#[tokio::test]
+async fn a_lost_gate_answer_does_not_leave_a_dedup_mark_behind() {
+    let mut gw = one_rule(
+        "{field: action.action_type, eq: alert}",
+        "{type: deduplicate, ttlSeconds: 60}",
+    );
+    gw.state = std::sync::Arc::new(LostReply {
+        inner: acteon_gateway::state::MemoryStore::new(),
+        lost: Default::default(),
+    });
+    let keyed = || {
+        action(
+            json!({"namespace": "ns", "tenant": "t", "provider": "p", "action_type": "alert", "payload": {}, "dedup_key": "k"}),
+        )
+    };
+    assert!(
+        gw.dispatch(keyed(), false).await.is_err(),
+        "the first answer is lost: 503"
+    );
+    // The mark the backend did write is released in the background.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while gw
+        .state
+        .dedup_exists(&acteon_gateway::rules::scoped_key("d", "ns", "t", "k"))
+        .await
+        .expect("memory")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dedup mark was not released"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        matches!(dispatch(&gw, keyed()).await, ActionOutcome::Executed(_)),
+        "the client's retry is delivered"
+    );
+}
