@@ -17,7 +17,7 @@ use super::status::ResourceStatus;
     status = "ResourceStatus",
     shortname = "achain",
     category = "acteon",
-    printcolumn = r#"{"name":"Steps","type":"integer","jsonPath":".spec.steps[*].name","description":"step names"}"#,
+    printcolumn = r#"{"name":"First Step","type":"string","jsonPath":".spec.steps[0].name"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#

@@ -46,7 +46,46 @@ pub struct RuleSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timezone: Option<String>,
     /// What happens to a matching action.
+    #[schemars(schema_with = "action_schema")]
     pub action: RuleAction,
+}
+
+/// The `action` schema as the API server sees it: one object whose `type` says which of the
+/// optional fields apply (structural schemas cannot express a tagged union; the operator
+/// validates the combination with the same serde types as the gateway).
+fn action_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let string = |d: &str| serde_json::json!({"type": "string", "description": d});
+    let integer = |d: &str| serde_json::json!({"type": "integer", "format": "int64", "minimum": 0, "description": d});
+    schemars::json_schema!({
+        "type": "object",
+        "description": "What happens to a matching action, tagged by `type`.",
+        "required": ["type"],
+        "properties": {
+            "type": {
+                "type": "string",
+                "description": "allow, deny, suppress, reroute, modify, deduplicate, throttle, group, schedule, chain, stateMachine or requestApproval",
+                "enum": ["allow", "deny", "suppress", "reroute", "modify", "deduplicate", "throttle", "group", "schedule", "chain", "stateMachine", "requestApproval"]
+            },
+            "targetProvider": string("reroute: provider to execute on instead"),
+            "changes": {"type": "object", "x-kubernetes-preserve-unknown-fields": true, "description": "modify: JSON merge patch on the payload"},
+            "ttlSeconds": integer("deduplicate: how long a key stays marked (default 300)"),
+            "key": string("deduplicate / throttle: key template, e.g. {{action.payload.service}}"),
+            "maxCount": integer("throttle: actions allowed per window"),
+            "windowSeconds": integer("throttle: window length in seconds"),
+            "groupBy": {"type": "array", "items": {"type": "string"}, "description": "group: fields whose values form the group key"},
+            "groupWaitSeconds": integer("group: wait before the first notification (default 30)"),
+            "groupIntervalSeconds": integer("group: minimum time between notifications (default 300)"),
+            "maxGroupSize": integer("group: most events in one group (default 100)"),
+            "template": string("group: notification template"),
+            "delaySeconds": integer("schedule: delay in seconds"),
+            "chain": string("chain: name of the Chain"),
+            "stateMachine": string("stateMachine: name of the StateMachine"),
+            "fingerprintFields": {"type": "array", "items": {"type": "string"}, "description": "stateMachine: fields identifying the event"},
+            "notifyProvider": string("requestApproval: provider that carries the request"),
+            "timeoutSeconds": integer("requestApproval: how long approval may take (default 3600)"),
+            "message": string("requestApproval: message for the approver")
+        }
+    })
 }
 
 fn default_true() -> bool {
@@ -69,53 +108,59 @@ fn default_approval_timeout() -> u64 {
     3600
 }
 
-/// The action of a rule, tagged by `type`.
+/// The action of a rule, tagged by `type`: allow, deny, suppress, reroute{targetProvider},
+/// modify{changes}, deduplicate{ttlSeconds, key}, throttle{maxCount, windowSeconds, key},
+/// group{groupBy, groupWaitSeconds, groupIntervalSeconds, maxGroupSize}, schedule{delaySeconds},
+/// chain{chain}, stateMachine{stateMachine, fingerprintFields}, requestApproval{notifyProvider,
+/// timeoutSeconds, message}.
+// Variant and field docs are plain comments: the CRD schema merges the variants into one
+// object, which requires a property shared by variants (`type`, `key`) to have one schema.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "camelCase", deny_unknown_fields)]
 pub enum RuleAction {
-    /// Execute on the requested provider (terminal).
+    // Execute on the requested provider (terminal).
     Allow,
-    /// Refuse the action (terminal; answered as `Suppressed`, as Acteon does).
+    // Refuse the action (terminal; answered as `Suppressed`, as Acteon does).
     Deny,
-    /// Drop the action silently (terminal).
+    // Drop the action silently (terminal).
     Suppress,
-    /// Execute on another provider (terminal).
+    // Execute on another provider (terminal).
     #[serde(rename_all = "camelCase")]
     Reroute {
-        /// Provider to execute on instead.
+        // Provider to execute on instead.
         target_provider: String,
     },
-    /// Apply a JSON merge patch to the payload and continue.
+    // Apply a JSON merge patch to the payload and continue.
     Modify {
-        /// The merge patch.
+        // The merge patch.
         #[schemars(schema_with = "super::free_form_object")]
         changes: Value,
     },
-    /// Let one action per key through within the TTL; later ones answer `Deduplicated`.
+    // Let one action per key through within the TTL; later ones answer `Deduplicated`.
     #[serde(rename_all = "camelCase")]
     Deduplicate {
-        /// How long a key stays marked (default 300 s).
+        // How long a key stays marked (default 300 s).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ttl_seconds: Option<u64>,
-        /// Key template, e.g. `{{action.payload.service}}`; default: the action's `dedup_key`.
+        // Key template, e.g. `{{action.payload.service}}`; default: the action's `dedup_key`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         key: Option<String>,
     },
-    /// Sliding-window rate limit; excess actions answer `Throttled` with the time until a slot frees.
+    // Sliding-window rate limit; excess actions answer `Throttled` with the time until a slot frees.
     #[serde(rename_all = "camelCase")]
     Throttle {
-        /// Actions allowed per window.
+        // Actions allowed per window.
         max_count: u64,
-        /// Window length in seconds.
+        // Window length in seconds.
         window_seconds: u64,
-        /// Optional key template that splits the budget further.
+        // Optional key template that splits the budget further.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         key: Option<String>,
     },
-    /// Batch actions that share `groupBy` values.
+    // Batch actions that share `groupBy` values.
     #[serde(rename_all = "camelCase")]
     Group {
-        /// Fields whose values form the group key.
+        // Fields whose values form the group key.
         group_by: Vec<String>,
         #[serde(default = "default_group_wait")]
         group_wait_seconds: u64,
@@ -126,30 +171,30 @@ pub enum RuleAction {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         template: Option<String>,
     },
-    /// Delay the action; it continues with the later rules when due.
+    // Delay the action; it continues with the later rules when due.
     #[serde(rename_all = "camelCase")]
     Schedule {
-        /// Delay in seconds.
+        // Delay in seconds.
         delay_seconds: u64,
     },
-    /// Start a `Chain` (terminal).
+    // Start a `Chain` (terminal).
     Chain {
-        /// Name of the Chain.
+        // Name of the Chain.
         chain: String,
     },
-    /// Drive a `StateMachine` (terminal).
+    // Drive a `StateMachine` (terminal).
     #[serde(rename_all = "camelCase")]
     StateMachine {
-        /// Name of the StateMachine.
+        // Name of the StateMachine.
         state_machine: String,
-        /// Fields whose values identify the event.
+        // Fields whose values identify the event.
         #[serde(default)]
         fingerprint_fields: Vec<String>,
     },
-    /// Hold the action until a human approves it (terminal).
+    // Hold the action until a human approves it (terminal).
     #[serde(rename_all = "camelCase")]
     RequestApproval {
-        /// Provider that carries the approval request.
+        // Provider that carries the approval request.
         notify_provider: String,
         #[serde(default = "default_approval_timeout")]
         timeout_seconds: u64,

@@ -30,7 +30,6 @@ pub struct StatusCondition {
     /// CamelCase reason.
     pub reason: String,
     /// Human-readable explanation.
-    #[serde(default)]
     pub message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
