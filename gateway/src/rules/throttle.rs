@@ -23,9 +23,10 @@ pub fn gate(
     key: Option<&KeyTemplate>,
 ) -> Option<Gate> {
     let a = input.action;
-    let suffix = match key {
-        Some(t) => format!("{rule_id}:{}", render(t, input, tz)?),
-        None => rule_id.to_owned(),
+    // The common case (no key template) builds the key with a single allocation.
+    let suffix: std::borrow::Cow<'_, str> = match key {
+        Some(t) => format!("{rule_id}:{}", render(t, input, tz)?).into(),
+        None => rule_id.into(),
     };
     Some(Gate::Throttle {
         key: super::scoped_key("t", &a.namespace, &a.tenant, &suffix),
