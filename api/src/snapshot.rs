@@ -3,9 +3,11 @@
 //! The operator (from the API server) and the standalone gateway (from files) both build
 //! it through [`crate::compile`]; the operator publishes it through the state backend.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
-use crate::crd::{ChainSpec, ProviderSpec, QuotaSpec, RuleSpec, StateMachineSpec};
+use crate::crd::{ChainSpec, ProviderSpec, QuotaSpec, RuleSpec, SecretKeyRef, StateMachineSpec};
 
 /// A validated, self-contained configuration.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -19,7 +21,26 @@ pub struct Snapshot {
     pub chains: Vec<Entry<ChainSpec>>,
     pub state_machines: Vec<Entry<StateMachineSpec>>,
     pub quotas: Vec<Entry<QuotaSpec>>,
+    /// Credentials that Providers reference, sealed by the operator (never plaintext):
+    /// [`secret_id`] → sealed value (see `acteon_channel::seal`). Empty for a standalone
+    /// gateway, which reads no Secrets.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, String>,
 }
+
+/// Key of a resolved `secretKeyRef` in [`Snapshot::secrets`]: the Provider's scope (its
+/// namespace, or `_shared` for shared Providers), the Secret's name and the key.
+pub fn secret_id(scope: Option<&str>, secret: &SecretKeyRef) -> String {
+    format!(
+        "{}/{}/{}",
+        scope.unwrap_or(SHARED_SCOPE),
+        secret.name,
+        secret.key
+    )
+}
+
+/// Scope name of shared Providers in [`secret_id`] (not a valid namespace, so no clash).
+pub const SHARED_SCOPE: &str = "_shared";
 
 /// One accepted object.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

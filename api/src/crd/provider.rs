@@ -182,3 +182,42 @@ pub struct CircuitBreaker {
 pub struct ProviderRateLimit {
     pub max_per_second: u32,
 }
+
+impl ProviderSpec {
+    /// Every `secretKeyRef` this Provider uses, with the field that holds it.
+    pub fn secret_refs(&self) -> Vec<(String, &SecretKeyRef)> {
+        let mut refs: Vec<(String, &SecretKeyRef)> = Vec::new();
+        if let Some(w) = &self.webhook {
+            for (header, r) in &w.secret_headers {
+                refs.push((format!("spec.webhook.secretHeaders.{header}"), r));
+            }
+        }
+        if let Some(s) = &self.slack {
+            refs.push(("spec.slack.webhookUrlSecretRef".into(), &s.webhook_url_secret_ref));
+        }
+        if let Some(e) = &self.email {
+            if let Some(r) = &e.username_secret_ref {
+                refs.push(("spec.email.usernameSecretRef".into(), r));
+            }
+            if let Some(r) = &e.password_secret_ref {
+                refs.push(("spec.email.passwordSecretRef".into(), r));
+            }
+        }
+        if let Some(p) = &self.pagerduty {
+            refs.push((
+                "spec.pagerduty.routingKeySecretRef".into(),
+                &p.routing_key_secret_ref,
+            ));
+        }
+        if let Some(t) = &self.teams {
+            refs.push(("spec.teams.webhookUrlSecretRef".into(), &t.webhook_url_secret_ref));
+        }
+        if let Some(d) = &self.discord {
+            refs.push((
+                "spec.discord.webhookUrlSecretRef".into(),
+                &d.webhook_url_secret_ref,
+            ));
+        }
+        refs
+    }
+}

@@ -299,6 +299,7 @@ pub(super) fn compile(docs: &[Document], options: &CompileOptions) -> super::Com
         chains: entries(chains),
         state_machines: entries(machines),
         quotas: entries(quotas),
+        secrets: Default::default(),
     };
     snapshot.seal();
     super::Compiled {

@@ -1,0 +1,104 @@
+//! The configuration channel: how the operator hands compiled snapshots to gateways.
+//!
+//! The operator [`ConfigChannel::publish`]es a serialized snapshot; the backend assigns it
+//! the next version (monotonic across operator restarts and leader changes) and notifies
+//! subscribers. Gateways follow [`ConfigChannel::notifications`] (with a periodic
+//! [`ConfigChannel::head`] check as a safety net), [`ConfigChannel::fetch`] the body, apply
+//! it, and [`ConfigChannel::report`] the version they serve; the operator reads
+//! [`ConfigChannel::gateways`] to show convergence in status.
+//!
+//! Credentials inside a snapshot are sealed with [`seal`] before publishing.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+/// Errors of the channel. All of them mean the backend could not be used right now.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    #[error("config channel unavailable: {0}")]
+    Unavailable(String),
+    #[error("config channel timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("config channel holds corrupt data: {0}")]
+    Corrupt(String),
+}
+
+/// Version and digest of the newest published snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Head {
+    pub version: u64,
+    pub digest: String,
+}
+
+/// A published snapshot as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Published {
+    pub version: u64,
+    pub digest: String,
+    /// The serialized snapshot (JSON of `acteon_api::Snapshot`).
+    pub body: Vec<u8>,
+}
+
+/// What [`ConfigChannel::publish`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PublishOutcome {
+    /// Stored as a new version; subscribers were notified.
+    Published(Head),
+    /// The newest version already has this digest: nothing written, nobody notified.
+    Unchanged(Head),
+}
+
+impl PublishOutcome {
+    pub fn head(&self) -> &Head {
+        match self {
+            PublishOutcome::Published(h) | PublishOutcome::Unchanged(h) => h,
+        }
+    }
+}
+
+/// What one gateway serves, as it last reported.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayReport {
+    /// Unique per gateway process (pod name plus a random suffix).
+    pub gateway: String,
+    /// Version of the snapshot it serves (0 = none yet).
+    pub version: u64,
+    pub digest: String,
+    /// The newest version it failed to apply, if newer than `version`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_version: Option<u64>,
+    /// Why that version failed (no credentials in it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The channel contract; Redis, Postgres and an in-process memory channel implement it.
+#[async_trait]
+pub trait ConfigChannel: Send + Sync + 'static {
+    /// Backend name for logs and metrics.
+    fn kind(&self) -> &'static str;
+
+    /// Stores `body` as the next version unless the newest version has the same `digest`.
+    /// Atomic (one round trip); notifies subscribers when it stores.
+    async fn publish(&self, digest: &str, body: &[u8]) -> Result<PublishOutcome, ChannelError>;
+
+    /// The newest version, if any (cheap: no body).
+    async fn head(&self) -> Result<Option<Head>, ChannelError>;
+
+    /// The newest snapshot with its version, read consistently.
+    async fn fetch(&self) -> Result<Option<Published>, ChannelError>;
+
+    /// Versions announced by publishers, latest first (a watch channel coalesces bursts).
+    /// Best effort: a notification can be lost while the subscription reconnects, so
+    /// followers also poll [`ConfigChannel::head`]. After a reconnect the implementation
+    /// sends the current head so nothing published meanwhile waits for the next poll.
+    fn notifications(&self) -> tokio::sync::watch::Receiver<u64>;
+
+    /// Records what `report.gateway` serves; the record expires after `ttl` unless renewed.
+    async fn report(&self, report: &GatewayReport, ttl: Duration) -> Result<(), ChannelError>;
+
+    /// Every unexpired report, sorted by gateway id.
+    async fn gateways(&self) -> Result<Vec<GatewayReport>, ChannelError>;
+}
