@@ -9,6 +9,8 @@
 //!
 //! Credentials inside a snapshot are sealed with [`seal`] before publishing.
 
+pub mod memory;
+
 use std::time::Duration;
 
 use async_trait::async_trait;
