@@ -10,6 +10,7 @@
 //! Credentials inside a snapshot are sealed with [`seal`] before publishing.
 
 pub mod memory;
+pub mod seal;
 
 use std::time::Duration;
 
