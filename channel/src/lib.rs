@@ -9,9 +9,14 @@
 //!
 //! Credentials inside a snapshot are sealed with [`seal`] before publishing.
 
+pub mod conformance;
 pub mod memory;
+pub mod postgres;
+pub mod redis;
 pub mod seal;
+mod util;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -104,4 +109,42 @@ pub trait ConfigChannel: Send + Sync + 'static {
 
     /// Every unexpired report, sorted by gateway id.
     async fn gateways(&self) -> Result<Vec<GatewayReport>, ChannelError>;
+}
+
+/// Connects the channel named by `url`: `redis://` or `rediss://` (keys under `prefix`), or
+/// `postgres://` or `postgresql://` (tables in schema `prefix`).
+///
+/// There is deliberately no `memory` here: the operator and the gateways are separate
+/// processes, and an in-process channel would silently connect nobody. Use
+/// [`memory::MemoryChannel`] directly in tests and single-process setups.
+pub async fn connect(
+    url: &str,
+    prefix: &str,
+    timeout: Duration,
+) -> Result<Arc<dyn ConfigChannel>, ChannelError> {
+    // Only the scheme is ever quoted back: the rest of the URL may hold a password.
+    let scheme = url
+        .split_once("://")
+        .map(|(scheme, _)| scheme.to_ascii_lowercase());
+    match scheme.as_deref() {
+        Some("redis" | "rediss") => Ok(Arc::new(
+            redis::RedisChannel::connect(url, prefix, timeout).await?,
+        )),
+        Some("postgres" | "postgresql") => Ok(Arc::new(
+            postgres::PostgresChannel::connect(url, prefix, timeout).await?,
+        )),
+        _ => Err(ChannelError::Unavailable(format!(
+            "unsupported config channel URL{}: use redis://, rediss://, postgres:// or postgresql:// \
+             (the operator and the gateways are separate processes, so there is no in-memory channel)",
+            match &scheme {
+                Some(s)
+                    if s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b)) =>
+                {
+                    format!(" scheme {s:?}")
+                }
+                _ => String::new(),
+            }
+        ))),
+    }
 }
