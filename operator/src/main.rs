@@ -1,12 +1,20 @@
-//! The Acteon operator. Today: `crdgen`, which writes the CRDs generated from the Rust
-//! types. The controller arrives with the operator issue.
+//! The Acteon operator: `run` reconciles the custom resources into configuration
+//! snapshots for the gateways; `crdgen` writes the CRDs generated from the Rust types.
 
+mod controller;
 mod crdgen;
+mod error;
+mod leader;
+mod metrics;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use acteon_api::compile::{self, CompileOptions};
+use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "acteon-operator", version, about = "Acteon operator")]
@@ -15,6 +23,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start; the size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Write the CustomResourceDefinitions to a directory (default `crds/`), or check them.
@@ -25,8 +35,157 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
-    /// Run the controller (not implemented yet).
-    Run,
+    /// Run the controller (kubeconfig from KUBECONFIG, ~/.kube/config or in-cluster).
+    Run(RunArgs),
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// State backend the gateways use: `redis://…` or `postgres://…`.
+    #[arg(long, env = "ACTEON_STATE")]
+    state: String,
+    /// Key prefix (Redis) or schema (Postgres); the gateways must use the same.
+    #[arg(long, env = "ACTEON_STATE_PREFIX", default_value = "acteon")]
+    state_prefix: String,
+    /// Namespaces to watch (comma-separated); all when not given.
+    #[arg(long, env = "ACTEON_NAMESPACES", value_delimiter = ',')]
+    namespaces: Vec<String>,
+    /// Objects in this namespace apply to every namespace.
+    #[arg(long, env = "ACTEON_SHARED_NAMESPACE", default_value = compile::DEFAULT_SHARED_NAMESPACE)]
+    shared_namespace: String,
+    /// Lease used for leader election.
+    #[arg(long, env = "ACTEON_LEASE_NAME", default_value = "acteon-operator")]
+    lease_name: String,
+    /// Namespace of the Lease (the operator's own).
+    #[arg(long, env = "ACTEON_LEASE_NAMESPACE", default_value = compile::DEFAULT_SHARED_NAMESPACE)]
+    lease_namespace: String,
+    #[arg(long, env = "ACTEON_LEASE_DURATION_SECONDS", default_value_t = 15)]
+    lease_duration_seconds: u64,
+    /// This replica's identity (default: $POD_NAME, else $HOSTNAME, plus the process id).
+    #[arg(long, env = "ACTEON_IDENTITY")]
+    identity: Option<String>,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    #[arg(long, env = "ACTEON_METRICS_LISTEN", default_value = "0.0.0.0:8081")]
+    metrics_listen: SocketAddr,
+    /// File holding the key that seals credentials in snapshots (64 hex chars or base64).
+    #[arg(long, env = "ACTEON_SEAL_KEY_FILE")]
+    seal_key_file: Option<PathBuf>,
+    /// Status patches in flight at once.
+    #[arg(long, default_value_t = 32)]
+    status_concurrency: usize,
+    /// Bound on each state backend call, in milliseconds.
+    #[arg(long, env = "ACTEON_STATE_TIMEOUT_MS", default_value_t = 5000)]
+    state_timeout_ms: u64,
+    /// Log as JSON lines.
+    #[arg(long, env = "ACTEON_LOG_JSON")]
+    log_json: bool,
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+fn default_identity() -> String {
+    let host = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "acteon-operator".into());
+    format!("{host}-{}", std::process::id())
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let seal_key = acteon_channel::seal::load_key(
+        args.seal_key_file.as_deref(),
+        std::env::var("ACTEON_SEAL_KEY").ok().as_deref(),
+    )
+    .map_err(|e| anyhow::anyhow!("seal key: {e}"))?;
+    match &seal_key {
+        Some(k) => tracing::info!(fingerprint = %k.fingerprint(), "seal key loaded"),
+        None => {
+            tracing::warn!("no seal key: Providers with secretKeyRefs will be rejected (NoSealKey)")
+        }
+    }
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| anyhow::anyhow!("kubeconfig: {e}"))?;
+    let channel = acteon_channel::connect(
+        &args.state,
+        &args.state_prefix,
+        Duration::from_millis(args.state_timeout_ms),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("--state: {e}"))?;
+    let identity = args.identity.clone().unwrap_or_else(default_identity);
+    let metrics = Arc::new(metrics::Metrics::new());
+    let ctx = controller::Context::start(
+        client.clone(),
+        channel,
+        seal_key,
+        metrics.clone(),
+        controller::Options {
+            namespaces: args.namespaces.clone(),
+            compile: CompileOptions {
+                shared_namespace: args.shared_namespace.clone(),
+            },
+            status_concurrency: args.status_concurrency,
+            debounce: Duration::from_millis(20),
+            report_poll: Duration::from_millis(200),
+            identity: identity.clone(),
+        },
+    );
+    let server = tokio::spawn(metrics::serve(
+        args.metrics_listen,
+        metrics.clone(),
+        ctx.index.clone(),
+    ));
+    let elector = leader::Elector::new(
+        client,
+        leader::Election {
+            namespace: args.lease_namespace.clone(),
+            name: args.lease_name.clone(),
+            identity: identity.clone(),
+            duration: Duration::from_secs(args.lease_duration_seconds.max(3)),
+        },
+    );
+    let leading = elector.leading();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let election = tokio::spawn(elector.run(stop_rx));
+    let controller = tokio::spawn(controller::run(ctx, leading));
+    tracing::info!(%identity, lease = %args.lease_name, "operator started");
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        r = server => match r {
+            Ok(Err(e)) => return Err(e),
+            _ => anyhow::bail!("metrics server stopped"),
+        },
+    }
+    // Release the lease so a standby takes over at once.
+    controller.abort();
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), election).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term => {},
+    }
 }
 
 fn crdgen(out: &PathBuf, check: bool) -> ExitCode {
@@ -64,9 +223,25 @@ fn crdgen(out: &PathBuf, check: bool) -> ExitCode {
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Crdgen { out, check } => crdgen(&out, check),
-        Command::Run => {
-            eprintln!("acteon-operator: the controller is not implemented yet (see the README)");
-            ExitCode::from(2)
+        Command::Run(args) => {
+            init_tracing(args.log_json);
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(run(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
         }
     }
 }

@@ -1,0 +1,246 @@
+//! Status: what each object's status should say, computed purely from its verdict and
+//! how many gateways serve it. Written only when it differs from what is there, and
+//! `lastTransitionTime` changes only when a condition's status does, so an unchanged
+//! object is never written (GitOps tools would loop on volatile timestamps).
+
+use acteon_api::crd::{ResourceStatus, StatusCondition};
+
+use super::build::Verdict;
+
+/// How many live gateways serve a snapshot containing the object's current generation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Serving {
+    pub serving: u32,
+    pub live: u32,
+}
+
+fn condition(
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: i64,
+    current: &ResourceStatus,
+    now: &str,
+) -> StatusCondition {
+    let status = if ok { "True" } else { "False" };
+    let previous = current.conditions.iter().find(|c| c.type_ == type_);
+    let last_transition_time = match previous {
+        Some(p) if p.status == status => p.last_transition_time.clone(),
+        _ => Some(now.to_owned()),
+    };
+    StatusCondition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        observed_generation: Some(generation),
+        last_transition_time,
+    }
+}
+
+/// The status an object should have. `serving` is `None` for rejected objects.
+pub fn desired(
+    generation: i64,
+    verdict: &Verdict,
+    serving: Option<Serving>,
+    current: &ResourceStatus,
+    now: &str,
+) -> ResourceStatus {
+    let (accepted, ready, gateways_serving) = match (verdict, serving) {
+        (Verdict::Rejected { reason, message }, _) => (
+            condition(
+                "Accepted",
+                false,
+                reason,
+                message.clone(),
+                generation,
+                current,
+                now,
+            ),
+            condition(
+                "Ready",
+                false,
+                reason,
+                message.clone(),
+                generation,
+                current,
+                now,
+            ),
+            None,
+        ),
+        (Verdict::Accepted, s) => {
+            let s = s.unwrap_or(Serving {
+                serving: 0,
+                live: 0,
+            });
+            let (ok, reason, message) = if s.live == 0 {
+                (
+                    false,
+                    "NoGateways",
+                    "accepted; no gateway is running".to_owned(),
+                )
+            } else if s.serving < s.live {
+                (
+                    false,
+                    "Propagating",
+                    format!("served by {} of {} gateways", s.serving, s.live),
+                )
+            } else {
+                (true, "Served", format!("served by all {} gateways", s.live))
+            };
+            (
+                condition(
+                    "Accepted",
+                    true,
+                    "Valid",
+                    "valid; included in the published configuration".into(),
+                    generation,
+                    current,
+                    now,
+                ),
+                condition("Ready", ok, reason, message, generation, current, now),
+                Some(s.serving),
+            )
+        }
+    };
+    ResourceStatus {
+        observed_generation: Some(generation),
+        conditions: vec![accepted, ready],
+        gateways_serving,
+    }
+}
+
+/// Whether a rejection is new for this generation (then a Warning Event is due).
+pub fn is_new_rejection(
+    generation: i64,
+    desired: &ResourceStatus,
+    current: &ResourceStatus,
+) -> bool {
+    let find = |s: &ResourceStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == "Accepted")
+            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+    };
+    let Some(want) = find(desired) else {
+        return false;
+    };
+    want.0 == "False"
+        && (current.observed_generation != Some(generation) || find(current) != Some(want))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: &str = "2026-01-01T00:00:00Z";
+    const T1: &str = "2026-01-01T00:01:00Z";
+
+    fn rejected() -> Verdict {
+        Verdict::Rejected {
+            reason: "InvalidCel".into(),
+            message: "spec.cel: syntax error".into(),
+        }
+    }
+
+    fn ready(s: &ResourceStatus) -> &StatusCondition {
+        s.conditions.iter().find(|c| c.type_ == "Ready").unwrap()
+    }
+
+    #[test]
+    fn an_unchanged_object_gets_an_identical_status() {
+        let serving = Some(Serving {
+            serving: 2,
+            live: 2,
+        });
+        let first = desired(
+            3,
+            &Verdict::Accepted,
+            serving,
+            &ResourceStatus::default(),
+            T0,
+        );
+        let again = desired(3, &Verdict::Accepted, serving, &first, T1);
+        assert_eq!(first, again, "no volatile fields");
+        assert_eq!(ready(&first).status, "True");
+        assert_eq!(first.gateways_serving, Some(2));
+        assert_eq!(first.observed_generation, Some(3));
+    }
+
+    #[test]
+    fn transition_time_moves_only_when_the_condition_status_does() {
+        let partial = desired(
+            1,
+            &Verdict::Accepted,
+            Some(Serving {
+                serving: 1,
+                live: 2,
+            }),
+            &Default::default(),
+            T0,
+        );
+        assert_eq!(ready(&partial).reason, "Propagating");
+        assert_eq!(ready(&partial).message, "served by 1 of 2 gateways");
+        let none = desired(
+            1,
+            &Verdict::Accepted,
+            Some(Serving {
+                serving: 0,
+                live: 2,
+            }),
+            &partial,
+            T1,
+        );
+        assert_eq!(
+            ready(&none).last_transition_time.as_deref(),
+            Some(T0),
+            "still False"
+        );
+        let full = desired(
+            1,
+            &Verdict::Accepted,
+            Some(Serving {
+                serving: 2,
+                live: 2,
+            }),
+            &none,
+            T1,
+        );
+        assert_eq!(ready(&full).last_transition_time.as_deref(), Some(T1));
+        let accepted = full
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Accepted")
+            .unwrap();
+        assert_eq!(
+            accepted.last_transition_time.as_deref(),
+            Some(T0),
+            "Accepted stayed True"
+        );
+    }
+
+    #[test]
+    fn no_gateways_is_not_ready() {
+        let s = desired(1, &Verdict::Accepted, None, &Default::default(), T0);
+        assert_eq!(ready(&s).status, "False");
+        assert_eq!(ready(&s).reason, "NoGateways");
+    }
+
+    #[test]
+    fn rejections_carry_the_reason_and_are_announced_once_per_generation() {
+        let s = desired(4, &rejected(), None, &Default::default(), T0);
+        assert_eq!(ready(&s).reason, "InvalidCel");
+        assert_eq!(ready(&s).message, "spec.cel: syntax error");
+        assert_eq!(s.gateways_serving, None);
+        assert!(is_new_rejection(4, &s, &Default::default()));
+        assert!(!is_new_rejection(4, &s, &s), "already reported");
+        let next = desired(5, &rejected(), None, &s, T1);
+        assert!(
+            is_new_rejection(5, &next, &s),
+            "a new generation with the same problem"
+        );
+        let ok = desired(5, &Verdict::Accepted, None, &s, T1);
+        assert!(!is_new_rejection(5, &ok, &s));
+    }
+}
