@@ -1,0 +1,743 @@
+//! The operator and two gateways as processes against a real kube-apiserver (SPEC §2, §3).
+//! The operator runs with the token that only the chart's RBAC empowers, so a missing
+//! permission fails these tests.
+
+use std::time::{Duration, Instant};
+
+use acteon_e2e::*;
+use serde_json::{Value, json};
+
+/// One operator + gateways setup on its own namespaces, lease and state prefix.
+struct Setup {
+    kube: &'static Kube,
+    state: String,
+    prefix: String,
+    lease: String,
+    namespaces: Vec<String>,
+}
+
+impl Setup {
+    fn new(state: String, namespaces: &[&str]) -> Setup {
+        let kube = Kube::get();
+        kube.ensure_installed();
+        for ns in namespaces {
+            kube.create_namespace(ns);
+        }
+        Setup {
+            kube,
+            state,
+            prefix: unique_name("e2e"),
+            lease: unique_name("lease"),
+            namespaces: namespaces.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn operator(&self, identity: &str, extra: &[&str]) -> Proc {
+        let metrics = format!("127.0.0.1:{}", free_port());
+        let namespaces = self.namespaces.join(",");
+        let mut args = vec![
+            "--state",
+            &self.state,
+            "--state-prefix",
+            &self.prefix,
+            "--namespaces",
+            &namespaces,
+            "--shared-namespace",
+            "acteon-e2e-none",
+            "--lease-name",
+            &self.lease,
+            "--lease-namespace",
+            "acteon-system",
+            "--identity",
+            identity,
+            "--metrics-listen",
+            &metrics,
+        ];
+        args.extend_from_slice(extra);
+        start_operator(&args)
+    }
+
+    fn gateway(&self) -> (Proc, u16) {
+        start_gateway(&[
+            "--state",
+            &self.state,
+            "--state-prefix",
+            &self.prefix,
+            "--shared-namespace",
+            "acteon-e2e-none",
+            "--config-poll-seconds",
+            "5",
+        ])
+    }
+
+    fn lease_holder(&self) -> String {
+        self.kube
+            .kubectl_ok(&[
+                "get",
+                "lease",
+                "-n",
+                "acteon-system",
+                &self.lease,
+                "-o",
+                "jsonpath={.spec.holderIdentity}",
+            ])
+            .trim()
+            .to_owned()
+    }
+}
+
+fn get_json(port: u16, path: &str) -> Option<Value> {
+    let (status, body) = http_get(port, path)?;
+    (status == 200)
+        .then(|| serde_json::from_str(&body).ok())
+        .flatten()
+}
+
+fn served_version(port: u16) -> Option<u64> {
+    get_json(port, "/v1/config")?.get("version")?.as_u64()
+}
+
+fn rule_names(port: u16) -> Vec<String> {
+    get_json(port, "/v1/rules")
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|r| r.get("name")?.as_str().map(str::to_owned))
+        .collect()
+}
+
+fn outcome(port: u16, action: &Value) -> Value {
+    let (status, body) =
+        http_post(port, "/v1/dispatch?dry_run=true", action).expect("gateway answers");
+    assert_eq!(status, 200, "dispatch: {body}");
+    serde_json::from_str(&body).expect("json outcome")
+}
+
+/// The `Ready` condition of every object of `kinds` in `ns`: name → (status, reason).
+fn readiness(kube: &Kube, ns: &str, kinds: &str) -> Vec<(String, String, String, String)> {
+    let out = kube.kubectl_ok(&["get", kinds, "-n", ns, "-o", "json"]);
+    let list: Value = serde_json::from_str(&out).expect("kubectl json");
+    list["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|o| {
+            let ready = o["status"]["conditions"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["type"] == "Ready").cloned())
+                .unwrap_or(Value::Null);
+            (
+                format!(
+                    "{}/{}",
+                    o["kind"].as_str().unwrap_or(""),
+                    o["metadata"]["name"].as_str().unwrap_or("")
+                ),
+                ready["status"].as_str().unwrap_or("").to_owned(),
+                ready["reason"].as_str().unwrap_or("").to_owned(),
+                ready["message"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn ready_condition(kube: &Kube, kind: &str, ns: &str, name: &str) -> (String, String, String) {
+    let out = kube.kubectl_ok(&["get", kind, "-n", ns, name, "-o", "json"]);
+    let o: Value = serde_json::from_str(&out).expect("kubectl json");
+    let c = o["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Ready").cloned())
+        .unwrap_or(Value::Null);
+    (
+        c["status"].as_str().unwrap_or("").to_owned(),
+        c["reason"].as_str().unwrap_or("").to_owned(),
+        c["message"].as_str().unwrap_or("").to_owned(),
+    )
+}
+
+fn wait_ready(
+    kube: &Kube,
+    kind: &str,
+    ns: &str,
+    name: &str,
+    want: (&str, &str),
+) -> (String, String, String) {
+    wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
+        let c = ready_condition(kube, kind, ns, name);
+        (c.0 == want.0 && c.1 == want.1).then_some(c)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "{kind} {ns}/{name}: Ready never became {want:?}; last {:?}",
+            ready_condition(kube, kind, ns, name)
+        )
+    })
+}
+
+fn resource_versions(kube: &Kube, ns: &str) -> Vec<(String, String)> {
+    let out = kube.kubectl_ok(&["get", "acteon", "-n", ns, "-o", "json"]);
+    let list: Value = serde_json::from_str(&out).expect("kubectl json");
+    let mut v: Vec<(String, String)> = list["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|o| {
+            (
+                format!("{}/{}", o["kind"], o["metadata"]["name"]),
+                o["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn samples_are_served_by_both_gateways_and_every_object_is_ready() {
+    let s = Setup::new(redis_url(), &["iot", "payments"]);
+    // The samples use fixed namespaces: start from none of their objects.
+    for ns in ["iot", "payments"] {
+        s.kube.kubectl_ok(&[
+            "delete",
+            "rules,providers,chains,statemachines,quotas",
+            "--all",
+            "-n",
+            ns,
+            "--wait=false",
+        ]);
+    }
+    let (_g1, p1) = s.gateway();
+    let (_g2, p2) = s.gateway();
+    assert_eq!(
+        http_get(p1, "/readyz").map(|r| r.0),
+        Some(503),
+        "no snapshot yet"
+    );
+    let _op = s.operator("op-a", &[]);
+    let started = Instant::now();
+    s.kube.kubectl_ok(&[
+        "apply",
+        "--server-side",
+        "--field-manager",
+        "e2e",
+        "-f",
+        &repo_path("config/samples").display().to_string(),
+    ]);
+    let expected = [
+        "critical-temperature-alert",
+        "dedup-sensor-readings",
+        "deny-unsigned-firmware",
+        "dedup-alerts",
+    ];
+    for port in [p1, p2] {
+        wait_until(Duration::from_secs(20), Duration::from_millis(20), || {
+            let names = rule_names(port);
+            expected
+                .iter()
+                .all(|e| names.iter().any(|n| n == e))
+                .then_some(())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "gateway {port} never served the samples: {:?}",
+                rule_names(port)
+            )
+        });
+    }
+    let served = started.elapsed();
+    wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
+        ["iot", "payments"]
+            .iter()
+            .all(|ns| {
+                let r = readiness(s.kube, ns, "acteon");
+                !r.is_empty() && r.iter().all(|(_, st, _, _)| st == "True")
+            })
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("not all Ready: {:?}", readiness(s.kube, "iot", "acteon")));
+    println!(
+        "samples: served by both gateways after {:?}, all Ready after {:?}",
+        served,
+        started.elapsed()
+    );
+    for (name, _, reason, message) in readiness(s.kube, "iot", "acteon") {
+        assert_eq!(reason, "Served", "{name}");
+        assert_eq!(message, "served by all 2 gateways", "{name}");
+    }
+    // The samples behave on the gateway as they do standalone.
+    let critical = json!({"namespace": "iot", "tenant": "smartbuilding-hq", "provider": "telemetry",
+        "action_type": "sensor_reading", "payload": {"device_id": "t-1", "sensor_type": "temperature", "value": 91}});
+    let o = outcome(p2, &critical);
+    assert_eq!(
+        o["DryRun"]["matched_rule"], "critical-temperature-alert",
+        "{o}"
+    );
+    // `kubectl get acteon` lists every kind with its columns.
+    let table = s.kube.kubectl_ok(&["get", "acteon", "-n", "iot"]);
+    for needle in [
+        "READY",
+        "REASON",
+        "AGE",
+        "PRIORITY",
+        "ACTION",
+        "rule.acteon.dev/critical-temperature-alert",
+        "provider.acteon.dev/alert-fanout",
+        "chain.acteon.dev/critical-alert",
+        "quota.acteon.dev/smartbuilding-hourly",
+    ] {
+        assert!(
+            table.contains(needle),
+            "`kubectl get acteon` lacks {needle}:\n{table}"
+        );
+    }
+    let rules = s.kube.kubectl_ok(&["get", "rules", "-n", "iot"]);
+    assert!(
+        rules
+            .lines()
+            .any(|l| l.starts_with("critical-temperature-alert")
+                && l.contains("reroute")
+                && l.contains("True")
+                && l.contains("Served")),
+        "{rules}"
+    );
+    // Unchanged objects are not written again: resourceVersions stay put.
+    let before = resource_versions(s.kube, "iot");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        before,
+        resource_versions(s.kube, "iot"),
+        "status rewritten without a change"
+    );
+}
+
+#[test]
+fn a_broken_rule_is_not_ready_with_an_event_while_the_rest_keeps_working() {
+    let ns = unique_name("broken");
+    let s = Setup::new(postgres_url(), &[&ns]);
+    let (_g1, p1) = s.gateway();
+    let (_g2, _p2) = s.gateway();
+    let _op = s.operator("op-a", &[]);
+    s.kube.apply(&format!(
+        r#"
+apiVersion: acteon.dev/v1alpha1
+kind: Provider
+metadata: {{name: out, namespace: {ns}}}
+spec: {{type: log}}
+---
+apiVersion: acteon.dev/v1alpha1
+kind: Rule
+metadata: {{name: good, namespace: {ns}}}
+spec:
+  priority: 1
+  condition: {{field: action.action_type, eq: noise}}
+  action: {{type: suppress}}
+---
+apiVersion: acteon.dev/v1alpha1
+kind: Rule
+metadata: {{name: unknown-provider, namespace: {ns}}}
+spec:
+  priority: 2
+  condition: {{field: action.action_type, eq: page}}
+  action: {{type: reroute, targetProvider: nowhere}}
+---
+apiVersion: acteon.dev/v1alpha1
+kind: Rule
+metadata: {{name: bad-cel, namespace: {ns}}}
+spec:
+  priority: 3
+  cel: 'action.payload.value >'
+  action: {{type: deny}}
+---
+apiVersion: acteon.dev/v1alpha1
+kind: Rule
+metadata: {{name: bad-regex, namespace: {ns}}}
+spec:
+  priority: 4
+  condition: {{field: action.payload.host, matches: "(unclosed"}}
+  action: {{type: deny}}
+"#
+    ));
+    wait_ready(s.kube, "rule", &ns, "good", ("True", "Served"));
+    let (_, _, msg) = wait_ready(
+        s.kube,
+        "rule",
+        &ns,
+        "unknown-provider",
+        ("False", "ProviderNotFound"),
+    );
+    assert!(msg.contains("nowhere"), "{msg}");
+    let (_, _, msg) = wait_ready(s.kube, "rule", &ns, "bad-cel", ("False", "InvalidCel"));
+    assert!(msg.contains("spec.cel"), "{msg}");
+    let (_, _, msg) = wait_ready(s.kube, "rule", &ns, "bad-regex", ("False", "InvalidRegex"));
+    assert!(msg.contains("spec.condition"), "{msg}");
+    // One Warning Event per rejection, on the object.
+    let events = wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        let out = s
+            .kube
+            .kubectl_ok(&["get", "events", "-n", &ns, "-o", "json"]);
+        let v: Value = serde_json::from_str(&out).ok()?;
+        let items = v["items"].as_array()?.clone();
+        let warnings: Vec<(String, String)> = items
+            .iter()
+            .filter(|e| e["type"] == "Warning")
+            .map(|e| {
+                (
+                    e["involvedObject"]["name"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_owned(),
+                    e["reason"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect();
+        (warnings.len() >= 3).then_some(warnings)
+    })
+    .expect("three Warning Events");
+    for (name, reason) in [
+        ("unknown-provider", "ProviderNotFound"),
+        ("bad-cel", "InvalidCel"),
+        ("bad-regex", "InvalidRegex"),
+    ] {
+        assert!(
+            events.contains(&(name.to_owned(), reason.to_owned())),
+            "{events:?}"
+        );
+    }
+    // The good rule is live; the broken ones are not in the snapshot.
+    let names = rule_names(p1);
+    assert!(
+        names.contains(&"good".to_owned())
+            && !names
+                .iter()
+                .any(|n| n.starts_with("bad") || n == "unknown-provider"),
+        "{names:?}"
+    );
+    let noise = json!({"namespace": ns, "tenant": "t", "provider": "out", "action_type": "noise", "payload": {}});
+    assert_eq!(outcome(p1, &noise)["DryRun"]["matched_rule"], "good");
+    // Fixing the CEL makes it live.
+    s.kube.apply(&format!(
+        r#"
+apiVersion: acteon.dev/v1alpha1
+kind: Rule
+metadata: {{name: bad-cel, namespace: {ns}}}
+spec:
+  priority: 3
+  cel: 'action.payload.value > 5'
+  action: {{type: deny}}
+"#
+    ));
+    wait_ready(s.kube, "rule", &ns, "bad-cel", ("True", "Served"));
+    let big = json!({"namespace": ns, "tenant": "t", "provider": "out", "action_type": "x", "payload": {"value": 9}});
+    let o = outcome(p1, &big);
+    assert_eq!(o["DryRun"]["matched_rule"], "bad-cel", "{o}");
+    assert_eq!(o["DryRun"]["verdict"], "deny", "{o}");
+}
+
+#[test]
+fn edits_and_deletions_change_what_gateways_do() {
+    let ns = unique_name("edit");
+    let s = Setup::new(redis_url(), &[&ns]);
+    let (_g1, p1) = s.gateway();
+    let (_g2, p2) = s.gateway();
+    let _op = s.operator("op-a", &[]);
+    let rule = |action: &str| {
+        format!(
+            r#"
+apiVersion: acteon.dev/v1alpha1
+kind: Provider
+metadata: {{name: out, namespace: {ns}}}
+spec: {{type: log}}
+---
+apiVersion: acteon.dev/v1alpha1
+kind: Provider
+metadata: {{name: other, namespace: {ns}}}
+spec: {{type: log}}
+---
+apiVersion: acteon.dev/v1alpha1
+kind: Rule
+metadata: {{name: route, namespace: {ns}}}
+spec:
+  condition: {{field: action.action_type, eq: alert}}
+  action: {action}
+"#
+        )
+    };
+    let alert = json!({"namespace": ns, "tenant": "t", "provider": "out", "action_type": "alert", "payload": {}});
+    s.kube.apply(&rule("{type: suppress}"));
+    wait_ready(s.kube, "rule", &ns, "route", ("True", "Served"));
+    assert_eq!(outcome(p1, &alert)["DryRun"]["verdict"], "suppress");
+    s.kube
+        .apply(&rule("{type: reroute, targetProvider: other}"));
+    for port in [p1, p2] {
+        wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
+            (outcome(port, &alert)["DryRun"]["verdict"] == "reroute").then_some(())
+        })
+        .expect("the edit reaches every gateway");
+    }
+    // Deleting the Provider a Rule uses turns the Rule not-ready and takes it out.
+    s.kube.delete("provider", &ns, "other");
+    let (_, _, msg) = wait_ready(s.kube, "rule", &ns, "route", ("False", "ProviderNotFound"));
+    assert!(msg.contains("other"), "{msg}");
+    wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
+        (!rule_names(p2).contains(&"route".to_owned())).then_some(())
+    })
+    .expect("the rule left the snapshot");
+    // Deleting the Rule removes it for good.
+    s.kube.apply(&rule("{type: suppress}"));
+    wait_ready(s.kube, "rule", &ns, "route", ("True", "Served"));
+    s.kube.delete("rule", &ns, "route");
+    wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
+        (outcome(p1, &alert)["DryRun"]["verdict"] == "allow").then_some(())
+    })
+    .expect("deleted rule no longer applies");
+}
+
+#[test]
+fn the_standby_takes_over_and_a_restart_changes_nothing() {
+    let ns = unique_name("ha");
+    let s = Setup::new(redis_url(), &[&ns]);
+    let (_g1, p1) = s.gateway();
+    let (_g2, _p2) = s.gateway();
+    let a = s.operator("op-a", &["--lease-duration-seconds", "4"]);
+    let b = s.operator("op-b", &["--lease-duration-seconds", "4"]);
+    let manifest = |n: u32| {
+        format!(
+            r#"
+apiVersion: acteon.dev/v1alpha1
+kind: Provider
+metadata: {{name: out, namespace: {ns}}}
+spec: {{type: log}}
+---
+apiVersion: acteon.dev/v1alpha1
+kind: Rule
+metadata: {{name: r{n}, namespace: {ns}}}
+spec:
+  condition: {{field: action.action_type, eq: t{n}}}
+  action: {{type: suppress}}
+"#
+        )
+    };
+    s.kube.apply(&manifest(1));
+    wait_ready(s.kube, "rule", &ns, "r1", ("True", "Served"));
+    let leader = s.lease_holder();
+    assert!(leader == "op-a" || leader == "op-b", "{leader}");
+    let version = served_version(p1).expect("served version");
+    // Kill the leader without a chance to release the lease.
+    let killed = Instant::now();
+    if leader == "op-a" {
+        a.kill()
+    } else {
+        b.kill()
+    }
+    s.kube.apply(&manifest(2));
+    wait_until(Duration::from_secs(15), Duration::from_millis(50), || {
+        rule_names(p1).contains(&"r2".to_owned()).then_some(())
+    })
+    .expect("the standby propagated the change");
+    let took = killed.elapsed();
+    println!("standby took over and propagated after {took:?} (lease 4 s)");
+    assert_ne!(s.lease_holder(), leader);
+    wait_ready(s.kube, "rule", &ns, "r2", ("True", "Served"));
+    // Restart both: the gateways keep the same version and no object is rewritten.
+    let served = served_version(p1).expect("version");
+    assert!(served > version);
+    let before = resource_versions(s.kube, &ns);
+    drop(a);
+    drop(b);
+    let _c = s.operator("op-c", &["--lease-duration-seconds", "4"]);
+    wait_until(Duration::from_secs(15), Duration::from_millis(100), || {
+        (s.lease_holder() == "op-c").then_some(())
+    })
+    .expect("the new operator leads");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(served_version(p1), Some(served), "a restart republished");
+    assert_eq!(
+        before,
+        resource_versions(s.kube, &ns),
+        "a restart rewrote status"
+    );
+}
+
+#[test]
+fn a_gateway_started_later_gets_the_current_snapshot() {
+    let ns = unique_name("late");
+    let s = Setup::new(postgres_url(), &[&ns]);
+    let _op = s.operator("op-a", &[]);
+    let (_g1, p1) = s.gateway();
+    s.kube.apply(&format!(
+        "apiVersion: acteon.dev/v1alpha1\nkind: Provider\nmetadata: {{name: out, namespace: {ns}}}\nspec: {{type: log}}\n"
+    ));
+    wait_ready(s.kube, "provider", &ns, "out", ("True", "Served"));
+    let (_g2, p2) = s.gateway();
+    wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
+        (served_version(p2) == served_version(p1)).then_some(())
+    })
+    .expect("the late gateway serves the current version");
+    // Two gateways now serve it; status follows.
+    wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        let c = ready_condition(s.kube, "provider", &ns, "out");
+        (c.2 == "served by all 2 gateways").then_some(())
+    })
+    .expect("status counts the late gateway");
+}
+
+/// Accepts HTTP requests on loopback and records each one's headers (lowercased names).
+fn recording_server() -> (u16, std::sync::mpsc::Receiver<Vec<(String, String)>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut headers = Vec::new();
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line); // request line
+            let mut length = 0usize;
+            loop {
+                line.clear();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = line.trim_end().split_once(':') {
+                    let k = k.trim().to_ascii_lowercase();
+                    if k == "content-length" {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                    headers.push((k, v.trim().to_owned()));
+                }
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            let mut stream = stream;
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n{}");
+            let _ = tx.send(headers);
+        }
+    });
+    (port, rx)
+}
+
+#[test]
+fn provider_credentials_reach_the_gateway_sealed_and_nowhere_else() {
+    let ns = unique_name("creds");
+    let s = Setup::new(redis_url(), &[&ns]);
+    let dir = std::env::temp_dir().join(unique_name("seal"));
+    std::fs::create_dir_all(&dir).expect("tempdir");
+    let key_file = dir.join("seal.key");
+    std::fs::write(
+        &key_file,
+        acteon_channel::seal::SealKey::generate().to_text(),
+    )
+    .expect("key");
+    let key_arg = key_file.display().to_string();
+    let (_g1, p1) = start_gateway(&[
+        "--state",
+        &s.state,
+        "--state-prefix",
+        &s.prefix,
+        "--shared-namespace",
+        "acteon-e2e-none",
+        "--seal-key-file",
+        &key_arg,
+    ]);
+    let op = s.operator("op-a", &["--seal-key-file", &key_arg]);
+    let secret = format!("Bearer s3cr3t-{}", unique_name("v"));
+    s.kube.kubectl_ok(&[
+        "create",
+        "secret",
+        "generic",
+        "hook-creds",
+        "-n",
+        &ns,
+        &format!("--from-literal=token={secret}"),
+    ]);
+    let (hook_port, requests) = recording_server();
+    let provider = |secret_name: &str| {
+        format!(
+            r#"
+apiVersion: acteon.dev/v1alpha1
+kind: Provider
+metadata: {{name: hook, namespace: {ns}}}
+spec:
+  type: webhook
+  webhook:
+    url: "http://127.0.0.1:{hook_port}/hook"
+    secretHeaders:
+      Authorization: {{name: {secret_name}, key: token}}
+  retry: {{maxAttempts: 1}}
+"#
+        )
+    };
+    s.kube.apply(&provider("hook-creds"));
+    wait_ready(s.kube, "provider", &ns, "hook", ("True", "Served"));
+    let action = json!({"namespace": ns, "tenant": "t", "provider": "hook", "action_type": "page", "payload": {"x": 1}});
+    let (status, body) = http_post(p1, "/v1/dispatch", &action).expect("dispatch");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("Executed"), "{body}");
+    let headers = requests
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the webhook was called");
+    assert!(
+        headers.contains(&("authorization".to_owned(), secret.clone())),
+        "{headers:?}"
+    );
+    // The value is nowhere but in that request.
+    let needle = secret.trim_start_matches("Bearer ");
+    let object = s
+        .kube
+        .kubectl_ok(&["get", "provider", "hook", "-n", &ns, "-o", "json"]);
+    assert!(!object.contains(needle), "status leaks the credential");
+    let events = s
+        .kube
+        .kubectl_ok(&["get", "events", "-n", &ns, "-o", "json"]);
+    assert!(!events.contains(needle), "an Event leaks the credential");
+    let config = http_get(p1, "/v1/config").expect("config").1;
+    assert!(!config.contains(needle), "/v1/config leaks the credential");
+    assert!(
+        !op.log_tail(100_000).contains(needle),
+        "the operator log leaks the credential"
+    );
+    let published = tokio::runtime::Runtime::new().expect("rt").block_on(async {
+        let channel = acteon_channel::connect(&s.state, &s.prefix, Duration::from_secs(5))
+            .await
+            .expect("channel");
+        channel.fetch().await.expect("fetch").expect("a snapshot")
+    });
+    assert!(
+        !String::from_utf8_lossy(&published.body).contains(needle),
+        "plaintext in the state backend"
+    );
+    // Rotating the Secret reaches the gateway.
+    let rotated = format!("Bearer rotated-{}", unique_name("v"));
+    let patch = json!({"stringData": {"token": rotated}}).to_string();
+    s.kube.kubectl_ok(&[
+        "patch",
+        "secret",
+        "hook-creds",
+        "-n",
+        &ns,
+        "--type",
+        "merge",
+        "-p",
+        &patch,
+    ]);
+    wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        let (status, _) = http_post(p1, "/v1/dispatch", &action)?;
+        assert_eq!(status, 200);
+        let h = requests.recv_timeout(Duration::from_secs(5)).ok()?;
+        h.contains(&("authorization".to_owned(), rotated.clone()))
+            .then_some(())
+    })
+    .expect("the rotated credential is delivered");
+    // A Provider whose Secret does not exist is not ready.
+    s.kube.apply(&provider("missing-creds"));
+    let (_, _, msg) = wait_ready(s.kube, "provider", &ns, "hook", ("False", "SecretNotFound"));
+    assert!(
+        msg.contains("missing-creds") && msg.contains("secretHeaders.Authorization"),
+        "{msg}"
+    );
+}
