@@ -193,7 +193,10 @@ impl ProviderSpec {
             }
         }
         if let Some(s) = &self.slack {
-            refs.push(("spec.slack.webhookUrlSecretRef".into(), &s.webhook_url_secret_ref));
+            refs.push((
+                "spec.slack.webhookUrlSecretRef".into(),
+                &s.webhook_url_secret_ref,
+            ));
         }
         if let Some(e) = &self.email {
             if let Some(r) = &e.username_secret_ref {
@@ -210,7 +213,10 @@ impl ProviderSpec {
             ));
         }
         if let Some(t) = &self.teams {
-            refs.push(("spec.teams.webhookUrlSecretRef".into(), &t.webhook_url_secret_ref));
+            refs.push((
+                "spec.teams.webhookUrlSecretRef".into(),
+                &t.webhook_url_secret_ref,
+            ));
         }
         if let Some(d) = &self.discord {
             refs.push((
