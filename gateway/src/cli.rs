@@ -7,9 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use acteon_api::compile::{self, CompileOptions, acteon};
+use acteon_channel::seal::SealKey;
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{LiveConfig, Runtime};
+use crate::config::{ConfigSource, LiveConfig, Runtime};
+use crate::follow::{FollowOptions, Follower};
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::pipeline::{Gateway, GatewayOptions};
@@ -52,10 +54,15 @@ pub enum Command {
     },
 }
 
+/// What `serve` reads when given no `--config` and the memory backend (standalone).
+pub const DEFAULT_CONFIG: [&str; 2] = ["config/samples", "rules"];
+
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
-    /// Manifest files or directories, and Acteon rule files.
-    #[arg(long = "config", env = "ACTEON_CONFIG", value_delimiter = ',', default_values = ["config/samples", "rules"])]
+    /// Manifest files or directories, and Acteon rule files. Without it, a gateway on the
+    /// memory backend serves `config/samples` and `rules`, and a gateway on Redis or
+    /// Postgres follows the snapshots the operator publishes there.
+    #[arg(long = "config", env = "ACTEON_CONFIG", value_delimiter = ',')]
     pub config: Vec<PathBuf>,
     #[arg(long, env = "ACTEON_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
@@ -83,6 +90,41 @@ pub struct ServeArgs {
     /// Log as JSON lines.
     #[arg(long, env = "ACTEON_LOG_JSON")]
     pub log_json: bool,
+    /// Following the operator: seconds between checks of the newest published version
+    /// (besides change notifications).
+    #[arg(long, env = "ACTEON_CONFIG_POLL_SECONDS", default_value_t = 5)]
+    pub config_poll_seconds: u64,
+    /// Following the operator: seconds between reports of the served version (each
+    /// report lives three intervals).
+    #[arg(long, env = "ACTEON_REPORT_INTERVAL_SECONDS", default_value_t = 5)]
+    pub report_interval_seconds: u64,
+    /// This gateway's id in its reports (default: `$HOSTNAME` plus 6 random hex characters).
+    #[arg(long, env = "ACTEON_GATEWAY_ID")]
+    pub gateway_id: Option<String>,
+    /// File holding the key that opens credentials sealed by the operator (or give the key
+    /// itself in the environment variable `ACTEON_SEAL_KEY`, never on the command line).
+    #[arg(long, env = "ACTEON_SEAL_KEY_FILE")]
+    pub seal_key_file: Option<PathBuf>,
+}
+
+impl ServeArgs {
+    /// Whether this gateway follows the operator's snapshots (shared backend, no files).
+    pub fn follows_channel(&self) -> bool {
+        self.config.is_empty() && !is_memory(&self.state)
+    }
+
+    /// The files to compile when not following the operator.
+    pub fn config_paths(&self) -> Vec<PathBuf> {
+        if self.config.is_empty() {
+            DEFAULT_CONFIG.iter().map(PathBuf::from).collect()
+        } else {
+            self.config.clone()
+        }
+    }
+}
+
+fn is_memory(state: &str) -> bool {
+    matches!(state, "memory" | "memory://")
 }
 
 impl Default for ServeArgs {
@@ -261,12 +303,16 @@ pub async fn state_backend(
     }
 }
 
-/// Loads the configuration, binds, and serves until SIGINT/SIGTERM, then drains.
-pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+/// Compiles `--config` files into a runtime (standalone, or files with a shared backend).
+fn runtime_from_files(
+    args: &ServeArgs,
+    http_client: &reqwest::Client,
+    metrics: &Metrics,
+) -> anyhow::Result<Runtime> {
     let opts = CompileOptions {
         shared_namespace: args.shared_namespace.clone(),
     };
-    let snapshot = compile::compile_paths(&args.config, &opts).map_err(|errors| {
+    let snapshot = compile::compile_paths(&args.config_paths(), &opts).map_err(|errors| {
         let lines: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
         anyhow::anyhow!(
             "the configuration has {} problem(s):\n{}",
@@ -274,12 +320,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             lines.join("\n")
         )
     })?;
-    let http_client = reqwest::Client::builder()
-        .pool_max_idle_per_host(64)
-        .build()?;
-    let metrics = Arc::new(Metrics::new());
+    crate::config::reject_secret_refs(&snapshot).map_err(anyhow::Error::msg)?;
     metrics.config_version.set(snapshot.version as i64);
-    let runtime = Runtime::build(snapshot, &http_client)?;
+    let runtime = Runtime::build(snapshot, http_client, None)?;
     metrics.config_rules.set(runtime.rules.len() as i64);
     tracing::info!(
         rules = runtime.rules.len(),
@@ -288,20 +331,84 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         digest = %runtime.snapshot.digest,
         "configuration loaded"
     );
+    Ok(runtime)
+}
+
+/// The key that opens the credentials sealed by the operator, from `--seal-key-file` or the
+/// environment variable `ACTEON_SEAL_KEY` (not both).
+fn load_seal_key(args: &ServeArgs) -> anyhow::Result<Option<SealKey>> {
+    let env_value = std::env::var("ACTEON_SEAL_KEY").ok();
+    let key = acteon_channel::seal::load_key(args.seal_key_file.as_deref(), env_value.as_deref())
+        .map_err(|e| anyhow::anyhow!("seal key: {e}"))?;
+    match &key {
+        Some(k) => tracing::info!(fingerprint = %k.fingerprint(), "seal key loaded"),
+        None => tracing::info!(
+            "no seal key (--seal-key-file / ACTEON_SEAL_KEY): snapshots whose providers \
+             reference Secrets will be refused"
+        ),
+    }
+    Ok(key)
+}
+
+/// Loads the configuration (files, or the operator's snapshots through the config channel),
+/// binds, and serves until SIGINT/SIGTERM, then drains.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let http_client = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()?;
+    let metrics = Arc::new(Metrics::new());
+    let timeout = Duration::from_millis(args.state_timeout_ms);
+    let follows = args.follows_channel();
+    // Files are checked before any backend is contacted, as before.
+    let files_runtime = if follows {
+        None
+    } else {
+        Some(runtime_from_files(&args, &http_client, &metrics)?)
+    };
+    let seal_key = if follows { load_seal_key(&args)? } else { None };
+    let state = state_backend(&args.state, &args.state_prefix, timeout).await?;
+    let mut follower = None;
+    let config = match files_runtime {
+        Some(runtime) => LiveConfig::new(runtime),
+        None => {
+            let channel = acteon_channel::connect(&args.state, &args.state_prefix, timeout)
+                .await
+                .map_err(|e| anyhow::anyhow!("--state: config channel: {e}"))?;
+            let gateway_id = args
+                .gateway_id
+                .clone()
+                .filter(|id| !id.trim().is_empty())
+                .unwrap_or_else(crate::follow::default_gateway_id);
+            follower = Some((
+                channel.clone(),
+                FollowOptions {
+                    gateway_id: gateway_id.clone(),
+                    poll_interval: Duration::from_secs(args.config_poll_seconds),
+                    report_interval: Duration::from_secs(args.report_interval_seconds),
+                    seal_key,
+                    http: http_client.clone(),
+                },
+            ));
+            LiveConfig::waiting(
+                ConfigSource::Channel {
+                    backend: channel.kind(),
+                },
+                Some(gateway_id),
+            )
+        }
+    };
     let gateway = Arc::new(Gateway {
-        config: LiveConfig::new(runtime),
-        state: state_backend(
-            &args.state,
-            &args.state_prefix,
-            Duration::from_millis(args.state_timeout_ms),
-        )
-        .await?,
+        config,
+        state,
         metrics,
         options: GatewayOptions {
-            state_timeout: Duration::from_millis(args.state_timeout_ms),
+            state_timeout: timeout,
             default_deny: args.default_deny,
         },
     });
+    if let Some((channel, options)) = follower {
+        Follower::new(channel, gateway.clone(), options).spawn();
+    }
     let app = http::router(Arc::new(AppState {
         gateway,
         body_limit: args.body_limit,

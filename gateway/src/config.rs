@@ -1,5 +1,9 @@
 //! The live configuration: a snapshot compiled into a rule set and providers, swapped
 //! atomically so a dispatch sees the old configuration or the new one, never a mix.
+//!
+//! A gateway that follows the operator starts with an *empty* runtime (`loaded == false`):
+//! it answers 503 until the first snapshot arrives. The flag lives in the runtime itself, so
+//! the dispatch path still makes one atomic load.
 
 use std::sync::Arc;
 
@@ -7,18 +11,46 @@ use acteon_api::Snapshot;
 use acteon_api::crd::quota::parse_window_seconds;
 use acteon_api::crd::{Overage, QuotaSpec};
 use acteon_api::snapshot::Entry;
+use acteon_channel::seal::SealKey;
 use arc_swap::ArcSwap;
+use parking_lot::Mutex;
 
 use crate::action::Action;
-use crate::providers::ProviderRegistry;
-use crate::rules::{BuildError, RuleSet};
+use crate::providers::{ProviderBuildError, ProviderRegistry, Secrets, qualified_name};
+use crate::rules::RuleSet;
 
 /// A compiled snapshot, ready to serve.
 pub struct Runtime {
+    /// The snapshot, with its sealed `secrets` removed (the providers hold what they need).
     pub snapshot: Arc<Snapshot>,
     pub rules: RuleSet,
     pub providers: ProviderRegistry,
     pub quotas: Vec<QuotaRule>,
+    /// False only for the placeholder served before the first snapshot arrives.
+    pub loaded: bool,
+}
+
+/// A snapshot that cannot be served. Never contains credential values.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Rule(#[from] crate::rules::BuildError),
+    #[error(transparent)]
+    Provider(#[from] ProviderBuildError),
+}
+
+impl std::fmt::Debug for Runtime {
+    /// A summary: no provider internals, so no credential can be printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("loaded", &self.loaded)
+            .field("version", &self.snapshot.version)
+            .field("digest", &self.snapshot.digest)
+            .field("rules", &self.rules.len())
+            .field("providers", &self.providers.len())
+            .field("quotas", &self.quotas.len())
+            .finish()
+    }
 }
 
 /// A quota with its window resolved.
@@ -67,25 +99,122 @@ fn quota_rules(entries: &[Entry<QuotaSpec>]) -> Vec<QuotaRule> {
 }
 
 impl Runtime {
-    pub fn build(snapshot: Snapshot, http: &reqwest::Client) -> Result<Runtime, BuildError> {
+    /// Compiles a snapshot. `seal` opens the sealed credentials that Providers reference
+    /// (`snapshot.secrets`); a reference that is missing or does not open fails the build,
+    /// naming the provider and the field. The sealed values are dropped from the snapshot
+    /// kept in the runtime.
+    pub fn build(
+        mut snapshot: Snapshot,
+        http: &reqwest::Client,
+        seal: Option<&SealKey>,
+    ) -> Result<Runtime, BuildError> {
+        let sealed = std::mem::take(&mut snapshot.secrets);
+        let secrets = Secrets {
+            sealed: &sealed,
+            key: seal,
+        };
         Ok(Runtime {
             rules: RuleSet::build(&snapshot.rules)?,
-            providers: ProviderRegistry::build(&snapshot.providers, http),
+            providers: ProviderRegistry::build(&snapshot.providers, http, secrets)?,
             quotas: quota_rules(&snapshot.quotas),
             snapshot: Arc::new(snapshot),
+            loaded: true,
         })
     }
+
+    /// The placeholder served until a first snapshot arrives: no rules, no providers,
+    /// version 0, `loaded == false`.
+    pub fn empty() -> Runtime {
+        Runtime {
+            snapshot: Arc::new(Snapshot::default()),
+            rules: RuleSet::default(),
+            providers: ProviderRegistry::default(),
+            quotas: Vec::new(),
+            loaded: false,
+        }
+    }
+}
+
+/// Refuses a configuration from files that references Secrets: only the operator resolves
+/// them (and seals them into the snapshots it publishes).
+pub fn reject_secret_refs(snapshot: &Snapshot) -> Result<(), String> {
+    let problems: Vec<String> = snapshot
+        .providers
+        .iter()
+        .flat_map(|e| {
+            e.spec.secret_refs().into_iter().map(move |(field, r)| {
+                format!(
+                    "  provider {} ({}): {field} references Secret `{}` key `{}`",
+                    qualified_name(e),
+                    e.source,
+                    r.name,
+                    r.key
+                )
+            })
+        })
+        .collect();
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "Secrets are resolved by the operator: a gateway serving --config files cannot use \
+         them (run the operator and start the gateway with --state <redis|postgres> and no \
+         --config):\n{}",
+        problems.join("\n")
+    ))
+}
+
+/// Where the served configuration comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// Compiled from `--config` files at start.
+    Files,
+    /// Followed from the operator's config channel on this backend (`redis`, `postgres`…).
+    Channel { backend: &'static str },
+}
+
+/// What the follower knows besides the served runtime: shown by `GET /v1/config` and
+/// reported to the operator.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigStatus {
+    pub source: ConfigSource,
+    /// This gateway's id in reports (channel mode).
+    pub gateway_id: Option<String>,
+    /// The newest version that failed to apply (newer than the served one), and why.
+    pub failed_version: Option<u64>,
+    pub error: Option<String>,
 }
 
 /// The configuration currently served.
 pub struct LiveConfig {
     current: ArcSwap<Runtime>,
+    status: Mutex<ConfigStatus>,
 }
 
 impl LiveConfig {
+    /// Serves `runtime`, compiled from files.
     pub fn new(runtime: Runtime) -> LiveConfig {
         LiveConfig {
             current: ArcSwap::from_pointee(runtime),
+            status: Mutex::new(ConfigStatus {
+                source: ConfigSource::Files,
+                gateway_id: None,
+                failed_version: None,
+                error: None,
+            }),
+        }
+    }
+
+    /// Serves nothing yet (503) until a snapshot from `source` is swapped in.
+    pub fn waiting(source: ConfigSource, gateway_id: Option<String>) -> LiveConfig {
+        LiveConfig {
+            current: ArcSwap::from_pointee(Runtime::empty()),
+            status: Mutex::new(ConfigStatus {
+                source,
+                gateway_id,
+                failed_version: None,
+                error: None,
+            }),
         }
     }
 
@@ -94,7 +223,25 @@ impl LiveConfig {
         self.current.load_full()
     }
 
+    /// Serves `runtime` from now on; a failure recorded for an older version is cleared.
     pub fn swap(&self, runtime: Runtime) {
+        let version = runtime.snapshot.version;
         self.current.store(Arc::new(runtime));
+        let mut status = self.status.lock();
+        if status.failed_version.is_some_and(|v| v <= version) {
+            status.failed_version = None;
+            status.error = None;
+        }
+    }
+
+    /// Records that `version` could not be applied (the served runtime is unchanged).
+    pub fn record_failure(&self, version: u64, error: String) {
+        let mut status = self.status.lock();
+        status.failed_version = Some(version);
+        status.error = Some(error);
+    }
+
+    pub fn status(&self) -> ConfigStatus {
+        self.status.lock().clone()
     }
 }

@@ -4,6 +4,7 @@
 pub mod action;
 pub mod cli;
 pub mod config;
+pub mod follow;
 pub mod http;
 pub mod metrics;
 pub mod outcome;

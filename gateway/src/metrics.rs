@@ -2,8 +2,8 @@
 //! come from the configuration, never from requests.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 /// All gateway metrics, registered on their own registry.
@@ -20,6 +20,10 @@ pub struct Metrics {
     pub bad_requests: IntCounterVec,
     pub config_version: IntGauge,
     pub config_rules: IntGauge,
+    /// Snapshots applied from the config channel (the first one included).
+    pub config_reloads: IntCounter,
+    /// Published snapshots that could not be applied (the previous one kept serving).
+    pub config_reload_failures: IntCounter,
 }
 
 /// Latency buckets from 50 µs to 10 s.
@@ -46,6 +50,14 @@ fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> Hi
         .register(Box::new(h.clone()))
         .expect("metric registered once");
     h
+}
+
+fn int_counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("static metric definition");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
@@ -134,6 +146,16 @@ impl Metrics {
                 &r,
                 "acteon_config_rules",
                 "Enabled rules in the served snapshot",
+            ),
+            config_reloads: int_counter(
+                &r,
+                "acteon_config_reloads_total",
+                "Configuration snapshots applied from the config channel",
+            ),
+            config_reload_failures: int_counter(
+                &r,
+                "acteon_config_reload_failures_total",
+                "Published configuration snapshots that could not be applied",
             ),
             registry: r,
         }

@@ -44,9 +44,15 @@ impl Default for GatewayOptions {
     }
 }
 
+/// Message of `/readyz` and dispatches before the first snapshot.
+pub const NOT_LOADED: &str = "no configuration snapshot received yet";
+
 /// Why a dispatch got no outcome.
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {
+    /// Following the operator and no snapshot has arrived yet.
+    #[error("{}", NOT_LOADED)]
+    NotLoaded,
     #[error("unknown provider `{provider}` for namespace `{namespace}`")]
     UnknownProvider { namespace: String, provider: String },
     #[error(transparent)]
@@ -80,6 +86,9 @@ impl Gateway {
         let started = Instant::now();
         action.complete();
         let rt = self.config.load();
+        if !rt.loaded {
+            return Err(DispatchError::NotLoaded);
+        }
         if rt
             .providers
             .get(&action.namespace, &action.provider)

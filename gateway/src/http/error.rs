@@ -66,6 +66,7 @@ impl From<DispatchError> for ApiError {
         match e {
             DispatchError::UnknownProvider { .. } => ApiError::invalid(format!("provider: {e}")),
             DispatchError::State(e) => ApiError::unavailable(e.to_string()),
+            DispatchError::NotLoaded => ApiError::unavailable(e.to_string()),
         }
     }
 }

@@ -12,6 +12,8 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
+use crate::config::ConfigSource;
+use crate::pipeline::NOT_LOADED;
 
 /// Process is alive.
 #[utoipa::path(get, path = "/healthz", responses((status = 200, description = "alive")))]
@@ -23,9 +25,16 @@ pub async fn healthz() -> impl IntoResponse {
 #[utoipa::path(get, path = "/readyz", responses((status = 200, description = "ready"), (status = 503, body = ErrorBody)))]
 pub async fn readyz(State(app): State<Arc<AppState>>) -> Result<impl IntoResponse, ApiError> {
     let gw = &app.gateway;
+    let version = {
+        let rt = gw.config.load();
+        if !rt.loaded {
+            return Err(ApiError::unavailable(NOT_LOADED));
+        }
+        rt.snapshot.version
+    };
     match tokio::time::timeout(gw.options.state_timeout, gw.state.ping()).await {
         Ok(Ok(())) => Ok(Json(
-            json!({"status": "ready", "snapshot_version": gw.config.load().snapshot.version}),
+            json!({"status": "ready", "snapshot_version": version}),
         )),
         Ok(Err(e)) => Err(ApiError::unavailable(e.to_string())),
         Err(_) => Err(ApiError::unavailable(format!(
@@ -82,11 +91,28 @@ pub async fn rules(State(app): State<Arc<AppState>>) -> Json<Vec<RuleInfo>> {
     Json(out)
 }
 
-/// Summary of the served configuration.
+/// Summary of the served configuration. Never includes credentials, sealed or not.
 #[derive(Serialize, ToSchema)]
 pub struct ConfigInfo {
+    /// Whether a configuration is served (false until a gateway following the operator
+    /// receives its first snapshot; version is then 0).
+    pub loaded: bool,
     pub version: u64,
     pub digest: String,
+    /// `files` (compiled from `--config` at start) or `channel` (followed from the operator).
+    pub source: &'static str,
+    /// Backend of the config channel (`redis`, `postgres`) when `source` is `channel`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channel_backend: Option<&'static str>,
+    /// This gateway's id in its reports to the operator (channel mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway_id: Option<String>,
+    /// The newest published version that failed to apply; the previous one is still served.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed_version: Option<u64>,
+    /// Why `failed_version` failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     pub state_backend: String,
     pub rules: usize,
     pub enabled_rules: usize,
@@ -112,10 +138,21 @@ fn qualified<S>(entries: &[acteon_api::Entry<S>]) -> Vec<String> {
 #[utoipa::path(get, path = "/v1/config", responses((status = 200, body = ConfigInfo)))]
 pub async fn config(State(app): State<Arc<AppState>>) -> Json<ConfigInfo> {
     let rt = app.gateway.config.load();
+    let status = app.gateway.config.status();
     let s = &rt.snapshot;
+    let (source, channel_backend) = match status.source {
+        ConfigSource::Files => ("files", None),
+        ConfigSource::Channel { backend } => ("channel", Some(backend)),
+    };
     Json(ConfigInfo {
+        loaded: rt.loaded,
         version: s.version,
         digest: s.digest.clone(),
+        source,
+        channel_backend,
+        gateway_id: status.gateway_id,
+        failed_version: status.failed_version,
+        error: status.error,
         state_backend: app.gateway.state.kind().to_owned(),
         rules: s.rules.len(),
         enabled_rules: rt.rules.len(),

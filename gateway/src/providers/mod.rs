@@ -4,13 +4,15 @@
 pub mod log;
 pub mod webhook;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use acteon_api::crd::{ProviderSpec, ProviderType};
-use acteon_api::snapshot::Entry;
+use acteon_api::crd::{ProviderSpec, ProviderType, SecretKeyRef};
+use acteon_api::snapshot::{Entry, secret_id};
+use acteon_channel::seal::SealKey;
 use async_trait::async_trait;
+use reqwest::header::{HeaderName, HeaderValue};
 
 use crate::action::Action;
 use crate::outcome::ProviderResponse;
@@ -80,6 +82,101 @@ impl Provider for NotImplemented {
     }
 }
 
+/// A Provider that cannot be built from the snapshot: names the provider and the field,
+/// never a credential's value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("provider {provider}: {field}: {message}")]
+pub struct ProviderBuildError {
+    /// `namespace/name`, or the name of a shared provider.
+    pub provider: String,
+    pub field: String,
+    pub message: String,
+}
+
+/// The sealed credentials of a snapshot and the key that opens them.
+#[derive(Clone, Copy)]
+pub struct Secrets<'a> {
+    pub sealed: &'a BTreeMap<String, String>,
+    pub key: Option<&'a SealKey>,
+}
+
+impl std::fmt::Debug for Secrets<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secrets")
+            .field("ids", &self.sealed.keys().collect::<Vec<_>>())
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+/// An opened credential. `Debug` does not show it.
+pub struct SecretValue(Vec<u8>);
+
+impl SecretValue {
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretValue(***)")
+    }
+}
+
+impl<'a> Secrets<'a> {
+    /// No credentials at all (a configuration from files).
+    pub fn none() -> Secrets<'static> {
+        static EMPTY: BTreeMap<String, String> = BTreeMap::new();
+        Secrets {
+            sealed: &EMPTY,
+            key: None,
+        }
+    }
+
+    /// Opens the credential `secret` referenced by `entry` at `field`.
+    fn open<S>(
+        &self,
+        entry: &Entry<S>,
+        field: &str,
+        secret: &SecretKeyRef,
+    ) -> Result<SecretValue, ProviderBuildError> {
+        let fail = |message: String| ProviderBuildError {
+            provider: qualified_name(entry),
+            field: field.to_owned(),
+            message,
+        };
+        let id = secret_id(entry.namespace.as_deref(), secret);
+        let sealed = self.sealed.get(&id).ok_or_else(|| {
+            fail(format!(
+                "Secret `{}` key `{}` is not in the snapshot (id `{id}`)",
+                secret.name, secret.key
+            ))
+        })?;
+        let key = self.key.ok_or_else(|| {
+            fail(format!(
+                "Secret `{}` key `{}` is sealed in the snapshot but this gateway has no seal key \
+                 (--seal-key-file or ACTEON_SEAL_KEY)",
+                secret.name, secret.key
+            ))
+        })?;
+        key.open(&id, sealed).map(SecretValue).map_err(|e| {
+            fail(format!(
+                "Secret `{}` key `{}` cannot be opened: {e}",
+                secret.name, secret.key
+            ))
+        })
+    }
+}
+
+/// `namespace/name`, or the bare name of a shared object.
+pub fn qualified_name<S>(entry: &Entry<S>) -> String {
+    match &entry.namespace {
+        Some(ns) => format!("{ns}/{}", entry.name),
+        None => entry.name.clone(),
+    }
+}
+
 /// Providers of one snapshot.
 #[derive(Default)]
 pub struct ProviderRegistry {
@@ -108,28 +205,67 @@ impl Retry {
     }
 }
 
-fn build(spec: &ProviderSpec, http: &reqwest::Client) -> Arc<dyn Provider> {
-    match spec.provider_type {
+fn build(
+    entry: &Entry<ProviderSpec>,
+    http: &reqwest::Client,
+    secrets: Secrets<'_>,
+) -> Result<Arc<dyn Provider>, ProviderBuildError> {
+    let spec = &entry.spec;
+    // Every credential the Provider references must open, whether or not its type is
+    // implemented yet: a snapshot that cannot deliver is refused as a whole.
+    let mut opened = BTreeMap::new();
+    for (field, secret) in spec.secret_refs() {
+        let value = secrets.open(entry, &field, secret)?;
+        opened.insert(field, value);
+    }
+    Ok(match spec.provider_type {
         ProviderType::Noop => Arc::new(Noop),
         ProviderType::Log => Arc::new(log::LogProvider::new(spec)),
         ProviderType::Webhook => match &spec.webhook {
-            Some(w) => Arc::new(webhook::WebhookProvider::new(w, spec, http.clone())),
+            Some(w) => {
+                let mut headers = Vec::with_capacity(w.secret_headers.len());
+                for header in w.secret_headers.keys() {
+                    let field = format!("spec.webhook.secretHeaders.{header}");
+                    let fail = |message: &str| ProviderBuildError {
+                        provider: qualified_name(entry),
+                        field: field.clone(),
+                        message: message.to_owned(),
+                    };
+                    let value = opened
+                        .get(&field)
+                        .ok_or_else(|| fail("credential not resolved"))?;
+                    let name = HeaderName::from_bytes(header.as_bytes())
+                        .map_err(|_| fail("not a valid HTTP header name"))?;
+                    let mut value = HeaderValue::from_bytes(value.as_bytes())
+                        .map_err(|_| fail("the Secret's value is not a valid HTTP header value"))?;
+                    value.set_sensitive(true);
+                    headers.push((name, value));
+                }
+                Arc::new(
+                    webhook::WebhookProvider::new(w, spec, http.clone())
+                        .with_secret_headers(headers),
+                )
+            }
             None => Arc::new(NotImplemented(spec.provider_type)),
         },
         other => Arc::new(NotImplemented(other)),
-    }
+    })
 }
 
 impl ProviderRegistry {
-    /// Builds every provider of a snapshot; `http` is shared so connections are pooled
-    /// across configuration reloads.
-    pub fn build(entries: &[Entry<ProviderSpec>], http: &reqwest::Client) -> ProviderRegistry {
+    /// Builds every provider of a snapshot, opening the credentials they reference;
+    /// `http` is shared so connections are pooled across configuration reloads.
+    pub fn build(
+        entries: &[Entry<ProviderSpec>],
+        http: &reqwest::Client,
+        secrets: Secrets<'_>,
+    ) -> Result<ProviderRegistry, ProviderBuildError> {
         let mut reg = ProviderRegistry::default();
         for e in entries {
             let handle = ProviderHandle {
                 name: e.name.clone(),
                 kind: e.spec.provider_type,
-                provider: build(&e.spec, http),
+                provider: build(e, http, secrets)?,
             };
             match &e.namespace {
                 Some(ns) => {
@@ -143,7 +279,16 @@ impl ProviderRegistry {
                 }
             }
         }
-        reg
+        Ok(reg)
+    }
+
+    /// Number of providers.
+    pub fn len(&self) -> usize {
+        self.shared.len() + self.by_namespace.values().map(HashMap::len).sum::<usize>()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// The provider `name` as seen from `namespace` (own namespace first, then shared).

@@ -12,6 +12,7 @@ use acteon_api::crd::provider::WebhookProvider as WebhookSpec;
 use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
 use reqwest::Method;
+use reqwest::header::{HeaderName, HeaderValue};
 use serde_json::Value;
 
 use super::{Provider, ProviderError, Retry};
@@ -22,9 +23,31 @@ pub struct WebhookProvider {
     url: String,
     method: Method,
     headers: Vec<(String, String)>,
+    /// Headers from Secrets (`secretHeaders`), marked sensitive; never logged or shown.
+    secret_headers: Vec<(HeaderName, HeaderValue)>,
     timeout: Duration,
     retry: Retry,
     http: reqwest::Client,
+}
+
+impl std::fmt::Debug for WebhookProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookProvider")
+            .field("url", &self.url)
+            .field("method", &self.method)
+            .field("headers", &self.headers)
+            .field(
+                "secret_headers",
+                &self
+                    .secret_headers
+                    .iter()
+                    .map(|(k, _)| (k.as_str(), "***"))
+                    .collect::<Vec<_>>(),
+            )
+            .field("timeout", &self.timeout)
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One attempt's failure, and whether another attempt may help.
@@ -48,10 +71,23 @@ impl WebhookProvider {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+            secret_headers: Vec::new(),
             timeout: Duration::from_secs(spec.timeout_seconds.unwrap_or(10)),
             retry: Retry::from_spec(spec),
             http,
         }
+    }
+
+    /// Adds headers whose values come from Secrets, sent on every request; a plain header
+    /// of the same name is dropped (the secret one wins).
+    pub fn with_secret_headers(mut self, headers: Vec<(HeaderName, HeaderValue)>) -> Self {
+        self.headers.retain(|(k, _)| {
+            !headers
+                .iter()
+                .any(|(s, _)| s.as_str().eq_ignore_ascii_case(k))
+        });
+        self.secret_headers = headers;
+        self
     }
 
     async fn attempt(&self, a: &Action) -> Result<ProviderResponse, Attempt> {
@@ -66,6 +102,10 @@ impl WebhookProvider {
             .json(&a.payload);
         for (k, v) in &self.headers {
             req = req.header(k, v);
+        }
+        for (k, v) in &self.secret_headers {
+            // Cheap clones: a static name or shared bytes.
+            req = req.header(k.clone(), v.clone());
         }
         let resp = req.send().await.map_err(|e| Attempt {
             code: if e.is_timeout() {

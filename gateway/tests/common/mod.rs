@@ -32,7 +32,7 @@ pub fn gateway(yaml: &str) -> Gateway {
         compiled.rejections
     );
     let runtime =
-        Runtime::build(compiled.snapshot, &reqwest::Client::new()).expect("runtime builds");
+        Runtime::build(compiled.snapshot, &reqwest::Client::new(), None).expect("runtime builds");
     Gateway {
         config: LiveConfig::new(runtime),
         state: Arc::new(MemoryStore::new()),

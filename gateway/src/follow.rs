@@ -1,0 +1,507 @@
+//! Following the operator: a gateway started with a shared `--state` backend and no
+//! `--config` serves the snapshots the operator publishes on the config channel.
+//!
+//! The follower fetches the current snapshot at start, then wakes on the channel's
+//! notifications and on a periodic `head()` check (notifications are best effort). When the
+//! head is newer than the served version it fetches the body, compiles it into a
+//! [`Runtime`] and swaps it in. A body that does not parse or does not build is not served:
+//! the previous runtime stays, the failure is logged, counted and reported, and that
+//! version is not tried again (only a newer one is). When the backend is unreachable the
+//! gateway keeps serving what it has and retries with backoff; it never exits for it.
+//!
+//! After every apply (or failure), and every `report_interval`, the follower reports what it
+//! serves so the operator can show convergence.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use acteon_api::Snapshot;
+use acteon_channel::seal::SealKey;
+use acteon_channel::{ChannelError, ConfigChannel, GatewayReport, Published};
+use tokio::time::MissedTickBehavior;
+
+use crate::config::Runtime;
+use crate::pipeline::Gateway;
+
+/// Settings of a follower.
+#[derive(Clone, Debug)]
+pub struct FollowOptions {
+    /// This gateway's id in reports.
+    pub gateway_id: String,
+    /// Period of the `head()` check (the safety net under notifications).
+    pub poll_interval: Duration,
+    /// Period of the heartbeat report; reports live for three periods.
+    pub report_interval: Duration,
+    /// Opens the credentials sealed into snapshots.
+    pub seal_key: Option<SealKey>,
+    /// Shared by the providers of every snapshot (connection pooling across reloads).
+    pub http: reqwest::Client,
+}
+
+/// What one check did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Checked {
+    /// Nothing published yet.
+    Empty,
+    /// The served version is the newest (or the newest already failed).
+    UpToDate,
+    /// This version is now served.
+    Applied(u64),
+    /// This version could not be applied; the previous one is still served.
+    Failed { version: u64, error: String },
+}
+
+/// Follows a config channel into a gateway's live configuration.
+pub struct Follower {
+    channel: Arc<dyn ConfigChannel>,
+    gateway: Arc<Gateway>,
+    options: FollowOptions,
+}
+
+/// Exponential backoff between failed attempts to reach the channel.
+struct Backoff {
+    next: Duration,
+    min: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new(min: Duration, max: Duration) -> Backoff {
+        Backoff {
+            next: min,
+            min,
+            max: max.max(min),
+        }
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(self.max);
+        delay
+    }
+
+    fn reset(&mut self) {
+        self.next = self.min;
+    }
+}
+
+impl Follower {
+    pub fn new(
+        channel: Arc<dyn ConfigChannel>,
+        gateway: Arc<Gateway>,
+        options: FollowOptions,
+    ) -> Follower {
+        Follower {
+            channel,
+            gateway,
+            options,
+        }
+    }
+
+    /// Runs the follower on the current tokio runtime until the process ends.
+    pub fn spawn(self) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(self.run())
+    }
+
+    /// The version served (0 before the first snapshot) and the newest failed version.
+    fn positions(&self) -> (u64, Option<u64>) {
+        let rt = self.gateway.config.load();
+        let served = if rt.loaded { rt.snapshot.version } else { 0 };
+        (served, self.gateway.config.status().failed_version)
+    }
+
+    /// Whether `version` is worth fetching: newer than the served one, and newer than the
+    /// last version that failed (a failed version is not retried).
+    fn wants(&self, version: u64) -> bool {
+        let (served, failed) = self.positions();
+        version > served && failed.is_none_or(|f| version > f)
+    }
+
+    /// Compares the channel's head with the served version and applies a newer snapshot.
+    pub async fn check(&self) -> Result<Checked, ChannelError> {
+        let Some(head) = self.channel.head().await? else {
+            return Ok(Checked::Empty);
+        };
+        if !self.wants(head.version) {
+            return Ok(Checked::UpToDate);
+        }
+        let Some(published) = self.channel.fetch().await? else {
+            return Ok(Checked::Empty);
+        };
+        if !self.wants(published.version) {
+            return Ok(Checked::UpToDate);
+        }
+        let checked = self.apply(published).await;
+        self.report().await;
+        Ok(checked)
+    }
+
+    /// Compiles a published snapshot and serves it, or records why it cannot be served.
+    async fn apply(&self, published: Published) -> Checked {
+        let started = Instant::now();
+        let Published {
+            version,
+            digest,
+            body,
+        } = published;
+        let http = self.options.http.clone();
+        let key = self.options.seal_key.clone();
+        let digest_for_build = digest.clone();
+        // Compiling regexes, CEL and the rule index is CPU work: keep it off the I/O threads.
+        let built = tokio::task::spawn_blocking(move || {
+            let mut snapshot: Snapshot = serde_json::from_slice(&body)
+                .map_err(|e| format!("the snapshot body does not parse: {e}"))?;
+            snapshot.version = version;
+            snapshot.digest = digest_for_build;
+            Runtime::build(snapshot, &http, key.as_ref()).map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("building the snapshot failed: {e}")));
+        let metrics = &self.gateway.metrics;
+        match built {
+            Ok(runtime) => {
+                let (rules, providers) = (runtime.rules.len(), runtime.providers.len());
+                self.gateway.config.swap(runtime);
+                metrics
+                    .config_version
+                    .set(i64::try_from(version).unwrap_or(i64::MAX));
+                metrics
+                    .config_rules
+                    .set(i64::try_from(rules).unwrap_or(i64::MAX));
+                metrics.config_reloads.inc();
+                tracing::info!(
+                    version,
+                    digest = %digest,
+                    rules,
+                    providers,
+                    duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+                    "configuration snapshot applied"
+                );
+                Checked::Applied(version)
+            }
+            Err(error) => {
+                self.gateway.config.record_failure(version, error.clone());
+                metrics.config_reload_failures.inc();
+                let served = self.gateway.config.load().snapshot.version;
+                tracing::warn!(
+                    version,
+                    digest = %digest,
+                    served,
+                    error = %error,
+                    duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+                    "configuration snapshot rejected; still serving the previous one"
+                );
+                Checked::Failed { version, error }
+            }
+        }
+    }
+
+    /// What this gateway serves, as reported to the operator.
+    pub fn current_report(&self) -> GatewayReport {
+        let rt = self.gateway.config.load();
+        let status = self.gateway.config.status();
+        GatewayReport {
+            gateway: self.options.gateway_id.clone(),
+            version: if rt.loaded { rt.snapshot.version } else { 0 },
+            digest: rt.snapshot.digest.clone(),
+            failed_version: status.failed_version,
+            error: status.error,
+        }
+    }
+
+    /// Reports what this gateway serves; failures are logged and left to the next beat.
+    pub async fn report(&self) {
+        let report = self.current_report();
+        let ttl = self.options.report_interval * 3;
+        match self.channel.report(&report, ttl).await {
+            Ok(()) => {
+                tracing::debug!(gateway = %report.gateway, version = report.version, "reported")
+            }
+            Err(e) => tracing::debug!(error = %e, "report to the config channel failed"),
+        }
+    }
+
+    /// The follow loop: never returns.
+    pub async fn run(self) {
+        let mut notifications = self.channel.notifications();
+        let mut notifications_open = true;
+        let mut poll = tokio::time::interval(self.options.poll_interval.max(MIN_INTERVAL));
+        poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut heartbeat = tokio::time::interval(self.options.report_interval.max(MIN_INTERVAL));
+        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut backoff = Backoff::new(
+            Duration::from_millis(200),
+            self.options.poll_interval.max(MIN_INTERVAL),
+        );
+        let mut retry_at: Option<tokio::time::Instant> = None;
+        let mut failing = false;
+        tracing::info!(
+            gateway = %self.options.gateway_id,
+            backend = self.channel.kind(),
+            "following the operator's configuration snapshots"
+        );
+        loop {
+            // The first poll tick fires at once: that is the check at start.
+            tokio::select! {
+                changed = notifications.changed(), if notifications_open => {
+                    if changed.is_err() {
+                        tracing::warn!("config channel notifications ended; polling only");
+                        notifications_open = false;
+                        continue;
+                    }
+                    let version = *notifications.borrow_and_update();
+                    if !self.wants(version) {
+                        continue;
+                    }
+                }
+                _ = poll.tick() => {}
+                _ = sleep_until(retry_at), if retry_at.is_some() => {}
+                _ = heartbeat.tick() => {
+                    self.report().await;
+                    continue;
+                }
+            }
+            match self.check().await {
+                Ok(_) => {
+                    retry_at = None;
+                    backoff.reset();
+                    if failing {
+                        failing = false;
+                        tracing::info!("config channel reachable again");
+                    }
+                }
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    retry_at = Some(tokio::time::Instant::now() + delay);
+                    if failing {
+                        tracing::debug!(error = %e, retry_in = ?delay, "config channel still unavailable");
+                    } else {
+                        failing = true;
+                        tracing::warn!(error = %e, retry_in = ?delay,
+                            "config channel unavailable; serving the last snapshot and retrying");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Shortest poll and report period (guards against a zero interval, which tokio rejects).
+const MIN_INTERVAL: Duration = Duration::from_millis(100);
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A default gateway id: the host name (the pod name in Kubernetes) and 6 random hex
+/// characters, so restarted or co-located processes never share an id.
+pub fn default_gateway_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "acteon-gateway".to_owned());
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}-{}", &random[..6])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ConfigSource, LiveConfig};
+    use crate::metrics::Metrics;
+    use crate::pipeline::GatewayOptions;
+    use crate::state::MemoryStore;
+    use acteon_api::compile::{CompileOptions, compile, parse_text};
+    use acteon_channel::memory::MemoryChannel;
+
+    fn snapshot(yaml: &str) -> Snapshot {
+        let docs = parse_text("t.yaml", yaml).expect("parses");
+        let c = compile(&docs, &CompileOptions::default());
+        assert!(c.rejections.is_empty(), "{:?}", c.rejections);
+        c.snapshot
+    }
+
+    const V1: &str = r#"
+apiVersion: acteon.dev/v1alpha1
+kind: Provider
+metadata: {name: p, namespace: n}
+spec: {type: noop}
+"#;
+
+    fn setup(key: Option<SealKey>) -> (Arc<MemoryChannel>, Arc<Gateway>, Follower) {
+        let channel = Arc::new(MemoryChannel::new());
+        let gateway = Arc::new(Gateway {
+            config: LiveConfig::waiting(
+                ConfigSource::Channel { backend: "memory" },
+                Some("gw-test".into()),
+            ),
+            state: Arc::new(MemoryStore::new()),
+            metrics: Arc::new(Metrics::new()),
+            options: GatewayOptions::default(),
+        });
+        let follower = Follower::new(
+            channel.clone(),
+            gateway.clone(),
+            FollowOptions {
+                gateway_id: "gw-test".into(),
+                poll_interval: Duration::from_secs(5),
+                report_interval: Duration::from_secs(5),
+                seal_key: key,
+                http: reqwest::Client::new(),
+            },
+        );
+        (channel, gateway, follower)
+    }
+
+    async fn publish(channel: &MemoryChannel, s: &Snapshot) -> u64 {
+        let body = serde_json::to_vec(s).expect("serializes");
+        channel
+            .publish(&s.digest, &body)
+            .await
+            .expect("publishes")
+            .head()
+            .version
+    }
+
+    #[tokio::test]
+    async fn applies_newer_versions_and_skips_a_failed_one() {
+        let (channel, gw, f) = setup(None);
+        assert_eq!(f.check().await.unwrap(), Checked::Empty);
+        assert!(!gw.config.load().loaded);
+
+        let v1 = publish(&channel, &snapshot(V1)).await;
+        assert_eq!(f.check().await.unwrap(), Checked::Applied(v1));
+        assert!(gw.config.load().loaded);
+        assert_eq!(gw.config.load().snapshot.version, v1);
+        assert_eq!(f.check().await.unwrap(), Checked::UpToDate);
+
+        let v2 = channel.publish("garbage", b"not json").await.unwrap();
+        let v2 = v2.head().version;
+        match f.check().await.unwrap() {
+            Checked::Failed { version, error } => {
+                assert_eq!(version, v2);
+                assert!(error.contains("does not parse"), "{error}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Still serving v1; the failed version is not retried.
+        assert_eq!(gw.config.load().snapshot.version, v1);
+        assert_eq!(f.check().await.unwrap(), Checked::UpToDate);
+        assert_eq!(gw.metrics.config_reload_failures.get(), 1);
+        let report = channel.gateways().await.unwrap();
+        assert_eq!(report.len(), 1);
+        assert_eq!(report[0].version, v1);
+        assert_eq!(report[0].failed_version, Some(v2));
+
+        // A newer good version clears the failure.
+        let mut s = snapshot(V1);
+        s.digest = "other".into();
+        let v3 = publish(&channel, &s).await;
+        assert_eq!(f.check().await.unwrap(), Checked::Applied(v3));
+        let status = gw.config.status();
+        assert_eq!((status.failed_version, status.error), (None, None));
+        assert_eq!(gw.metrics.config_version.get(), v3 as i64);
+        assert_eq!(gw.metrics.config_reloads.get(), 2);
+        assert_eq!(f.current_report().failed_version, None);
+    }
+
+    const WITH_SECRET: &str = r#"
+apiVersion: acteon.dev/v1alpha1
+kind: Provider
+metadata: {name: hook, namespace: n}
+spec:
+  type: webhook
+  webhook:
+    url: http://127.0.0.1:9/
+    secretHeaders:
+      Authorization: {name: creds, key: token}
+"#;
+
+    fn sealed(key: &SealKey) -> Snapshot {
+        let mut s = snapshot(WITH_SECRET);
+        let id = acteon_api::snapshot::secret_id(
+            Some("n"),
+            &acteon_api::crd::SecretKeyRef {
+                name: "creds".into(),
+                key: "token".into(),
+            },
+        );
+        s.secrets
+            .insert(id.clone(), key.seal(&id, b"Bearer hunter2"));
+        s.seal();
+        s
+    }
+
+    #[tokio::test]
+    async fn secrets_open_with_the_key_and_never_show() {
+        let key = SealKey::generate();
+        let (channel, gw, f) = setup(Some(key.clone()));
+        let v = publish(&channel, &sealed(&key)).await;
+        assert_eq!(f.check().await.unwrap(), Checked::Applied(v));
+        let rt = gw.config.load();
+        assert!(rt.snapshot.secrets.is_empty(), "sealed values are dropped");
+        assert!(!format!("{rt:?}").contains("hunter2"));
+
+        // Another key: the snapshot fails, naming provider and field, not the value.
+        let (channel, gw, f) = setup(Some(SealKey::generate()));
+        let v = publish(&channel, &sealed(&key)).await;
+        match f.check().await.unwrap() {
+            Checked::Failed { version, error } => {
+                assert_eq!(version, v);
+                assert!(error.contains("provider n/hook"), "{error}");
+                assert!(
+                    error.contains("spec.webhook.secretHeaders.Authorization"),
+                    "{error}"
+                );
+                assert!(!error.contains("hunter2"), "{error}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!gw.config.load().loaded);
+
+        // No key at all.
+        let (channel, _gw, f) = setup(None);
+        publish(&channel, &sealed(&key)).await;
+        match f.check().await.unwrap() {
+            Checked::Failed { error, .. } => assert!(error.contains("no seal key"), "{error}"),
+            other => panic!("{other:?}"),
+        }
+
+        // Missing from the snapshot.
+        let (channel, _gw, f) = setup(Some(key.clone()));
+        publish(&channel, &snapshot(WITH_SECRET)).await;
+        match f.check().await.unwrap() {
+            Checked::Failed { error, .. } => {
+                assert!(error.contains("not in the snapshot"), "{error}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn run_follows_notifications() {
+        let (channel, gw, f) = setup(None);
+        let task = f.spawn();
+        let v1 = publish(&channel, &snapshot(V1)).await;
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while gw.config.load().snapshot.version != v1 {
+            assert!(Instant::now() < deadline, "not applied");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        task.abort();
+    }
+
+    #[test]
+    fn default_id_has_a_random_suffix() {
+        let (a, b) = (default_gateway_id(), default_gateway_id());
+        assert_ne!(a, b);
+        let suffix = a.rsplit('-').next().unwrap();
+        assert_eq!(suffix.len(), 6);
+        assert!(suffix.chars().all(|c| c.is_ascii_hexdigit()));
+    }
+}
