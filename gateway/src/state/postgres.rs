@@ -318,12 +318,21 @@ impl PostgresStore {
                 .bind(format!("acteon-migrate:{}", self.schema))
                 .execute(&mut conn)
                 .await?;
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            let created = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
                 "CREATE SCHEMA IF NOT EXISTS \"{}\"",
                 self.schema
             )))
             .execute(&mut conn)
-            .await?;
+            .await;
+            // `IF NOT EXISTS` still fails with a unique violation when another session (the
+            // operator's config channel, under its own lock) creates the schema at the same
+            // moment; the schema then exists, which is all we need.
+            match created {
+                Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505") => {}
+                other => {
+                    other?;
+                }
+            }
             let mut migrator = sqlx::migrate!("./migrations/postgres");
             migrator.set_locking(false);
             // During a rolling upgrade the older replicas start against a schema that newer
