@@ -55,22 +55,32 @@ macro_rules! channel_conformance_tests {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $check() {
-                let fixture = ::std::sync::Arc::new($fixture.await);
-                let inner = fixture.clone();
-                let outcome = ::tokio::spawn(async move {
-                    $crate::conformance::$check(&*inner).await
+                $crate::conformance::run_check($fixture.await, |f| async move {
+                    $crate::conformance::$check(&*f).await
                 })
                 .await;
-                $crate::conformance::Fixture::cleanup(&*fixture).await;
-                if let Err(e) = outcome {
-                    if let Ok(panic) = e.try_into_panic() {
-                        ::std::panic::resume_unwind(panic);
-                    }
-                    panic!("check was cancelled");
-                }
             }
         )*
     };
+}
+
+/// Runs `check` on `fixture`, then [`Fixture::cleanup`] whether the check passed or not
+/// (the check runs in a task of its own, so its panic is caught and re-raised afterwards).
+pub async fn run_check<F, C, Fut>(fixture: F, check: C)
+where
+    F: Fixture,
+    C: FnOnce(Arc<F>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let fixture = Arc::new(fixture);
+    let outcome = tokio::spawn(check(fixture.clone())).await;
+    fixture.cleanup().await;
+    if let Err(e) = outcome {
+        match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(e) => panic!("check did not finish: {e}"),
+        }
+    }
 }
 
 fn head(version: u64, digest: &str) -> Head {

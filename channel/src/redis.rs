@@ -9,7 +9,7 @@
 //!
 //! Every compound operation is one Lua script, so it is atomic on the server and costs one
 //! round trip. Commands share one multiplexed [`ConnectionManager`]; a background task holds
-//! the pub/sub connection (see [`Follower`]).
+//! the pub/sub connection (`Follower` below).
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use acteon_channel::conformance::{Fixture, NOTIFY_WITHIN, notified, publish_new};
+use acteon_channel::conformance::{Fixture, NOTIFY_WITHIN, notified, publish_new, run_check};
 use acteon_channel::postgres::{PostgresChannel, notify_channel};
 use acteon_channel::{ChannelError, ConfigChannel};
 use async_trait::async_trait;
@@ -63,72 +63,75 @@ acteon_channel::channel_conformance_tests!(fixture());
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_connects_on_a_fresh_schema_succeed() {
     for _ in 0..3 {
-        let f = fixture().await;
-        let url = url();
-        let connects = (0..4).map(|_| PostgresChannel::connect(&url, &f.schema, TIMEOUT));
-        let channels = futures::future::join_all(connects).await;
-        for ch in &channels {
-            assert!(ch.is_ok(), "{:?}", ch.as_ref().err());
-        }
-        let first = channels.into_iter().next().unwrap().unwrap();
-        assert_eq!(publish_new(&first, "d", b"x").await, 1);
-        f.cleanup().await;
+        run_check(fixture().await, |f| async move {
+            let url = url();
+            let connects = (0..4).map(|_| PostgresChannel::connect(&url, &f.schema, TIMEOUT));
+            let channels = futures::future::join_all(connects).await;
+            for ch in &channels {
+                assert!(ch.is_ok(), "{:?}", ch.as_ref().err());
+            }
+            let first = channels.into_iter().next().unwrap().unwrap();
+            assert_eq!(publish_new(&first, "d", b"x").await, 1);
+        })
+        .await;
     }
 }
 
 /// The channel's tables are the documented ones, and connecting again keeps the data.
 #[tokio::test]
 async fn tables_are_the_documented_ones_and_setup_is_idempotent() {
-    let f = fixture().await;
-    publish_new(&connect(&f.schema).await, "d1", b"1").await;
-    let again = connect(&f.schema).await;
-    assert_eq!(again.head().await.unwrap().map(|h| h.version), Some(1));
-    let mut conn = admin().await;
-    let tables: Vec<String> = sqlx::query_scalar(
-        "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1 \
+    run_check(fixture().await, |f| async move {
+        publish_new(&connect(&f.schema).await, "d1", b"1").await;
+        let again = connect(&f.schema).await;
+        assert_eq!(again.head().await.unwrap().map(|h| h.version), Some(1));
+        let mut conn = admin().await;
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1 \
          ORDER BY 1",
-    )
-    .bind(&f.schema)
-    .fetch_all(&mut conn)
-    .await
-    .unwrap();
-    assert_eq!(tables, ["config_gateways", "config_snapshot"]);
-    f.cleanup().await;
+        )
+        .bind(&f.schema)
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        assert_eq!(tables, ["config_gateways", "config_snapshot"]);
+    })
+    .await;
 }
 
 /// The server ends the LISTEN session: the listener comes back by itself, a version
 /// published meanwhile is announced, and later ones are notified as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listener_survives_a_terminated_backend() {
-    let f = fixture().await;
-    let (publisher, follower) = (f.open().await, f.open().await);
-    let mut rx = follower.notifications();
-    publish_new(&*publisher, "d1", b"1").await;
-    assert!(notified(&mut rx, 1, NOTIFY_WITHIN).await);
+    run_check(fixture().await, |f| async move {
+        let (publisher, follower) = (f.open().await, f.open().await);
+        let mut rx = follower.notifications();
+        publish_new(&*publisher, "d1", b"1").await;
+        assert!(notified(&mut rx, 1, NOTIFY_WITHIN).await);
 
-    let mut conn = admin().await;
-    let killed: Vec<bool> = sqlx::query_scalar(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = $1",
-    )
-    .bind(format!("LISTEN \"{}\"", notify_channel(&f.schema)))
-    .fetch_all(&mut conn)
-    .await
-    .unwrap();
-    assert!(
-        killed.len() >= 2,
-        "expected both listeners to be terminated: {killed:?}"
-    );
+        let mut conn = admin().await;
+        let killed: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = $1",
+        )
+        .bind(format!("LISTEN \"{}\"", notify_channel(&f.schema)))
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        assert!(
+            killed.len() >= 2,
+            "expected both listeners to be terminated: {killed:?}"
+        );
 
-    publish_new(&*publisher, "d2", b"2").await;
-    assert!(
-        notified(&mut rx, 2, Duration::from_secs(5)).await,
-        "no notification after the LISTEN session was terminated"
-    );
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    publish_new(&*publisher, "d3", b"3").await;
-    assert!(notified(&mut rx, 3, NOTIFY_WITHIN).await);
-    drop((publisher, follower));
-    f.cleanup().await;
+        publish_new(&*publisher, "d2", b"2").await;
+        assert!(
+            notified(&mut rx, 2, Duration::from_secs(5)).await,
+            "no notification after the LISTEN session was terminated"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        publish_new(&*publisher, "d3", b"3").await;
+        assert!(notified(&mut rx, 3, NOTIFY_WITHIN).await);
+        drop((publisher, follower));
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -154,14 +157,15 @@ async fn errors_do_not_show_the_password() {
 
 #[tokio::test]
 async fn connect_chooses_postgres_by_scheme() {
-    let f = fixture().await;
-    let alt = url().replacen("postgres://", "postgresql://", 1);
-    for url in [url(), alt] {
-        let ch = acteon_channel::connect(&url, &f.schema, TIMEOUT)
-            .await
-            .unwrap();
-        assert_eq!(ch.kind(), "postgres");
-        assert_eq!(ch.head().await.unwrap(), None);
-    }
-    f.cleanup().await;
+    run_check(fixture().await, |f| async move {
+        let alt = url().replacen("postgres://", "postgresql://", 1);
+        for url in [url(), alt] {
+            let ch = acteon_channel::connect(&url, &f.schema, TIMEOUT)
+                .await
+                .unwrap();
+            assert_eq!(ch.kind(), "postgres");
+            assert_eq!(ch.head().await.unwrap(), None);
+        }
+    })
+    .await;
 }

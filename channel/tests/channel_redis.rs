@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use acteon_channel::conformance::{Fixture, NOTIFY_WITHIN, notified, publish_new};
+use acteon_channel::conformance::{Fixture, NOTIFY_WITHIN, notified, publish_new, run_check};
 use acteon_channel::redis::RedisChannel;
 use acteon_channel::{ChannelError, ConfigChannel};
 use async_trait::async_trait;
@@ -62,67 +62,69 @@ acteon_channel::channel_conformance_tests!(fixture());
 /// Records land under the prefix, in the documented keys.
 #[tokio::test]
 async fn keys_are_the_documented_ones() {
-    let f = fixture().await;
-    let ch = f.open().await;
-    publish_new(&*ch, "d1", b"body").await;
-    ch.report(
-        &acteon_channel::conformance::report("gw", 1),
-        Duration::from_secs(60),
-    )
-    .await
-    .unwrap();
-    let client = redis::Client::open(url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let mut keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{}:*", f.prefix))
-        .query_async(&mut conn)
+    run_check(fixture().await, |f| async move {
+        let ch = f.open().await;
+        publish_new(&*ch, "d1", b"body").await;
+        ch.report(
+            &acteon_channel::conformance::report("gw", 1),
+            Duration::from_secs(60),
+        )
         .await
         .unwrap();
-    keys.sort();
-    assert_eq!(
-        keys,
-        [
-            format!("{}:config", f.prefix),
-            format!("{}:config:gateways", f.prefix)
-        ]
-    );
-    f.cleanup().await;
+        let client = redis::Client::open(url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let mut keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:*", f.prefix))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                format!("{}:config", f.prefix),
+                format!("{}:config:gateways", f.prefix)
+            ]
+        );
+    })
+    .await;
 }
 
 /// The server drops every pub/sub client: the subscription comes back by itself, a version
 /// published meanwhile is announced, and later ones are notified as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscription_survives_client_kill() {
-    let f = fixture().await;
-    let (publisher, follower) = (f.open().await, f.open().await);
-    let mut rx = follower.notifications();
-    publish_new(&*publisher, "d1", b"1").await;
-    assert!(notified(&mut rx, 1, NOTIFY_WITHIN).await);
+    run_check(fixture().await, |f| async move {
+        let (publisher, follower) = (f.open().await, f.open().await);
+        let mut rx = follower.notifications();
+        publish_new(&*publisher, "d1", b"1").await;
+        assert!(notified(&mut rx, 1, NOTIFY_WITHIN).await);
 
-    let client = redis::Client::open(url()).unwrap();
-    let mut admin = client.get_multiplexed_async_connection().await.unwrap();
-    let killed: u64 = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("pubsub")
-        .query_async(&mut admin)
-        .await
-        .unwrap();
-    assert!(
-        killed >= 2,
-        "expected both subscriptions to be killed, got {killed}"
-    );
+        let client = redis::Client::open(url()).unwrap();
+        let mut admin = client.get_multiplexed_async_connection().await.unwrap();
+        let killed: u64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        assert!(
+            killed >= 2,
+            "expected both subscriptions to be killed, got {killed}"
+        );
 
-    publish_new(&*publisher, "d2", b"2").await;
-    assert!(
-        notified(&mut rx, 2, Duration::from_secs(5)).await,
-        "no notification after the pub/sub connection was killed"
-    );
-    // Live again (not only the head read after reconnecting): the next one is prompt.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    publish_new(&*publisher, "d3", b"3").await;
-    assert!(notified(&mut rx, 3, NOTIFY_WITHIN).await);
-    f.cleanup().await;
+        publish_new(&*publisher, "d2", b"2").await;
+        assert!(
+            notified(&mut rx, 2, Duration::from_secs(5)).await,
+            "no notification after the pub/sub connection was killed"
+        );
+        // Live again (not only the head read after reconnecting): the next one is prompt.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        publish_new(&*publisher, "d3", b"3").await;
+        assert!(notified(&mut rx, 3, NOTIFY_WITHIN).await);
+    })
+    .await;
 }
 
 #[tokio::test]
