@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -61,26 +61,45 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `acteon-gateway serve` with extra arguments and waits for `/healthz`.
+    /// Starts `acteon-gateway serve` with extra arguments and waits until it listens.
     pub fn start(args: &[&str]) -> Server {
+        Server::start_with(args, &[], None)
+    }
+
+    /// Like [`Server::start`], with extra environment variables (after `RUST_LOG=warn`, so
+    /// they may override it) and, if given, the log (stdout and stderr) written to `log`.
+    pub fn start_with(args: &[&str], env: &[(&str, &str)], log: Option<&Path>) -> Server {
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
+        // The log goes to stdout; errors at exit to stderr.
+        let (stdout, stderr) = match log {
+            Some(path) => {
+                let file = std::fs::File::create(path).expect("log file");
+                let copy = file.try_clone().expect("log file handle");
+                (Stdio::from(file), Stdio::from(copy))
+            }
+            None => (Stdio::null(), Stdio::inherit()),
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_acteon-gateway"))
             .current_dir(repo_root())
             .arg("serve")
             .args(["--listen", &listen])
             .args(args)
             .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .envs(env.iter().copied())
+            .stdout(stdout)
+            .stderr(stderr)
             .spawn()
             .expect("gateway binary starts");
-        let server = Server {
+        let mut server = Server {
             child,
             base: format!("http://{listen}"),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(&listen).is_err() {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("gateway exited before listening: {status}");
+            }
             assert!(
                 Instant::now() < deadline,
                 "gateway did not listen on {listen}"
