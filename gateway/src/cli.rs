@@ -451,3 +451,39 @@ async fn shutdown_signal() {
     }
     tracing::info!("shutdown signal received; draining in-flight requests");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve_args(args: &[&str]) -> ServeArgs {
+        let argv = ["acteon-gateway", "serve"].iter().chain(args);
+        match Cli::parse_from(argv).command {
+            Some(Command::Serve(a)) => a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn config_defaults_only_for_the_memory_backend() {
+        let standalone = serve_args(&[]);
+        assert!(!standalone.follows_channel());
+        assert_eq!(
+            standalone.config_paths(),
+            vec![PathBuf::from("config/samples"), PathBuf::from("rules")]
+        );
+        for url in ["redis://127.0.0.1:6379", "postgres://u@h/db"] {
+            assert!(serve_args(&["--state", url]).follows_channel(), "{url}");
+            let files = serve_args(&["--state", url, "--config", "a.yaml,b"]);
+            assert!(!files.follows_channel());
+            assert_eq!(
+                files.config_paths(),
+                vec![PathBuf::from("a.yaml"), PathBuf::from("b")]
+            );
+        }
+        let follower = serve_args(&["--state", "redis://r", "--gateway-id", "g-1"]);
+        assert_eq!(follower.gateway_id.as_deref(), Some("g-1"));
+        assert_eq!(follower.config_poll_seconds, 5);
+        assert_eq!(follower.report_interval_seconds, 5);
+    }
+}

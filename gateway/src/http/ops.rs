@@ -28,7 +28,14 @@ pub async fn readyz(State(app): State<Arc<AppState>>) -> Result<impl IntoRespons
     let version = {
         let rt = gw.config.load();
         if !rt.loaded {
-            return Err(ApiError::unavailable(NOT_LOADED));
+            let status = gw.config.status();
+            return Err(ApiError::unavailable(match status.failed_version {
+                Some(v) => format!(
+                    "{NOT_LOADED} (version {v} was refused: {})",
+                    status.error.unwrap_or_default()
+                ),
+                None => NOT_LOADED.to_owned(),
+            }));
         }
         rt.snapshot.version
     };
