@@ -57,6 +57,9 @@ echo "== cargo build"
 # binaries only for that package's own integration tests.
 cargo build --workspace --bins --locked
 echo "== cargo test"
-cargo test --workspace --locked 2>&1 | tee /tmp/acteon-test.log
+# A log of its own, so that concurrent runs on one machine do not mix their summaries.
+TEST_LOG="$(mktemp /tmp/acteon-test.XXXXXX.log)"
+cargo test --workspace --locked 2>&1 | tee "$TEST_LOG"
 # One summary line for CI readers: totals over every test binary.
-awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "%d passed, %d failed\n", p, f }' /tmp/acteon-test.log
+awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "%d passed, %d failed\n", p, f }' "$TEST_LOG"
+echo "(full output: $TEST_LOG)"
