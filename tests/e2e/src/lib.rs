@@ -207,7 +207,8 @@ pub struct Kube {
     admin_kubeconfig: PathBuf,
     operator_kubeconfig: PathBuf,
     operator_user: String,
-    installed: OnceLock<()>,
+    /// `Err(message)` when the install failed: later callers fail at once with it.
+    installed: OnceLock<Result<(), String>>,
 }
 
 static KUBE: OnceLock<Kube> = OnceLock::new();
@@ -440,7 +441,20 @@ impl Kube {
     /// `acteon-system`, applies the chart's operator RBAC ([`render_operator_rbac`]) and waits
     /// until the operator's token is actually authorized by it.
     pub fn ensure_installed(&self) {
-        self.installed.get_or_init(|| self.install());
+        let result = self.installed.get_or_init(|| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.install())).map_err(
+                |panic| {
+                    panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                        .unwrap_or_else(|| "(no message)".to_owned())
+                },
+            )
+        });
+        if let Err(message) = result {
+            panic!("installing CRDs and RBAC failed (in this or an earlier test): {message}");
+        }
     }
 
     fn install(&self) {
@@ -479,7 +493,8 @@ impl Kube {
         });
         assert!(
             ready.is_some(),
-            "the operator's RBAC did not take effect within {INSTALL_TIMEOUT:?}"
+            "the operator's token still cannot list rules.acteon.dev (all namespaces) or update \
+             leases in {SYSTEM_NAMESPACE} {INSTALL_TIMEOUT:?} after applying the chart's RBAC"
         );
     }
 
