@@ -9,6 +9,7 @@
 //!
 //! Credentials inside a snapshot are sealed with [`seal`] before publishing.
 
+pub mod backend;
 pub mod conformance;
 pub mod memory;
 pub mod postgres;

@@ -28,10 +28,11 @@ use tracing::Instrument;
 
 mod sql;
 
+use sql::Sql;
 pub use sql::notify_channel;
-use sql::{Sql, check_schema};
 
-use crate::util::{Backoff, Redactor, announce, bounded};
+use crate::backend::{Redactor, check_schema, db_message};
+use crate::util::{Backoff, announce, bounded};
 use crate::{ChannelError, ConfigChannel, GatewayReport, Head, PublishOutcome, Published};
 
 /// Connections at most: one for `LISTEN`, the rest for the (rare, short) operations.
@@ -78,23 +79,17 @@ fn is_duplicate_object(e: &sqlx::Error) -> bool {
 impl PostgresChannel {
     /// Connects to `url`, creates the channel's tables in `schema` if missing, and starts
     /// listening; each step within `timeout`, as is every later call.
+    #[tracing::instrument(
+        name = "config_channel_connect",
+        skip(url, timeout),
+        fields(backend = "postgres")
+    )]
     pub async fn connect(
         url: &str,
         schema: &str,
         timeout: Duration,
     ) -> Result<PostgresChannel, ChannelError> {
-        let span = tracing::info_span!("config_channel_connect", backend = "postgres", schema);
-        Self::connect_inner(url, schema, timeout)
-            .instrument(span)
-            .await
-    }
-
-    async fn connect_inner(
-        url: &str,
-        schema: &str,
-        timeout: Duration,
-    ) -> Result<PostgresChannel, ChannelError> {
-        check_schema(schema)?;
+        check_schema(schema).map_err(ChannelError::Unavailable)?;
         let redactor = Arc::new(Redactor::new(url));
         let fail = |e: sqlx::Error| redactor.unavailable("postgres", "connect", db_message(&e));
         // The server gives up a little before the client, so a slow statement ends as an
@@ -191,13 +186,6 @@ impl PostgresChannel {
 }
 
 /// The server's message for database errors (without the driver's wrapping), else the error.
-fn db_message(e: &sqlx::Error) -> String {
-    match e {
-        sqlx::Error::Database(db) => db.message().to_owned(),
-        other => other.to_string(),
-    }
-}
-
 fn to_u64(version: i64) -> Result<u64, ChannelError> {
     u64::try_from(version).map_err(|_| ChannelError::Corrupt(format!("negative version {version}")))
 }

@@ -16,13 +16,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubStream};
+use redis::aio::{ConnectionManager, PubSubSink, PubSubStream};
 use redis::{Client, Script};
 use serde::Deserialize;
 use tokio::sync::{oneshot, watch};
 use tracing::Instrument;
 
-use crate::util::{Backoff, Redactor, announce, bounded};
+use crate::backend::{Redactor, redis_client, redis_manager_config};
+use crate::util::{Backoff, announce, bounded};
 use crate::{ChannelError, ConfigChannel, GatewayReport, Head, PublishOutcome, Published};
 
 /// KEYS: config hash. ARGV: digest, body, notify channel. Returns `{published 0|1, version}`.
@@ -126,38 +127,22 @@ impl std::fmt::Debug for RedisChannel {
 impl RedisChannel {
     /// Connects the command connection and the subscription (both within `timeout`) for the
     /// channel under `prefix`. Every later call is bounded by `timeout` too.
+    #[tracing::instrument(
+        name = "config_channel_connect",
+        skip(url, timeout),
+        fields(backend = "redis")
+    )]
     pub async fn connect(
-        url: &str,
-        prefix: &str,
-        timeout: Duration,
-    ) -> Result<RedisChannel, ChannelError> {
-        let span = tracing::info_span!("config_channel_connect", backend = "redis", prefix);
-        Self::connect_inner(url, prefix, timeout)
-            .instrument(span)
-            .await
-    }
-
-    async fn connect_inner(
         url: &str,
         prefix: &str,
         timeout: Duration,
     ) -> Result<RedisChannel, ChannelError> {
         let redactor = Arc::new(Redactor::new(url));
         let fail = |e: redis::RedisError| redactor.unavailable("redis", "connect", e);
-        // Small requests and answers: without TCP_NODELAY, Nagle's algorithm holds them back.
-        let info = redis::IntoConnectionInfo::into_connection_info(url)
-            .map_err(fail)?
-            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-        let client = Client::open(info).map_err(fail)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(2)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500));
+        let client = redis_client(url).map_err(fail)?;
         let conn = bounded(
             timeout,
-            client.get_connection_manager_with_config(config),
+            client.get_connection_manager_with_config(redis_manager_config(timeout)),
             fail,
         )
         .await?;

@@ -47,79 +47,6 @@ impl Backoff {
     }
 }
 
-/// Removes the password of `url` (raw and percent-decoded) from `message`.
-///
-/// Driver errors may quote the connection string; the URL often comes from a Kubernetes
-/// Secret, and errors end up in logs and in custom resource status.
-pub(crate) struct Redactor {
-    secrets: Vec<String>,
-}
-
-impl Redactor {
-    pub(crate) fn new(url: &str) -> Redactor {
-        let mut secrets = Vec::new();
-        if let Some(raw) = url_password(url) {
-            let decoded = percent_decode(&raw);
-            if decoded != raw && !decoded.is_empty() {
-                secrets.push(decoded);
-            }
-            secrets.push(raw);
-        }
-        Redactor { secrets }
-    }
-
-    pub(crate) fn clean(&self, message: impl Into<String>) -> String {
-        let mut message = message.into();
-        for secret in &self.secrets {
-            message = message.replace(secret.as_str(), "***");
-        }
-        message
-    }
-
-    /// An [`ChannelError::Unavailable`] naming the backend and operation.
-    pub(crate) fn unavailable(
-        &self,
-        backend: &str,
-        op: &str,
-        error: impl std::fmt::Display,
-    ) -> ChannelError {
-        ChannelError::Unavailable(self.clean(format!("{backend} {op}: {error}")))
-    }
-}
-
-/// The password of a `scheme://user:password@host/…` URL, if any.
-fn url_password(url: &str) -> Option<String> {
-    let rest = url.split_once("://")?.1;
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let userinfo = authority.rsplit_once('@')?.0;
-    let password = userinfo.split_once(':')?.1;
-    (!password.is_empty()).then(|| password.to_owned())
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes.get(i + 1..i + 3).and_then(|h| {
-            std::str::from_utf8(h)
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        });
-        match (bytes[i], hex) {
-            (b'%', Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// Runs `fut` within `timeout`, mapping its error with `map` and a timeout to
 /// [`ChannelError::Timeout`].
 pub(crate) async fn bounded<T, E>(
@@ -136,27 +63,6 @@ pub(crate) async fn bounded<T, E>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn passwords_are_redacted() {
-        let r = Redactor::new("redis://user:p%40ss@host:6379/0");
-        assert_eq!(
-            r.clean("auth p%40ss and p@ss failed"),
-            "auth *** and *** failed"
-        );
-        let r = Redactor::new("postgres://me:s3cret@db/app?sslmode=require");
-        assert_eq!(r.clean("password s3cret wrong"), "password *** wrong");
-        for url in [
-            "redis://host:6379",
-            "postgres://me@db/app",
-            "redis://:@h",
-            "nonsense",
-        ] {
-            assert!(Redactor::new(url).secrets.is_empty(), "{url}");
-        }
-        let r = Redactor::new("redis://:only@h");
-        assert_eq!(r.clean("only"), "***");
-    }
 
     #[test]
     fn announce_only_moves_forward() {

@@ -4,8 +4,6 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use crate::ChannelError;
-
 /// The statements, with the schema filled in once.
 pub(super) struct Sql {
     pub(super) setup: String,
@@ -108,23 +106,6 @@ pub fn notify_channel(schema: &str) -> String {
     format!("{BASE}{sanitized}_{hash}")
 }
 
-/// Checks that `schema` is a plain name (letters, digits, `_`, `-`, `.`; 1 to 63 bytes), the
-/// same rule as the gateway's state store, so it can be double-quoted safely in SQL.
-pub(super) fn check_schema(schema: &str) -> Result<(), ChannelError> {
-    let plain = !schema.is_empty()
-        && schema.len() <= 63
-        && schema
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-    if plain {
-        Ok(())
-    } else {
-        Err(ChannelError::Unavailable(format!(
-            "invalid postgres schema name {schema:?}: use 1 to 63 letters, digits, '_', '-' or '.'"
-        )))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,14 +129,6 @@ mod tests {
             for b in &names[i + 1..] {
                 assert_ne!(a, b);
             }
-        }
-    }
-
-    #[test]
-    fn schema_names_are_checked() {
-        assert!(check_schema("acteon-prod.v1").is_ok());
-        for bad in ["", "a\"b", "a b", &"x".repeat(64)] {
-            assert!(check_schema(bad).is_err(), "{bad:?}");
         }
     }
 }

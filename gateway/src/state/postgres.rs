@@ -34,6 +34,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use acteon_channel::backend::{Redactor, check_schema, db_message};
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use smallvec::SmallVec;
@@ -97,8 +98,8 @@ pub struct PostgresStore {
     /// Connection options of [`PostgresStore::migrate`] (no statement timeout).
     migrate_options: PgConnectOptions,
     op_timeout: Duration,
-    /// Password in the URL, removed from error messages.
-    secret: Option<String>,
+    /// Keeps the URL's password out of errors.
+    redactor: Redactor,
 }
 
 struct IdleConn {
@@ -209,32 +210,6 @@ fn duration_ms(v: Option<i64>) -> Duration {
     Duration::from_millis(v.unwrap_or(0).max(0) as u64)
 }
 
-/// The password of a `postgres://user:password@host/…` URL, if any.
-fn url_password(url: &str) -> Option<String> {
-    let rest = url.split_once("://")?.1;
-    let authority = rest.split(['/', '?']).next()?;
-    let userinfo = authority.rsplit_once('@')?.0;
-    let password = userinfo.split_once(':')?.1;
-    (!password.is_empty()).then(|| password.to_owned())
-}
-
-/// Checks that `schema` is a plain name (letters, digits, `_`, `-`, `.`; at most 63 bytes), so
-/// that it can be double-quoted safely in SQL and in the `search_path` startup parameter.
-fn check_schema(schema: &str) -> Result<(), StateError> {
-    let plain = !schema.is_empty()
-        && schema.len() <= 63
-        && schema
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-    if plain {
-        Ok(())
-    } else {
-        Err(StateError::Unavailable(format!(
-            "invalid postgres schema name {schema:?}: use 1 to 63 letters, digits, '_', '-' or '.'"
-        )))
-    }
-}
-
 impl PostgresStore {
     /// Connects to the server at `url` (e.g. `postgres://user@host:5432/db`), with state in
     /// `schema`, using the default [`PostgresOptions`]. Opens one connection to check the
@@ -249,9 +224,9 @@ impl PostgresStore {
         schema: &str,
         options: PostgresOptions,
     ) -> Result<PostgresStore, StateError> {
-        check_schema(schema)?;
-        let secret = url_password(url);
-        let redact = |e: sqlx::Error| unavailable_msg(&secret, "connect", &e);
+        check_schema(schema).map_err(StateError::Unavailable)?;
+        let redactor = Redactor::new(url);
+        let redact = |e: sqlx::Error| unavailable_msg(&redactor, "connect", &e);
         let base = PgConnectOptions::from_str(url)
             .map_err(redact)?
             .application_name(&options.application_name)
@@ -292,7 +267,7 @@ impl PostgresStore {
             schema: schema.to_owned(),
             migrate_options,
             op_timeout: options.op_timeout,
-            secret,
+            redactor,
         };
         store
             .run("connect", async |conn: &mut PgConnection| conn.ping().await)
@@ -392,7 +367,7 @@ impl PostgresStore {
     }
 
     fn unavailable(&self, op: &str, e: &sqlx::Error) -> StateError {
-        unavailable_msg(&self.secret, op, e)
+        unavailable_msg(&self.redactor, op, e)
     }
 
     /// Runs one operation on a pooled connection within the operation deadline.
@@ -426,15 +401,8 @@ impl PostgresStore {
     }
 }
 
-fn unavailable_msg(secret: &Option<String>, op: &str, e: &sqlx::Error) -> StateError {
-    let mut msg = match e {
-        sqlx::Error::Database(db) => format!("postgres {op}: {}", db.message()),
-        other => format!("postgres {op}: {other}"),
-    };
-    if let Some(secret) = secret {
-        msg = msg.replace(secret.as_str(), "***");
-    }
-    StateError::Unavailable(msg)
+fn unavailable_msg(redactor: &Redactor, op: &str, e: &sqlx::Error) -> StateError {
+    StateError::Unavailable(redactor.clean(format!("postgres {op}: {}", db_message(e))))
 }
 
 /// The gates of one dispatch as the parallel arrays `acteon_apply_gates` takes.
@@ -777,34 +745,5 @@ impl StateStore for PostgresStore {
                 .map(|r| r.rows_affected() > 0)
         })
         .await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_are_found_for_redaction() {
-        let cases = [
-            ("postgres://u:pw@h:5432/db", Some("pw")),
-            ("postgres://u:p@ss@h/db?sslmode=disable", Some("p@ss")),
-            ("postgres://u@h/db", None),
-            ("postgres://h/db?user=a@b", None),
-            ("postgres://u:@h/db", None),
-        ];
-        for (url, want) in cases {
-            assert_eq!(url_password(url).as_deref(), want, "{url}");
-        }
-    }
-
-    #[test]
-    fn schema_names() {
-        for ok in ["acteon", "prod-eu.1", "A_b"] {
-            assert!(check_schema(ok).is_ok(), "{ok}");
-        }
-        for bad in ["", "a\"b", "a b", "x;y", "a\\b", &"s".repeat(64)] {
-            assert!(check_schema(bad).is_err(), "{bad:?}");
-        }
     }
 }

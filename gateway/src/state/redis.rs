@@ -9,8 +9,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use acteon_channel::backend::{redis_client, redis_manager_config};
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::{Script, Value};
 
 use super::{ClaimedTimer, Gate, GateResult, GateStop, StateError, StateStore, Versioned};
@@ -181,21 +182,14 @@ impl RedisStore {
         prefix: &str,
         timeout: Duration,
     ) -> Result<RedisStore, StateError> {
-        // Small requests and answers: without TCP_NODELAY, Nagle's algorithm holds them back.
-        let info = redis::IntoConnectionInfo::into_connection_info(url)
-            .map_err(unavailable)?
-            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-        let client = redis::Client::open(info).map_err(unavailable)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(2)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500));
-        let conn = tokio::time::timeout(timeout, client.get_connection_manager_with_config(config))
-            .await
-            .map_err(|_| StateError::Timeout(timeout))?
-            .map_err(unavailable)?;
+        let client = redis_client(url).map_err(unavailable)?;
+        let conn = tokio::time::timeout(
+            timeout,
+            client.get_connection_manager_with_config(redis_manager_config(timeout)),
+        )
+        .await
+        .map_err(|_| StateError::Timeout(timeout))?
+        .map_err(unavailable)?;
         Ok(RedisStore {
             conn,
             prefix: prefix.to_owned(),
