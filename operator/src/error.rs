@@ -12,6 +12,8 @@ pub enum Error {
     Serialize(#[from] serde_json::Error),
     #[error("the configuration caches are not synced yet")]
     NotSynced,
+    #[error("compiling the configuration failed unexpectedly: {0}")]
+    Build(String),
 }
 
 impl Error {
@@ -22,6 +24,7 @@ impl Error {
             Error::Channel(_) => "state_backend",
             Error::Serialize(_) => "serialize",
             Error::NotSynced => "not_synced",
+            Error::Build(_) => "build",
         }
     }
 }

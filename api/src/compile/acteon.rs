@@ -98,7 +98,7 @@ fn rule_document(source: &str, index: usize, rule: &Value) -> Result<Document, C
         source: format!("{source} {at}"),
         id,
         generation: None,
-        spec: Value::Object(spec),
+        spec: std::sync::Arc::new(Value::Object(spec)),
     })
 }
 
@@ -232,7 +232,7 @@ mod tests {
         let docs = rule_documents("f.yaml", &file).unwrap();
         assert_eq!(docs[0].id.namespace, None);
         assert_eq!(
-            docs[0].spec,
+            *docs[0].spec,
             json!({
                 "priority": 2,
                 "condition": {"all": [

@@ -1,6 +1,7 @@
 //! Reading YAML: multi-document manifests and Acteon rule files.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -14,8 +15,9 @@ pub struct Document {
     pub source: String,
     pub id: ObjectId,
     pub generation: Option<i64>,
-    /// The object's `spec`, still untyped.
-    pub spec: Value,
+    /// The object's `spec`, still untyped; shared, because the operator compiles the same
+    /// objects on every pass and the compile keeps its own list of documents.
+    pub spec: Arc<Value>,
 }
 
 /// Namespace Kubernetes gives an object applied without one.
@@ -191,7 +193,7 @@ fn manifest_document(source: &str, mut value: Value) -> Result<Document, Compile
         source: source.to_owned(),
         generation: metadata.get("generation").and_then(Value::as_i64),
         id,
-        spec,
+        spec: Arc::new(spec),
     })
 }
 

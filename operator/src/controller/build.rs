@@ -9,6 +9,7 @@ use acteon_api::compile::{self, CompileOptions, Document, Kind, ObjectId};
 use acteon_api::crd::ProviderSpec;
 use acteon_api::snapshot::secret_id;
 use acteon_channel::seal::SealKey;
+use serde::Deserialize;
 
 use super::index::{Object, ObjectKey};
 
@@ -39,7 +40,7 @@ pub fn referenced_secrets(objects: &[Arc<Object>]) -> Vec<(String, String)> {
         .iter()
         .filter(|o| o.key.kind == Kind::Provider)
         .filter_map(|o| {
-            let spec: ProviderSpec = serde_json::from_value(o.spec.clone()).ok()?;
+            let spec = ProviderSpec::deserialize(&*o.spec).ok()?;
             Some(
                 spec.secret_refs()
                     .into_iter()
@@ -73,7 +74,7 @@ fn secret_problem(
     secrets: &SecretValues,
     seal_key: Option<&SealKey>,
 ) -> Option<Verdict> {
-    let spec: ProviderSpec = serde_json::from_value(o.spec.clone()).ok()?;
+    let spec = ProviderSpec::deserialize(&*o.spec).ok()?;
     for (field, r) in spec.secret_refs() {
         let reject = |reason: &str, message: String| {
             Some(Verdict::Rejected {
@@ -198,7 +199,7 @@ mod tests {
             },
             uid: format!("uid-{name}"),
             generation,
-            spec,
+            spec: Arc::new(spec),
             status: Default::default(),
         })
     }

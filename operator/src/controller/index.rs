@@ -34,7 +34,8 @@ pub struct Object {
     pub key: ObjectKey,
     pub uid: String,
     pub generation: i64,
-    pub spec: Value,
+    /// Shared with the documents of every compile pass (no copy per pass).
+    pub spec: Arc<Value>,
     /// The status as last written (by us); default when absent or unreadable.
     pub status: ResourceStatus,
 }
@@ -57,7 +58,7 @@ impl Object {
             },
             uid: metadata.uid.unwrap_or_default(),
             generation: metadata.generation.unwrap_or(0),
-            spec: data.get_mut("spec").map(Value::take).unwrap_or(Value::Null),
+            spec: Arc::new(data.get_mut("spec").map(Value::take).unwrap_or(Value::Null)),
             status,
         })
     }
@@ -203,7 +204,7 @@ mod tests {
             },
             uid: format!("uid-{name}"),
             generation,
-            spec,
+            spec: Arc::new(spec),
             status: ResourceStatus::default(),
         }
     }

@@ -137,7 +137,7 @@ impl Reconciler {
                 )
             })
             .await
-            .map_err(|_| Error::NotSynced)?
+            .map_err(|e| Error::Build(e.to_string()))?
         };
         let body = serde_json::to_vec(&build.snapshot)?;
         let outcome = ctx.channel.publish(&build.snapshot.digest, &body).await?;

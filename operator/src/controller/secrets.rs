@@ -89,10 +89,11 @@ impl Secrets {
             Some(v) => cache.versions.insert(key.clone(), v.clone()),
             None => cache.versions.remove(&key),
         };
-        let relevant = cache.referenced.contains(&key)
-            && cache.data.get(&key).map(|(v, _)| Some(v.clone())) != Some(version.clone());
+        // A referenced Secret whose data we hold at another version (or not at all).
+        let stale = cache.referenced.contains(&key)
+            && cache.data.get(&key).map(|(read_at, _)| read_at) != version.as_ref();
         drop(cache);
-        if relevant && before != version {
+        if stale && before != version {
             tracing::info!(secret = %format!("{}/{}", key.0, key.1), "referenced Secret changed");
             self.index.touch_config();
         }

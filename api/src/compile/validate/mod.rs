@@ -99,7 +99,7 @@ impl<'a> Run<'a> {
     ) -> Vec<Parsed<'d, S>> {
         let mut out = Vec::new();
         for doc in docs.iter().filter(|d| d.id.kind == kind) {
-            match serde_path_to_error::deserialize::<_, S>(&doc.spec) {
+            match serde_path_to_error::deserialize::<_, S>(&*doc.spec) {
                 Ok(spec) => out.push(Parsed {
                     doc,
                     scope: self.scope(&doc.id),
