@@ -180,10 +180,23 @@ pub fn helm_ok(args: &[&str]) -> String {
     expect_success(helm(args), &what)
 }
 
-/// The chart's operator RBAC (ServiceAccount, ClusterRole(Binding), Role(Binding)) as rendered
-/// by `helm template acteon charts/acteon --namespace acteon-system --show-only
-/// templates/operator-rbac.yaml`.
-pub fn render_operator_rbac() -> String {
+/// `kubectl apply` arguments for server-side apply of `file` (`-` = stdin) as field manager
+/// `e2e`, taking over conflicting fields.
+fn apply_args(file: &str) -> [&str; 7] {
+    [
+        "apply",
+        "--server-side",
+        "--field-manager",
+        FIELD_MANAGER,
+        "--force-conflicts",
+        "-f",
+        file,
+    ]
+}
+
+/// One template of the chart, rendered for release `acteon` in `acteon-system`
+/// (`helm template acteon charts/acteon --namespace acteon-system --show-only <template>`).
+pub fn render_chart_template(template: &str) -> String {
     helm_ok(&[
         "template",
         RELEASE,
@@ -191,8 +204,13 @@ pub fn render_operator_rbac() -> String {
         "--namespace",
         SYSTEM_NAMESPACE,
         "--show-only",
-        "templates/operator-rbac.yaml",
+        template,
     ])
+}
+
+/// The chart's operator RBAC (ServiceAccount, ClusterRole(Binding), Role(Binding)).
+pub fn render_operator_rbac() -> String {
+    render_chart_template("templates/operator-rbac.yaml")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -365,18 +383,15 @@ impl Kube {
     /// Server-side apply of YAML (one or more documents) as admin, field manager `e2e`,
     /// taking over conflicting fields (`--force-conflicts`). Panics on failure.
     pub fn apply(&self, yaml: &str) -> String {
-        let args = [
-            "apply",
-            "--server-side",
-            "--field-manager",
-            FIELD_MANAGER,
-            "--force-conflicts",
-            "-f",
-            "-",
-        ];
+        let args = apply_args("-");
         let out = self.kubectl_stdin(&args, yaml);
         let what = format!("kubectl {} <<EOF\n{yaml}\nEOF", args.join(" "));
         expect_success(out, &what)
+    }
+
+    /// [`Kube::apply`] of a file or directory of manifests.
+    pub fn apply_path(&self, path: &Path) -> String {
+        self.kubectl_ok(&apply_args(path.to_str().expect("UTF-8 path")))
     }
 
     /// Deletes one object (`kind` as kubectl understands it, e.g. `rules.acteon.dev`, `secret`);
@@ -459,16 +474,8 @@ impl Kube {
 
     fn install(&self) {
         let crds = workspace_root().join("crds");
+        self.apply_path(&crds);
         let crds = crds.to_str().expect("UTF-8 workspace path");
-        self.kubectl_ok(&[
-            "apply",
-            "--server-side",
-            "--field-manager",
-            FIELD_MANAGER,
-            "--force-conflicts",
-            "-f",
-            crds,
-        ]);
         let timeout = format!("--timeout={}s", INSTALL_TIMEOUT.as_secs());
         self.kubectl_ok(&[
             "wait",

@@ -86,6 +86,13 @@ impl Setup {
     }
 }
 
+/// A Provider of type `log` (a YAML document followed by `---`).
+fn log_provider(ns: &str, name: &str) -> String {
+    format!(
+        "apiVersion: acteon.dev/v1alpha1\nkind: Provider\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {{type: log}}\n---\n"
+    )
+}
+
 fn get_json(port: u16, path: &str) -> Option<Value> {
     let (status, body) = http_get(port, path)?;
     (status == 200)
@@ -219,14 +226,7 @@ fn samples_are_served_by_both_gateways_and_every_object_is_ready() {
     );
     let _op = s.operator("op-a", &[]);
     let started = Instant::now();
-    s.kube.kubectl_ok(&[
-        "apply",
-        "--server-side",
-        "--field-manager",
-        "e2e",
-        "-f",
-        &repo_path("config/samples").display().to_string(),
-    ]);
+    s.kube.apply_path(&repo_path("config/samples"));
     let expected = [
         "critical-temperature-alert",
         "dedup-sensor-readings",
@@ -318,17 +318,13 @@ fn samples_are_served_by_both_gateways_and_every_object_is_ready() {
 fn a_broken_rule_is_not_ready_with_an_event_while_the_rest_keeps_working() {
     let ns = unique_name("broken");
     let s = Setup::new(postgres_url(), &[&ns]);
+    let out = log_provider(&ns, "out");
     let (_g1, p1) = s.gateway();
     let (_g2, _p2) = s.gateway();
     let _op = s.operator("op-a", &[]);
     s.kube.apply(&format!(
         r#"
-apiVersion: acteon.dev/v1alpha1
-kind: Provider
-metadata: {{name: out, namespace: {ns}}}
-spec: {{type: log}}
----
-apiVersion: acteon.dev/v1alpha1
+{out}apiVersion: acteon.dev/v1alpha1
 kind: Rule
 metadata: {{name: good, namespace: {ns}}}
 spec:
@@ -441,18 +437,14 @@ spec:
 fn edits_and_deletions_change_what_gateways_do() {
     let ns = unique_name("edit");
     let s = Setup::new(redis_url(), &[&ns]);
+    let out = log_provider(&ns, "out");
     let (_g1, p1) = s.gateway();
     let (_g2, p2) = s.gateway();
     let _op = s.operator("op-a", &[]);
     let rule = |action: &str| {
         format!(
             r#"
-apiVersion: acteon.dev/v1alpha1
-kind: Provider
-metadata: {{name: out, namespace: {ns}}}
-spec: {{type: log}}
----
-apiVersion: acteon.dev/v1alpha1
+{out}apiVersion: acteon.dev/v1alpha1
 kind: Provider
 metadata: {{name: other, namespace: {ns}}}
 spec: {{type: log}}
@@ -500,6 +492,7 @@ spec:
 fn the_standby_takes_over_and_a_restart_changes_nothing() {
     let ns = unique_name("ha");
     let s = Setup::new(redis_url(), &[&ns]);
+    let out = log_provider(&ns, "out");
     let (_g1, p1) = s.gateway();
     let (_g2, _p2) = s.gateway();
     let a = s.operator("op-a", &["--lease-duration-seconds", "4"]);
@@ -507,12 +500,7 @@ fn the_standby_takes_over_and_a_restart_changes_nothing() {
     let manifest = |n: u32| {
         format!(
             r#"
-apiVersion: acteon.dev/v1alpha1
-kind: Provider
-metadata: {{name: out, namespace: {ns}}}
-spec: {{type: log}}
----
-apiVersion: acteon.dev/v1alpha1
+{out}apiVersion: acteon.dev/v1alpha1
 kind: Rule
 metadata: {{name: r{n}, namespace: {ns}}}
 spec:
@@ -568,9 +556,7 @@ fn a_gateway_started_later_gets_the_current_snapshot() {
     let s = Setup::new(postgres_url(), &[&ns]);
     let _op = s.operator("op-a", &[]);
     let (_g1, p1) = s.gateway();
-    s.kube.apply(&format!(
-        "apiVersion: acteon.dev/v1alpha1\nkind: Provider\nmetadata: {{name: out, namespace: {ns}}}\nspec: {{type: log}}\n"
-    ));
+    s.kube.apply(&log_provider(&ns, "out"));
     wait_ready(s.kube, "provider", &ns, "out", ("True", "Served"));
     let (_g2, p2) = s.gateway();
     wait_until(Duration::from_secs(10), Duration::from_millis(20), || {

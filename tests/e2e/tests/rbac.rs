@@ -199,15 +199,9 @@ fn the_operator_token_really_is_limited() {
 fn the_gateway_service_account_has_no_api_rights() {
     let kube = Kube::get();
     kube.ensure_installed();
-    kube.apply(&helm_ok(&[
-        "template",
-        RELEASE,
-        "charts/acteon",
-        "--namespace",
-        SYSTEM_NAMESPACE,
-        "--show-only",
+    kube.apply(&render_chart_template(
         "templates/gateway-serviceaccount.yaml",
-    ]));
+    ));
     let gateway = format!("system:serviceaccount:{SYSTEM_NAMESPACE}:acteon-gateway");
     let team = unique_name("team");
     kube.create_namespace(&team);
