@@ -4,6 +4,10 @@ use acteon_api::crd::{Chain, Provider, Quota, Rule, StateMachine};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
+/// Where `crdgen` writes by default, relative to the repository root: the CRDs users apply
+/// themselves, and the Helm chart's copy (a chart cannot read files outside its directory).
+pub const OUT_DIRS: [&str; 2] = ["crds", "charts/acteon/files/crds"];
+
 /// Every CRD with the file name it is written to.
 pub fn definitions() -> Vec<(&'static str, CustomResourceDefinition)> {
     vec![
@@ -27,17 +31,21 @@ pub fn render(crd: &CustomResourceDefinition) -> Result<String, serde_yaml_ng::E
 mod tests {
     use super::*;
 
-    /// CI fails when `crds/` is stale: regenerate with `cargo run -p acteon-operator -- crdgen`.
+    /// CI fails when `crds/` or the chart's copy is stale: regenerate with
+    /// `cargo run -p acteon-operator -- crdgen`.
     #[test]
     fn committed_crds_are_current() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
-        for (file, crd) in definitions() {
-            let expected = render(&crd).expect("renders");
-            let committed = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
-            assert!(
-                committed == expected,
-                "crds/{file} is stale: run `cargo run -p acteon-operator -- crdgen`"
-            );
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        for dir in OUT_DIRS {
+            for (file, crd) in definitions() {
+                let expected = render(&crd).expect("renders");
+                let committed =
+                    std::fs::read_to_string(root.join(dir).join(file)).unwrap_or_default();
+                assert!(
+                    committed == expected,
+                    "{dir}/{file} is stale: run `cargo run -p acteon-operator -- crdgen`"
+                );
+            }
         }
     }
 

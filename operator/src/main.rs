@@ -29,8 +29,10 @@ struct Cli {
 enum Command {
     /// Write the CustomResourceDefinitions to a directory (default `crds/`), or check them.
     Crdgen {
-        #[arg(long, default_value = "crds")]
-        out: PathBuf,
+        /// Directories to write (repeatable); by default the repository's `crds/` and the
+        /// Helm chart's copy, which `templates/crds.yaml` installs.
+        #[arg(long, default_values = crdgen::OUT_DIRS)]
+        out: Vec<PathBuf>,
         /// Fail if the files differ from what would be written (for CI).
         #[arg(long)]
         check: bool,
@@ -188,25 +190,11 @@ async fn shutdown_signal() {
     }
 }
 
-fn crdgen(out: &PathBuf, check: bool) -> ExitCode {
+fn crdgen(dirs: &[PathBuf], check: bool) -> ExitCode {
     let mut stale = Vec::new();
-    for (file, crd) in crdgen::definitions() {
-        let yaml = match crdgen::render(&crd) {
-            Ok(y) => y,
-            Err(e) => {
-                eprintln!("error: {file}: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        let path = out.join(file);
-        if check {
-            if std::fs::read_to_string(&path).ok().as_deref() != Some(yaml.as_str()) {
-                stale.push(path.display().to_string());
-            }
-        } else if let Err(e) =
-            std::fs::create_dir_all(out).and_then(|_| std::fs::write(&path, yaml))
-        {
-            eprintln!("error: {}: {e}", path.display());
+    for out in dirs {
+        if let Err(e) = crdgen_into(out, check, &mut stale) {
+            eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
     }
@@ -218,6 +206,24 @@ fn crdgen(out: &PathBuf, check: bool) -> ExitCode {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+/// Writes (or, with `check`, compares) every CRD file in `out`; stale paths go to `stale`.
+fn crdgen_into(out: &std::path::Path, check: bool, stale: &mut Vec<String>) -> Result<(), String> {
+    for (file, crd) in crdgen::definitions() {
+        let yaml = crdgen::render(&crd).map_err(|e| format!("{file}: {e}"))?;
+        let path = out.join(file);
+        if check {
+            if std::fs::read_to_string(&path).ok().as_deref() != Some(yaml.as_str()) {
+                stale.push(path.display().to_string());
+            }
+        } else {
+            std::fs::create_dir_all(out)
+                .and_then(|_| std::fs::write(&path, yaml))
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {

@@ -90,3 +90,85 @@ app.kubernetes.io/component: gateway
 {{- default "default" .Values.gateway.serviceAccount.name }}
 {{- end }}
 {{- end }}
+
+{{/*
+The one image holding both binaries: repository@digest, else repository:tag (appVersion).
+*/}}
+{{- define "acteon.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Secret holding the state backend URL, and its key.
+*/}}
+{{- define "acteon.state.secretName" -}}
+{{- if .Values.state.existingSecret }}
+{{- .Values.state.existingSecret }}
+{{- else }}
+{{- if not .Values.state.url }}
+{{- fail "state.url (a redis:// or postgres:// URL) or state.existingSecret is required: operator and gateways meet in the state backend" }}
+{{- end }}
+{{- printf "%s-state" (include "acteon.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{- define "acteon.state.secretKey" -}}
+{{- if .Values.state.existingSecret }}{{ .Values.state.existingSecretKey }}{{ else }}url{{ end }}
+{{- end }}
+
+{{/*
+Secret holding the seal key, and its key.
+*/}}
+{{- define "acteon.sealKey.secretName" -}}
+{{- default (printf "%s-seal-key" (include "acteon.fullname" .)) .Values.sealKey.existingSecret }}
+{{- end }}
+
+{{- define "acteon.sealKey.secretKey" -}}
+{{- if .Values.sealKey.existingSecret }}{{ .Values.sealKey.existingSecretKey }}{{ else }}key{{ end }}
+{{- end }}
+
+{{/*
+Environment both binaries share: state backend, shared namespace, seal key, logging.
+*/}}
+{{- define "acteon.commonEnv" -}}
+- name: ACTEON_STATE
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "acteon.state.secretName" . }}
+      key: {{ include "acteon.state.secretKey" . }}
+- name: ACTEON_STATE_PREFIX
+  value: {{ .Values.state.prefix | quote }}
+- name: ACTEON_STATE_TIMEOUT_MS
+  value: {{ .Values.state.timeoutMs | quote }}
+- name: ACTEON_SHARED_NAMESPACE
+  value: {{ default .Release.Namespace .Values.sharedNamespace | quote }}
+- name: ACTEON_SEAL_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "acteon.sealKey.secretName" . }}
+      key: {{ include "acteon.sealKey.secretKey" . }}
+- name: ACTEON_LOG_JSON
+  value: {{ .Values.logging.json | quote }}
+- name: RUST_LOG
+  value: {{ .Values.logging.level | quote }}
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+{{- end }}
+
+{{/*
+PodDisruptionBudget and HorizontalPodAutoscaler API versions: the GA ones when the cluster
+serves them (Kubernetes ≥ 1.21 / 1.23), else the beta ones older clusters serve.
+*/}}
+{{- define "acteon.pdb.apiVersion" -}}
+{{- if .Capabilities.APIVersions.Has "policy/v1" }}policy/v1{{ else }}policy/v1beta1{{ end }}
+{{- end }}
+
+{{- define "acteon.hpa.apiVersion" -}}
+{{- if .Capabilities.APIVersions.Has "autoscaling/v2" }}autoscaling/v2{{ else }}autoscaling/v2beta2{{ end }}
+{{- end }}

@@ -2,6 +2,11 @@
 //! how many gateways serve it. Written only when it differs from what is there, and
 //! `lastTransitionTime` changes only when a condition's status does, so an unchanged
 //! object is never written (GitOps tools would loop on volatile timestamps).
+//!
+//! Besides `Accepted` and `Ready`, the kstatus conditions Flux's health checks read are set
+//! while they are True (abnormal-true polarity, absent otherwise): `Stalled` for a rejected
+//! object (so `flux` fails fast with the reason instead of timing out) and `Reconciling` for
+//! an accepted one that not every gateway serves yet.
 
 use acteon_api::crd::{ResourceStatus, StatusCondition};
 
@@ -104,9 +109,29 @@ pub fn desired(
             )
         }
     };
+    let kstatus = if accepted.status == "False" {
+        Some(("Stalled", &accepted))
+    } else if ready.status == "False" {
+        Some(("Reconciling", &ready))
+    } else {
+        None
+    };
+    let kstatus = kstatus.map(|(type_, from)| {
+        condition(
+            type_,
+            true,
+            &from.reason,
+            from.message.clone(),
+            generation,
+            current,
+            now,
+        )
+    });
+    let mut conditions = vec![accepted, ready];
+    conditions.extend(kstatus);
     ResourceStatus {
         observed_generation: Some(generation),
-        conditions: vec![accepted, ready],
+        conditions,
         gateways_serving,
     }
 }
@@ -218,6 +243,53 @@ mod tests {
             Some(T0),
             "Accepted stayed True"
         );
+    }
+
+    fn find<'a>(s: &'a ResourceStatus, type_: &str) -> Option<&'a StatusCondition> {
+        s.conditions.iter().find(|c| c.type_ == type_)
+    }
+
+    #[test]
+    fn kstatus_conditions_are_present_only_while_true() {
+        let propagating = desired(
+            2,
+            &Verdict::Accepted,
+            Some(Serving {
+                serving: 0,
+                live: 1,
+            }),
+            &Default::default(),
+            T0,
+        );
+        let reconciling = find(&propagating, "Reconciling").expect("Reconciling while propagating");
+        assert_eq!(
+            (reconciling.status.as_str(), reconciling.reason.as_str()),
+            ("True", "Propagating")
+        );
+        assert!(find(&propagating, "Stalled").is_none());
+
+        let served = desired(
+            2,
+            &Verdict::Accepted,
+            Some(Serving {
+                serving: 1,
+                live: 1,
+            }),
+            &propagating,
+            T1,
+        );
+        assert!(find(&served, "Reconciling").is_none());
+        assert!(find(&served, "Stalled").is_none());
+
+        let rejected = desired(3, &rejected(), None, &served, T1);
+        let stalled = find(&rejected, "Stalled").expect("Stalled when rejected");
+        assert_eq!(
+            (stalled.status.as_str(), stalled.reason.as_str()),
+            ("True", "InvalidCel")
+        );
+        assert_eq!(stalled.message, "spec.cel: syntax error");
+        assert_eq!(stalled.observed_generation, Some(3));
+        assert!(find(&rejected, "Reconciling").is_none());
     }
 
     #[test]

@@ -1,0 +1,722 @@
+//! The Helm chart (`charts/acteon`): lint, a matrix of renderings installed into a real
+//! kube-apiserver, locked-down pods, the values schema, Argo CD's health check, and the
+//! installed chart actually running: the operator and gateways started exactly as its
+//! Deployments describe (command, arguments, environment, Secrets), with the operator's token
+//! authorized only by the RBAC this release created.
+//!
+//! Installs go to an API server of this process's own ([`Kube::private`]): releases here
+//! create and delete the CRDs, which would disturb the tests on the shared server.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use acteon_e2e::*;
+use mlua::{Lua, LuaSerdeExt, SerializeOptions};
+use serde_json::{Value, json};
+
+const CHART: &str = "charts/acteon";
+const WAIT: Duration = Duration::from_secs(60);
+const POLL: Duration = Duration::from_millis(100);
+
+// ---------------------------------------------------------------------------------------------
+// Rendering helpers
+// ---------------------------------------------------------------------------------------------
+
+/// `charts/acteon/ci/<name>-values.yaml`, by name, in name order.
+fn values_files() -> Vec<(String, PathBuf)> {
+    let dir = repo_path("charts/acteon/ci");
+    let mut files: Vec<(String, PathBuf)> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|entry| {
+            let path = entry.ok()?.path();
+            let name = path.file_name()?.to_str()?.strip_suffix("-values.yaml")?;
+            Some((name.to_owned(), path))
+        })
+        .collect();
+    files.sort();
+    let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+    for needed in [
+        "defaults",
+        "redis",
+        "postgres",
+        "ha",
+        "monitoring",
+        "networkpolicy",
+    ] {
+        assert!(
+            names.contains(&needed),
+            "charts/acteon/ci lacks {needed}-values.yaml"
+        );
+    }
+    files
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("UTF-8 path")
+}
+
+/// The documents of a multi-document YAML stream (empty ones skipped).
+fn documents(yaml: &str) -> Vec<Value> {
+    serde_yaml_ng::Deserializer::from_str(yaml)
+        .map(|doc| {
+            serde::Deserialize::deserialize(doc)
+                .unwrap_or_else(|e| panic!("rendered YAML does not parse: {e}"))
+        })
+        .filter(|doc: &Value| !doc.is_null())
+        .collect()
+}
+
+/// `helm template acteon charts/acteon -n acteon-system -f <values> <extra>`, as documents.
+fn render(values: &Path, extra: &[&str]) -> Vec<Value> {
+    let mut args = vec![
+        "template",
+        RELEASE,
+        CHART,
+        "--namespace",
+        SYSTEM_NAMESPACE,
+        "-f",
+        path_str(values),
+    ];
+    args.extend(extra);
+    documents(&helm_ok(&args))
+}
+
+fn of_kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    docs.iter().filter(|d| d["kind"] == kind).collect()
+}
+
+fn named<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} in the rendering"))
+}
+
+fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lint, schema, rendering
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn helm_lint_is_clean_for_the_defaults_and_every_values_file() {
+    let mut runs: Vec<Vec<String>> = vec![vec!["lint".into(), "--strict".into(), CHART.into()]];
+    for (_, file) in values_files() {
+        runs.push(vec![
+            "lint".into(),
+            "--strict".into(),
+            CHART.into(),
+            "-f".into(),
+            path_str(&file).into(),
+        ]);
+    }
+    for args in runs {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = helm(&args);
+        let text = output_text(&out);
+        assert!(
+            out.status.success() && !text.contains("[WARNING]") && !text.contains("[ERROR]"),
+            "helm {}:\n{text}",
+            args.join(" ")
+        );
+        assert!(
+            text.contains("1 chart(s) linted, 0 chart(s) failed"),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn the_values_schema_rejects_wrong_values_naming_the_field() {
+    let defaults = repo_path("charts/acteon/ci/defaults-values.yaml");
+    let cases: [(&str, &[&str]); 5] = [
+        ("gateway.replicas=two", &["/gateway/replicas", "integer"]),
+        ("gateway.replica=2", &["/gateway", "replica"]),
+        ("image.pullPolicy=Sometimes", &["/image/pullPolicy"]),
+        ("operator.metricsPort=70000", &["/operator/metricsPort"]),
+        ("state.url=mysql://db", &["/state/url"]),
+    ];
+    for (set, wanted) in cases {
+        let out = helm(&[
+            "template",
+            RELEASE,
+            CHART,
+            "-f",
+            path_str(&defaults),
+            "--set",
+            set,
+        ]);
+        let text = output_text(&out);
+        assert!(!out.status.success(), "--set {set} was accepted");
+        assert!(
+            text.contains("don't meet the specifications of the schema"),
+            "--set {set}: not a schema error:\n{text}"
+        );
+        for w in wanted {
+            assert!(
+                text.contains(w),
+                "--set {set}: the error does not name {w}:\n{text}"
+            );
+        }
+    }
+    // The one value without a default.
+    let out = helm(&["template", RELEASE, CHART]);
+    let text = output_text(&out);
+    assert!(!out.status.success(), "rendered without a state backend");
+    assert!(
+        text.contains("state.url") && text.contains("state.existingSecret"),
+        "{text}"
+    );
+}
+
+#[test]
+fn every_container_is_locked_down_and_probed() {
+    for (name, file) in values_files() {
+        let docs = render(&file, &[]);
+        let deployments = of_kind(&docs, "Deployment");
+        assert_eq!(deployments.len(), 2, "{name}: operator and gateway");
+        for deployment in deployments {
+            let what = format!("{name}: {}", deployment["metadata"]["name"]);
+            let pod = &deployment["spec"]["template"]["spec"];
+            assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{what}");
+            assert_eq!(
+                pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault",
+                "{what}"
+            );
+            let containers: Vec<&Value> = ["containers", "initContainers"]
+                .iter()
+                .filter_map(|k| pod[k].as_array())
+                .flatten()
+                .collect();
+            assert!(!containers.is_empty(), "{what}");
+            for c in containers {
+                let what = format!("{what} container {}", c["name"]);
+                let sc = &c["securityContext"];
+                assert_eq!(sc["runAsNonRoot"], true, "{what}");
+                assert_eq!(sc["readOnlyRootFilesystem"], true, "{what}");
+                assert_eq!(sc["allowPrivilegeEscalation"], false, "{what}");
+                assert_ne!(sc["privileged"], true, "{what}");
+                assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]), "{what}");
+                assert!(sc["capabilities"]["add"].is_null(), "{what}");
+                assert!(c["resources"]["requests"]["cpu"].is_string(), "{what}");
+                assert!(c["resources"]["requests"]["memory"].is_string(), "{what}");
+                assert!(c["resources"]["limits"]["memory"].is_string(), "{what}");
+                assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz", "{what}");
+                assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz", "{what}");
+                let image = c["image"].as_str().unwrap_or_default();
+                assert!(
+                    !image.ends_with(":latest") && image.contains(':'),
+                    "{what}: pinned image, got {image}"
+                );
+            }
+        }
+        gateway_has_no_api_access(&name, &docs);
+    }
+}
+
+/// The gateway's ServiceAccount has no token mounted and no role bound.
+fn gateway_has_no_api_access(name: &str, docs: &[Value]) {
+    let gateway = named(docs, "Deployment", "acteon-gateway");
+    let pod = &gateway["spec"]["template"]["spec"];
+    assert_eq!(pod["automountServiceAccountToken"], false, "{name}");
+    let account = pod["serviceAccountName"]
+        .as_str()
+        .expect("serviceAccountName");
+    assert_eq!(
+        named(docs, "ServiceAccount", account)["automountServiceAccountToken"],
+        false,
+        "{name}"
+    );
+    for binding in of_kind(docs, "RoleBinding")
+        .into_iter()
+        .chain(of_kind(docs, "ClusterRoleBinding"))
+    {
+        for subject in binding["subjects"].as_array().into_iter().flatten() {
+            assert_ne!(
+                subject["name"], account,
+                "{name}: {} binds a role to the gateway",
+                binding["metadata"]["name"]
+            );
+        }
+    }
+}
+
+#[test]
+fn the_values_shape_the_rendering() {
+    let file = |n: &str| repo_path(&format!("charts/acteon/ci/{n}-values.yaml"));
+    let defaults = render(&file("defaults"), &[]);
+    assert_eq!(of_kind(&defaults, "CustomResourceDefinition").len(), 5);
+    for crd in of_kind(&defaults, "CustomResourceDefinition") {
+        assert_eq!(
+            crd["metadata"]["annotations"]["helm.sh/resource-policy"], "keep",
+            "CRDs are kept on uninstall by default"
+        );
+    }
+    let operator = named(&defaults, "Deployment", "acteon-operator");
+    assert_eq!(operator["spec"]["replicas"], 2, "two operators by default");
+    assert!(of_kind(&defaults, "HorizontalPodAutoscaler").is_empty());
+    assert!(of_kind(&defaults, "NetworkPolicy").is_empty());
+    assert!(of_kind(&defaults, "ServiceMonitor").is_empty());
+    // The state URL reaches the pods only through the Secret.
+    let state_secret = named(&defaults, "Secret", "acteon-state");
+    assert_eq!(
+        state_secret["stringData"]["url"],
+        "redis://redis.acteon-system.svc:6379"
+    );
+    assert!(
+        !serde_json::to_string(operator)
+            .unwrap()
+            .contains("redis://")
+    );
+
+    let skipped = render(&file("defaults"), &["--set", "crds.install=false"]);
+    assert!(of_kind(&skipped, "CustomResourceDefinition").is_empty());
+    let unkept = render(&file("defaults"), &["--set", "crds.keep=false"]);
+    for crd in of_kind(&unkept, "CustomResourceDefinition") {
+        assert!(crd["metadata"]["annotations"]["helm.sh/resource-policy"].is_null());
+    }
+
+    let ha = render(&file("ha"), &[]);
+    let hpa = of_kind(&ha, "HorizontalPodAutoscaler");
+    assert_eq!(hpa.len(), 1);
+    assert_eq!(hpa[0]["spec"]["scaleTargetRef"]["name"], "acteon-gateway");
+    assert!(
+        named(&ha, "Deployment", "acteon-gateway")["spec"]["replicas"].is_null(),
+        "the HPA owns the replica count"
+    );
+    assert_eq!(of_kind(&ha, "PodDisruptionBudget").len(), 2);
+
+    let monitoring = render(&file("monitoring"), &[]);
+    assert_eq!(of_kind(&monitoring, "ServiceMonitor").len(), 2);
+    let policies = render(&file("networkpolicy"), &[]);
+    assert_eq!(of_kind(&policies, "NetworkPolicy").len(), 2);
+
+    let redis = render(&file("redis"), &[]);
+    assert!(
+        of_kind(&redis, "Secret").is_empty(),
+        "existing Secrets are used, none created"
+    );
+    let env = &named(&redis, "Deployment", "acteon-gateway")["spec"]["template"]["spec"]["containers"]
+        [0]["env"];
+    let state = env
+        .as_array()
+        .and_then(|e| e.iter().find(|v| v["name"] == "ACTEON_STATE"))
+        .expect("ACTEON_STATE");
+    assert_eq!(
+        state["valueFrom"]["secretKeyRef"],
+        json!({"name": "acteon-redis", "key": "redis-url"})
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Installs into the real API server
+// ---------------------------------------------------------------------------------------------
+
+fn ensure_servicemonitor_crd(kube: &Kube) {
+    let fixture = repo_path("tests/e2e/fixtures/servicemonitor-crd.yaml");
+    kube.apply_path(&fixture);
+    kube.kubectl_ok(&[
+        "wait",
+        "--for",
+        "condition=Established",
+        "--timeout=60s",
+        "crd/servicemonitors.monitoring.coreos.com",
+    ]);
+}
+
+/// `(kind, namespace, name)` of every object in a release's manifest.
+fn objects(manifest: &str) -> Vec<(String, Option<String>, String)> {
+    documents(manifest)
+        .iter()
+        .map(|d| {
+            (
+                d["kind"].as_str().unwrap_or_default().to_owned(),
+                d["metadata"]["namespace"].as_str().map(str::to_owned),
+                d["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn exists(kube: &Kube, kind: &str, namespace: Option<&str>, name: &str) -> bool {
+    let mut args = vec!["get", kind, name, "-o", "name"];
+    if let Some(ns) = namespace {
+        args.extend(["-n", ns]);
+    }
+    kube.kubectl(&args).status.success()
+}
+
+#[test]
+fn every_rendering_installs_into_the_api_server_and_uninstalls_cleanly() {
+    let kube = Kube::private();
+    ensure_servicemonitor_crd(kube);
+    for (name, file) in values_files() {
+        let namespace = unique_name(&name);
+        kube.create_namespace(&namespace);
+        let release = format!("r-{name}");
+        let out = kube.helm_ok(&[
+            "install",
+            &release,
+            CHART,
+            "--namespace",
+            &namespace,
+            "-f",
+            path_str(&file),
+            // The CRDs are installed (and removed) by the test below, once.
+            "--set",
+            "crds.install=false",
+        ]);
+        assert!(
+            out.contains("NOTES:") && out.contains(&format!("r-{name}-acteon-gateway")),
+            "{name}: NOTES name the gateway Service:\n{out}"
+        );
+        let manifest = kube.helm_ok(&["get", "manifest", &release, "-n", &namespace]);
+        let created = objects(&manifest);
+        assert!(created.len() >= 10, "{name}: {created:?}");
+        for (kind, ns, object) in &created {
+            assert!(
+                exists(kube, kind, ns.as_deref(), object),
+                "{name}: {kind} {object} was not created"
+            );
+        }
+        kube.helm_ok(&["uninstall", &release, "--namespace", &namespace]);
+        for (kind, ns, object) in &created {
+            let gone = wait_until(WAIT, POLL, || {
+                (!exists(kube, kind, ns.as_deref(), object)).then_some(())
+            });
+            assert!(gone.is_some(), "{name}: {kind} {object} survived uninstall");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The installed chart, running
+// ---------------------------------------------------------------------------------------------
+
+/// The container of a Deployment in a release manifest.
+fn container<'a>(docs: &'a [Value], deployment: &str) -> &'a Value {
+    &named(docs, "Deployment", deployment)["spec"]["template"]["spec"]["containers"][0]
+}
+
+/// The process a container describes: its command's binary (from this build) with its
+/// arguments, and exactly its environment, Secret references read from the cluster.
+fn container_command(kube: &Kube, namespace: &str, c: &Value, pod_name: &str) -> Command {
+    let program = c["command"][0].as_str().expect("command");
+    let binary = Path::new(program)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("binary name");
+    let mut cmd = Command::new(bin_path(binary));
+    cmd.env_clear().current_dir(test_dir());
+    for arg in c["args"].as_array().into_iter().flatten() {
+        cmd.arg(arg.as_str().expect("string argument"));
+    }
+    for var in c["env"].as_array().into_iter().flatten() {
+        let name = var["name"].as_str().expect("env name");
+        cmd.env(name, env_value(kube, namespace, var, pod_name));
+    }
+    cmd
+}
+
+fn env_value(kube: &Kube, namespace: &str, var: &Value, pod_name: &str) -> String {
+    if let Some(v) = var["value"].as_str() {
+        return v.to_owned();
+    }
+    let from = &var["valueFrom"];
+    if let Some(secret) = from["secretKeyRef"].as_object() {
+        let (name, key) = (
+            secret["name"].as_str().expect("secret name"),
+            secret["key"].as_str().expect("secret key"),
+        );
+        let template = format!("--template={{{{index .data \"{key}\" | base64decode}}}}");
+        return kube.kubectl_ok(&["get", "secret", name, "-n", namespace, &template]);
+    }
+    assert_eq!(
+        from["fieldRef"]["fieldPath"], "metadata.name",
+        "unexpected env source {var}"
+    );
+    pod_name.to_owned()
+}
+
+fn ready_condition(object: &Value) -> Option<&Value> {
+    object["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")
+}
+
+fn get_json(kube: &Kube, kind: &str, namespace: &str, name: &str) -> Option<Value> {
+    let out = kube.kubectl(&["get", kind, name, "-n", namespace, "-o", "json"]);
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).ok())
+        .flatten()
+}
+
+#[test]
+fn the_installed_chart_runs_and_its_crds_follow_crds_keep() {
+    let kube = Kube::private();
+    kube.create_namespace(SYSTEM_NAMESPACE);
+    let prefix = unique_name("chart");
+    let gateway_port = free_port();
+    let metrics_port = free_port();
+    let set = format!(
+        "state.url={},state.prefix={prefix},gateway.port={gateway_port},\
+         operator.metricsPort={metrics_port},logging.json=false",
+        redis_url()
+    );
+    let install = |extra: &[&str]| {
+        let mut args = vec![
+            "install",
+            RELEASE,
+            CHART,
+            "-n",
+            SYSTEM_NAMESPACE,
+            "--set",
+            &set,
+        ];
+        args.extend(extra);
+        kube.helm_ok(&args)
+    };
+    install(&[]);
+    kube.kubectl_ok(&[
+        "wait",
+        "--for",
+        "condition=Established",
+        "--timeout=60s",
+        "crd/rules.acteon.dev",
+        "crd/providers.acteon.dev",
+        "crd/chains.acteon.dev",
+        "crd/statemachines.acteon.dev",
+        "crd/quotas.acteon.dev",
+    ]);
+    let manifest = documents(&kube.helm_ok(&["get", "manifest", RELEASE, "-n", SYSTEM_NAMESPACE]));
+
+    // The operator as its Deployment runs it, with the token of the ServiceAccount the chart
+    // created (kube-env issues it for system:serviceaccount:acteon-system:acteon-operator).
+    let mut operator = container_command(
+        kube,
+        SYSTEM_NAMESPACE,
+        container(&manifest, "acteon-operator"),
+        "acteon-operator-0",
+    );
+    operator.env("KUBECONFIG", kube.operator_kubeconfig_path());
+    let operator = Proc::spawn("acteon-operator", operator);
+    let gateway = container(&manifest, "acteon-gateway");
+    let mut gateways = Vec::new();
+    for (i, port) in [gateway_port, free_port()].into_iter().enumerate() {
+        let mut cmd = container_command(kube, SYSTEM_NAMESPACE, gateway, &format!("gw-{i}"));
+        cmd.env("ACTEON_LISTEN", format!("127.0.0.1:{port}"));
+        let proc = Proc::spawn("acteon-gateway", cmd);
+        wait_healthy(&proc, port, WAIT).unwrap_or_else(|e| panic!("{e}"));
+        gateways.push((proc, port));
+    }
+    wait_until(WAIT, POLL, || {
+        matches!(http_get(metrics_port, "/readyz"), Some((200, _))).then_some(())
+    })
+    .unwrap_or_else(|| panic!("operator not ready:\n{}", operator.log_tail(40)));
+
+    // A team's Provider and Rule become Ready and are served by both gateways.
+    let team = unique_name("team");
+    kube.create_namespace(&team);
+    kube.apply(&format!(
+        "apiVersion: acteon.dev/v1alpha1\nkind: Provider\nmetadata: {{name: out, namespace: {team}}}\n\
+         spec: {{type: log}}\n---\n\
+         apiVersion: acteon.dev/v1alpha1\nkind: Rule\nmetadata: {{name: quiet, namespace: {team}}}\n\
+         spec: {{condition: {{field: action.action_type, eq: probe}}, action: {{type: suppress}}}}\n"
+    ));
+    let rule = wait_until(WAIT, POLL, || {
+        get_json(kube, "rule", &team, "quiet")
+            .filter(|r| ready_condition(r).is_some_and(|c| c["status"] == "True"))
+    })
+    .unwrap_or_else(|| panic!("Rule not Ready:\n{}", operator.log_tail(40)));
+    for (_, port) in &gateways {
+        let action = json!({"namespace": team, "tenant": "t", "provider": "out",
+            "action_type": "probe", "payload": {}});
+        let (status, body) = dispatch(*port, &action);
+        assert_eq!(status, 200, "{body}");
+        assert!(body.get("Suppressed").is_some(), "{body}");
+    }
+    assert_eq!(argocd_health(&rule).0, "Healthy");
+
+    // A broken Rule: Argo CD sees Degraded with the reason, Flux (kstatus) sees Stalled.
+    kube.apply(&format!(
+        "apiVersion: acteon.dev/v1alpha1\nkind: Rule\nmetadata: {{name: broken, namespace: {team}}}\n\
+         spec: {{condition: {{field: action.action_type, eq: x}}, action: {{type: reroute, targetProvider: nowhere}}}}\n"
+    ));
+    let broken = wait_until(WAIT, POLL, || {
+        get_json(kube, "rule", &team, "broken")
+            .filter(|r| ready_condition(r).is_some_and(|c| c["status"] == "False"))
+    })
+    .expect("broken Rule not-ready");
+    let (health, message) = argocd_health(&broken);
+    assert_eq!(health, "Degraded", "{message}");
+    assert!(message.starts_with("ProviderNotFound"), "{message}");
+    let stalled = broken["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Stalled"))
+        .expect("Stalled condition");
+    assert_eq!(stalled["status"], "True");
+    drop(gateways);
+    drop(operator);
+
+    // Uninstall keeps the CRDs (crds.keep defaults to true), and with them every Rule.
+    kube.helm_ok(&["uninstall", RELEASE, "-n", SYSTEM_NAMESPACE]);
+    assert!(exists(kube, "crd", None, "rules.acteon.dev"));
+    assert!(exists(kube, "rule", Some(&team), "quiet"));
+    assert!(!exists(
+        kube,
+        "deployment",
+        Some(SYSTEM_NAMESPACE),
+        "acteon-operator"
+    ));
+
+    // Installed again with crds.keep=false (adopting the kept CRDs), uninstall removes them.
+    install(&["--set", "crds.keep=false"]);
+    kube.helm_ok(&["uninstall", RELEASE, "-n", SYSTEM_NAMESPACE]);
+    let gone = wait_until(WAIT, POLL, || {
+        (!exists(kube, "crd", None, "rules.acteon.dev")).then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "crds.keep=false: the CRDs survived uninstall"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Argo CD health check and Grafana dashboard
+// ---------------------------------------------------------------------------------------------
+
+/// Runs `files/argocd/health.lua` the way Argo CD does (Lua 5.1, the object as global `obj`,
+/// JSON null as nil) → `(status, message)`.
+fn argocd_health(object: &Value) -> (String, String) {
+    let script = std::fs::read_to_string(repo_path("charts/acteon/files/argocd/health.lua"))
+        .expect("health.lua");
+    let lua = Lua::new();
+    let options = SerializeOptions::new()
+        .serialize_none_to_null(false)
+        .serialize_unit_to_null(false);
+    let obj = lua.to_value_with(object, options).expect("object to Lua");
+    lua.globals().set("obj", obj).expect("set obj");
+    let hs: mlua::Table = lua.load(&script).eval().expect("health.lua runs");
+    (
+        hs.get("status").expect("hs.status"),
+        hs.get("message").unwrap_or_default(),
+    )
+}
+
+fn with_status(generation: i64, status: Value) -> Value {
+    json!({"apiVersion": "acteon.dev/v1alpha1", "kind": "Rule",
+        "metadata": {"name": "r", "namespace": "n", "generation": generation},
+        "spec": {}, "status": status})
+}
+
+fn conditions(accepted: (&str, &str), ready: (&str, &str), generation: i64) -> Value {
+    json!({"observedGeneration": generation, "conditions": [
+        {"type": "Accepted", "status": accepted.0, "reason": accepted.1, "message": "m1",
+         "observedGeneration": generation, "lastTransitionTime": null},
+        {"type": "Ready", "status": ready.0, "reason": ready.1, "message": "m2",
+         "observedGeneration": generation},
+    ]})
+}
+
+#[test]
+fn argocd_health_follows_ready_accepted_and_the_observed_generation() {
+    let new = json!({"apiVersion": "acteon.dev/v1alpha1", "kind": "Rule",
+        "metadata": {"name": "r", "generation": 1}, "spec": {}});
+    assert_eq!(argocd_health(&new).0, "Progressing", "no status yet");
+
+    let served = with_status(3, conditions(("True", "Valid"), ("True", "Served"), 3));
+    assert_eq!(
+        argocd_health(&served),
+        ("Healthy".to_owned(), "Served: m2".to_owned())
+    );
+
+    let stale = with_status(4, conditions(("True", "Valid"), ("True", "Served"), 3));
+    let (status, message) = argocd_health(&stale);
+    assert_eq!(status, "Progressing", "generation 4 not observed yet");
+    assert!(message.contains('4'), "{message}");
+
+    let propagating = with_status(
+        3,
+        conditions(("True", "Valid"), ("False", "Propagating"), 3),
+    );
+    assert_eq!(argocd_health(&propagating).0, "Progressing");
+
+    let rejected = with_status(
+        3,
+        conditions(("False", "InvalidCel"), ("False", "InvalidCel"), 3),
+    );
+    assert_eq!(
+        argocd_health(&rejected),
+        ("Degraded".to_owned(), "InvalidCel: m1".to_owned())
+    );
+}
+
+/// Every metric the dashboard queries is one the gateway or the operator defines.
+#[test]
+fn the_grafana_dashboard_queries_only_metrics_that_exist() {
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_path("charts/acteon/files/grafana/acteon.json"))
+            .expect("dashboard"),
+    )
+    .expect("dashboard JSON");
+    let defined: String = ["gateway/src/metrics.rs", "operator/src/metrics.rs"]
+        .iter()
+        .map(|p| std::fs::read_to_string(repo_path(p)).expect("metrics source"))
+        .collect();
+    let mut used = BTreeMap::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().expect("expr");
+            for name in metric_names(expr) {
+                used.insert(name, panel["title"].clone());
+            }
+        }
+    }
+    assert!(used.len() >= 15, "{used:?}");
+    for (name, panel) in used {
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(&name);
+        assert!(
+            defined.contains(&format!("\"{base}\"")),
+            "panel {panel}: {name} is not a metric of the gateway or the operator"
+        );
+    }
+}
+
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("acteon_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        names.push(tail[..end].to_owned());
+        rest = &tail[end..];
+    }
+    names
+}
+
+#[test]
+fn the_dashboard_ships_in_a_configmap() {
+    let docs = render(&repo_path("charts/acteon/ci/monitoring-values.yaml"), &[]);
+    let map = named(&docs, "ConfigMap", "acteon-dashboard");
+    assert_eq!(map["metadata"]["labels"]["grafana_dashboard"], "1");
+    let json: Value = serde_json::from_str(map["data"]["acteon.json"].as_str().expect("data"))
+        .expect("the ConfigMap holds valid dashboard JSON");
+    assert_eq!(json["uid"], "acteon-overview");
+}
