@@ -98,7 +98,7 @@ fn rule_document(source: &str, index: usize, rule: &Value) -> Result<Document, C
         source: format!("{source} {at}"),
         id,
         generation: None,
-        spec: std::sync::Arc::new(Value::Object(spec)),
+        spec: Value::Object(spec).into(),
     })
 }
 
@@ -196,7 +196,7 @@ pub fn to_manifests(
             "apiVersion": crate::API_VERSION,
             "kind": "Rule",
             "metadata": metadata,
-            "spec": doc.spec,
+            "spec": doc.spec.value(),
         });
         let yaml = serde_yaml_ng::to_string(&manifest).map_err(|e| {
             vec![CompileError {
@@ -232,7 +232,7 @@ mod tests {
         let docs = rule_documents("f.yaml", &file).unwrap();
         assert_eq!(docs[0].id.namespace, None);
         assert_eq!(
-            *docs[0].spec,
+            docs[0].spec.value(),
             json!({
                 "priority": 2,
                 "condition": {"all": [
@@ -254,7 +254,7 @@ mod tests {
             "action": {"type": "modify", "changes": {"pipeline_version": "2"}}}]});
         let docs = rule_documents("f.yaml", &file).unwrap();
         assert_eq!(
-            docs[0].spec["action"]["changes"],
+            docs[0].spec.value()["action"]["changes"],
             json!({"pipeline_version": "2"})
         );
     }

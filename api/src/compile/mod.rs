@@ -9,7 +9,7 @@ pub mod documents;
 pub mod error;
 mod validate;
 
-pub use documents::{Document, parse_text, read_paths};
+pub use documents::{Document, Spec, parse_text, read_paths};
 pub use error::{CompileError, Kind, ObjectId};
 
 use crate::snapshot::Snapshot;

@@ -9,7 +9,6 @@ use acteon_api::compile::{self, CompileOptions, Document, Kind, ObjectId};
 use acteon_api::crd::ProviderSpec;
 use acteon_api::snapshot::secret_id;
 use acteon_channel::seal::SealKey;
-use serde::Deserialize;
 
 use super::index::{Object, ObjectKey};
 
@@ -40,7 +39,7 @@ pub fn referenced_secrets(objects: &[Arc<Object>]) -> Vec<(String, String)> {
         .iter()
         .filter(|o| o.key.kind == Kind::Provider)
         .filter_map(|o| {
-            let spec = ProviderSpec::deserialize(&*o.spec).ok()?;
+            let spec = o.spec.parse::<ProviderSpec>().ok()?;
             Some(
                 spec.secret_refs()
                     .into_iter()
@@ -74,7 +73,7 @@ fn secret_problem(
     secrets: &SecretValues,
     seal_key: Option<&SealKey>,
 ) -> Option<Verdict> {
-    let spec = ProviderSpec::deserialize(&*o.spec).ok()?;
+    let spec = o.spec.parse::<ProviderSpec>().ok()?;
     for (field, r) in spec.secret_refs() {
         let reject = |reason: &str, message: String| {
             Some(Verdict::Rejected {
@@ -199,7 +198,7 @@ mod tests {
             },
             uid: format!("uid-{name}"),
             generation,
-            spec: Arc::new(spec),
+            spec: spec.into(),
             status: Default::default(),
         })
     }

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use acteon_api::compile::Kind;
+use acteon_api::compile::{Kind, Spec};
 use acteon_api::crd::ResourceStatus;
 use kube::api::DynamicObject;
 use parking_lot::Mutex;
@@ -35,7 +35,7 @@ pub struct Object {
     pub uid: String,
     pub generation: i64,
     /// Shared with the documents of every compile pass (no copy per pass).
-    pub spec: Arc<Value>,
+    pub spec: Spec,
     /// The status as last written (by us); default when absent or unreadable.
     pub status: ResourceStatus,
 }
@@ -58,7 +58,7 @@ impl Object {
             },
             uid: metadata.uid.unwrap_or_default(),
             generation: metadata.generation.unwrap_or(0),
-            spec: Arc::new(data.get_mut("spec").map(Value::take).unwrap_or(Value::Null)),
+            spec: Spec::from_value(data.get("spec").unwrap_or(&Value::Null)),
             status,
         })
     }
@@ -204,7 +204,7 @@ mod tests {
             },
             uid: format!("uid-{name}"),
             generation,
-            spec: Arc::new(spec),
+            spec: spec.into(),
             status: ResourceStatus::default(),
         }
     }

@@ -220,6 +220,8 @@ impl Reconciler {
             };
             let want = status::desired(o.generation, verdict, self.serving(&o), &o.status, &now);
             if want == o.status {
+                // Our last write (if any) has come back through the watch.
+                self.written.remove(&o.key);
                 continue;
             }
             if let Some((wrote, replaced)) = self.written.get(&o.key)

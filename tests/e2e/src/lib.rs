@@ -913,9 +913,21 @@ pub fn wait_healthy(proc: &Proc, port: u16, timeout: Duration) -> Result<(), Str
 
 /// The command [`start_operator`] runs: `acteon-operator run <args>` with `KUBECONFIG` = the
 /// OPERATOR kubeconfig (never the admin one; the `ACTEON_E2E_ADMIN_*` variables are removed).
+///
+/// With `ACTEON_E2E_OPERATOR_WRAPPER` set (e.g. `heaptrack -o /tmp/op`), the operator runs
+/// under that command, for profiling.
 pub fn operator_command(args: &[&str]) -> Command {
     let kube = Kube::get();
-    let mut cmd = Command::new(bin_path("acteon-operator"));
+    let binary = bin_path("acteon-operator");
+    let mut cmd = match std::env::var("ACTEON_E2E_OPERATOR_WRAPPER") {
+        Ok(wrapper) if !wrapper.trim().is_empty() => {
+            let mut words = wrapper.split_whitespace();
+            let mut cmd = Command::new(words.next().unwrap_or_default());
+            cmd.args(words).arg(binary);
+            cmd
+        }
+        _ => Command::new(binary),
+    };
     scrub_env(&mut cmd);
     cmd.env_remove("ACTEON_E2E_ADMIN_KUBECONFIG")
         .env_remove("ACTEON_E2E_ADMIN_TOKEN")

@@ -570,6 +570,35 @@ fn the_installed_chart_runs_and_its_crds_follow_crds_keep() {
     drop(gateways);
     drop(operator);
 
+    // An upgrade keeps the generated seal key (sealed credentials stay readable).
+    let seal_key = || {
+        kube.kubectl_ok(&[
+            "get",
+            "secret",
+            "acteon-seal-key",
+            "-n",
+            SYSTEM_NAMESPACE,
+            "-o",
+            "jsonpath={.data.key}",
+        ])
+    };
+    let before = seal_key();
+    assert_eq!(
+        before.len(),
+        60,
+        "base64 of the base64 of 32 random bytes: {before}"
+    );
+    kube.helm_ok(&[
+        "upgrade",
+        RELEASE,
+        CHART,
+        "-n",
+        SYSTEM_NAMESPACE,
+        "--set",
+        &set,
+    ]);
+    assert_eq!(seal_key(), before, "helm upgrade replaced the seal key");
+
     // Uninstall keeps the CRDs (crds.keep defaults to true), and with them every Rule.
     kube.helm_ok(&["uninstall", RELEASE, "-n", SYSTEM_NAMESPACE]);
     assert!(exists(kube, "crd", None, "rules.acteon.dev"));

@@ -99,14 +99,25 @@ impl<'a> Run<'a> {
     ) -> Vec<Parsed<'d, S>> {
         let mut out = Vec::new();
         for doc in docs.iter().filter(|d| d.id.kind == kind) {
-            match serde_path_to_error::deserialize::<_, S>(&*doc.spec) {
+            // From the text on the common path; errors are worked out on the parsed
+            // value, whose messages carry no line/column noise.
+            if let Ok(spec) = doc.spec.parse::<S>() {
+                out.push(Parsed {
+                    doc,
+                    scope: self.scope(&doc.id),
+                    spec,
+                });
+                continue;
+            }
+            let value = doc.spec.value();
+            match serde_path_to_error::deserialize::<_, S>(&value) {
                 Ok(spec) => out.push(Parsed {
                     doc,
                     scope: self.scope(&doc.id),
                     spec,
                 }),
                 Err(e) => {
-                    let field = error_field(&doc.spec, &e, |v| {
+                    let field = error_field(&value, &e, |v| {
                         serde_path_to_error::deserialize::<_, S>(v)
                             .err()
                             .map(|e| e.into_inner().to_string())
