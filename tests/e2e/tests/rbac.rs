@@ -289,6 +289,8 @@ fn the_chart_renders_the_operator_rbac_with_the_expected_names() {
         "charts/acteon",
         "--namespace",
         SYSTEM_NAMESPACE,
+        "--set",
+        "state.url=redis://127.0.0.1:6379",
     ]);
     assert!(
         all.contains(
