@@ -475,20 +475,13 @@ fn the_installed_chart_runs_and_its_crds_follow_crds_keep() {
          operator.metricsPort={metrics_port},logging.json=false",
         redis_url()
     );
-    let install = |extra: &[&str]| {
-        let mut args = vec![
-            "install",
-            RELEASE,
-            CHART,
-            "-n",
-            SYSTEM_NAMESPACE,
-            "--set",
-            &set,
-        ];
+    // `helm install|upgrade` of this release with these values.
+    let release = |verb: &str, extra: &[&str]| {
+        let mut args = vec![verb, RELEASE, CHART, "-n", SYSTEM_NAMESPACE, "--set", &set];
         args.extend(extra);
         kube.helm_ok(&args)
     };
-    install(&[]);
+    release("install", &[]);
     kube.kubectl_ok(&[
         "wait",
         "--for",
@@ -588,15 +581,7 @@ fn the_installed_chart_runs_and_its_crds_follow_crds_keep() {
         60,
         "base64 of the base64 of 32 random bytes: {before}"
     );
-    kube.helm_ok(&[
-        "upgrade",
-        RELEASE,
-        CHART,
-        "-n",
-        SYSTEM_NAMESPACE,
-        "--set",
-        &set,
-    ]);
+    release("upgrade", &[]);
     assert_eq!(seal_key(), before, "helm upgrade replaced the seal key");
 
     // Uninstall keeps the CRDs (crds.keep defaults to true), and with them every Rule.
@@ -611,7 +596,7 @@ fn the_installed_chart_runs_and_its_crds_follow_crds_keep() {
     ));
 
     // Installed again with crds.keep=false (adopting the kept CRDs), uninstall removes them.
-    install(&["--set", "crds.keep=false"]);
+    release("install", &["--set", "crds.keep=false"]);
     kube.helm_ok(&["uninstall", RELEASE, "-n", SYSTEM_NAMESPACE]);
     let gone = wait_until(WAIT, POLL, || {
         (!exists(kube, "crd", None, "rules.acteon.dev")).then_some(())
