@@ -14,6 +14,8 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::auth::{AuthError, SnapshotAuth, sign};
+use crate::seal::SealKey;
 use crate::{ConfigChannel, GatewayReport, Head, PublishOutcome, Published};
 
 /// How long a notification may take to reach another instance.
@@ -28,6 +30,13 @@ pub trait Fixture: Send + Sync + 'static {
 
     /// Removes what the channel stored. Runs after the check, whether it passed or not.
     async fn cleanup(&self) {}
+
+    /// Replaces the newest snapshot's digest and body in place, straight in the backend's
+    /// storage and without notifying anyone, as someone with write access to the backend
+    /// could. False when the backend has no storage of its own (the in-process channel).
+    async fn write_directly(&self, _digest: &str, _body: &[u8]) -> bool {
+        false
+    }
 }
 
 /// One `#[tokio::test]` per conformance check, for the fixture made by `$fixture` (an
@@ -49,6 +58,7 @@ macro_rules! channel_conformance_tests {
             reports_are_listed_sorted_and_replaced,
             reports_expire,
             large_bodies_roundtrip,
+            snapshots_not_from_the_operator_do_not_authenticate,
         );
     };
     (@checks $fixture:expr; $($check:ident),* $(,)?) => {
@@ -409,4 +419,74 @@ pub async fn large_bodies_roundtrip(f: &dyn Fixture) {
         "body differs ({} bytes)",
         fetched.body.len()
     );
+}
+
+/// What a following gateway sees when someone other than the operator writes the backend:
+/// a snapshot published without a MAC, with another key's MAC, or altered after signing
+/// (through the channel, and written straight into the backend's storage) never opens;
+/// the operator's snapshot opens to its exact bytes.
+pub async fn snapshots_not_from_the_operator_do_not_authenticate(f: &dyn Fixture) {
+    let (operator, gateway) = (f.open().await, f.open().await);
+    let key = SealKey::generate();
+    let auth = SnapshotAuth::new(Some(key.clone()), false).expect("a key");
+    let opened = |p: &Published| auth.open(&p.digest, &p.body).map(<[u8]>::to_vec);
+    let good = br#"{"providers":[{"webhook":"https://ours.example"}]}"#;
+    let evil = br#"{"providers":[{"webhook":"https://attacker.example"}]}"#;
+
+    let v1 = publish_new(&*operator, "good", &sign(&key, "good", good)).await;
+    let fetched = gateway.fetch().await.unwrap().expect("published");
+    assert_eq!((fetched.version, opened(&fetched)), (v1, Ok(good.to_vec())));
+
+    let forgeries: [(&str, Vec<u8>, AuthError); 3] = [
+        ("bare", evil.to_vec(), AuthError::Unsigned),
+        (
+            "other-key",
+            sign(&SealKey::generate(), "other-key", evil),
+            AuthError::WrongKey {
+                expected: key.fingerprint(),
+                found: String::new(),
+            },
+        ),
+        (
+            "altered",
+            altered(&sign(&key, "altered", good)),
+            AuthError::Tampered,
+        ),
+    ];
+    for (digest, body, want) in &forgeries {
+        publish_new(&*operator, digest, body).await;
+        let fetched = gateway.fetch().await.unwrap().expect("published");
+        assert_refused(opened(&fetched), want, digest);
+        if f.write_directly(digest, body).await {
+            let fetched = gateway.fetch().await.unwrap().expect("published");
+            assert_eq!((fetched.digest.as_str(), &fetched.body), (*digest, body));
+            assert_refused(opened(&fetched), want, digest);
+        }
+    }
+    // The operator's envelope under another digest: the digest is authenticated too.
+    if f.write_directly("forged-digest", &sign(&key, "good", good))
+        .await
+    {
+        let fetched = gateway.fetch().await.unwrap().expect("published");
+        assert_eq!(fetched.digest, "forged-digest");
+        assert_eq!(opened(&fetched), Err(AuthError::Tampered));
+    }
+}
+
+/// `body` with its last byte changed (an envelope whose snapshot was edited after signing).
+fn altered(body: &[u8]) -> Vec<u8> {
+    let mut body = body.to_vec();
+    if let Some(last) = body.last_mut() {
+        *last ^= 0x20;
+    }
+    body
+}
+
+fn assert_refused(got: Result<Vec<u8>, AuthError>, want: &AuthError, what: &str) {
+    match (got, want) {
+        (Err(AuthError::WrongKey { expected, .. }), AuthError::WrongKey { expected: e, .. }) => {
+            assert_eq!(&expected, e, "{what}")
+        }
+        (got, want) => assert_eq!(got, Err(want.clone()), "{what}"),
+    }
 }

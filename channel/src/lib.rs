@@ -7,8 +7,10 @@
 //! it, and [`ConfigChannel::report`] the version they serve; the operator reads
 //! [`ConfigChannel::gateways`] to show convergence in status.
 //!
-//! Credentials inside a snapshot are sealed with [`seal`] before publishing.
+//! Credentials inside a snapshot are sealed with [`seal`] before publishing, and the
+//! snapshot itself is authenticated with [`auth`] (gateways refuse what does not verify).
 
+pub mod auth;
 pub mod backend;
 pub mod conformance;
 pub mod memory;

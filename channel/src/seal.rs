@@ -99,6 +99,11 @@ impl SealKey {
         hex::encode(self.bytes)
     }
 
+    /// The raw key, for deriving the snapshot MAC key ([`crate::auth`]).
+    pub(crate) fn bytes(&self) -> &[u8; 32] {
+        &self.bytes
+    }
+
     /// First 8 hex characters of SHA-256 of the key: identifies it in logs and errors
     /// without revealing it.
     pub fn fingerprint(&self) -> String {

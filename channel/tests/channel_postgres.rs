@@ -39,6 +39,20 @@ impl Fixture for Postgres {
         .await
         .unwrap();
     }
+
+    async fn write_directly(&self, digest: &str, body: &[u8]) -> bool {
+        let mut conn = admin().await;
+        sqlx::query(AssertSqlSafe(format!(
+            "UPDATE \"{}\".config_snapshot SET digest = $1, body = $2 WHERE id",
+            self.schema
+        )))
+        .bind(digest)
+        .bind(body)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        true
+    }
 }
 
 async fn admin() -> PgConnection {

@@ -43,6 +43,21 @@ impl Fixture for Redis {
                 .unwrap();
         }
     }
+
+    async fn write_directly(&self, digest: &str, body: &[u8]) -> bool {
+        let client = redis::Client::open(url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let _: () = redis::cmd("HSET")
+            .arg(format!("{}:config", self.prefix))
+            .arg("digest")
+            .arg(digest)
+            .arg("body")
+            .arg(body)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        true
+    }
 }
 
 async fn connect(prefix: &str) -> RedisChannel {
