@@ -1282,14 +1282,54 @@ fn acteon_rule_file_errors_name_the_rule() {
     );
     assert_eq!(rules(&c), ["fine"]);
 
-    let unknown_key = parse_text(
+    // A key Acteon reads that this gateway does not run yet is named as such.
+    let not_yet = parse_text(
         "rules.yaml",
-        "rules:\n  - name: r\n    when: {}\n    action: {type: suppress}\n",
+        "rules:\n  - name: r\n    mute_time_intervals: [nights]\n    condition: {field: action.tenant, eq: t}\n    action: {type: suppress}\n",
     )
     .unwrap_err();
-    assert_eq!(unknown_key.len(), 1);
-    assert_eq!(unknown_key[0].reason, "InvalidRuleFile");
-    assert_eq!(unknown_key[0].field.as_deref(), Some("rules[0].when"));
+    assert_eq!(not_yet.len(), 1);
+    assert_eq!(not_yet[0].reason, "InvalidRuleFile");
+    assert_eq!(
+        not_yet[0].field.as_deref(),
+        Some("rules[0].mute_time_intervals")
+    );
+    assert_eq!(not_yet[0].message, "not supported yet: mute_time_intervals");
+}
+
+#[test]
+fn acteon_keys_acteon_ignores_compile_with_warnings() {
+    let dir = std::env::temp_dir().join(format!("acteon-warn-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("rules.yaml");
+    let text = "rules:\n  - name: r\n    when: {}\n    condition: {field: action.tenant, eq: t, comment: why}\n    action: {type: suppress, default_next: x}\n";
+    std::fs::write(&path, text).expect("write");
+    let docs = parse_text("rules.yaml", text).expect("accepted");
+    let c = compile(&docs, &CompileOptions::default());
+    assert!(c.rejections.is_empty(), "{:#?}", c.rejections);
+    assert_eq!(rules(&c), ["r"]);
+    let warnings = acteon_api::compile::acteon::warnings_in_paths(std::slice::from_ref(&dir));
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(warnings.len(), 3, "{warnings:?}");
+    for at in [
+        "rules[0].when",
+        "rules[0].condition.comment",
+        "rules[0].action.default_next",
+    ] {
+        assert!(
+            warnings.iter().any(|w| w.contains(at)),
+            "{at}: {warnings:?}"
+        );
+    }
+    // The repository's own Acteon files have nothing to warn about.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    assert_eq!(
+        acteon_api::compile::acteon::warnings_in_paths(&[
+            root.join("rules"),
+            root.join("config/samples")
+        ]),
+        Vec::<String>::new()
+    );
 }
 
 // ---------------------------------------------------------------------------------------

@@ -1,12 +1,21 @@
 //! Acteon rule files (top-level `rules:`, snake_case) read as Rule documents.
 //!
 //! The only difference from a Rule manifest's `spec` is spelling, so the file is rewritten
-//! to camelCase and then goes through exactly the same validation as a manifest.
+//! to camelCase and then goes through exactly the same validation as a manifest. Keys are
+//! sorted into three kinds, as Acteon's own parser (which ignores unknown keys) reads them:
+//! keys we read; keys Acteon reads and this gateway does not run yet (an error saying so,
+//! never a silently different rule); and keys Acteon ignores, which are dropped with a
+//! warning ([`warnings_in_paths`], printed by `acteon-gateway validate`).
 
+use std::path::PathBuf;
+
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::documents::Document;
 use super::error::{CompileError, Kind, ObjectId};
+
+const FILE_KEYS: &[&str] = &["rules"];
 
 const RULE_KEYS: &[&str] = &[
     "name",
@@ -20,6 +29,60 @@ const RULE_KEYS: &[&str] = &[
     "metadata",
 ];
 
+/// Rule keys Acteon reads that this gateway does not run yet.
+const RULE_KEYS_NOT_YET: &[&str] = &["mute_time_intervals", "active_time_intervals"];
+
+const CONDITION_KEYS: &[&str] = &[
+    "all",
+    "any",
+    "not",
+    "field",
+    "eq",
+    "ne",
+    "gt",
+    "gte",
+    "lt",
+    "lte",
+    "contains",
+    "starts_with",
+    "ends_with",
+    "matches",
+    "in_list",
+    "exists",
+    "state_seen",
+    "within_seconds",
+    "state_counter",
+    "call",
+    "args",
+];
+
+/// Condition predicates Acteon reads that this gateway does not run yet.
+const CONDITION_KEYS_NOT_YET: &[&str] = &["semantic_match", "wasm_plugin"];
+
+/// The keys each action type reads besides `type`; `None` for a type we do not know (the
+/// validation names it).
+fn action_keys(action_type: &str) -> Option<&'static [&'static str]> {
+    Some(match action_type {
+        "allow" | "deny" | "suppress" => &[],
+        "reroute" => &["target_provider"],
+        "modify" => &["changes"],
+        "deduplicate" => &["ttl_seconds", "key"],
+        "throttle" => &["max_count", "window_seconds", "key"],
+        "group" => &[
+            "group_by",
+            "group_wait_seconds",
+            "group_interval_seconds",
+            "max_group_size",
+            "template",
+        ],
+        "schedule" => &["delay_seconds"],
+        "chain" => &["chain"],
+        "state_machine" => &["state_machine", "fingerprint_fields"],
+        "request_approval" => &["notify_provider", "timeout_seconds", "message"],
+        _ => return None,
+    })
+}
+
 fn error(source: &str, object: Option<ObjectId>, field: String, message: String) -> CompileError {
     CompileError {
         source: source.to_owned(),
@@ -30,32 +93,116 @@ fn error(source: &str, object: Option<ObjectId>, field: String, message: String)
     }
 }
 
+/// What reading one file found besides the rules: ignored keys (warnings) and keys not
+/// supported yet (errors).
+struct Findings<'a> {
+    source: &'a str,
+    id: Option<ObjectId>,
+    warnings: Vec<String>,
+    errors: Vec<CompileError>,
+}
+
+impl Findings<'_> {
+    fn ignored(&mut self, at: &str) {
+        self.warnings.push(format!(
+            "{}: {at}: ignored (Acteon's rule parser does not read this key)",
+            self.source
+        ));
+    }
+
+    fn not_yet(&mut self, at: String, key: &str) {
+        self.errors.push(error(
+            self.source,
+            self.id.clone(),
+            at,
+            format!("not supported yet: {key}"),
+        ));
+    }
+}
+
 /// Turns each entry of `rules:` into a shared (namespace-less) Rule document.
 pub fn rule_documents(source: &str, file: &Value) -> Result<Vec<Document>, Vec<CompileError>> {
+    read_file(source, file).0
+}
+
+/// The warnings of one Acteon rule file: keys Acteon's parser ignores, which are dropped.
+pub fn file_warnings(source: &str, file: &Value) -> Vec<String> {
+    read_file(source, file).1
+}
+
+type Read = (Result<Vec<Document>, Vec<CompileError>>, Vec<String>);
+
+fn read_file(source: &str, file: &Value) -> Read {
     let Some(rules) = file.get("rules").and_then(Value::as_array) else {
-        return Err(vec![error(
+        let e = error(
             source,
             None,
             "rules".into(),
             "`rules` must be a list".into(),
-        )]);
+        );
+        return (Err(vec![e]), Vec::new());
     };
-    let mut docs = Vec::new();
-    let mut errors = Vec::new();
-    for (i, rule) in rules.iter().enumerate() {
-        match rule_document(source, i, rule) {
-            Ok(d) => docs.push(d),
-            Err(e) => errors.push(e),
+    let mut found = Findings {
+        source,
+        id: None,
+        warnings: Vec::new(),
+        errors: Vec::new(),
+    };
+    for key in file.as_object().into_iter().flat_map(Map::keys) {
+        if !FILE_KEYS.contains(&key.as_str()) {
+            found.ignored(key);
         }
     }
-    if errors.is_empty() {
+    let mut docs = Vec::new();
+    for (i, rule) in rules.iter().enumerate() {
+        match rule_document(&mut found, i, rule) {
+            Ok(d) => docs.push(d),
+            Err(e) => found.errors.push(e),
+        }
+    }
+    let result = if found.errors.is_empty() {
         Ok(docs)
     } else {
-        Err(errors)
-    }
+        Err(found.errors)
+    };
+    (result, found.warnings)
 }
 
-fn rule_document(source: &str, index: usize, rule: &Value) -> Result<Document, CompileError> {
+/// Warnings of every Acteon rule file among `paths` (files and directories, as the compile
+/// path reads them). Files that cannot be read or parsed give none: compiling reports them.
+pub fn warnings_in_paths(paths: &[PathBuf]) -> Vec<String> {
+    let Ok(files) = super::documents::yaml_files(paths) else {
+        return Vec::new();
+    };
+    let mut warnings = Vec::new();
+    for file in files {
+        let Ok(text) = std::fs::read_to_string(&file) else {
+            continue;
+        };
+        let source = file.display().to_string();
+        for de in serde_yaml_ng::Deserializer::from_str(&text) {
+            let Ok(value) = Value::deserialize(de) else {
+                break;
+            };
+            if is_rule_file(&value) {
+                warnings.extend(file_warnings(&source, &value));
+            }
+        }
+    }
+    warnings
+}
+
+/// An Acteon rule file: a `rules:` list and no manifest header.
+pub fn is_rule_file(v: &Value) -> bool {
+    v.get("rules").is_some() && v.get("apiVersion").is_none() && v.get("kind").is_none()
+}
+
+fn rule_document(
+    found: &mut Findings<'_>,
+    index: usize,
+    rule: &Value,
+) -> Result<Document, CompileError> {
+    let source = found.source;
     let at = format!("rules[{index}]");
     let obj = rule
         .as_object()
@@ -73,26 +220,30 @@ fn rule_document(source: &str, index: usize, rule: &Value) -> Result<Document, C
         namespace: None,
         name: name.to_owned(),
     };
+    found.id = Some(id.clone());
+    let errors_before = found.errors.len();
     let mut spec = Map::new();
     for (key, value) in obj {
+        let key_at = format!("{at}.{key}");
+        if RULE_KEYS_NOT_YET.contains(&key.as_str()) {
+            found.not_yet(key_at, key);
+            continue;
+        }
         if !RULE_KEYS.contains(&key.as_str()) {
-            return Err(error(
-                source,
-                Some(id),
-                format!("{at}.{key}"),
-                format!(
-                    "unknown rule key `{key}` (expected one of {})",
-                    RULE_KEYS.join(", ")
-                ),
-            ));
+            found.ignored(&key_at);
+            continue;
         }
         let converted = match key.as_str() {
             "name" | "metadata" => continue,
-            "condition" => camel_condition(value),
-            "action" => camel_action(value),
+            "condition" => camel_condition(found, &key_at, value),
+            "action" => camel_action(found, &key_at, value),
             _ => value.clone(),
         };
         spec.insert(key.clone(), converted);
+    }
+    if found.errors.len() > errors_before {
+        // The not-supported keys are already reported with their paths.
+        return Err(found.errors.remove(errors_before));
     }
     Ok(Document {
         source: format!("{source} {at}"),
@@ -120,18 +271,33 @@ pub fn snake_to_camel(s: &str) -> String {
 }
 
 /// Rewrites the keys of condition nodes, never the values being compared.
-fn camel_condition(cond: &Value) -> Value {
+fn camel_condition(found: &mut Findings<'_>, at: &str, cond: &Value) -> Value {
     let Some(obj) = cond.as_object() else {
         return cond.clone();
     };
     let mut out = Map::new();
     for (key, value) in obj {
+        let key_at = format!("{at}.{key}");
+        if CONDITION_KEYS_NOT_YET.contains(&key.as_str()) {
+            found.not_yet(key_at, key);
+            continue;
+        }
+        if !CONDITION_KEYS.contains(&key.as_str()) {
+            found.ignored(&key_at);
+            continue;
+        }
         let value = match key.as_str() {
             "all" | "any" => match value.as_array() {
-                Some(items) => Value::Array(items.iter().map(camel_condition).collect()),
+                Some(items) => Value::Array(
+                    items
+                        .iter()
+                        .enumerate()
+                        .map(|(i, c)| camel_condition(found, &format!("{key_at}[{i}]"), c))
+                        .collect(),
+                ),
                 None => value.clone(),
             },
-            "not" => camel_condition(value),
+            "not" => camel_condition(found, &key_at, value),
             _ => value.clone(),
         };
         out.insert(snake_to_camel(key), value);
@@ -140,12 +306,23 @@ fn camel_condition(cond: &Value) -> Value {
 }
 
 /// Rewrites the action's keys and its `type`; `changes` (a payload patch) is left alone.
-fn camel_action(action: &Value) -> Value {
+fn camel_action(found: &mut Findings<'_>, at: &str, action: &Value) -> Value {
     let Some(obj) = action.as_object() else {
         return action.clone();
     };
+    let known = obj
+        .get("type")
+        .and_then(Value::as_str)
+        .and_then(action_keys);
     let mut out = Map::new();
     for (key, value) in obj {
+        if let Some(known) = known
+            && key != "type"
+            && !known.contains(&key.as_str())
+        {
+            found.ignored(&format!("{at}.{key}"));
+            continue;
+        }
         let value = match (key.as_str(), value) {
             ("type", Value::String(t)) => Value::String(snake_to_camel(t)),
             _ => value.clone(),
@@ -260,9 +437,63 @@ mod tests {
     }
 
     #[test]
-    fn unknown_rule_keys_are_named() {
-        let file = json!({"rules": [{"name": "m", "when": {}}]});
-        let err = rule_documents("f.yaml", &file).unwrap_err();
-        assert!(err[0].to_string().contains("rules[0].when"), "{}", err[0]);
+    fn keys_acteon_ignores_are_dropped_with_a_warning() {
+        let file = json!({"version": 2, "rules": [{"name": "m", "when": {},
+            "condition": {"all": [{"field": "tenant", "eq": "t", "note": "x"}, {"not": {"field": "a", "eq": 1, "default_next": "b"}}]},
+            "action": {"type": "deduplicate", "ttl_seconds": 5, "default_next": "x"}}]});
+        let docs = rule_documents("f.yaml", &file).unwrap();
+        assert_eq!(
+            docs[0].spec.value(),
+            json!({"condition": {"all": [{"field": "tenant", "eq": "t"}, {"not": {"field": "a", "eq": 1}}]},
+                "action": {"type": "deduplicate", "ttlSeconds": 5}})
+        );
+        let warnings = file_warnings("f.yaml", &file);
+        for at in [
+            "f.yaml: version:",
+            "rules[0].when:",
+            "rules[0].condition.all[0].note:",
+            "rules[0].condition.all[1].not.default_next:",
+            "rules[0].action.default_next:",
+        ] {
+            assert!(
+                warnings
+                    .iter()
+                    .any(|w| w.contains(at) && w.contains("ignored")),
+                "{at} in {warnings:?}"
+            );
+        }
+        assert_eq!(warnings.len(), 5, "{warnings:?}");
+    }
+
+    #[test]
+    fn keys_acteon_reads_that_we_do_not_run_yet_are_named() {
+        for (rule, at, key) in [
+            (
+                json!({"name": "m", "mute_time_intervals": ["nights"], "condition": {"field": "tenant", "eq": "t"}, "action": {"type": "allow"}}),
+                "rules[0].mute_time_intervals",
+                "mute_time_intervals",
+            ),
+            (
+                json!({"name": "m", "active_time_intervals": ["days"], "condition": {"field": "tenant", "eq": "t"}, "action": {"type": "allow"}}),
+                "rules[0].active_time_intervals",
+                "active_time_intervals",
+            ),
+            (
+                json!({"name": "m", "condition": {"semantic_match": "billing", "threshold": 0.8}, "action": {"type": "allow"}}),
+                "rules[0].condition.semantic_match",
+                "semantic_match",
+            ),
+            (
+                json!({"name": "m", "condition": {"any": [{"field": "tenant", "eq": "t"}, {"wasm_plugin": "p", "wasm_function": "f"}]}, "action": {"type": "allow"}}),
+                "rules[0].condition.any[1].wasm_plugin",
+                "wasm_plugin",
+            ),
+        ] {
+            let err = rule_documents("f.yaml", &json!({"rules": [rule]})).unwrap_err();
+            assert_eq!(err.len(), 1, "{err:?}");
+            assert_eq!(err[0].field.as_deref(), Some(at));
+            assert_eq!(err[0].message, format!("not supported yet: {key}"));
+            assert!(!err[0].to_string().contains("unknown field"), "{}", err[0]);
+        }
     }
 }
