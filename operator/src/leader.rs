@@ -168,8 +168,9 @@ impl Elector {
         }
     }
 
-    async fn create(&mut self, now: Timestamp) -> Result<Attempt, kube::Error> {
-        let lease = Lease {
+    /// A new Lease held by this process.
+    fn lease(&self, now: Timestamp) -> Lease {
+        Lease {
             metadata: ObjectMeta {
                 name: Some(self.election.name.clone()),
                 namespace: Some(self.election.namespace.clone()),
@@ -183,11 +184,68 @@ impl Elector {
                 lease_transitions: Some(0),
                 ..LeaseSpec::default()
             }),
-        };
+        }
+    }
+
+    async fn create(&mut self, now: Timestamp) -> Result<Attempt, kube::Error> {
+        let lease = self.lease(now);
         match self.api.create(&PostParams::default(), &lease).await {
             Ok(_) => Ok(Attempt::Leading),
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(Attempt::HeldByOther),
             Err(e) => Err(e),
+        }
+    }
+
+    /// Checks once, at start, that the Lease can be used at all, so a wrong namespace or
+    /// missing RBAC fails the start with what to do instead of a warning every few seconds.
+    /// Errors that may pass (the API server unreachable, a timeout) are left to the
+    /// election loop, which retries them.
+    pub async fn preflight(&self) -> Result<(), String> {
+        let ns = &self.election.namespace;
+        let name = &self.election.name;
+        // The chart grants Leases only in the operator's own namespace, so a namespace that
+        // does not exist answers 403 (no access there) rather than 404.
+        let forbidden = |verb: &str| {
+            format!(
+                "the operator may not {verb} Leases in namespace {ns:?} (lease {name:?}): either \
+                 namespace {ns:?} does not exist or it grants the operator no access to Leases; pass \
+                 --lease-namespace (ACTEON_LEASE_NAMESPACE) with the operator's own namespace \
+                 (where the chart's Role grants it), or create the namespace (kubectl create \
+                 namespace {ns}) and grant Leases there"
+            )
+        };
+        match self.api.get_opt(name).await {
+            Ok(Some(_)) => return Ok(()),
+            Ok(None) => {}
+            Err(kube::Error::Api(s)) if s.code == 403 => return Err(forbidden("read")),
+            Err(e) => {
+                tracing::warn!(error = %e, "lease check at start failed; retrying in the election loop");
+                return Ok(());
+            }
+        }
+        // A server-side dry run tells "no Lease yet" (fine: the election creates it) from
+        // "no such namespace" (a GET answers 404 for both).
+        let dry_run = PostParams {
+            dry_run: true,
+            ..PostParams::default()
+        };
+        match self
+            .api
+            .create(&dry_run, &self.lease(Timestamp::now()))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Err(format!(
+                "the lease namespace {ns:?} does not exist: create it (kubectl create namespace \
+                 {ns}) or pass --lease-namespace (ACTEON_LEASE_NAMESPACE) with the operator's \
+                 own namespace"
+            )),
+            Err(kube::Error::Api(s)) if s.code == 403 => Err(forbidden("create")),
+            Err(e) => {
+                tracing::warn!(error = %e, "lease check at start failed; retrying in the election loop");
+                Ok(())
+            }
         }
     }
 

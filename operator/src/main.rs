@@ -110,12 +110,30 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     match &seal_key {
         Some(k) => tracing::info!(fingerprint = %k.fingerprint(), "seal key loaded"),
         None => {
-            tracing::warn!("no seal key: Providers with secretKeyRefs will be rejected (NoSealKey)")
+            tracing::warn!(
+                "no seal key: snapshots are published unsigned (gateways refuse them unless \
+                 started with --allow-unsigned-snapshots) and Providers with secretKeyRefs are \
+                 rejected (NoSealKey)"
+            )
         }
     }
     let client = kube::Client::try_default()
         .await
         .map_err(|e| anyhow::anyhow!("kubeconfig: {e}"))?;
+    let identity = args.identity.clone().unwrap_or_else(default_identity);
+    let elector = leader::Elector::new(
+        client.clone(),
+        leader::Election {
+            namespace: args.lease_namespace.clone(),
+            name: args.lease_name.clone(),
+            identity: identity.clone(),
+            duration: Duration::from_secs(args.lease_duration_seconds.max(3)),
+        },
+    );
+    elector
+        .preflight()
+        .await
+        .map_err(|e| anyhow::anyhow!("leader election: {e}"))?;
     let channel = acteon_channel::connect(
         &args.state,
         &args.state_prefix,
@@ -123,7 +141,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     )
     .await
     .map_err(|e| anyhow::anyhow!("--state: {e}"))?;
-    let identity = args.identity.clone().unwrap_or_else(default_identity);
     let metrics = Arc::new(metrics::Metrics::new());
     let ctx = controller::Context::start(
         client.clone(),
@@ -146,15 +163,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics.clone(),
         ctx.index.clone(),
     ));
-    let elector = leader::Elector::new(
-        client,
-        leader::Election {
-            namespace: args.lease_namespace.clone(),
-            name: args.lease_name.clone(),
-            identity: identity.clone(),
-            duration: Duration::from_secs(args.lease_duration_seconds.max(3)),
-        },
-    );
     let leading = elector.leading();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let election = tokio::spawn(elector.run(stop_rx));

@@ -14,6 +14,9 @@ struct Setup {
     prefix: String,
     lease: String,
     namespaces: Vec<String>,
+    /// The seal key file shared by the operator and the gateways (gateways refuse
+    /// snapshots that do not authenticate under it).
+    key_file: String,
 }
 
 impl Setup {
@@ -29,6 +32,7 @@ impl Setup {
             prefix: unique_name("e2e"),
             lease: unique_name("lease"),
             namespaces: namespaces.iter().map(|s| s.to_string()).collect(),
+            key_file: seal_key_file(),
         }
     }
 
@@ -53,6 +57,9 @@ impl Setup {
             "--metrics-listen",
             &metrics,
         ];
+        if !extra.contains(&"--seal-key-file") {
+            args.extend_from_slice(&["--seal-key-file", &self.key_file]);
+        }
         args.extend_from_slice(extra);
         start_operator(&args)
     }
@@ -67,6 +74,8 @@ impl Setup {
             "acteon-e2e-none",
             "--config-poll-seconds",
             "5",
+            "--seal-key-file",
+            &self.key_file,
         ])
     }
 
@@ -84,6 +93,13 @@ impl Setup {
             .trim()
             .to_owned()
     }
+}
+
+/// A new seal key in a file of this test's directory; its path.
+fn seal_key_file() -> String {
+    let path = test_dir().join(format!("{}.key", unique_name("seal")));
+    std::fs::write(&path, acteon_channel::seal::SealKey::generate().to_text()).expect("key");
+    path.display().to_string()
 }
 
 /// A Provider of type `log` (a YAML document followed by `---`).
@@ -725,5 +741,54 @@ spec:
     assert!(
         msg.contains("missing-creds") && msg.contains("secretHeaders.Authorization"),
         "{msg}"
+    );
+}
+
+/// A lease namespace that does not exist fails the start with what to do, instead of a
+/// warning every few seconds forever.
+#[test]
+fn run_with_a_missing_lease_namespace_fails_at_start() {
+    let s = Setup::new(redis_url(), &[]);
+    let missing = unique_name("no-such-ns");
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let args = [
+        "--state",
+        s.state.as_str(),
+        "--state-prefix",
+        &s.prefix,
+        "--lease-name",
+        &s.lease,
+        "--lease-namespace",
+        &missing,
+        "--metrics-listen",
+        &metrics,
+    ];
+    // With the chart's RBAC (Leases only in acteon-system) the API server answers 403 for a
+    // namespace that does not exist; with access everywhere (admin), 404. Both fail the start
+    // and say what to do.
+    let least_privilege = start_operator(&args);
+    let mut admin = operator_command(&args);
+    admin.env("KUBECONFIG", s.kube.admin_kubeconfig_path());
+    let admin = Proc::spawn("acteon-operator-admin", admin);
+    for op in [&least_privilege, &admin] {
+        let status = op
+            .wait_exit(Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("still running: {}", op.log_tail(20)));
+        assert!(!status.success(), "exit status {status:?}");
+        let log = op.log();
+        assert!(
+            log.contains(&format!("namespace \"{missing}\" does not exist")),
+            "{log}"
+        );
+        assert!(
+            log.contains(&format!("kubectl create namespace {missing}")),
+            "{log}"
+        );
+        assert!(log.contains("--lease-namespace"), "{log}");
+    }
+    assert!(
+        admin.log().contains("the lease namespace"),
+        "{}",
+        admin.log()
     );
 }

@@ -113,6 +113,17 @@ async fn main() {
     let prefix = unique_name("bench");
     let state = redis_url();
     let metrics = format!("127.0.0.1:{}", free_port());
+    // Gateways only serve snapshots that authenticate under the operator's seal key.
+    let key_file = test_dir().join("seal.key");
+    let mut random = [0u8; 32];
+    std::io::Read::read_exact(
+        &mut std::fs::File::open("/dev/urandom").expect("urandom"),
+        &mut random,
+    )
+    .expect("random key");
+    let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(&key_file, hex).expect("seal key");
+    let key_file = key_file.display().to_string();
     let operator = start_operator(&[
         "--state",
         &state,
@@ -124,8 +135,17 @@ async fn main() {
         &prefix,
         "--metrics-listen",
         &metrics,
+        "--seal-key-file",
+        &key_file,
     ]);
-    let gateway_args = ["--state", state.as_str(), "--state-prefix", prefix.as_str()];
+    let gateway_args = [
+        "--state",
+        state.as_str(),
+        "--state-prefix",
+        prefix.as_str(),
+        "--seal-key-file",
+        key_file.as_str(),
+    ];
     let (_g1, p1) = start_gateway(&gateway_args);
     let (_g2, p2) = start_gateway(&gateway_args);
     let api = rules_api(kube.admin_client().await, &ns);
