@@ -105,6 +105,11 @@ pub struct ServeArgs {
     /// itself in the environment variable `ACTEON_SEAL_KEY`, never on the command line).
     #[arg(long, env = "ACTEON_SEAL_KEY_FILE")]
     pub seal_key_file: Option<PathBuf>,
+    /// Following the operator: accept snapshots that carry no MAC (an operator without a
+    /// seal key). Without a seal key, following needs this flag; anyone who can write the
+    /// state backend can then configure this gateway.
+    #[arg(long, env = "ACTEON_ALLOW_UNSIGNED_SNAPSHOTS")]
+    pub allow_unsigned_snapshots: bool,
 }
 
 impl ServeArgs {
@@ -366,6 +371,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(runtime_from_files(&args, &http_client, &metrics)?)
     };
     let seal_key = if follows { load_seal_key(&args)? } else { None };
+    let snapshot_auth = acteon_channel::auth::SnapshotAuth::new(
+        seal_key.clone(),
+        args.allow_unsigned_snapshots || !follows,
+    )?;
+    if follows && args.allow_unsigned_snapshots {
+        tracing::warn!("--allow-unsigned-snapshots: snapshots without a MAC are accepted");
+    }
     let state = state_backend(&args.state, &args.state_prefix, timeout).await?;
     let mut follower = None;
     let config = match files_runtime {
@@ -386,6 +398,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     poll_interval: Duration::from_secs(args.config_poll_seconds),
                     report_interval: Duration::from_secs(args.report_interval_seconds),
                     seal_key,
+                    snapshot_auth,
                     http: http_client.clone(),
                 },
             ));

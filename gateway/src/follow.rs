@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use acteon_api::Snapshot;
+use acteon_channel::auth::SnapshotAuth;
 use acteon_channel::seal::SealKey;
 use acteon_channel::{ChannelError, ConfigChannel, GatewayReport, Published};
 use tokio::time::MissedTickBehavior;
@@ -34,6 +35,9 @@ pub struct FollowOptions {
     pub report_interval: Duration,
     /// Opens the credentials sealed into snapshots.
     pub seal_key: Option<SealKey>,
+    /// Which snapshots are authentic: one that is not is refused like one that does not
+    /// build (the previous one keeps serving).
+    pub snapshot_auth: SnapshotAuth,
     /// Shared by the providers of every snapshot (connection pooling across reloads).
     pub http: reqwest::Client,
 }
@@ -146,10 +150,14 @@ impl Follower {
         } = published;
         let http = self.options.http.clone();
         let key = self.options.seal_key.clone();
+        let auth = self.options.snapshot_auth.clone();
         let digest_for_build = digest.clone();
         // Compiling regexes, CEL and the rule index is CPU work: keep it off the I/O threads.
         let built = tokio::task::spawn_blocking(move || {
-            let mut snapshot: Snapshot = serde_json::from_slice(&body)
+            let body = auth
+                .open(&digest_for_build, &body)
+                .map_err(|e| e.to_string())?;
+            let mut snapshot: Snapshot = serde_json::from_slice(body)
                 .map_err(|e| format!("the snapshot body does not parse: {e}"))?;
             snapshot.version = version;
             snapshot.digest = digest_for_build;
@@ -351,6 +359,7 @@ spec: {type: noop}
                 gateway_id: "gw-test".into(),
                 poll_interval: Duration::from_secs(5),
                 report_interval: Duration::from_secs(5),
+                snapshot_auth: SnapshotAuth::new(key.clone(), true).expect("allows unsigned"),
                 seal_key: key,
                 http: reqwest::Client::new(),
             },

@@ -109,6 +109,9 @@ impl Backend {
             id,
             "--report-interval-seconds",
             "1",
+            // The scenarios above publish bare snapshots; authentication is checked by
+            // `refuses_snapshots_that_do_not_authenticate`.
+            "--allow-unsigned-snapshots",
         ];
         args.extend_from_slice(extra);
         args
@@ -758,4 +761,182 @@ async fn memory_without_config_serves_the_samples_from_files() {
     assert_eq!(info["source"], "files", "{info}");
     assert_eq!(info["loaded"], true, "{info}");
     assert!(info.get("channel_backend").is_none(), "{info}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Snapshot authentication (the gateway's seal key, no --allow-unsigned-snapshots)
+
+/// Writes `digest` and `body` as the newest snapshot straight into the backend (no version
+/// bump, nobody notified): what someone with write access could do.
+async fn write_directly(backend: &Backend, digest: &str, body: &[u8]) {
+    match backend.kind {
+        Kind::Redis => {
+            let client = redis::Client::open(backend.url.as_str()).expect("redis url");
+            let mut conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .expect("redis");
+            let _: () = redis::cmd("HSET")
+                .arg(format!("{}:config", backend.prefix))
+                .arg("digest")
+                .arg(digest)
+                .arg("body")
+                .arg(body)
+                .query_async(&mut conn)
+                .await
+                .expect("HSET");
+        }
+        Kind::Postgres => {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&backend.url)
+                .await
+                .expect("postgres");
+            let sql = format!(
+                "UPDATE \"{}\".config_snapshot SET digest = $1, body = $2 WHERE id",
+                backend.prefix
+            );
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(digest)
+                .bind(body)
+                .execute(&mut conn)
+                .await
+                .expect("UPDATE");
+        }
+    }
+}
+
+/// A signed snapshot is served; a bare one, one signed with another key and one altered
+/// after signing are refused while the last good one keeps serving (`/v1/config`,
+/// `/readyz`, the log, the failure counter); a gateway started on a forged head is not
+/// ready and says why; without a key the gateway does not follow at all.
+async fn refuses_snapshots_that_do_not_authenticate(kind: Kind) {
+    use acteon_channel::auth::sign;
+    let backend = Backend::new(kind);
+    let channel = backend.channel().await;
+    let client = client();
+    let key = SealKey::generate();
+    let key_text = key.to_text();
+    let id = format!("gw-auth-{}", &backend.prefix[backend.prefix.len() - 6..]);
+    let args = [
+        "--state",
+        backend.url.as_str(),
+        "--state-prefix",
+        &backend.prefix,
+        "--gateway-id",
+        &id,
+    ];
+    let log = temp_path("gateway.log");
+    let env = [("ACTEON_SEAL_KEY", key_text.as_str()), ("RUST_LOG", "info")];
+    let gw = Server::start_with(&args, &env, Some(&log));
+
+    let good = rules("a");
+    let good_body = serde_json::to_vec(&good).expect("serializes");
+    let v1 = publish_raw(
+        &*channel,
+        &good.digest,
+        &sign(&key, &good.digest, &good_body),
+    )
+    .await;
+    eventually("signed snapshot served", Duration::from_secs(5), || async {
+        config(&client, &gw).await["version"] == v1
+    })
+    .await;
+    assert!(suppressed(&client, &gw, "a").await);
+
+    // Rerouting attempts: each would suppress `b` instead of `a` if it were served.
+    let evil = rules("b");
+    let evil_body = serde_json::to_vec(&evil).expect("serializes");
+    let mut altered = sign(&key, &evil.digest, &evil_body);
+    let last = altered.len() - 2;
+    altered[last] ^= 0x01;
+    let forgeries = [
+        ("bare", evil_body.clone(), "not authenticated"),
+        (
+            "other key",
+            sign(&SealKey::generate(), &evil.digest, &evil_body),
+            "signed with key",
+        ),
+        ("altered", altered, "does not authenticate"),
+    ];
+    for (n, (what, body, says)) in forgeries.iter().enumerate() {
+        let mut digest = evil.digest.clone();
+        digest.push_str(&n.to_string());
+        let version = publish_raw(&*channel, &digest, body).await;
+        eventually(
+            &format!("{what} refused"),
+            Duration::from_secs(5),
+            || async { config(&client, &gw).await["failed_version"] == version },
+        )
+        .await;
+        let info = config(&client, &gw).await;
+        assert_eq!(info["version"], v1, "{what}: {info}");
+        assert!(
+            info["error"].as_str().is_some_and(|e| e.contains(says)),
+            "{what}: {info}"
+        );
+        assert!(
+            suppressed(&client, &gw, "a").await,
+            "{what}: still the old rule"
+        );
+        assert!(!suppressed(&client, &gw, "b").await, "{what}: not rerouted");
+        let (status, ready) = get(&client, &gw, "/readyz").await;
+        assert_eq!(status, 200, "keeps serving the last good snapshot: {ready}");
+    }
+    let text = metrics(&client, &gw).await;
+    assert!(
+        metric(&text, "acteon_config_reload_failures_total").is_some_and(|v| v >= 3.0),
+        "{text}"
+    );
+
+    // Written straight into the backend, in place: a gateway starting now is not ready and
+    // says why, instead of serving it.
+    write_directly(&backend, "forged", &evil_body).await;
+    let late = Server::start_with(&args, &env, None);
+    eventually("late gateway refuses", Duration::from_secs(5), || async {
+        let (status, body) = get(&client, &late, "/readyz").await;
+        status == 503
+            && body["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("refused") && m.contains("not authenticated"))
+    })
+    .await;
+    assert!(!suppressed_or_unavailable(&client, &late).await);
+    drop(late);
+    drop(gw);
+    let logged = std::fs::read_to_string(&log).expect("gateway log");
+    assert!(
+        logged.contains("configuration snapshot rejected") && logged.contains("not authenticated"),
+        "{logged}"
+    );
+
+    // No key and no --allow-unsigned-snapshots: following is refused at start.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_acteon-gateway"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .env_remove("ACTEON_SEAL_KEY")
+        .env_remove("ACTEON_ALLOW_UNSIGNED_SNAPSHOTS")
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--allow-unsigned-snapshots") && err.contains("seal key"),
+        "{err}"
+    );
+    backend.cleanup().await;
+}
+
+/// Whether a gateway that serves nothing answers a dispatch with anything but 503.
+async fn suppressed_or_unavailable(client: &reqwest::Client, server: &Server) -> bool {
+    dispatch(client, server, "f", "p", "b").await.0 != 503
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_refuses_snapshots_that_do_not_authenticate() {
+    refuses_snapshots_that_do_not_authenticate(Kind::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_refuses_snapshots_that_do_not_authenticate() {
+    refuses_snapshots_that_do_not_authenticate(Kind::Postgres).await;
 }

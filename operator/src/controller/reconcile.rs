@@ -140,6 +140,12 @@ impl Reconciler {
             .map_err(|e| Error::Build(e.to_string()))?
         };
         let body = serde_json::to_vec(&build.snapshot)?;
+        // Gateways refuse snapshots that do not authenticate under the shared seal key;
+        // without a key the snapshot goes out bare, for gateways that allow unsigned ones.
+        let body = match &ctx.seal_key {
+            Some(key) => acteon_channel::auth::sign(key, &build.snapshot.digest, &body),
+            None => body,
+        };
         let outcome = ctx.channel.publish(&build.snapshot.digest, &body).await?;
         let version = outcome.head().version;
         if let PublishOutcome::Published(h) = &outcome {
@@ -149,6 +155,7 @@ impl Reconciler {
                 rules = build.snapshot.rules.len(),
                 providers = build.snapshot.providers.len(),
                 bytes = body.len(),
+                signed = ctx.seal_key.is_some(),
                 "published configuration snapshot"
             );
         }
