@@ -418,6 +418,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             state_timeout: timeout,
             default_deny: args.default_deny,
         },
+        confirmer: Default::default(),
     });
     if let Some((channel, options)) = follower {
         Follower::new(channel, gateway.clone(), options).spawn();

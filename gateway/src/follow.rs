@@ -351,6 +351,7 @@ spec: {type: noop}
             state: Arc::new(MemoryStore::new()),
             metrics: Arc::new(Metrics::new()),
             options: GatewayOptions::default(),
+            confirmer: Default::default(),
         });
         let follower = Follower::new(
             channel.clone(),

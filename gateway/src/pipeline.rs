@@ -23,8 +23,10 @@ enum GateCheck {
 }
 use crate::metrics::Metrics;
 use crate::outcome::ActionOutcome;
+use crate::providers::ProviderHandle;
 use crate::rules::{Effect, Evaluation, Verdict, scoped_key};
-use crate::state::{Gate, GateResult, GateStop, StateError, StateStore};
+use crate::state::confirm::DedupConfirmer;
+use crate::state::{DedupConfirm, Gate, GateMode, GateResult, GateStop, StateError, StateStore};
 
 /// Settings of the pipeline.
 #[derive(Debug, Clone)]
@@ -43,6 +45,12 @@ impl Default for GatewayOptions {
         }
     }
 }
+
+/// Shortest in-flight lease of a dedup mark (see [`GateMode::Apply`]).
+pub const DEDUP_LEASE_FLOOR: Duration = Duration::from_secs(5);
+/// Added to a provider's worst-case delivery time for the in-flight lease: covers the
+/// confirmation's trip through the batcher and clock differences.
+pub const DEDUP_LEASE_MARGIN: Duration = Duration::from_secs(3);
 
 /// Message of `/readyz` and dispatches before the first snapshot.
 pub const NOT_LOADED: &str = "no configuration snapshot received yet";
@@ -65,6 +73,8 @@ pub struct Gateway {
     pub state: Arc<dyn StateStore>,
     pub metrics: Arc<Metrics>,
     pub options: GatewayOptions,
+    /// Extends the dedup marks of successful deliveries, batched in the background.
+    pub confirmer: DedupConfirmer,
 }
 
 /// Where an action will be delivered, once the verdict is known.
@@ -72,6 +82,8 @@ struct Delivery<'r> {
     provider: String,
     rerouted: bool,
     quotas: SmallVec<[&'r QuotaRule; 1]>,
+    /// In-flight lease of the dedup marks set for this delivery.
+    lease: Duration,
 }
 
 impl Gateway {
@@ -205,14 +217,18 @@ impl Gateway {
                 provider: action.provider.clone(),
                 rerouted: false,
                 quotas: SmallVec::new(),
+                lease: DEDUP_LEASE_FLOOR,
             },
             Verdict::Reroute { rule } => Delivery {
                 provider: reroute_target(rt, rule).to_owned(),
                 rerouted: true,
                 quotas: SmallVec::new(),
+                lease: DEDUP_LEASE_FLOOR,
             },
+            // Nothing will be delivered: the gates are checked (a duplicate is still
+            // `Deduplicated`) but not applied, so the action consumes no budget.
             Verdict::Deny { rule } | Verdict::Suppress { rule } => {
-                if let GateCheck::Stopped(stop) = self.check_gates(eval, &[]).await? {
+                if let Some(stop) = self.check_only(eval).await? {
                     return Ok(stop);
                 }
                 return Ok(ActionOutcome::Suppressed {
@@ -220,22 +236,48 @@ impl Gateway {
                 });
             }
         };
+        let Some(handle) = rt.providers.get(&action.namespace, &delivery.provider) else {
+            if let Some(stop) = self.check_only(eval).await? {
+                return Ok(stop);
+            }
+            return Ok(ActionOutcome::failed(
+                "PROVIDER_NOT_FOUND",
+                format!("provider `{}` not found", delivery.provider),
+                false,
+                0,
+            ));
+        };
+        delivery.lease = dedup_lease(handle);
         delivery.quotas = rt
             .quotas
             .iter()
             .filter(|q| q.applies(action, &delivery.provider))
             .collect();
-        if let Some(stop) = self.check_quota_gates(action, eval, &mut delivery).await? {
+        if let Some(stop) = self
+            .check_quota_gates(rt, action, eval, &mut delivery)
+            .await?
+        {
             return Ok(stop);
         }
         Ok(self.deliver(rt, action, eval, &delivery).await)
     }
 
-    /// Applies the rule gates plus `quotas` (passed last) in one atomic call.
+    /// The rule gates checked, nothing applied (one call): the outcome of the first that
+    /// stops, if any.
+    async fn check_only(&self, eval: &Evaluation) -> Result<Option<ActionOutcome>, DispatchError> {
+        Ok(match self.check_gates(eval, &[], GateMode::Check).await? {
+            GateCheck::Stopped(stop) => Some(stop),
+            GateCheck::Passed | GateCheck::Quota { .. } => None,
+        })
+    }
+
+    /// Checks the rule gates plus `quotas` (passed last) in one atomic call, applying them
+    /// all if all pass and `mode` says so.
     async fn check_gates(
         &self,
         eval: &Evaluation,
         quotas: &[Gate],
+        mode: GateMode,
     ) -> Result<GateCheck, DispatchError> {
         let combined: SmallVec<[Gate; 4]>;
         let gates: &[Gate] = if quotas.is_empty() {
@@ -247,7 +289,7 @@ impl Gateway {
         if gates.is_empty() {
             return Ok(GateCheck::Passed);
         }
-        Ok(match self.apply_gates(gates).await? {
+        Ok(match self.apply_gates(gates, mode).await? {
             GateResult::Passed => GateCheck::Passed,
             GateResult::Stopped {
                 reason: GateStop::Duplicate,
@@ -273,6 +315,7 @@ impl Gateway {
     /// goes to the fallback provider), and the remaining gates are checked again.
     async fn check_quota_gates(
         &self,
+        rt: &Runtime,
         action: &Action,
         eval: &Evaluation,
         delivery: &mut Delivery<'_>,
@@ -287,7 +330,10 @@ impl Gateway {
                     window: Duration::from_secs(q.window_seconds),
                 })
                 .collect();
-            let (index, used, resets_in) = match self.check_gates(eval, &quota_gates).await? {
+            let mode = GateMode::Apply {
+                dedup_lease: Some(delivery.lease),
+            };
+            let (index, used, resets_in) = match self.check_gates(eval, &quota_gates, mode).await? {
                 GateCheck::Passed => return Ok(None),
                 GateCheck::Stopped(outcome) => return Ok(Some(outcome)),
                 GateCheck::Quota {
@@ -316,6 +362,9 @@ impl Gateway {
                     if let Some(fallback) = &quota.spec.fallback_provider {
                         delivery.provider = fallback.clone();
                         delivery.rerouted = true;
+                        if let Some(handle) = rt.providers.get(&action.namespace, fallback) {
+                            delivery.lease = dedup_lease(handle);
+                        }
                     }
                 }
             }
@@ -323,15 +372,13 @@ impl Gateway {
         }
     }
 
-    async fn apply_gates(&self, gates: &[Gate]) -> Result<GateResult, StateError> {
+    async fn apply_gates(&self, gates: &[Gate], mode: GateMode) -> Result<GateResult, StateError> {
         let started = Instant::now();
-        let result =
-            match tokio::time::timeout(self.options.state_timeout, self.state.apply_gates(gates))
-                .await
-            {
-                Ok(r) => r,
-                Err(_) => Err(StateError::Timeout(self.options.state_timeout)),
-            };
+        let call = self.state.run_gates(gates, mode);
+        let result = match tokio::time::timeout(self.options.state_timeout, call).await {
+            Ok(r) => r,
+            Err(_) => Err(StateError::Timeout(self.options.state_timeout)),
+        };
         self.metrics
             .state_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -340,7 +387,9 @@ impl Gateway {
                 .state_errors
                 .with_label_values(&["apply_gates"])
                 .inc();
-            self.release_after_unknown_result(gates);
+            if mode != GateMode::Check {
+                self.release_after_unknown_result(gates);
+            }
         }
         result
     }
@@ -402,6 +451,7 @@ impl Gateway {
                     .provider_seconds
                     .with_label_values(&[handle.name.as_str(), "success"])
                     .observe(elapsed);
+                self.confirm_dedup(eval, delivery.lease);
                 if delivery.rerouted {
                     ActionOutcome::Rerouted {
                         original_provider: action.provider.clone(),
@@ -428,6 +478,24 @@ impl Gateway {
         }
     }
 
+    /// The delivery succeeded: queues the confirmations that make this dispatch's dedup
+    /// marks, set for the in-flight lease, last their full TTL. Never waits on the backend.
+    fn confirm_dedup(&self, eval: &Evaluation, lease: Duration) {
+        for g in &eval.gates {
+            if let Gate::Dedup { key, ttl, token } = g
+                && *ttl > lease
+            {
+                let confirmation = DedupConfirm {
+                    key: key.clone(),
+                    token: token.clone(),
+                    extend: *ttl - lease,
+                };
+                self.confirmer
+                    .enqueue(&self.state, &self.metrics.registry, confirmation);
+            }
+        }
+    }
+
     /// Releases this dispatch's dedup marks so a retry of the same key can be delivered.
     async fn release_dedup(&self, eval: &Evaluation) {
         for g in &eval.gates {
@@ -447,6 +515,18 @@ impl Gateway {
             }
         }
     }
+}
+
+/// How long a dedup mark may block retries before its delivery is confirmed: the
+/// provider's worst-case delivery time plus a margin, at least [`DEDUP_LEASE_FLOOR`].
+fn dedup_lease(handle: &ProviderHandle) -> Duration {
+    let worst = handle
+        .provider
+        .max_delivery_time()
+        .unwrap_or(Duration::ZERO);
+    worst
+        .saturating_add(DEDUP_LEASE_MARGIN)
+        .max(DEDUP_LEASE_FLOOR)
 }
 
 fn reroute_target(rt: &Runtime, rule: u32) -> &str {

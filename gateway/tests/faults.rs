@@ -1,6 +1,8 @@
 //! Backend outages: with the state backend cut off (a black-holed port, like a dead host)
-//! under load, gateways answer 503 within 2 s, `/readyz` fails, nothing panics; when the
+//! under load, gateways answer 503 within 2 s, `/health` reports it (`/readyz` stays ready:
+//! the backend is shared), nothing panics; when the
 //! backend comes back, service resumes within 5 s without a restart. Redis and Postgres.
+//! A gateway SIGKILLed mid-delivery loses no action to the dedup mark it left.
 
 mod common;
 #[path = "common/proxy.rs"]
@@ -11,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::Server;
+use common::{Recorder, Server};
 use parking_lot::Mutex;
 use proxy::FaultProxy;
 use serde_json::json;
@@ -115,12 +117,19 @@ async fn outage_and_recovery(proxy: &FaultProxy, state_url: &str) {
     let cut_at = Instant::now();
     proxy.cut();
     tokio::time::sleep(Duration::from_secs(3)).await;
+    // Readiness does not follow a shared backend (every replica would leave the Service at
+    // once); `/health` reports it instead.
     for s in &servers {
-        assert_eq!(
-            ready(&client, s).await,
-            503,
-            "/readyz fails while the backend is unreachable"
-        );
+        assert_eq!(ready(&client, s).await, 200, "/readyz stays ready");
+        let health: serde_json::Value = client
+            .get(s.url("/health"))
+            .send()
+            .await
+            .expect("health answered")
+            .json()
+            .await
+            .expect("health json");
+        assert_eq!(health["state_backend"]["up"], false, "{health}");
     }
     let restored_at = Instant::now();
     proxy.restore();
@@ -218,4 +227,140 @@ async fn postgres_outage_gives_503_and_recovers() {
     let (head, host_port, tail) = split_postgres_url(&url);
     let proxy = FaultProxy::start(socket_addr(&host_port));
     outage_and_recovery(&proxy, &format!("{head}{}{tail}", proxy.addr())).await;
+}
+
+/// Webhook with 1 s attempts, 3 of them, 100 then 200 ms backoffs: worst case 3 s + 2 × (100
+/// + 200) ms of jittered backoff = 3.6 s, so the in-flight lease is 3.6 s + 3 s of margin.
+const LEASE: Duration = Duration::from_millis(6_600);
+
+fn kill_config(hook: &Recorder) -> String {
+    format!(
+        r#"
+apiVersion: acteon.dev/v1alpha1
+kind: Provider
+metadata: {{name: hook, namespace: f}}
+spec:
+  type: webhook
+  webhook: {{url: "{}"}}
+  timeoutSeconds: 1
+  retry: {{maxAttempts: 3, initialBackoffMs: 100, maxBackoffMs: 200}}
+---
+apiVersion: acteon.dev/v1alpha1
+kind: Rule
+metadata: {{name: dedup, namespace: f}}
+spec:
+  condition: {{field: action.action_type, eq: x}}
+  action: {{type: deduplicate, ttlSeconds: 600}}
+"#,
+        hook.url("/hook")
+    )
+}
+
+async fn dispatch_key(client: &reqwest::Client, server: &Server, key: &str) -> serde_json::Value {
+    let body = json!({"namespace": "f", "tenant": "t", "provider": "hook", "action_type": "x", "payload": {"key": key}, "dedup_key": key});
+    let r = client
+        .post(server.url("/v1/dispatch"))
+        .json(&body)
+        .send()
+        .await
+        .expect("dispatch answered");
+    r.json().await.expect("json outcome")
+}
+
+fn delivered(hook: &Recorder, key: &str) -> usize {
+    hook.requests
+        .lock()
+        .iter()
+        .filter(|r| r.body["key"] == key)
+        .count()
+}
+
+/// A gateway SIGKILLed while a delivery hangs leaves a dedup mark behind. The mark only
+/// holds for the in-flight lease: a retry during the lease is still `Deduplicated` (the
+/// action may be in flight elsewhere), a retry after it is delivered. A mark whose delivery
+/// succeeded was confirmed in the background and still blocks duplicates after the lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_gateway_loses_no_action_to_a_dedup_mark() {
+    let url = std::env::var("ACTEON_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let hook = Recorder::start().await;
+    let dir = std::env::temp_dir().join(format!("acteon-kill-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("config.yaml");
+    std::fs::write(&file, kill_config(&hook)).expect("config");
+    let prefix = format!(
+        "acteon_k{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let args = [
+        "--config",
+        file.to_str().expect("utf-8"),
+        "--state",
+        &url,
+        "--state-prefix",
+        &prefix,
+    ];
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client");
+
+    let first = Server::start(&args);
+    let done = dispatch_key(&client, &first, "done").await;
+    let done_at = Instant::now();
+    assert!(done.get("Executed").is_some(), "{done}");
+
+    // The target now hangs; the gateway is killed mid-attempt.
+    *hook.delay.lock() = Duration::from_secs(3600);
+    let hanging = {
+        let (client, body_url) = (client.clone(), first.url("/v1/dispatch"));
+        tokio::spawn(async move {
+            let body = json!({"namespace": "f", "tenant": "t", "provider": "hook", "action_type": "x", "payload": {"key": "lost"}, "dedup_key": "lost"});
+            let _ = client.post(body_url).json(&body).send().await;
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(first); // SIGKILL
+    let killed_at = Instant::now();
+    let _ = hanging.await;
+    *hook.delay.lock() = Duration::ZERO;
+
+    let second = Server::start(&args);
+    let early = dispatch_key(&client, &second, "lost").await;
+    assert_eq!(
+        early,
+        json!("Deduplicated"),
+        "within the lease the mark of the interrupted delivery still holds"
+    );
+    let outcome = loop {
+        let o = dispatch_key(&client, &second, "lost").await;
+        if o != json!("Deduplicated") {
+            break o;
+        }
+        assert!(
+            killed_at.elapsed() < LEASE + Duration::from_secs(3),
+            "the retry is still answered Deduplicated {:?} after the kill (lease {LEASE:?})",
+            killed_at.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!("retry delivered {:?} after the kill", killed_at.elapsed());
+    assert!(
+        killed_at.elapsed() >= LEASE - Duration::from_secs(1),
+        "the mark held for the lease, not less"
+    );
+    assert!(outcome.get("Executed").is_some(), "{outcome}");
+    assert_eq!(delivered(&hook, "lost"), 1, "delivered once, by the retry");
+
+    // The confirmed mark outlives the lease.
+    tokio::time::sleep(
+        (done_at + LEASE + Duration::from_millis(500)).saturating_duration_since(Instant::now()),
+    )
+    .await;
+    assert_eq!(
+        dispatch_key(&client, &second, "done").await,
+        json!("Deduplicated"),
+        "a delivered action's mark was confirmed and lasts its full TTL"
+    );
+    assert_eq!(delivered(&hook, "done"), 1);
 }

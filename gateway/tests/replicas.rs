@@ -1,5 +1,6 @@
 //! Three real gateway processes on one backend behave exactly like one: dedup, throttle,
-//! quota and dedup release on failure are exact across replicas. Run on Redis and
+//! quota, dedup release on failure, and gates left unapplied for actions that a later rule
+//! stops, are exact across replicas. Run on Redis and
 //! Postgres (`ACTEON_TEST_REDIS_URL`, `ACTEON_TEST_POSTGRES_URL`).
 
 mod common;
@@ -23,6 +24,11 @@ fn config(hook: &Recorder) -> String {
             "---\napiVersion: acteon.dev/v1alpha1\nkind: Rule\nmetadata: {{name: {name}, namespace: rep}}\nspec:\n  condition: {{field: action.action_type, eq: {action_type}}}\n  action: {action}\n"
         )
     };
+    let ordered = |priority: u32, name: &str, condition: &str, action: &str| {
+        format!(
+            "---\napiVersion: acteon.dev/v1alpha1\nkind: Rule\nmetadata: {{name: {name}, namespace: rep}}\nspec:\n  priority: {priority}\n  condition: {condition}\n  action: {action}\n"
+        )
+    };
     [
         provider("dedup", "/dedup"),
         provider("throttle", "/throttle"),
@@ -32,6 +38,10 @@ fn config(hook: &Recorder) -> String {
         rule("dedup", "dedup", "{type: deduplicate, ttlSeconds: 60}"),
         rule("throttle", "throttled", "{type: throttle, maxCount: 100, windowSeconds: 10}"),
         rule("short-throttle", "short", "{type: throttle, maxCount: 5, windowSeconds: 1}"),
+        provider("gated", "/gated"),
+        ordered(1, "gated-dedup", "{field: action.action_type, eq: gated}", "{type: deduplicate, ttlSeconds: 60}"),
+        ordered(2, "gated-throttle", "{field: action.action_type, eq: gated}", "{type: throttle, maxCount: 1, windowSeconds: 60}"),
+        ordered(3, "gated-block", "{field: action.payload.block, eq: true}", "{type: suppress}"),
         "---\napiVersion: acteon.dev/v1alpha1\nkind: Quota\nmetadata: {name: q, namespace: rep}\nspec: {tenant: quota-tenant, limit: 500, window: 1h}\n".to_owned(),
     ]
     .concat()
@@ -142,6 +152,7 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 async fn exact_across_replicas(state_url: &str) {
     let _serial = ONE_AT_A_TIME.lock().await;
     let cluster = Cluster::start(state_url).await;
+    stopped_actions_consume_no_gates(&cluster).await;
 
     // 10,000 dispatches over 1,000 dedup keys → exactly 1,000 deliveries.
     let actions = (0..10_000)
@@ -240,6 +251,45 @@ async fn exact_across_replicas(state_url: &str) {
         2,
         "one failed attempt, one delivery"
     );
+}
+
+/// Dedup (1), throttle 1/min (2), suppress when `payload.block` (3), one action at a time
+/// through each replica in turn: a suppressed action is checked against the gates but
+/// consumes neither the dedup mark nor the throttle budget.
+async fn stopped_actions_consume_no_gates(cluster: &Cluster) {
+    let mut turn = 0;
+    let mut send = async |key: &str, block: bool| -> Value {
+        turn += 1;
+        let mut a = action("gated", "gated", "g", Some(key.to_owned()));
+        a["payload"] = json!({"block": block});
+        let r = cluster
+            .client
+            .post(cluster.servers[turn % 3].url("/v1/dispatch"))
+            .json(&a)
+            .send()
+            .await
+            .expect("sent");
+        r.json().await.expect("json")
+    };
+    let suppressed = json!({"Suppressed": {"rule": "gated-block"}});
+    assert_eq!(send("k1", true).await, suppressed);
+    assert_eq!(send("k1", true).await, suppressed, "no mark was set");
+    let delivered = send("k1", false).await;
+    assert!(
+        delivered.get("Executed").is_some(),
+        "the suppressed actions neither marked k1 nor used the throttle budget: {delivered}"
+    );
+    assert_eq!(send("k1", false).await, json!("Deduplicated"));
+    assert_eq!(
+        send("k1", true).await,
+        json!("Deduplicated"),
+        "gates are still checked before a later rule stops the action"
+    );
+    for (key, block) in [("k2", true), ("k3", false)] {
+        let o = send(key, block).await;
+        assert!(o.get("Throttled").is_some(), "{key}: {o}");
+    }
+    assert_eq!(deliveries(&cluster.hook, "/gated"), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -1,11 +1,15 @@
 //! The memory backend: the shared conformance suite, plus exact edges that need the
-//! injectable clock and the sweep of expired entries.
+//! injectable clock and the sweep of expired entries, and the pipeline's use of gates.
+
+mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use acteon_gateway::outcome::ActionOutcome;
 use acteon_gateway::state::{Gate, GateResult, GateStop, MemoryStore, StateStore, Versioned};
+use serde_json::json;
 
 acteon_gateway::conformance_tests!(conformance, async { Arc::new(MemoryStore::new()) });
 
@@ -307,4 +311,55 @@ async fn background_sweeper_drops_expired_entries() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// Dedup (priority 1), throttle 1/min (2), suppress when `payload.block` (3): an action that
+/// ends suppressed is checked against the gates (a duplicate is still `Deduplicated`, a full
+/// window still `Throttled`) but consumes neither the dedup mark nor the throttle budget.
+#[tokio::test]
+async fn suppressed_actions_consume_no_gates() {
+    let rule = |name: &str, priority: u32, condition: &str, action: &str| {
+        format!(
+            "---\napiVersion: acteon.dev/v1alpha1\nkind: Rule\nmetadata: {{name: {name}, namespace: ns}}\nspec:\n  priority: {priority}\n  condition: {condition}\n  action: {action}\n"
+        )
+    };
+    let yaml = [
+        "apiVersion: acteon.dev/v1alpha1\nkind: Provider\nmetadata: {name: p, namespace: ns}\nspec: {type: noop}\n".to_owned(),
+        rule("a-dedup", 1, "{field: action.tenant, eq: t}", "{type: deduplicate, ttlSeconds: 60}"),
+        rule("b-throttle", 2, "{field: action.tenant, eq: t}", "{type: throttle, maxCount: 1, windowSeconds: 60}"),
+        rule("c-block", 3, "{field: action.payload.block, eq: true}", "{type: suppress}"),
+    ]
+    .concat();
+    let gw = common::gateway(&yaml);
+    let send = |key: &str, block: bool| {
+        let a = common::action(json!({
+            "namespace": "ns", "tenant": "t", "provider": "p", "action_type": "x",
+            "dedup_key": key, "payload": {"block": block}
+        }));
+        let gw = &gw;
+        async move { gw.dispatch(a, false).await.expect("dispatch answers") }
+    };
+    let suppressed = ActionOutcome::Suppressed {
+        rule: "c-block".into(),
+    };
+    assert_eq!(send("k1", true).await, suppressed);
+    assert_eq!(send("k1", true).await, suppressed, "no mark was set");
+    assert!(
+        matches!(send("k1", false).await, ActionOutcome::Executed(_)),
+        "the suppressed actions neither marked k1 nor used the throttle budget"
+    );
+    assert_eq!(send("k1", false).await, ActionOutcome::Deduplicated);
+    assert_eq!(
+        send("k1", true).await,
+        ActionOutcome::Deduplicated,
+        "gates are still checked before a later rule stops the action"
+    );
+    assert!(matches!(
+        send("k2", true).await,
+        ActionOutcome::Throttled { .. }
+    ));
+    assert!(matches!(
+        send("k3", false).await,
+        ActionOutcome::Throttled { .. }
+    ));
 }

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use acteon_gateway::state::postgres::PostgresOptions;
 use acteon_gateway::state::{
-    ClaimedTimer, Gate, GateResult, PostgresStore, StateError, StateStore, Versioned,
+    ClaimedTimer, DedupConfirm, Gate, GateMode, GateResult, PostgresStore, StateError, StateStore,
+    Versioned,
 };
 use async_trait::async_trait;
 use sqlx::Connection;
@@ -153,6 +154,12 @@ impl StateStore for Slotted {
     }
     async fn apply_gates(&self, gates: &[Gate]) -> Result<GateResult, StateError> {
         self.store.apply_gates(gates).await
+    }
+    async fn run_gates(&self, gates: &[Gate], mode: GateMode) -> Result<GateResult, StateError> {
+        self.store.run_gates(gates, mode).await
+    }
+    async fn confirm_dedup(&self, marks: &[DedupConfirm]) -> Result<usize, StateError> {
+        self.store.confirm_dedup(marks).await
     }
     async fn release_dedup(&self, key: &str, token: &str) -> Result<bool, StateError> {
         self.store.release_dedup(key, token).await

@@ -9,6 +9,7 @@
 --
 -- Counting outcomes makes wrk read every response body; pass `-- nocount` after the URL to
 -- measure without it:  wrk ... -s wrk-mixed.lua http://127.0.0.1:18080 -- nocount
+-- `-- ungated` sends only `executed` actions (no gates; see http-ceiling.sh).
 
 local threads = {}
 local next_tid = 0
@@ -43,6 +44,9 @@ function init(args)
   for _, a in ipairs(args) do
     if a == "nocount" then
       response = nil
+    elseif a == "ungated" then
+      -- Only `executed`: no dedup/throttle gate, so no state call (the HTTP ceiling).
+      kinds = { kinds[1] }
     end
   end
 end

@@ -46,6 +46,12 @@ impl ProviderError {
 #[async_trait]
 pub trait Provider: Send + Sync {
     async fn execute(&self, action: &Action) -> Result<ProviderResponse, ProviderError>;
+
+    /// The longest one `execute` can take, every attempt and backoff included; `None` for
+    /// providers that wait on nothing. Bounds the in-flight lease of dedup marks.
+    fn max_delivery_time(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// A provider and what it is called.
@@ -193,6 +199,18 @@ pub struct Retry {
 }
 
 impl Retry {
+    /// Upper bound of a delivery whose attempts each take at most `timeout`: every attempt,
+    /// plus every backoff at twice its delay (the jitter adds up to one delay).
+    pub fn worst_case(&self, timeout: Duration) -> Duration {
+        let mut total = timeout.saturating_mul(self.max_attempts);
+        let mut delay = self.initial_backoff;
+        for _ in 1..self.max_attempts.min(64) {
+            total = total.saturating_add(delay.min(self.max_backoff).saturating_mul(2));
+            delay = delay.saturating_mul(2);
+        }
+        total
+    }
+
     pub fn from_spec(spec: &ProviderSpec) -> Retry {
         let r = spec.retry.as_ref();
         Retry {

@@ -178,4 +178,8 @@ impl Provider for WebhookProvider {
         let attempts = attempts.load(std::sync::atomic::Ordering::Relaxed);
         result.map_err(|e| ProviderError::new(e.code, e.message, e.retryable, attempts))
     }
+
+    fn max_delivery_time(&self) -> Option<Duration> {
+        Some(self.retry.worst_case(self.timeout))
+    }
 }

@@ -24,7 +24,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::Barrier;
 use tokio::task::JoinSet;
 
-use super::{ClaimedTimer, Gate, GateResult, GateStop, StateError, StateStore, Versioned, unix_ms};
+use super::{
+    ClaimedTimer, DedupConfirm, Gate, GateMode, GateResult, GateStop, StateError, StateStore,
+    Versioned, unix_ms,
+};
 
 /// Margin for clock granularity, client/backend clock skew and round trips when a check
 /// compares a duration reported by the backend with one measured here.
@@ -69,6 +72,9 @@ macro_rules! __state_conformance_checks {
             gates_stop_at_later_dedup_applies_nothing,
             gates_report_first_stopping_gate,
             gates_all_pass_apply_all,
+            gates_check_mode_applies_nothing,
+            dedup_lease_expires_unless_confirmed,
+            dedup_confirm_batch_is_owner_checked,
             key_spaces_are_separate,
             zero_limits_stop_everything,
             throttle_limit_and_retry_after,
@@ -549,6 +555,205 @@ async fn dedup_ttl_expiry_once(s: &dyn StateStore, p: String) -> Attempt {
         "conformance[{C}]: the new mark must exist"
     );
     Ok(())
+}
+
+async fn run(store: &dyn StateStore, check: &str, gates: &[Gate], mode: GateMode) -> GateResult {
+    ok(check, "run_gates", store.run_gates(gates, mode).await)
+}
+
+fn leased(lease: Duration) -> GateMode {
+    GateMode::Apply {
+        dedup_lease: Some(lease),
+    }
+}
+
+/// `Check` reports the first gate that stops exactly as applying would, and applies
+/// nothing, whether the gates pass or stop.
+pub async fn gates_check_mode_applies_nothing(store: Arc<dyn StateStore>, prefix: &str) {
+    const C: &str = "gates_check_mode_applies_nothing";
+    let s = &*store;
+    let (d, t, q) = (
+        format!("{prefix}d"),
+        format!("{prefix}t"),
+        format!("{prefix}q"),
+    );
+    let gates = [
+        dedup(&d, LONG, "tok"),
+        throttle(&t, 1, LONG),
+        quota(&q, 1, LONG),
+    ];
+    for round in ["first", "second"] {
+        assert_passed(
+            C,
+            &format!("{round} check"),
+            &run(s, C, &gates, GateMode::Check).await,
+        );
+    }
+    assert!(
+        !ok(C, "dedup_exists", s.dedup_exists(&d).await),
+        "conformance[{C}]: a check must not set the dedup mark"
+    );
+    assert_eq!(
+        ok(C, "window_count", s.window_count(&t, LONG).await),
+        0,
+        "conformance[{C}]: a check must not count a throttle pass"
+    );
+    assert_eq!(
+        ok(C, "quota_usage", s.quota_usage(&q, LONG).await),
+        0,
+        "conformance[{C}]: a check must not use quota"
+    );
+
+    assert_passed(C, "apply after checks", &apply(s, C, &gates).await);
+    assert_duplicate(
+        C,
+        "check of a marked key",
+        &run(s, C, &gates, GateMode::Check).await,
+        0,
+    );
+    let fresh = format!("{prefix}d2");
+    let after_dedup = [
+        dedup(&fresh, LONG, "tok"),
+        throttle(&t, 1, LONG),
+        quota(&q, 1, LONG),
+    ];
+    assert_throttled(
+        C,
+        "check of a full window",
+        &run(s, C, &after_dedup, GateMode::Check).await,
+        1,
+        LONG,
+    );
+    let quota_only = [dedup(&fresh, LONG, "tok"), quota(&q, 1, LONG)];
+    assert_quota_exceeded(
+        C,
+        "check of a used quota",
+        &run(s, C, &quota_only, GateMode::Check).await,
+        1,
+        1,
+        LONG,
+    );
+    assert!(
+        !ok(C, "dedup_exists", s.dedup_exists(&fresh).await),
+        "conformance[{C}]: a stopped check must not set the dedup mark"
+    );
+    assert_eq!(
+        ok(C, "window_count", s.window_count(&t, LONG).await),
+        1,
+        "conformance[{C}]: checks must not add throttle passes"
+    );
+    assert_eq!(
+        ok(C, "quota_usage", s.quota_usage(&q, LONG).await),
+        1,
+        "conformance[{C}]: checks must not use quota"
+    );
+}
+
+/// A mark applied with an in-flight lease shorter than its TTL blocks duplicates during
+/// the lease and expires with it; a confirmed one lasts its TTL; a lease longer than the
+/// TTL changes nothing.
+pub async fn dedup_lease_expires_unless_confirmed(store: Arc<dyn StateStore>, prefix: &str) {
+    const C: &str = "dedup_lease_expires_unless_confirmed";
+    timed(C, prefix, |p| dedup_lease_once(&*store, p)).await;
+}
+
+async fn dedup_lease_once(s: &dyn StateStore, p: String) -> Attempt {
+    const C: &str = "dedup_lease_expires_unless_confirmed";
+    let (lost, confirmed, short) = (
+        format!("{p}lost"),
+        format!("{p}confirmed"),
+        format!("{p}short"),
+    );
+    let started = Instant::now();
+    let gates = [
+        dedup(&lost, LONG, "a"),
+        dedup(&confirmed, LONG, "b"),
+        dedup(&short, TTL, "c"),
+    ];
+    assert_passed(C, "leased marks", &run(s, C, &gates, leased(TTL)).await);
+    let applied = Instant::now();
+    let n = ok(
+        C,
+        "confirm_dedup",
+        s.confirm_dedup(&[DedupConfirm {
+            key: confirmed.clone(),
+            token: "b".into(),
+            extend: LONG - TTL,
+        }])
+        .await,
+    );
+    let during = run(s, C, &[dedup(&lost, LONG, "x")], GateMode::Check).await;
+    before(
+        started + TTL - SLACK,
+        "confirmation and check within the lease",
+    )?;
+    assert_eq!(
+        n, 1,
+        "conformance[{C}]: the owner's confirmation must extend its mark"
+    );
+    assert_duplicate(C, "an unconfirmed mark within its lease", &during, 0);
+
+    sleep_until(applied + TTL + SLACK).await;
+    assert!(
+        !ok(C, "dedup_exists", s.dedup_exists(&lost).await),
+        "conformance[{C}]: an unconfirmed mark must expire with its lease"
+    );
+    assert!(
+        ok(C, "dedup_exists", s.dedup_exists(&confirmed).await),
+        "conformance[{C}]: a confirmed mark must outlive its lease"
+    );
+    assert!(
+        !ok(C, "dedup_exists", s.dedup_exists(&short).await),
+        "conformance[{C}]: a mark whose TTL is shorter than the lease keeps its TTL"
+    );
+    assert_passed(
+        C,
+        "retry after the lease",
+        &apply(s, C, &[dedup(&lost, LONG, "retry")]).await,
+    );
+    Ok(())
+}
+
+/// One confirmation call extends many marks, each only if its token still owns it.
+pub async fn dedup_confirm_batch_is_owner_checked(store: Arc<dyn StateStore>, prefix: &str) {
+    const C: &str = "dedup_confirm_batch_is_owner_checked";
+    let s = &*store;
+    let keys: Vec<String> = (0..50).map(|i| format!("{prefix}k{i}")).collect();
+    for key in &keys {
+        assert_passed(
+            C,
+            "leased mark",
+            &run(s, C, &[dedup(key, LONG, "owner")], leased(LONG / 2)).await,
+        );
+    }
+    let batch: Vec<DedupConfirm> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, key)| DedupConfirm {
+            key: key.clone(),
+            token: if i % 2 == 0 { "owner" } else { "intruder" }.to_owned(),
+            extend: LONG / 2,
+        })
+        .chain([DedupConfirm {
+            key: format!("{prefix}absent"),
+            token: "owner".to_owned(),
+            extend: LONG,
+        }])
+        .collect();
+    assert_eq!(
+        ok(C, "confirm_dedup", s.confirm_dedup(&batch).await),
+        25,
+        "conformance[{C}]: exactly the marks whose token matches are extended"
+    );
+    assert!(
+        !ok(
+            C,
+            "dedup_exists",
+            s.dedup_exists(&format!("{prefix}absent")).await
+        ),
+        "conformance[{C}]: confirming an absent mark must not create it"
+    );
+    assert_eq!(ok(C, "confirm_dedup(empty)", s.confirm_dedup(&[]).await), 0);
 }
 
 // ---------------------------------------------------------------------------------------

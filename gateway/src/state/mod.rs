@@ -4,7 +4,12 @@
 //! The hot path is [`StateStore::apply_gates`]: all the dedup / throttle / quota checks a
 //! dispatch needs are checked together and applied only if all pass, so a rejected action
 //! never consumes budget and a dispatch costs one round trip whatever its rules.
+//! [`StateStore::run_gates`] adds the two variations the pipeline needs in that same single
+//! call: checking without applying (an action a later rule stops consumes nothing), and
+//! setting dedup marks for an in-flight lease only, which [`StateStore::confirm_dedup`]
+//! (batched, off the request path) extends to the full TTL once the delivery succeeded.
 
+pub mod confirm;
 pub mod conformance;
 pub mod memory;
 pub mod postgres;
@@ -73,6 +78,42 @@ pub enum GateStop {
     },
 }
 
+/// What [`StateStore::run_gates`] does once every gate passed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GateMode {
+    /// Apply them all. A dedup mark whose TTL is longer than `dedup_lease` is set for the
+    /// lease only: if its delivery never finishes (the gateway died), the mark stops
+    /// blocking retries after the lease; [`StateStore::confirm_dedup`] extends it to its
+    /// full TTL, counted from when it was set.
+    Apply { dedup_lease: Option<Duration> },
+    /// Check only: report the first gate that stops, apply nothing.
+    Check,
+}
+
+impl GateMode {
+    /// Applies with full TTLs (what [`StateStore::apply_gates`] does).
+    pub const APPLY: GateMode = GateMode::Apply { dedup_lease: None };
+
+    /// The TTL a dedup mark of `ttl` is set with in this mode.
+    pub fn mark_ttl(self, ttl: Duration) -> Duration {
+        match self {
+            GateMode::Apply {
+                dedup_lease: Some(lease),
+            } => ttl.min(lease),
+            _ => ttl,
+        }
+    }
+}
+
+/// The delivery behind a leased dedup mark succeeded: the mark of `key`, if `token` still
+/// owns it, lives `extend` longer (the rule TTL minus the lease it was set with).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DedupConfirm {
+    pub key: String,
+    pub token: String,
+    pub extend: Duration,
+}
+
 /// A value with the version that compare-and-swap checks.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Versioned {
@@ -101,6 +142,27 @@ pub trait StateStore: Send + Sync + 'static {
 
     /// Checks every gate and, only if all pass, applies them all, atomically.
     async fn apply_gates(&self, gates: &[Gate]) -> Result<GateResult, StateError>;
+
+    /// [`StateStore::apply_gates`] with a [`GateMode`], in one backend call.
+    ///
+    /// The default serves wrappers written before modes existed: `Apply` ignores the lease
+    /// (full TTLs, so [`StateStore::confirm_dedup`] has nothing to do), `Check` reads each
+    /// gate separately (several calls, not atomic, throttles report their whole window as
+    /// `retry_after`). Every real backend overrides it.
+    async fn run_gates(&self, gates: &[Gate], mode: GateMode) -> Result<GateResult, StateError> {
+        match mode {
+            GateMode::Apply { .. } => self.apply_gates(gates).await,
+            GateMode::Check => check_by_reads(self, gates).await,
+        }
+    }
+
+    /// Extends the dedup marks of successful deliveries (see [`GateMode::Apply`]) in one
+    /// backend call; owner-checked, a mark that expired or changed hands is left alone.
+    /// Returns how many marks were extended. The default has nothing to extend.
+    async fn confirm_dedup(&self, marks: &[DedupConfirm]) -> Result<usize, StateError> {
+        let _ = marks;
+        Ok(0)
+    }
 
     /// Releases a dedup mark if `token` still owns it (the provider failed, so a retry may run).
     async fn release_dedup(&self, key: &str, token: &str) -> Result<bool, StateError>;
@@ -153,6 +215,37 @@ pub trait StateStore: Send + Sync + 'static {
 
     /// Removes a claimed timer; false if the claim was lost.
     async fn complete_timer(&self, id: &str, claim: &str) -> Result<bool, StateError>;
+}
+
+/// [`GateMode::Check`] through the read methods, for stores without a check of their own.
+async fn check_by_reads<S: StateStore + ?Sized>(
+    store: &S,
+    gates: &[Gate],
+) -> Result<GateResult, StateError> {
+    for (index, gate) in gates.iter().enumerate() {
+        let reason = match gate {
+            Gate::Dedup { key, .. } => store
+                .dedup_exists(key)
+                .await?
+                .then_some(GateStop::Duplicate),
+            Gate::Throttle { key, limit, window } => {
+                (store.window_count(key, *window).await? >= *limit).then_some(GateStop::Throttled {
+                    retry_after: *window,
+                })
+            }
+            Gate::Quota { key, limit, window } => {
+                let used = store.quota_usage(key, *window).await?;
+                (used >= *limit).then(|| GateStop::QuotaExceeded {
+                    used,
+                    resets_in: *window,
+                })
+            }
+        };
+        if let Some(reason) = reason {
+            return Ok(GateResult::Stopped { index, reason });
+        }
+    }
+    Ok(GateResult::Passed)
 }
 
 /// Wall-clock milliseconds since the Unix epoch.

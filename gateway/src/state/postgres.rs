@@ -43,7 +43,10 @@ use sqlx::{ConnectOptions, Connection};
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tracing::Instrument;
 
-use super::{ClaimedTimer, Gate, GateResult, GateStop, StateError, StateStore, Versioned};
+use super::{
+    ClaimedTimer, DedupConfirm, Gate, GateMode, GateResult, GateStop, StateError, StateStore,
+    Versioned,
+};
 
 /// Table that records the applied migrations (in the installation's schema).
 const MIGRATIONS_TABLE: &str = "acteon_migrations";
@@ -416,11 +419,13 @@ struct GateArrays<'a> {
 }
 
 impl<'a> GateArrays<'a> {
-    fn new(gates: &'a [Gate]) -> Self {
+    fn new(gates: &'a [Gate], mode: GateMode) -> Self {
         let mut a = GateArrays::default();
         for gate in gates {
             let (kind, key, span, limit, token) = match gate {
-                Gate::Dedup { key, ttl, token } => (0, key, ms(*ttl), 0, token.as_str()),
+                Gate::Dedup { key, ttl, token } => {
+                    (0, key, ms(mode.mark_ttl(*ttl)), 0, token.as_str())
+                }
                 Gate::Throttle { key, limit, window } => (1, key, ms(*window), clamp(*limit), ""),
                 Gate::Quota { key, limit, window } => (2, key, ms(*window), clamp(*limit), ""),
             };
@@ -446,23 +451,36 @@ impl StateStore for PostgresStore {
     }
 
     async fn apply_gates(&self, gates: &[Gate]) -> Result<GateResult, StateError> {
+        self.run_gates(gates, GateMode::APPLY).await
+    }
+
+    async fn run_gates(&self, gates: &[Gate], mode: GateMode) -> Result<GateResult, StateError> {
         if gates.is_empty() {
             return Ok(GateResult::Passed);
         }
-        let arrays = GateArrays::new(gates);
+        let arrays = GateArrays::new(gates, mode);
+        let (op, sql) = match mode {
+            GateMode::Apply { .. } => (
+                "apply_gates",
+                "SELECT stop_index, stop_kind, stop_a, stop_b \
+                 FROM acteon_apply_gates($1, $2, $3, $4, $5)",
+            ),
+            GateMode::Check => (
+                "check_gates",
+                "SELECT stop_index, stop_kind, stop_a, stop_b \
+                 FROM acteon_check_gates($1, $2, $3, $4, $5)",
+            ),
+        };
         let (index, kind, a, b): (i32, Option<i16>, Option<i64>, Option<i64>) = self
-            .run("apply_gates", async |conn: &mut PgConnection| {
-                sqlx::query_as(
-                    "SELECT stop_index, stop_kind, stop_a, stop_b \
-                     FROM acteon_apply_gates($1, $2, $3, $4, $5)",
-                )
-                .bind(&arrays.kinds[..])
-                .bind(&arrays.keys[..])
-                .bind(&arrays.spans[..])
-                .bind(&arrays.limits[..])
-                .bind(&arrays.tokens[..])
-                .fetch_one(conn)
-                .await
+            .run(op, async |conn: &mut PgConnection| {
+                sqlx::query_as(sql)
+                    .bind(&arrays.kinds[..])
+                    .bind(&arrays.keys[..])
+                    .bind(&arrays.spans[..])
+                    .bind(&arrays.limits[..])
+                    .bind(&arrays.tokens[..])
+                    .fetch_one(conn)
+                    .await
             })
             .await?;
         let Ok(index) = usize::try_from(index) else {
@@ -479,11 +497,36 @@ impl StateStore for PostgresStore {
             },
             other => {
                 return Err(StateError::Unavailable(format!(
-                    "postgres apply_gates: unexpected stop kind {other:?} (schema from a newer gateway?)"
+                    "postgres {op}: unexpected stop kind {other:?} (schema from a newer gateway?)"
                 )));
             }
         };
         Ok(GateResult::Stopped { index, reason })
+    }
+
+    async fn confirm_dedup(&self, marks: &[DedupConfirm]) -> Result<usize, StateError> {
+        if marks.is_empty() {
+            return Ok(0);
+        }
+        let keys: Vec<&str> = marks.iter().map(|m| m.key.as_str()).collect();
+        let tokens: Vec<&str> = marks.iter().map(|m| m.token.as_str()).collect();
+        let extends: Vec<i64> = marks.iter().map(|m| ms(m.extend)).collect();
+        // One statement for the whole batch; the owner check is in the join. A key twice
+        // in a batch (never from one gateway: a mark is confirmed once) extends once.
+        self.run("confirm_dedup", async |conn: &mut PgConnection| {
+            sqlx::query(
+                "UPDATE acteon_dedup d SET expires_at = d.expires_at + c.extend \
+                 FROM unnest($1::text[], $2::text[], $3::bigint[]) AS c(key, token, extend) \
+                 WHERE d.key = c.key AND d.token = c.token AND d.expires_at > acteon_now_ms()",
+            )
+            .bind(&keys[..])
+            .bind(&tokens[..])
+            .bind(&extends[..])
+            .execute(conn)
+            .await
+            .map(|r| r.rows_affected() as usize)
+        })
+        .await
     }
 
     async fn release_dedup(&self, key: &str, token: &str) -> Result<bool, StateError> {

@@ -14,12 +14,17 @@ use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use redis::{Script, Value};
 
-use super::{ClaimedTimer, Gate, GateResult, GateStop, StateError, StateStore, Versioned};
+use super::{
+    ClaimedTimer, DedupConfirm, Gate, GateMode, GateResult, GateStop, StateError, StateStore,
+    Versioned,
+};
 
-/// Checks every gate, then applies them all only if all pass. Four ARGV per gate:
-/// kind (`d`, `t`, `q`) and three parameters. Returns `{-1}` or
-/// `{index, kind, millis, used}` for the first gate that stops.
-const APPLY_GATES: &str = r"
+/// The check loop shared by [`APPLY_GATES`] and [`CHECK_GATES`]. Four ARGV per gate:
+/// kind (`d`, `t`, `q`) and three parameters. Returns `{index, kind, millis, used}` for
+/// the first gate that stops.
+macro_rules! check_gates_lua {
+    () => {
+        r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local n = #KEYS
@@ -44,6 +49,16 @@ for i = 1, n do
     if used >= a then return {i - 1, 'q', start + window - now, used} end
   end
 end
+"
+    };
+}
+
+/// Checks every gate, then applies them all only if all pass. Returns `{-1}` or the
+/// first gate that stops (see `check_gates_lua`). A dedup gate's first parameter is the
+/// TTL the mark is set with (the in-flight lease when shorter than the rule's TTL).
+const APPLY_GATES: &str = concat!(
+    check_gates_lua!(),
+    r"
 for i = 1, n do
   local kind, a, b, c = ARGV[i*4-3], ARGV[i*4-2], ARGV[i*4-1], ARGV[i*4]
   local key = KEYS[i]
@@ -61,6 +76,28 @@ for i = 1, n do
   end
 end
 return {-1}
+"
+);
+
+/// Checks every gate and applies nothing (an action that a later rule stops). Pruning a
+/// window of passes that left it changes nothing observable.
+const CHECK_GATES: &str = concat!(check_gates_lua!(), "return {-1}\n");
+
+/// Extends the marks of confirmed deliveries. KEYS: marks; ARGV: per mark, token and
+/// extension ms. A mark extends only if the token still owns it (so an expired mark, or
+/// one another dispatch set since, is left alone). Returns the number extended.
+const CONFIRM_DEDUP: &str = r"
+local n = 0
+for i = 1, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[i*2-1] then
+    local left = redis.call('PTTL', KEYS[i])
+    if left > 0 then
+      redis.call('PEXPIRE', KEYS[i], left + tonumber(ARGV[i*2]))
+      n = n + 1
+    end
+  end
+end
+return n
 ";
 
 const RELEASE_IF_OWNER: &str = r"
@@ -147,6 +184,8 @@ return 1
 /// Scripts compiled (hashed) once.
 struct Scripts {
     apply_gates: Script,
+    check_gates: Script,
+    confirm_dedup: Script,
     release: Script,
     window_count: Script,
     quota_usage: Script,
@@ -195,6 +234,8 @@ impl RedisStore {
             prefix: prefix.to_owned(),
             scripts: Scripts {
                 apply_gates: Script::new(APPLY_GATES),
+                check_gates: Script::new(CHECK_GATES),
+                confirm_dedup: Script::new(CONFIRM_DEDUP),
                 release: Script::new(RELEASE_IF_OWNER),
                 window_count: Script::new(WINDOW_COUNT),
                 quota_usage: Script::new(QUOTA_USAGE),
@@ -297,15 +338,23 @@ impl StateStore for RedisStore {
             .map_err(unavailable)
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(gates = gates.len()))]
     async fn apply_gates(&self, gates: &[Gate]) -> Result<GateResult, StateError> {
-        let mut inv = self.scripts.apply_gates.prepare_invoke();
+        self.run_gates(gates, GateMode::APPLY).await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(gates = gates.len()))]
+    async fn run_gates(&self, gates: &[Gate], mode: GateMode) -> Result<GateResult, StateError> {
+        let script = match mode {
+            GateMode::Apply { .. } => &self.scripts.apply_gates,
+            GateMode::Check => &self.scripts.check_gates,
+        };
+        let mut inv = script.prepare_invoke();
         for gate in gates {
             match gate {
                 Gate::Dedup { key, ttl, token } => {
                     inv.key(self.key("g:d", key))
                         .arg("d")
-                        .arg(ms(*ttl))
+                        .arg(ms(mode.mark_ttl(*ttl)))
                         .arg(token.as_str())
                         .arg("");
                 }
@@ -313,8 +362,12 @@ impl StateStore for RedisStore {
                     inv.key(self.key("g:t", key))
                         .arg("t")
                         .arg(*limit)
-                        .arg(ms(*window))
-                        .arg(self.unique());
+                        .arg(ms(*window));
+                    // The member only matters when the pass is recorded.
+                    match mode {
+                        GateMode::Check => inv.arg(""),
+                        GateMode::Apply { .. } => inv.arg(self.unique()),
+                    };
                 }
                 Gate::Quota { key, limit, window } => {
                     inv.key(self.key("g:q", key))
@@ -330,6 +383,23 @@ impl StateStore for RedisStore {
             .await
             .map_err(unavailable)?;
         Ok(gate_result(reply))
+    }
+
+    async fn confirm_dedup(&self, marks: &[DedupConfirm]) -> Result<usize, StateError> {
+        if marks.is_empty() {
+            return Ok(0);
+        }
+        let mut inv = self.scripts.confirm_dedup.prepare_invoke();
+        for mark in marks {
+            inv.key(self.key("g:d", &mark.key))
+                .arg(mark.token.as_str())
+                .arg(ms(mark.extend));
+        }
+        let n: i64 = inv
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(n.max(0) as usize)
     }
 
     async fn release_dedup(&self, key: &str, token: &str) -> Result<bool, StateError> {

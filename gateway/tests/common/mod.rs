@@ -38,6 +38,7 @@ pub fn gateway(yaml: &str) -> Gateway {
         state: Arc::new(MemoryStore::new()),
         metrics: Arc::new(Metrics::new()),
         options: GatewayOptions::default(),
+        confirmer: Default::default(),
     }
 }
 
