@@ -159,6 +159,9 @@ pub fn run(cli: Cli) -> ExitCode {
 
 fn validate(paths: &[PathBuf], shared_namespace: String) -> ExitCode {
     let opts = CompileOptions { shared_namespace };
+    for w in acteon::warnings_in_paths(paths) {
+        eprintln!("warning: {w}");
+    }
     match compile::compile_paths(paths, &opts) {
         Ok(s) => {
             println!(

@@ -71,7 +71,19 @@ pub enum ActionOutcome {
         verdict: String,
         matched_rule: Option<String>,
         would_be_provider: String,
+        /// Rules whose evaluation failed for this action (they did not match). Not in
+        /// Acteon's shape, which SDKs parse ignoring unknown keys; left out when empty.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        errors: Vec<RuleEvalError>,
     },
+}
+
+/// A rule whose evaluation failed, as a dry run reports it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RuleEvalError {
+    /// `namespace/name`, or `name` for shared rules.
+    pub rule: String,
+    pub error: String,
 }
 
 impl ActionOutcome {

@@ -22,7 +22,7 @@ enum GateCheck {
     },
 }
 use crate::metrics::Metrics;
-use crate::outcome::ActionOutcome;
+use crate::outcome::{ActionOutcome, RuleEvalError};
 use crate::providers::ProviderHandle;
 use crate::rules::{Effect, Evaluation, Verdict, scoped_key};
 use crate::state::confirm::DedupConfirmer;
@@ -151,40 +151,50 @@ impl Gateway {
         }
         for (pos, err) in &eval.errors {
             let rule = rt.rules.rule(*pos);
-            let reason = match err {
-                crate::rules::condition::EvalError::MissingField(_) => "missing_field",
-                crate::rules::condition::EvalError::TypeMismatch { .. } => "type_mismatch",
-                crate::rules::condition::EvalError::Unsupported(_) => "unsupported",
-                crate::rules::condition::EvalError::Cel(_) => "cel",
-            };
             self.metrics
                 .rule_errors
-                .with_label_values(&[&*rule.id, reason])
+                .with_label_values(&[&*rule.id, err.reason()])
                 .inc();
             tracing::debug!(rule = %rule.id, error = %err, "rule evaluation failed; treated as not matching");
         }
     }
 
+    /// What a dispatch would do, in Acteon's `DryRun` shape: `verdict` is Acteon's snake_case
+    /// name of the deciding rule's type. Gates do not decide here (no state is read), so
+    /// when no terminal rule matched, the first passing `deduplicate` / `throttle` rule is
+    /// the one named, as Acteon names the rule its dry run stops at.
     fn dry_run(&self, rt: &Runtime, action: &Action, eval: &Evaluation) -> ActionOutcome {
         let name = |pos: u32| Some(rt.rules.rule(pos).name.clone());
+        let requested = || action.provider.clone();
         let (verdict, matched_rule, provider) = match eval.verdict {
-            Verdict::Execute { rule } if self.options.default_deny && rule.is_none() => {
-                ("deny", None, action.provider.clone())
+            Verdict::Execute { rule: None } if self.options.default_deny => {
+                ("deny", None, requested())
             }
-            Verdict::Execute { rule } => ("allow", rule.and_then(name), action.provider.clone()),
-            Verdict::Deny { rule } => ("deny", name(rule), action.provider.clone()),
-            Verdict::Suppress { rule } => ("suppress", name(rule), action.provider.clone()),
+            Verdict::Execute { rule: None } => match first_gate_rule(rt, eval) {
+                Some(pos) => (effect_kind(rt, pos), name(pos), requested()),
+                None => ("allow", None, requested()),
+            },
+            Verdict::Execute { rule: Some(pos) } => ("allow", name(pos), requested()),
+            Verdict::Deny { rule } => ("deny", name(rule), requested()),
+            Verdict::Suppress { rule } => ("suppress", name(rule), requested()),
             Verdict::Reroute { rule } => {
                 ("reroute", name(rule), reroute_target(rt, rule).to_owned())
             }
-            Verdict::NotImplemented { rule } => {
-                (effect_kind(rt, rule), name(rule), action.provider.clone())
-            }
+            Verdict::NotImplemented { rule } => (effect_kind(rt, rule), name(rule), requested()),
         };
+        let errors = eval
+            .errors
+            .iter()
+            .map(|(pos, e)| RuleEvalError {
+                rule: rt.rules.rule(*pos).id.to_string(),
+                error: e.to_string(),
+            })
+            .collect();
         ActionOutcome::DryRun {
             verdict: verdict.to_owned(),
             matched_rule,
             would_be_provider: provider,
+            errors,
         }
     }
 
@@ -536,9 +546,30 @@ fn reroute_target(rt: &Runtime, rule: u32) -> &str {
     }
 }
 
+/// The first matched `deduplicate` or `throttle` rule, if any.
+fn first_gate_rule(rt: &Runtime, eval: &Evaluation) -> Option<u32> {
+    eval.matched.iter().copied().find(|pos| {
+        matches!(
+            rt.rules.rule(*pos).effect,
+            Effect::Deduplicate { .. } | Effect::Throttle { .. }
+        )
+    })
+}
+
+/// Acteon's snake_case verdict name for a rule's action type.
 fn effect_kind(rt: &Runtime, rule: u32) -> &'static str {
     match &rt.rules.rule(rule).effect {
-        Effect::NotImplemented { kind } => kind,
-        _ => "unknown",
+        Effect::Allow => "allow",
+        Effect::Deny => "deny",
+        Effect::Suppress => "suppress",
+        Effect::Reroute { .. } => "reroute",
+        Effect::Modify { .. } => "modify",
+        Effect::Deduplicate { .. } => "deduplicate",
+        Effect::Throttle { .. } => "throttle",
+        Effect::NotImplemented { kind } => match *kind {
+            "stateMachine" => "state_machine",
+            "requestApproval" => "request_approval",
+            other => other,
+        },
     }
 }

@@ -148,6 +148,7 @@ fn later_outcomes_keep_acteon_field_names() {
                 verdict: "suppress".into(),
                 matched_rule: Some("r".into()),
                 would_be_provider: "p".into(),
+                errors: vec![],
             },
             r#"{"DryRun":{"verdict":"suppress","matched_rule":"r","would_be_provider":"p"}}"#,
         ),

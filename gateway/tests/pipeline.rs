@@ -188,7 +188,7 @@ async fn boolean_combinators() {
     assert!(matches(c, json!({"a": 1, "b": 0, "c": 1, "d": 0})).await);
     assert!(!matches(c, json!({"a": 1, "b": 0, "c": 0, "d": 0})).await);
     assert!(!matches(c, json!({"a": 1, "b": 1, "c": 0, "d": 1})).await);
-    // `all` is false when one part is false even if another part errs (missing field).
+    // An absent field reads as null: `eq: 1` on it is false, never an error.
     assert!(
         !matches(
             "{all: [{field: action.payload.a, eq: 1}, {field: action.payload.missing, eq: 1}]}",
@@ -196,7 +196,7 @@ async fn boolean_combinators() {
         )
         .await
     );
-    // `any` is true when one part is true even if another part errs.
+    // `any` is true when one part is true; the absent part is simply false.
     assert!(
         matches(
             "{any: [{field: action.payload.missing, eq: 1}, {field: action.payload.a, eq: 1}]}",
@@ -280,15 +280,183 @@ async fn cel_conditions() {
     );
 }
 
+/// One row per operator × kind of value: (condition, payload, matches). Absent values read
+/// as null; ordering and string operators on null or across types are false.
+const ABSENT_VALUE_TABLE: &[(&str, &str, bool)] = &[
+    // The issue's safety rule: block unencrypted PHI unless `encrypted` is true.
+    ("{field: action.payload.encrypted, ne: true}", "{}", true),
+    (
+        "{field: action.payload.encrypted, ne: true}",
+        "{\"encrypted\": null}",
+        true,
+    ),
+    (
+        "{field: action.payload.encrypted, ne: true}",
+        "{\"encrypted\": \"yes\"}",
+        true,
+    ),
+    (
+        "{field: action.payload.encrypted, ne: true}",
+        "{\"encrypted\": true}",
+        false,
+    ),
+    (
+        "{field: action.payload.meta.encrypted, ne: true}",
+        "{}",
+        true,
+    ),
+    (
+        "{field: action.payload.meta.encrypted, ne: true}",
+        "{\"meta\": 5}",
+        true,
+    ),
+    // eq / ne / inList compare with null (a `null` literal is written in an inList: as
+    // in Acteon's files, `eq: null` reads as no operator at all).
+    ("{field: action.payload.x, eq: 1}", "{}", false),
+    ("{field: action.payload.x, ne: 1}", "{}", true),
+    ("{field: action.payload.x, ne: 1}", "{\"x\": null}", true),
+    (
+        "{field: action.payload.a.b.c, inList: [null]}",
+        "{\"a\": \"text\"}",
+        true,
+    ),
+    ("{field: action.payload.x, eq: \"1\"}", "{\"x\": 1}", false),
+    ("{field: action.payload.x, inList: [a, b]}", "{}", false),
+    ("{field: action.payload.x, inList: [a, null]}", "{}", true),
+    (
+        "{field: action.payload.x, inList: [a, null]}",
+        "{\"x\": null}",
+        true,
+    ),
+    (
+        "{field: action.payload.x, inList: [1, 2]}",
+        "{\"x\": \"1\"}",
+        false,
+    ),
+    ("{field: action.metadata.absent, inList: [a]}", "{}", false),
+    // Ordering: false on absent, null, nested-absent and across types.
+    ("{field: action.payload.v, gt: 5}", "{}", false),
+    ("{field: action.payload.v, gte: 5}", "{\"v\": null}", false),
+    ("{field: action.payload.v, lt: 5}", "{\"v\": \"3\"}", false),
+    ("{field: action.payload.v, lte: 5}", "{\"v\": [1]}", false),
+    ("{field: action.payload.v, gt: abc}", "{\"v\": 7}", false),
+    ("{field: action.payload.a.b, lt: 5}", "{\"a\": {}}", false),
+    ("{field: action.payload.a.b, lt: 5}", "{\"a\": [1]}", false),
+    ("{field: action.payload.v, lt: 5}", "{\"v\": 3}", true),
+    // String operators: false on absent, null and other types.
+    ("{field: action.payload.s, contains: a}", "{}", false),
+    (
+        "{field: action.payload.s, contains: a}",
+        "{\"s\": null}",
+        false,
+    ),
+    (
+        "{field: action.payload.s, contains: a}",
+        "{\"s\": 10}",
+        false,
+    ),
+    (
+        "{field: action.payload.s, contains: 1}",
+        "{\"s\": {\"k\": 1}}",
+        false,
+    ),
+    ("{field: action.payload.s, startsWith: a}", "{}", false),
+    (
+        "{field: action.payload.s, startsWith: a}",
+        "{\"s\": [\"a\"]}",
+        false,
+    ),
+    (
+        "{field: action.payload.s, endsWith: a}",
+        "{\"s\": null}",
+        false,
+    ),
+    (
+        "{field: action.payload.s, endsWith: \"1\"}",
+        "{\"s\": 1}",
+        false,
+    ),
+    ("{field: action.payload.s, matches: '.*'}", "{}", false),
+    (
+        "{field: action.payload.s, matches: '.*'}",
+        "{\"s\": true}",
+        false,
+    ),
+    (
+        "{field: action.payload.a.s, matches: '.*'}",
+        "{\"a\": null}",
+        false,
+    ),
+    // exists tests presence (null counts as absent).
+    (
+        "{field: action.payload.x, exists: true}",
+        "{\"x\": null}",
+        false,
+    ),
+    (
+        "{field: action.payload.x, exists: false}",
+        "{\"x\": null}",
+        true,
+    ),
+    (
+        "{field: action.payload.a.b, exists: false}",
+        "{\"a\": 3}",
+        true,
+    ),
+    (
+        "{field: action.payload.x, exists: true}",
+        "{\"x\": 0}",
+        true,
+    ),
+    // `not` of a comparison on an absent field is `not false`: true (documented).
+    ("{not: {field: action.payload.v, gt: 5}}", "{}", true),
+    (
+        "{not: {field: action.payload.s, contains: a}}",
+        "{\"s\": 1}",
+        true,
+    ),
+    ("{not: {field: action.payload.x, eq: 1}}", "{}", true),
+    // Combinators see definite answers.
+    (
+        "{all: [{field: action.payload.x, exists: true}, {field: action.payload.x, gt: 1}]}",
+        "{}",
+        false,
+    ),
+    (
+        "{any: [{field: action.payload.x, gt: 1}, {field: action.tenant, eq: t}]}",
+        "{}",
+        true,
+    ),
+];
+
 #[tokio::test]
-async fn rule_errors_do_not_match_and_are_counted() {
-    let gw = one_rule("{field: action.payload.v, gt: 10}", "{type: suppress}");
-    // A string compared with a number: type mismatch.
-    assert!(matches!(
-        dispatch(&gw, act(json!({"v": "high"}))).await,
-        ActionOutcome::Executed(_)
-    ));
-    // A missing field.
+async fn absent_values_never_fail_open() {
+    for (condition, payload, expected) in ABSENT_VALUE_TABLE {
+        let gw = one_rule(condition, "{type: suppress}");
+        let payload: Value = serde_json::from_str(payload).expect("test payload");
+        let matched = match dispatch(&gw, act(payload.clone())).await {
+            ActionOutcome::Suppressed { .. } => true,
+            ActionOutcome::Executed(_) => false,
+            other => panic!("{condition} on {payload}: unexpected {other:?}"),
+        };
+        assert_eq!(matched, *expected, "{condition} on {payload}");
+        let errors = gw
+            .metrics
+            .render()
+            .lines()
+            .filter(|l| l.starts_with("acteon_rule_errors_total"))
+            .count();
+        assert_eq!(errors, 0, "{condition} on {payload}: no rule error counted");
+    }
+}
+
+#[tokio::test]
+async fn remaining_rule_errors_are_counted_and_shown_by_dry_runs() {
+    // A state predicate is not evaluated yet: the rule errs, does not match, is counted.
+    let gw = one_rule(
+        "{all: [{field: action.tenant, eq: t}, {stateSeen: seen-key}]}",
+        "{type: suppress}",
+    );
     assert!(matches!(
         dispatch(&gw, act(json!({}))).await,
         ActionOutcome::Executed(_)
@@ -296,16 +464,28 @@ async fn rule_errors_do_not_match_and_are_counted() {
     assert_eq!(
         metric(
             &gw,
-            "acteon_rule_errors_total{reason=\"type_mismatch\",rule=\"ns/r\"}"
+            "acteon_rule_errors_total{reason=\"unsupported\",rule=\"ns/r\"}"
         ),
         1.0
     );
+    match gw.dispatch(act(json!({})), true).await.expect("answers") {
+        ActionOutcome::DryRun {
+            verdict, errors, ..
+        } => {
+            assert_eq!(verdict, "allow");
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert_eq!(errors[0].rule, "ns/r");
+            assert!(errors[0].error.contains("stateSeen"), "{errors:?}");
+        }
+        other => panic!("expected DryRun, got {other:?}"),
+    }
+    // The extra field is left out of the wire form when there is no error.
+    let ok = one_rule("{field: action.tenant, eq: t}", "{type: allow}");
+    let out = ok.dispatch(act(json!({})), true).await.expect("answers");
+    let wire = serde_json::to_value(&out).expect("serializes");
     assert_eq!(
-        metric(
-            &gw,
-            "acteon_rule_errors_total{reason=\"missing_field\",rule=\"ns/r\"}"
-        ),
-        1.0
+        wire,
+        json!({"DryRun": {"verdict": "allow", "matched_rule": "r", "would_be_provider": "p"}})
     );
 }
 
@@ -617,10 +797,13 @@ async fn namespace_scoping() {
     let foreign = action(
         json!({"namespace": "other", "tenant": "t", "provider": "q", "action_type": "x", "payload": {}}),
     );
-    assert!(
-        gw.dispatch(foreign, false).await.is_err(),
-        "another namespace's provider is unknown"
-    );
+    match gw.dispatch(foreign, false).await {
+        Ok(ActionOutcome::Failed(e)) => assert_eq!(
+            e.code, "PROVIDER_NOT_FOUND",
+            "another namespace's provider is unknown"
+        ),
+        other => panic!("expected PROVIDER_NOT_FOUND, got {other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -676,10 +859,16 @@ async fn dry_run_touches_no_state() {
             ActionOutcome::DryRun {
                 verdict,
                 would_be_provider,
+                matched_rule,
                 ..
             } => assert_eq!(
-                (verdict.as_str(), would_be_provider.as_str()),
-                ("allow", "p")
+                (
+                    verdict.as_str(),
+                    matched_rule.as_deref(),
+                    would_be_provider.as_str()
+                ),
+                ("deduplicate", Some("r"), "p"),
+                "Acteon's verdict name; the passing dedup rule is named"
             ),
             other => panic!("expected DryRun, got {other:?}"),
         }
@@ -694,9 +883,218 @@ async fn dry_run_touches_no_state() {
         ActionOutcome::DryRun {
             verdict: "suppress".into(),
             matched_rule: Some("r".into()),
-            would_be_provider: "p".into()
+            would_be_provider: "p".into(),
+            errors: vec![],
         }
     );
+}
+
+#[tokio::test]
+async fn dry_run_verdicts_use_acteon_names() {
+    let extra = "---\napiVersion: acteon.dev/v1alpha1\nkind: Chain\nmetadata: {name: c, namespace: ns}\nspec: {steps: [{name: s, provider: p}]}\n---\napiVersion: acteon.dev/v1alpha1\nkind: StateMachine\nmetadata: {name: m, namespace: ns}\nspec: {states: [open, closed], initialState: open}\n";
+    for (rule_action, verdict, provider) in [
+        ("{type: allow}", "allow", "p"),
+        ("{type: deny}", "deny", "p"),
+        ("{type: suppress}", "suppress", "p"),
+        ("{type: reroute, targetProvider: q}", "reroute", "q"),
+        ("{type: deduplicate}", "deduplicate", "p"),
+        (
+            "{type: throttle, maxCount: 1, windowSeconds: 60}",
+            "throttle",
+            "p",
+        ),
+        ("{type: group, groupBy: [payload.floor]}", "group", "p"),
+        ("{type: schedule, delaySeconds: 5}", "schedule", "p"),
+        ("{type: chain, chain: c}", "chain", "p"),
+        (
+            "{type: stateMachine, stateMachine: m}",
+            "state_machine",
+            "p",
+        ),
+        (
+            "{type: requestApproval, notifyProvider: q}",
+            "request_approval",
+            "p",
+        ),
+    ] {
+        let gw = gateway(&format!(
+            "{PROVIDERS}{extra}---\napiVersion: acteon.dev/v1alpha1\nkind: Rule\nmetadata: {{name: r, namespace: ns}}\nspec:\n  condition: {{field: action.tenant, eq: t}}\n  action: {rule_action}\n"
+        ));
+        assert_eq!(
+            gw.dispatch(act(json!({})), true).await.expect("answers"),
+            ActionOutcome::DryRun {
+                verdict: verdict.into(),
+                matched_rule: Some("r".into()),
+                would_be_provider: provider.into(),
+                errors: vec![],
+            },
+            "{rule_action}"
+        );
+    }
+    // No rule at all: allow, nothing named.
+    let none = one_rule("{field: action.tenant, eq: other}", "{type: deny}");
+    assert_eq!(
+        none.dispatch(act(json!({})), true).await.expect("answers"),
+        ActionOutcome::DryRun {
+            verdict: "allow".into(),
+            matched_rule: None,
+            would_be_provider: "p".into(),
+            errors: vec![],
+        }
+    );
+}
+
+#[tokio::test]
+async fn dedup_without_a_key_is_keyed_by_the_action_id() {
+    let gw = one_rule(
+        "{field: action.action_type, eq: alert}",
+        "{type: deduplicate, ttlSeconds: 60}",
+    );
+    let with_id = |id: &str| {
+        action(
+            json!({"id": id, "namespace": "ns", "tenant": "t", "provider": "p", "action_type": "alert", "payload": {}}),
+        )
+    };
+    assert!(matches!(
+        dispatch(&gw, with_id("a-1")).await,
+        ActionOutcome::Executed(_)
+    ));
+    assert_eq!(
+        dispatch(&gw, with_id("a-1")).await,
+        ActionOutcome::Deduplicated,
+        "a retry of the same action is deduplicated, as in Acteon"
+    );
+    assert!(matches!(
+        dispatch(&gw, with_id("a-2")).await,
+        ActionOutcome::Executed(_)
+    ));
+    assert_eq!(
+        metric(&gw, "acteon_rule_errors_total{reason=\"missing_key\""),
+        0.0,
+        "Acteon's documented fallback is not an error"
+    );
+}
+
+#[tokio::test]
+async fn dedup_template_with_an_absent_field_is_never_lost() {
+    let gw = one_rule(
+        "{field: action.action_type, eq: alert}",
+        "{type: deduplicate, key: '{{action.payload.service}}'}",
+    );
+    let with = |id: &str, payload: Value| {
+        action(
+            json!({"id": id, "namespace": "ns", "tenant": "t", "provider": "p", "action_type": "alert", "payload": payload}),
+        )
+    };
+    // Two different actions without the field are both delivered (not merged into one key)...
+    for id in ["x-1", "x-2"] {
+        assert!(
+            matches!(
+                dispatch(&gw, with(id, json!({}))).await,
+                ActionOutcome::Executed(_)
+            ),
+            "{id}"
+        );
+    }
+    // ...a retry of one of them is still deduplicated (keyed by its id)...
+    assert_eq!(
+        dispatch(&gw, with("x-1", json!({}))).await,
+        ActionOutcome::Deduplicated
+    );
+    // ...and each is counted as a rule error and shown by a dry run.
+    assert_eq!(
+        metric(
+            &gw,
+            "acteon_rule_errors_total{reason=\"missing_key\",rule=\"ns/r\"}"
+        ),
+        3.0
+    );
+    match gw
+        .dispatch(with("x-3", json!({})), true)
+        .await
+        .expect("answers")
+    {
+        ActionOutcome::DryRun { errors, .. } => {
+            assert_eq!(errors.len(), 1);
+            assert!(errors[0].error.contains("absent field"), "{errors:?}");
+        }
+        other => panic!("expected DryRun, got {other:?}"),
+    }
+    // A present null is absent too.
+    assert!(matches!(
+        dispatch(&gw, with("x-4", json!({"service": null}))).await,
+        ActionOutcome::Executed(_)
+    ));
+}
+
+#[tokio::test]
+async fn throttle_template_with_an_absent_field_is_never_unthrottled() {
+    let gw = one_rule(
+        "{field: action.action_type, eq: alert}",
+        "{type: throttle, maxCount: 1, windowSeconds: 60, key: '{{action.payload.service}}'}",
+    );
+    assert!(matches!(
+        dispatch(&gw, act(json!({}))).await,
+        ActionOutcome::Executed(_)
+    ));
+    assert!(
+        matches!(
+            dispatch(&gw, act(json!({"other": 1}))).await,
+            ActionOutcome::Throttled { .. }
+        ),
+        "actions without the key share the rule's unkeyed window"
+    );
+    assert!(
+        matches!(
+            dispatch(&gw, act(json!({"service": "db"}))).await,
+            ActionOutcome::Executed(_)
+        ),
+        "a keyed window is separate from the unkeyed one"
+    );
+    assert_eq!(
+        metric(
+            &gw,
+            "acteon_rule_errors_total{reason=\"missing_key\",rule=\"ns/r\"}"
+        ),
+        2.0
+    );
+}
+
+#[tokio::test]
+async fn long_dedup_keys_are_bounded_and_stay_distinct() {
+    let gw = one_rule(
+        "{field: action.action_type, eq: alert}",
+        "{type: deduplicate, ttlSeconds: 60}",
+    );
+    let keyed = |key: &str| {
+        action(
+            json!({"namespace": "ns", "tenant": "t", "provider": "p", "action_type": "alert", "payload": {}, "dedup_key": key}),
+        )
+    };
+    let long = "k".repeat(100_000);
+    let long_b = format!("{}x", &long[1..]);
+    assert!(matches!(
+        dispatch(&gw, keyed(&long)).await,
+        ActionOutcome::Executed(_)
+    ));
+    assert_eq!(
+        dispatch(&gw, keyed(&long)).await,
+        ActionOutcome::Deduplicated
+    );
+    assert!(
+        matches!(
+            dispatch(&gw, keyed(&long_b)).await,
+            ActionOutcome::Executed(_)
+        ),
+        "keys differing in their last byte stay distinct"
+    );
+    let stored = acteon_gateway::rules::scoped_key("d", "ns", "t", &long);
+    assert!(
+        stored.len() < 100,
+        "backend key is bounded: {}",
+        stored.len()
+    );
+    assert!(gw.state.dedup_exists(&stored).await.expect("memory"));
 }
 
 /// The index only narrows the search: on many rules and actions it gives exactly what a

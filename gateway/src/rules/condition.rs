@@ -1,8 +1,12 @@
 //! Conditions compiled for evaluation: regexes built once, literals pre-typed.
 //!
-//! Errors (a missing field, a type mismatch) propagate like CEL's: `all` is false if any
-//! part is false, else an error if any part errs; `any` is true if any part is true, else an
-//! error if any part errs. The engine treats an erring rule as not matching and counts it.
+//! Absent values never fail a rule open (README, "Absent values"): an absent field, or a
+//! path through a non-object, reads as null; `eq`/`ne`/`inList` compare with null; ordering
+//! and string operators on null or across types are false; `exists` tests presence. A field
+//! check therefore never errs. What still can (a state predicate this gateway does not run
+//! yet) propagates like CEL's errors: `all` is false if any part is false, else an error;
+//! `any` is true if any part is true, else an error. The engine treats an erring rule as not
+//! matching, counts it per rule and shows it in dry runs.
 
 use std::cmp::Ordering;
 
@@ -18,14 +22,9 @@ use super::field::{FieldValue, resolve};
 /// Why a condition could not be evaluated.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum EvalError {
-    #[error("field `{0}` is missing")]
-    MissingField(String),
-    #[error("`{op}` cannot compare {found} with {expected}")]
-    TypeMismatch {
-        op: &'static str,
-        found: &'static str,
-        expected: &'static str,
-    },
+    /// A key (dedup key, key template) could not be formed from the action.
+    #[error("{0}")]
+    MissingKey(String),
     #[error("{0}")]
     Unsupported(String),
     #[error("CEL: {0}")]
@@ -40,7 +39,6 @@ pub enum Cond {
     Not(Box<Cond>),
     Check {
         path: FieldPath,
-        display: String,
         op: Op,
     },
     /// State predicates and inhibition functions parse and validate; they are evaluated by
@@ -68,6 +66,17 @@ pub enum Op {
     Exists(bool),
 }
 
+impl EvalError {
+    /// Bounded label for the `reason` of `acteon_rule_errors_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            EvalError::MissingKey(_) => "missing_key",
+            EvalError::Unsupported(_) => "unsupported",
+            EvalError::Cel(_) => "cel",
+        }
+    }
+}
+
 /// Compile problems the validator would normally have caught already.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -81,7 +90,6 @@ pub fn compile(c: &Condition) -> Result<Cond, CompileError> {
         Condition::Not(c) => Cond::Not(Box::new(compile(c)?)),
         Condition::Field { field, op } => Cond::Check {
             path: FieldPath::parse(field).map_err(|e| CompileError(e.0))?,
-            display: field.clone(),
             op: compile_op(op)?,
         },
         Condition::StateSeen { key, .. } => Cond::NeedsState {
@@ -157,7 +165,7 @@ impl Cond {
                 err.map_or(Ok(false), Err)
             }
             Cond::Not(c) => c.eval(input, tz).map(|b| !b),
-            Cond::Check { path, display, op } => apply(op, &resolve(path, input, tz), display),
+            Cond::Check { path, op } => Ok(apply(op, &resolve(path, input, tz))),
             Cond::NeedsState { what } => Err(EvalError::Unsupported(format!(
                 "{what} needs state machines and grouping, which this gateway does not run yet"
             ))),
@@ -172,18 +180,6 @@ impl Cond {
             Cond::Not(c) => c.walk(visit),
             _ => {}
         }
-    }
-}
-
-fn type_name(v: &FieldValue<'_>) -> &'static str {
-    match v {
-        FieldValue::Str(_) | FieldValue::Json(Value::String(_)) => "a string",
-        FieldValue::Int(_) | FieldValue::Json(Value::Number(_)) => "a number",
-        FieldValue::Json(Value::Bool(_)) => "a boolean",
-        FieldValue::Json(Value::Null) => "null",
-        FieldValue::Json(Value::Array(_)) => "a list",
-        FieldValue::Json(Value::Object(_)) => "a map",
-        FieldValue::Missing => "nothing",
     }
 }
 
@@ -203,9 +199,16 @@ fn as_f64(v: &FieldValue<'_>) -> Option<f64> {
     }
 }
 
-/// Equality with numbers compared by value (1 == 1.0); different types are unequal.
+/// Absent, or present as JSON null: the two read the same.
+fn is_null(v: &FieldValue<'_>) -> bool {
+    matches!(v, FieldValue::Missing | FieldValue::Json(Value::Null))
+}
+
+/// Equality with numbers compared by value (1 == 1.0); absent equals null; other types
+/// must agree.
 fn equals(field: &FieldValue<'_>, lit: &Value) -> bool {
     match (field, lit) {
+        (FieldValue::Missing, Value::Null) => true,
         (FieldValue::Str(s), Value::String(l)) => s == l,
         (FieldValue::Int(i), Value::Number(n)) => n.as_f64() == Some(*i as f64),
         (FieldValue::Json(Value::Number(a)), Value::Number(b)) => a.as_f64() == b.as_f64(),
@@ -214,55 +217,38 @@ fn equals(field: &FieldValue<'_>, lit: &Value) -> bool {
     }
 }
 
-fn mismatch(op: &'static str, found: &FieldValue<'_>, expected: &'static str) -> EvalError {
-    EvalError::TypeMismatch {
-        op,
-        found: type_name(found),
-        expected,
+/// Numbers numerically, strings lexically; anything else (null, mixed types) has no order.
+fn order(field: &FieldValue<'_>, rhs: &Value) -> Option<Ordering> {
+    match rhs {
+        Value::Number(n) => as_f64(field)?.partial_cmp(&n.as_f64()?),
+        Value::String(r) => Some(as_str(field)?.cmp(r.as_str())),
+        _ => None,
     }
 }
 
-fn apply(op: &Op, field: &FieldValue<'_>, display: &str) -> Result<bool, EvalError> {
-    if let Op::Exists(want) = op {
-        let present = !matches!(field, FieldValue::Missing | FieldValue::Json(Value::Null));
-        return Ok(present == *want);
-    }
-    if matches!(field, FieldValue::Missing) {
-        return Err(EvalError::MissingField(display.to_owned()));
-    }
-    match op {
-        Op::Eq(lit) => Ok(equals(field, lit)),
-        Op::Ne(lit) => Ok(!equals(field, lit)),
-        Op::InList(items) => Ok(items.iter().any(|lit| equals(field, lit))),
-        Op::Cmp { op, rhs, accept } => {
-            let ord = match (rhs, as_f64(field), as_str(field)) {
-                (Value::Number(n), Some(lhs), _) => {
-                    lhs.partial_cmp(&n.as_f64().unwrap_or(f64::NAN))
-                }
-                (Value::String(r), _, Some(lhs)) => Some(lhs.cmp(r.as_str())),
-                (Value::Number(_), ..) => return Err(mismatch(op, field, "a number")),
-                _ => return Err(mismatch(op, field, "a string")),
-            };
-            Ok(ord.is_some_and(accept))
+fn contains(field: &FieldValue<'_>, needle: &Value) -> bool {
+    match (field, needle) {
+        (FieldValue::Json(Value::Array(items)), lit) => {
+            items.iter().any(|i| equals(&FieldValue::Json(i), lit))
         }
-        Op::Contains(needle) => match (field, needle) {
-            (FieldValue::Json(Value::Array(items)), lit) => {
-                Ok(items.iter().any(|i| equals(&FieldValue::Json(i), lit)))
-            }
-            (_, Value::String(n)) => as_str(field)
-                .map(|s| s.contains(n.as_str()))
-                .ok_or_else(|| mismatch("contains", field, "a string or a list")),
-            _ => Err(mismatch("contains", field, "a list")),
-        },
-        Op::StartsWith(p) => as_str(field)
-            .map(|s| s.starts_with(p.as_str()))
-            .ok_or_else(|| mismatch("startsWith", field, "a string")),
-        Op::EndsWith(p) => as_str(field)
-            .map(|s| s.ends_with(p.as_str()))
-            .ok_or_else(|| mismatch("endsWith", field, "a string")),
-        Op::Matches(re) => as_str(field)
-            .map(|s| re.is_match(s))
-            .ok_or_else(|| mismatch("matches", field, "a string")),
-        Op::Exists(want) => Ok(*want),
+        (_, Value::String(n)) => as_str(field).is_some_and(|s| s.contains(n.as_str())),
+        _ => false,
+    }
+}
+
+/// Applies an operator to a resolved field. Total: an operator that does not apply to the
+/// value (absent, null, another type) is false, never an error, so `ne` and `not` see a
+/// definite answer and a safety rule cannot fail open on a missing field.
+fn apply(op: &Op, field: &FieldValue<'_>) -> bool {
+    match op {
+        Op::Exists(want) => is_null(field) != *want,
+        Op::Eq(lit) => equals(field, lit),
+        Op::Ne(lit) => !equals(field, lit),
+        Op::InList(items) => items.iter().any(|lit| equals(field, lit)),
+        Op::Cmp { rhs, accept, .. } => order(field, rhs).is_some_and(accept),
+        Op::Contains(needle) => contains(field, needle),
+        Op::StartsWith(p) => as_str(field).is_some_and(|s| s.starts_with(p.as_str())),
+        Op::EndsWith(p) => as_str(field).is_some_and(|s| s.ends_with(p.as_str())),
+        Op::Matches(re) => as_str(field).is_some_and(|s| re.is_match(s)),
     }
 }

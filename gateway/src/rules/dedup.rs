@@ -1,7 +1,10 @@
 //! `deduplicate`: at most one successful execution per key within the TTL, across replicas.
 //!
-//! The key is the rule's template, or the action's `dedup_key`, scoped by namespace and
-//! tenant (not by rule: two rules deduplicating the same key share it). The mark carries a
+//! The key is the rule's template, else the action's `dedup_key`, else (as in Acteon) the
+//! action's `id`, scoped by namespace and tenant (not by rule: two rules deduplicating the
+//! same key share it). A template that cannot be rendered (a placeholder's field is absent)
+//! falls back to the `id` and is reported as a rule error: the action is still delivered
+//! once and a retry of it is still deduplicated, never silently dropped. The mark carries a
 //! token so only the dispatch that set it can release it when delivery fails.
 
 use std::time::Duration;
@@ -10,27 +13,38 @@ use acteon_api::template::KeyTemplate;
 use chrono_tz::Tz;
 
 use super::EvalInput;
+use super::condition::EvalError;
+use super::key::state_key;
 use super::template::render;
 use crate::state::Gate;
 
 /// Default TTL when the rule sets none (Acteon's default).
 pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
 
-/// Builds the gate, or `None` if the action carries no key for this rule.
+/// Builds the gate; the error says the template could not be rendered and the `id` was used.
 pub fn gate(
     input: &EvalInput<'_>,
     tz: Option<Tz>,
     ttl: Option<u64>,
     key: Option<&KeyTemplate>,
-) -> Option<Gate> {
-    let raw = match key {
-        Some(t) => render(t, input, tz)?,
-        None => input.action.dedup_key.clone()?,
-    };
+) -> (Gate, Option<EvalError>) {
     let a = input.action;
-    Some(Gate::Dedup {
-        key: super::scoped_key("d", &a.namespace, &a.tenant, &raw),
+    let rendered = key.map(|t| render(t, input, tz));
+    let (raw, error) = match (&rendered, &a.dedup_key) {
+        (Some(Some(k)), _) => (k.as_str(), None),
+        (Some(None), _) => (
+            a.id.as_str(),
+            Some(EvalError::MissingKey(
+                "dedup key template has an absent field; keyed by the action id".into(),
+            )),
+        ),
+        (None, Some(k)) => (k.as_str(), None),
+        (None, None) => (a.id.as_str(), None),
+    };
+    let gate = Gate::Dedup {
+        key: state_key("d", &[&a.namespace, &a.tenant, raw]),
         ttl: ttl.map_or(DEFAULT_TTL, Duration::from_secs),
         token: a.id.clone(),
-    })
+    };
+    (gate, error)
 }

@@ -10,6 +10,7 @@ pub mod condition;
 pub mod dedup;
 pub mod field;
 pub mod index;
+pub mod key;
 pub mod modify;
 pub mod template;
 pub mod throttle;
@@ -201,23 +202,10 @@ fn compile_rule(entry: &Entry<RuleSpec>) -> Result<CompiledRule, BuildError> {
     })
 }
 
-/// Builds a backend key `prefix:namespace:tenant:rest`; `:` and `%` in the tenant are
-/// escaped so different (tenant, rest) pairs never collide.
-pub fn scoped_key(prefix: &str, namespace: &str, tenant: &str, rest: &str) -> String {
-    let tenant: Cow<'_, str> = if tenant.contains([':', '%']) {
-        Cow::Owned(tenant.replace('%', "%25").replace(':', "%3A"))
-    } else {
-        Cow::Borrowed(tenant)
-    };
-    let mut key =
-        String::with_capacity(prefix.len() + namespace.len() + tenant.len() + rest.len() + 3);
-    for (i, part) in [prefix, namespace, &tenant, rest].iter().enumerate() {
-        if i > 0 {
-            key.push(':');
-        }
-        key.push_str(part);
-    }
-    key
+/// Builds a backend key `prefix:namespace:tenant:rest`, every part escaped and bounded
+/// (see [`key`]), so different (namespace, tenant, rest) triples never share a key.
+pub fn scoped_key(prefix: &'static str, namespace: &str, tenant: &str, rest: &str) -> String {
+    key::state_key(prefix, &[namespace, tenant, rest])
 }
 
 impl RuleSet {
@@ -334,15 +322,10 @@ impl RuleSet {
                     None
                 }
                 Effect::Deduplicate { ttl_seconds, key } => {
-                    match dedup::gate(&input, rule.timezone, *ttl_seconds, key.as_ref()) {
-                        Some(gate) => eval.gates.push(gate),
-                        None => eval.errors.push((
-                            pos,
-                            EvalError::MissingField(
-                                "dedup key (dedup_key or the rule's key template)".into(),
-                            ),
-                        )),
-                    }
+                    let (gate, error) =
+                        dedup::gate(&input, rule.timezone, *ttl_seconds, key.as_ref());
+                    eval.gates.push(gate);
+                    eval.errors.extend(error.map(|e| (pos, e)));
                     None
                 }
                 Effect::Throttle {
@@ -350,20 +333,16 @@ impl RuleSet {
                     window_seconds,
                     key,
                 } => {
-                    match throttle::gate(
+                    let (gate, error) = throttle::gate(
                         &input,
                         rule.timezone,
                         &rule.id,
                         *max_count,
                         *window_seconds,
                         key.as_ref(),
-                    ) {
-                        Some(gate) => eval.gates.push(gate),
-                        None => eval.errors.push((
-                            pos,
-                            EvalError::MissingField("throttle key template field".into()),
-                        )),
-                    }
+                    );
+                    eval.gates.push(gate);
+                    eval.errors.extend(error.map(|e| (pos, e)));
                     None
                 }
                 Effect::Allow => Some(Verdict::Execute { rule: Some(pos) }),

@@ -2,7 +2,9 @@
 //!
 //! The backend keeps the pass times of the window; a pass is counted only when the whole
 //! dispatch passes its gates, so rejected attempts never consume budget, and `retry_after`
-//! is exactly the time until the oldest counted pass leaves the window.
+//! is exactly the time until the oldest counted pass leaves the window. An action whose key
+//! template cannot be rendered shares the rule's window without a key (it is never
+//! unthrottled), and the rule error is reported.
 
 use std::time::Duration;
 
@@ -10,10 +12,12 @@ use acteon_api::template::KeyTemplate;
 use chrono_tz::Tz;
 
 use super::EvalInput;
+use super::condition::EvalError;
+use super::key::state_key;
 use super::template::render;
 use crate::state::Gate;
 
-/// Builds the gate; `None` when the key template cannot be rendered for this action.
+/// Builds the gate; the error says the key template could not be rendered.
 pub fn gate(
     input: &EvalInput<'_>,
     tz: Option<Tz>,
@@ -21,16 +25,26 @@ pub fn gate(
     max_count: u64,
     window_seconds: u64,
     key: Option<&KeyTemplate>,
-) -> Option<Gate> {
+) -> (Gate, Option<EvalError>) {
     let a = input.action;
-    // The common case (no key template) builds the key with a single allocation.
-    let suffix: std::borrow::Cow<'_, str> = match key {
-        Some(t) => format!("{rule_id}:{}", render(t, input, tz)?).into(),
-        None => rule_id.into(),
+    let rendered = key.map(|t| render(t, input, tz));
+    // The common case (no key template) builds the key with a single allocation. A keyed
+    // window has one more part than the unkeyed one, so the two can never share a key.
+    let (key, error) = match &rendered {
+        None => (state_key("t", &[&a.namespace, &a.tenant, rule_id]), None),
+        Some(Some(k)) => (state_key("t", &[&a.namespace, &a.tenant, rule_id, k]), None),
+        Some(None) => (
+            state_key("t", &[&a.namespace, &a.tenant, rule_id]),
+            Some(EvalError::MissingKey(
+                "throttle key template has an absent field; counted in the rule's unkeyed window"
+                    .into(),
+            )),
+        ),
     };
-    Some(Gate::Throttle {
-        key: super::scoped_key("t", &a.namespace, &a.tenant, &suffix),
+    let gate = Gate::Throttle {
+        key,
         limit: max_count,
         window: Duration::from_secs(window_seconds),
-    })
+    };
+    (gate, error)
 }
