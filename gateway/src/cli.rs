@@ -192,6 +192,9 @@ fn convert(file: &PathBuf, namespace: Option<&str>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    for w in acteon::warnings_in_paths(std::slice::from_ref(file)) {
+        eprintln!("warning: {w}");
+    }
     match acteon::to_manifests(&file.display().to_string(), &text, namespace) {
         Ok(yaml) => {
             print!("{yaml}");
@@ -320,6 +323,9 @@ fn runtime_from_files(
     let opts = CompileOptions {
         shared_namespace: args.shared_namespace.clone(),
     };
+    for w in acteon::warnings_in_paths(&args.config_paths()) {
+        tracing::warn!(warning = %w, "Acteon rule file key ignored");
+    }
     let snapshot = compile::compile_paths(&args.config_paths(), &opts).map_err(|errors| {
         let lines: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
         anyhow::anyhow!(

@@ -255,11 +255,46 @@ fn convert_without_namespace_leaves_it_out() {
 fn convert_reports_a_bad_rule_file() {
     let file = TempFile::new(
         "bad-rules.yaml",
-        "rules:\n  - name: r\n    when: {}\n    action: {type: suppress}\n",
+        "rules:\n  - name: r\n    mute_time_intervals: [nights]\n    action: {type: suppress}\n",
     );
     let out = gateway(&["convert", file.arg()]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("rules[0].when"), "{stderr}");
+    assert!(stderr.contains("rules[0].mute_time_intervals"), "{stderr}");
     assert!(out.stdout.is_empty(), "nothing is printed on error");
+}
+
+#[test]
+fn validate_and_convert_warn_about_keys_acteon_ignores() {
+    let file = TempFile::new(
+        "ignored-keys.yaml",
+        "rules:\n  - name: r\n    when: {}\n    condition: {field: action.tenant, eq: t}\n    action: {type: suppress, default_next: x}\n",
+    );
+    let out = gateway(&["validate", file.arg()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("warning:") && err.contains("rules[0].when"),
+        "{err}"
+    );
+    assert!(err.contains("rules[0].action.default_next"), "{err}");
+    let out = gateway(&["convert", file.arg()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("rules[0].when"));
+    assert!(
+        !text(&out.stdout).contains("default_next"),
+        "dropped from the manifest"
+    );
+    // A key Acteon reads that is not supported yet is an error naming it.
+    let not_yet = TempFile::new(
+        "not-yet.yaml",
+        "rules:\n  - name: r\n    condition: {semantic_match: billing}\n    action: {type: suppress}\n",
+    );
+    let out = gateway(&["validate", not_yet.arg()]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("not supported yet: semantic_match"),
+        "{}",
+        text(&out.stderr)
+    );
 }
