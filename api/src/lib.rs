@@ -8,6 +8,7 @@ pub mod compile;
 pub mod condition;
 pub mod crd;
 pub mod field;
+pub mod redact;
 pub mod snapshot;
 pub mod template;
 

@@ -18,6 +18,8 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+mod common;
+
 /// How the server answers one request.
 #[derive(Clone, Copy, Debug)]
 enum Answer {
@@ -25,7 +27,13 @@ enum Answer {
     Status(u16),
     /// Wait, then answer 200.
     Delay(Duration),
+    /// This status, with a text body that quotes the request's URL with its credentials
+    /// (as some servers do in their errors).
+    Echo(u16),
 }
+
+/// A secret the server puts in an unsafe header of its answers (`set-cookie`).
+const MIRROR_SECRET: &str = "their-s3ssion-cookie";
 
 /// One request the server saw.
 #[derive(Clone, Debug)]
@@ -76,6 +84,10 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let host = headers
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned);
     let (answer, n) = {
         let mut script = mock.0.lock().unwrap();
         script.seen.push(Seen {
@@ -92,19 +104,26 @@ async fn handle(
         (answer.unwrap_or(Answer::Status(200)), script.seen.len())
     };
     let status = match answer {
-        Answer::Status(code) => StatusCode::from_u16(code).expect("valid status"),
+        Answer::Status(code) | Answer::Echo(code) => {
+            StatusCode::from_u16(code).expect("valid status")
+        }
         Answer::Delay(d) => {
             tokio::time::sleep(d).await;
             StatusCode::OK
         }
     };
+    let headers = [
+        ("x-request-number", n.to_string()),
+        ("x-request-id", format!("req-{n}")),
+        ("set-cookie", format!("session={MIRROR_SECRET}")),
+    ];
+    if let Answer::Echo(_) = answer {
+        let host = host.as_deref().unwrap_or("?");
+        let body = format!("invalid key for http://user:{URL_PASSWORD}@{host}{uri}");
+        return (status, headers, body).into_response();
+    }
     let body = json!({"received": n, "status": status.as_u16()});
-    (
-        status,
-        [("x-request-number", n.to_string())],
-        axum::Json(body),
-    )
-        .into_response()
+    (status, headers, axum::Json(body)).into_response()
 }
 
 /// A webhook provider for `url` with small backoffs.
@@ -148,9 +167,17 @@ async fn success_returns_the_json_body_and_sends_payload_and_headers() {
     assert_eq!(response.status, ResponseStatus::Success);
     assert_eq!(response.body, json!({"received": 1, "status": 200}));
     assert_eq!(
-        response.headers.get("x-request-number").map(String::as_str),
-        Some("1")
+        response.headers.get("x-request-id").map(String::as_str),
+        Some("req-1"),
+        "request ids are passed on"
     );
+    for unsafe_header in ["x-request-number", "set-cookie"] {
+        assert!(
+            !response.headers.contains_key(unsafe_header),
+            "{unsafe_header}: {:?}",
+            response.headers
+        );
+    }
     assert!(
         response
             .headers
@@ -297,4 +324,191 @@ async fn nothing_listening_is_a_connection_error_retried_max_attempts_times() {
         "small backoffs: {:?}",
         started.elapsed()
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Credentials in the URL and what of the answer is returned (issue 10 item 7)
+
+/// The key of the webhook URLs below; must never show.
+const URL_KEY: &str = "k3y-in-the-query";
+/// The password of the webhook URLs below; must never show.
+const URL_PASSWORD: &str = "pa55w0rd-in-url";
+
+fn secret_url(addr: SocketAddr) -> String {
+    format!("http://user:{URL_PASSWORD}@{addr}/hook?api_key={URL_KEY}&team=iot")
+}
+
+fn provider_with(url: &str, extra: Value) -> WebhookProvider {
+    let mut spec = json!({
+        "type": "webhook",
+        "webhook": {"url": url},
+        "timeoutSeconds": 2,
+        "retry": {"maxAttempts": 1}
+    });
+    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+        spec.extend(extra.clone());
+    }
+    let spec: ProviderSpec = serde_json::from_value(spec).expect("provider spec parses");
+    let webhook = spec.webhook.as_ref().expect("webhook block");
+    WebhookProvider::new(webhook, &spec, reqwest::Client::new())
+}
+
+fn assert_no_secret(what: &str, text: &str) {
+    for secret in [URL_KEY, URL_PASSWORD, MIRROR_SECRET] {
+        assert!(!text.contains(secret), "{what} shows {secret:?}: {text}");
+    }
+}
+
+#[tokio::test]
+async fn a_failing_answer_names_the_url_redacted_and_quotes_the_body_briefly() {
+    let (mock, addr) = Mock::start(&[Answer::Echo(400)]).await;
+    let p = provider_with(&secret_url(addr), json!({}));
+    let err = p.execute(&action()).await.expect_err("400");
+    assert_eq!(err.code, "HTTP_4XX");
+    // The request itself carried the credentials.
+    let seen = mock.seen();
+    assert!(header(&seen[0], "authorization").starts_with("Basic "));
+    assert_eq!(seen[0].path, "/hook");
+    assert_eq!(
+        err.message.split(" answered").next(),
+        Some(format!("POST http://***@{addr}/hook?api_key=***&team=***").as_str()),
+        "{}",
+        err.message
+    );
+    assert!(
+        err.message
+            .contains("400 Bad Request: invalid key for http://***@"),
+        "{}",
+        err.message
+    );
+    assert_no_secret("the error (URL and echoed body)", &err.message);
+    assert!(err.message.len() < 512, "bounded: {}", err.message.len());
+    assert!(!format!("{p:?}").contains(URL_KEY), "Debug shows the key");
+}
+
+#[tokio::test]
+async fn transport_errors_do_not_quote_the_url() {
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let p = provider_with(&secret_url(addr), json!({}));
+    let err = p.execute(&action()).await.expect_err("nothing listens");
+    assert_eq!(err.code, "CONNECTION");
+    assert!(
+        err.message
+            .contains(&format!("http://***@{addr}/hook?api_key=***")),
+        "{}",
+        err.message
+    );
+    assert_no_secret("a connection error", &err.message);
+
+    // A timeout too.
+    let (_mock, addr) = Mock::start(&[Answer::Delay(Duration::from_millis(1500))]).await;
+    let p = provider_with(&secret_url(addr), json!({"timeoutSeconds": 1}));
+    let err = p.execute(&action()).await.expect_err("slow");
+    assert_eq!(err.code, "TIMEOUT");
+    assert_no_secret("a timeout", &err.message);
+}
+
+#[tokio::test]
+async fn redact_response_returns_nothing_of_the_answer() {
+    let (_mock, addr) = Mock::start(&[Answer::Status(200), Answer::Echo(400)]).await;
+    let p = provider_with(&secret_url(addr), json!({"redactResponse": true}));
+    let ok = p.execute(&action()).await.expect("200");
+    assert_eq!(ok.body, json!({}));
+    assert!(ok.headers.is_empty(), "{:?}", ok.headers);
+    let err = p.execute(&action()).await.expect_err("400");
+    assert_eq!(
+        err.message,
+        format!("POST http://***@{addr}/hook?api_key=***&team=*** answered 400 Bad Request")
+    );
+}
+
+#[tokio::test]
+async fn huge_answers_are_cut() {
+    async fn huge() -> String {
+        "x".repeat(5 << 20)
+    }
+    let app = Router::new().fallback(huge);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let p = provider_with(&format!("http://{addr}/big"), json!({}));
+    let ok = p.execute(&action()).await.expect("200");
+    let body = ok.body.as_str().expect("a truncated text");
+    assert!(
+        body.len() < 4200 && body.ends_with("(truncated)"),
+        "{}",
+        body.len()
+    );
+}
+
+/// Through the real binary: the caller's outcome, the gateway's log and its metrics show
+/// neither the URL's credentials nor the provider's cookie.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_leaks_no_credential_to_callers_logs_or_metrics() {
+    let (mock, addr) = Mock::start(&[Answer::Echo(400)]).await;
+    let dir =
+        std::env::temp_dir().join(format!("acteon-webhook-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let config = dir.join("hook.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "apiVersion: acteon.dev/v1alpha1\nkind: Provider\nmetadata: {{name: hook, namespace: iot}}\n\
+             spec:\n  type: webhook\n  retry: {{maxAttempts: 1}}\n  webhook:\n    url: \"{}\"\n",
+            secret_url(addr)
+        ),
+    )
+    .expect("config");
+    let log = dir.join("gateway.log");
+    let config_arg = config.display().to_string();
+    let gw = common::Server::start_with(
+        &["--config", &config_arg],
+        &[("RUST_LOG", "debug")],
+        Some(&log),
+    );
+    let client = reqwest::Client::new();
+    let resp = client
+        .post(gw.url("/v1/dispatch"))
+        .json(
+            &json!({"namespace": "iot", "tenant": "t", "provider": "hook",
+                      "action_type": "x", "payload": {}}),
+        )
+        .send()
+        .await
+        .expect("dispatch");
+    let outcome = resp.text().await.expect("body");
+    assert_eq!(mock.seen().len(), 1, "delivered: {outcome}");
+    assert!(
+        outcome.contains("Failed") && outcome.contains("HTTP_4XX"),
+        "{outcome}"
+    );
+    assert!(
+        outcome.contains("api_key=***"),
+        "the URL is named, redacted: {outcome}"
+    );
+    assert_no_secret("the outcome", &outcome);
+    for path in ["/metrics", "/v1/config", "/v1/rules"] {
+        let text = client
+            .get(gw.url(path))
+            .send()
+            .await
+            .expect(path)
+            .text()
+            .await
+            .expect(path);
+        assert_no_secret(path, &text);
+    }
+    drop(gw);
+    let logged = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        logged.contains("delivery failed"),
+        "the failure is logged: {logged}"
+    );
+    assert_no_secret("the log", &logged);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -51,6 +51,11 @@ pub struct ProviderSpec {
     pub circuit_breaker: Option<CircuitBreaker>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<ProviderRateLimit>,
+    /// When true, outcomes and failure messages carry nothing of the provider's answer but
+    /// its status: no body, no headers. By default the body is returned cut to 4 KiB and
+    /// only the headers `content-type`, `retry-after` and request ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redact_response: Option<bool>,
 }
 
 /// The kinds of provider.

@@ -2,6 +2,7 @@
 //! a Provider in namespace N serves actions of N, shared ones serve everyone.
 
 pub mod log;
+pub mod response;
 pub mod webhook;
 
 use std::collections::{BTreeMap, HashMap};

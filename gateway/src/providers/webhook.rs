@@ -3,24 +3,31 @@
 //! Each attempt has the provider's timeout. Connect errors, timeouts and 5xx answers are
 //! retried with exponential backoff (with jitter) up to `retry.maxAttempts`; any other
 //! non-2xx answer fails at once. A non-2xx answer is never reported as success.
+//!
+//! The URL may hold credentials (`user:password@`, `?api_key=`): messages show it only
+//! redacted, and transport errors are taken without their URL. What of the answer reaches
+//! the caller is bounded and filtered by [`super::response`].
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use acteon_api::crd::ProviderSpec;
 use acteon_api::crd::provider::WebhookProvider as WebhookSpec;
+use acteon_api::redact::{redact_url, redact_urls_in};
 use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
 use reqwest::Method;
 use reqwest::header::{HeaderName, HeaderValue};
-use serde_json::Value;
 
+use super::response::{ResponsePolicy, read_bounded};
 use super::{Provider, ProviderError, Retry};
 use crate::action::Action;
 use crate::outcome::ProviderResponse;
 
 pub struct WebhookProvider {
     url: String,
+    /// `url` redacted: what messages and logs show.
+    url_shown: String,
+    response: ResponsePolicy,
     method: Method,
     headers: Vec<(String, String)>,
     /// Headers from Secrets (`secretHeaders`), marked sensitive; never logged or shown.
@@ -33,7 +40,7 @@ pub struct WebhookProvider {
 impl std::fmt::Debug for WebhookProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WebhookProvider")
-            .field("url", &self.url)
+            .field("url", &self.url_shown)
             .field("method", &self.method)
             .field("headers", &self.headers)
             .field(
@@ -61,6 +68,10 @@ impl WebhookProvider {
     pub fn new(w: &WebhookSpec, spec: &ProviderSpec, http: reqwest::Client) -> WebhookProvider {
         WebhookProvider {
             url: w.url.clone(),
+            url_shown: redact_url(&w.url),
+            response: ResponsePolicy {
+                redact: spec.redact_response.unwrap_or(false),
+            },
             method: w
                 .method
                 .as_deref()
@@ -113,23 +124,16 @@ impl WebhookProvider {
             } else {
                 "CONNECTION"
             },
-            message: format!("{} {}: {e}", self.method, self.url),
+            message: self.transport_error(&e),
             retryable: e.is_timeout() || e.is_connect() || e.is_request(),
         })?;
         let status = resp.status();
-        let headers: HashMap<String, String> = resp
-            .headers()
-            .iter()
-            .filter(|(k, _)| k.as_str() == "content-type" || k.as_str().starts_with("x-"))
-            .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.to_string(), v.to_owned())))
-            .collect();
-        let bytes = resp.bytes().await.map_err(|e| Attempt {
+        let headers = self.response.headers(resp.headers());
+        let read = read_bounded(resp).await.map_err(|e| Attempt {
             code: "CONNECTION",
-            message: e.to_string(),
+            message: self.transport_error(&e),
             retryable: true,
         })?;
-        let body = serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
         if !status.is_success() {
             return Err(Attempt {
                 code: if status.is_server_error() {
@@ -138,25 +142,58 @@ impl WebhookProvider {
                     "HTTP_4XX"
                 },
                 message: format!(
-                    "{} {} answered {status}: {}",
+                    "{} {} answered {status}{}",
                     self.method,
-                    self.url,
-                    truncate(&body.to_string(), 300)
+                    self.url_shown,
+                    self.response.excerpt(&read)
                 ),
                 retryable: status.is_server_error() || status.as_u16() == 429,
             });
         }
-        let mut r = ProviderResponse::success(body);
+        let mut r = ProviderResponse::success(self.response.body(&read));
         r.headers = headers;
         Ok(r)
     }
+
+    /// A transport error, naming the redacted URL: reqwest's own text quotes the full URL,
+    /// so it is dropped (`without_url`) and whatever the text still holds is redacted.
+    fn transport_error(&self, e: &reqwest::Error) -> String {
+        let text = match e.url() {
+            Some(_) => clone_without_url(e),
+            None => e.to_string(),
+        };
+        format!(
+            "{} {}: {}",
+            self.method,
+            self.url_shown,
+            redact_urls_in(&text)
+        )
+    }
 }
 
-fn truncate(s: &str, max: usize) -> &str {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => &s[..i],
-        None => s,
+/// The text of `e` without its URL. `reqwest::Error::without_url` takes the error by
+/// value and errors are not `Clone`: the text is rebuilt from the error kind and sources.
+fn clone_without_url(e: &reqwest::Error) -> String {
+    use std::error::Error as _;
+    let kind = if e.is_timeout() {
+        "operation timed out"
+    } else if e.is_connect() {
+        "error connecting"
+    } else if e.is_request() {
+        "error sending request"
+    } else if e.is_body() || e.is_decode() {
+        "error reading the answer"
+    } else {
+        "request failed"
+    };
+    let mut text = kind.to_owned();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
     }
+    text
 }
 
 #[async_trait]

@@ -3,6 +3,7 @@
 use super::{Parsed, Problem, Run};
 use crate::compile::error::Kind;
 use crate::crd::{ProviderSpec, ProviderType};
+use crate::redact::redact_url;
 
 fn is_http_url(url: &str) -> bool {
     let rest = url
@@ -49,7 +50,7 @@ pub(super) fn check(spec: &ProviderSpec) -> Result<(), Problem> {
             return Err(Problem::new(
                 "spec.webhook.url",
                 "InvalidProvider",
-                format!("`{}` is not an http(s) URL", w.url),
+                format!("`{}` is not an http(s) URL", redact_url(&w.url)),
             ));
         }
         if let Some(m) = &w.method
@@ -72,7 +73,7 @@ pub(super) fn check(spec: &ProviderSpec) -> Result<(), Problem> {
         return Err(Problem::new(
             "spec.pagerduty.apiUrl",
             "InvalidProvider",
-            format!("`{url}` is not an http(s) URL"),
+            format!("`{}` is not an http(s) URL", redact_url(url)),
         ));
     }
     if let Some(level) = spec.log.as_ref().and_then(|l| l.level.as_deref())
@@ -170,5 +171,28 @@ pub(super) fn check_fallbacks<'d>(
         run.accepted
             .remove(Kind::Provider, &p.scope, &p.doc.id.name);
         run.reject(p.doc, problem);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The status message of a bad URL names it without the credentials inside it.
+    #[test]
+    fn bad_url_messages_do_not_repeat_credentials() {
+        let spec: ProviderSpec = serde_json::from_value(serde_json::json!({
+            "type": "webhook",
+            "webhook": {"url": "ftp://user:hunter2@host/p?api_key=k3y"}
+        }))
+        .expect("parses");
+        let problem = check(&spec).expect_err("not http");
+        assert_eq!(problem.field, "spec.webhook.url");
+        assert!(
+            problem.message.contains("ftp://***@host/p?api_key=***"),
+            "{}",
+            problem.message
+        );
+        assert!(!problem.message.contains("hunter2") && !problem.message.contains("k3y"));
     }
 }

@@ -1,0 +1,210 @@
+//! What of a provider's HTTP answer reaches the caller: bounded, filtered, redacted.
+//!
+//! A provider's answer is not ours to pass on whole: it can be huge, set cookies, or echo
+//! the request (with the API key of its URL). So an outcome carries at most
+//! [`MAX_BODY`] bytes of the body (longer ones become a truncated string), only the
+//! headers of [`SAFE_HEADERS`], and any URL in the body redacted; a failure message quotes
+//! at most [`MAX_EXCERPT`] characters. At most [`MAX_READ`] bytes are read at all. With
+//! the Provider's `redactResponse`, nothing of the answer but its status is returned.
+
+use std::collections::HashMap;
+
+use acteon_api::redact::redact_urls_in;
+use reqwest::header::HeaderMap;
+use serde_json::Value;
+
+/// Longest body kept in an outcome, in bytes.
+pub const MAX_BODY: usize = 4096;
+/// Longest body excerpt in a failure message, in characters.
+pub const MAX_EXCERPT: usize = 256;
+/// Bytes read from an answer at most; the rest is left unread (the connection is dropped).
+pub const MAX_READ: usize = 64 * 1024;
+/// Longest header value kept, in bytes.
+const MAX_HEADER_VALUE: usize = 256;
+/// Headers an outcome may carry: what a caller needs to act on the answer (its type, when
+/// to retry) or to trace it with the provider. Anything else (cookies, auth challenges,
+/// internal hosts) stays here.
+pub const SAFE_HEADERS: &[&str] = &[
+    "content-type",
+    "retry-after",
+    "x-request-id",
+    "request-id",
+    "x-correlation-id",
+    "x-amzn-requestid",
+    "x-github-request-id",
+];
+
+/// How much of answers a provider returns (the Provider's `redactResponse`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ResponsePolicy {
+    /// Return nothing of the answer but its status.
+    pub redact: bool,
+}
+
+/// An answer's body as read: at most [`MAX_READ`] bytes.
+pub struct Read {
+    pub bytes: Vec<u8>,
+    /// More was sent than was read.
+    pub cut: bool,
+}
+
+/// Reads at most [`MAX_READ`] bytes of `resp`'s body.
+pub async fn read_bounded(mut resp: reqwest::Response) -> reqwest::Result<Read> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        let room = MAX_READ - bytes.len();
+        if chunk.len() > room {
+            bytes.extend_from_slice(&chunk[..room]);
+            return Ok(Read { bytes, cut: true });
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(Read { bytes, cut: false })
+}
+
+impl ResponsePolicy {
+    /// The headers an outcome carries.
+    pub fn headers(&self, headers: &HeaderMap) -> HashMap<String, String> {
+        if self.redact {
+            return HashMap::new();
+        }
+        headers
+            .iter()
+            .filter(|(name, _)| SAFE_HEADERS.contains(&name.as_str()))
+            .filter_map(|(name, value)| {
+                let value = value.to_str().ok()?;
+                Some((
+                    name.as_str().to_owned(),
+                    truncate(value, MAX_HEADER_VALUE).to_owned(),
+                ))
+            })
+            .collect()
+    }
+
+    /// The body an outcome carries: JSON when it is JSON and fits, else the text cut to
+    /// [`MAX_BODY`] bytes; URLs in it redacted. An empty object when redacted.
+    pub fn body(&self, read: &Read) -> Value {
+        if self.redact {
+            return Value::Object(Default::default());
+        }
+        let fits = !read.cut && read.bytes.len() <= MAX_BODY;
+        let text = String::from_utf8_lossy(&read.bytes[..read.bytes.len().min(MAX_BODY)]);
+        let text = redacted(&text);
+        if fits && let Ok(value) = serde_json::from_str(&text) {
+            return value;
+        }
+        if fits {
+            return Value::String(text);
+        }
+        Value::String(format!("{text}… (truncated)"))
+    }
+
+    /// What a failure message says of the answer after its status: a short excerpt of the
+    /// body, URLs redacted, or nothing when redacted or empty.
+    pub fn excerpt(&self, read: &Read) -> String {
+        if self.redact || read.bytes.is_empty() {
+            return String::new();
+        }
+        let head = &read.bytes[..read.bytes.len().min(MAX_EXCERPT * 4)];
+        let text = String::from_utf8_lossy(head);
+        let text = truncate(&text, MAX_EXCERPT).to_owned();
+        let cut = text.len() < read.bytes.len();
+        format!(": {}{}", redacted(&text), if cut { "…" } else { "" })
+    }
+}
+
+/// `text` with its URLs redacted (quick path when there is none).
+fn redacted(text: &str) -> String {
+    if text.contains("://") {
+        redact_urls_in(text)
+    } else {
+        text.to_owned()
+    }
+}
+
+/// The first `max` characters of `s`.
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    fn read(bytes: &[u8], cut: bool) -> Read {
+        Read {
+            bytes: bytes.to_vec(),
+            cut,
+        }
+    }
+
+    #[test]
+    fn only_safe_headers_pass_and_redact_passes_none() {
+        let mut h = HeaderMap::new();
+        h.insert("content-type", HeaderValue::from_static("application/json"));
+        h.insert("retry-after", HeaderValue::from_static("3"));
+        h.insert("x-request-id", HeaderValue::from_static("r-1"));
+        h.insert("set-cookie", HeaderValue::from_static("session=s3cr3t"));
+        h.insert("x-internal-host", HeaderValue::from_static("db-7.internal"));
+        h.insert(
+            "www-authenticate",
+            HeaderValue::from_static("Bearer realm=x"),
+        );
+        let got = ResponsePolicy::default().headers(&h);
+        let mut names: Vec<_> = got.keys().cloned().collect();
+        names.sort();
+        assert_eq!(names, ["content-type", "retry-after", "x-request-id"]);
+        assert!(ResponsePolicy { redact: true }.headers(&h).is_empty());
+    }
+
+    #[test]
+    fn bodies_are_bounded_and_redacted() {
+        let p = ResponsePolicy::default();
+        assert_eq!(
+            p.body(&read(br#"{"ok":true}"#, false)),
+            serde_json::json!({"ok": true})
+        );
+        let echo = br#"{"url":"http://u:pw@h/p?api_key=k"}"#;
+        assert_eq!(
+            p.body(&read(echo, false)),
+            serde_json::json!({"url": "http://***@h/p?api_key=***"})
+        );
+        let big = vec![b'a'; MAX_BODY * 3];
+        let Value::String(s) = p.body(&read(&big, false)) else {
+            panic!("a string")
+        };
+        assert!(
+            s.len() <= MAX_BODY + 20 && s.ends_with("(truncated)"),
+            "{}",
+            s.len()
+        );
+        let Value::String(s) = p.body(&read(b"{}", true)) else {
+            panic!("a cut body is never passed as complete JSON")
+        };
+        assert!(s.ends_with("(truncated)"));
+        assert_eq!(
+            ResponsePolicy { redact: true }.body(&read(echo, false)),
+            serde_json::json!({})
+        );
+    }
+
+    #[test]
+    fn excerpts_are_short_redacted_or_absent() {
+        let p = ResponsePolicy::default();
+        assert_eq!(p.excerpt(&read(b"", false)), "");
+        assert_eq!(p.excerpt(&read(b"bad key", false)), ": bad key");
+        let long = "é".repeat(1000);
+        let e = p.excerpt(&read(long.as_bytes(), false));
+        assert_eq!(e.chars().count(), 2 + MAX_EXCERPT + 1, "{e}");
+        let e = p.excerpt(&read(b"invalid http://x/?api_key=k3y given", false));
+        assert!(!e.contains("k3y"), "{e}");
+        assert_eq!(
+            ResponsePolicy { redact: true }.excerpt(&read(b"body", false)),
+            ""
+        );
+    }
+}
