@@ -11,10 +11,14 @@ use acteon_channel::seal::SealKey;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{ConfigSource, LiveConfig, Runtime};
-use crate::follow::{FollowOptions, Follower};
+use crate::follow::FollowOptions;
+use crate::http::conn::Deadlines;
+use crate::http::lifecycle::Lifecycle;
+use crate::http::serve::ServeOptions;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::pipeline::{Gateway, GatewayOptions};
+use crate::state::lazy::LazyStore;
 use crate::state::postgres::PostgresOptions;
 use crate::state::{MemoryStore, PostgresStore, RedisStore, StateStore};
 
@@ -25,6 +29,8 @@ pub struct Cli {
     pub command: Option<Command>,
 }
 
+// Parsed once per process: the size of the `serve` variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Serve the HTTP API (the default when no subcommand is given).
@@ -87,6 +93,32 @@ pub struct ServeArgs {
     /// Longest wait for in-flight requests on shutdown, in seconds.
     #[arg(long, env = "ACTEON_SHUTDOWN_TIMEOUT", default_value_t = 30)]
     pub shutdown_timeout: u64,
+    /// After SIGTERM, seconds to keep serving while `/readyz` answers 503 (endpoints and
+    /// load balancers stop sending here meanwhile), before draining. SIGINT skips it.
+    #[arg(long, env = "ACTEON_SHUTDOWN_DELAY_SECONDS", default_value_t = 5)]
+    pub shutdown_delay_seconds: u64,
+    /// Most client connections open at once; past it, new ones wait in the listen backlog
+    /// until one closes. Keep it below the process's file limit.
+    #[arg(long, env = "ACTEON_HTTP_MAX_CONNECTIONS", default_value_t = 10_000,
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub http_max_connections: u32,
+    /// Seconds an idle connection (no request started since it opened or since its last
+    /// response) stays open.
+    #[arg(long, env = "ACTEON_HTTP_IDLE_TIMEOUT_SECONDS", default_value_t = 60,
+        value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_idle_timeout_seconds: u64,
+    /// Milliseconds from the first byte of a request to the end of its head (headers).
+    #[arg(long, env = "ACTEON_HTTP_HEADER_TIMEOUT_MS", default_value_t = 10_000,
+        value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_header_timeout_ms: u64,
+    /// Milliseconds to receive a request body (408 past it).
+    #[arg(long, env = "ACTEON_HTTP_BODY_TIMEOUT_MS", default_value_t = 10_000,
+        value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_body_timeout_ms: u64,
+    /// Seconds between checks of the state backend (`acteon_state_backend_up`, `/health`).
+    #[arg(long, env = "ACTEON_STATE_CHECK_SECONDS", default_value_t = 2,
+        value_parser = clap::value_parser!(u64).range(1..))]
+    pub state_check_seconds: u64,
     /// Log as JSON lines.
     #[arg(long, env = "ACTEON_LOG_JSON")]
     pub log_json: bool,
@@ -269,8 +301,63 @@ fn serve_blocking(args: ServeArgs) -> ExitCode {
     }
 }
 
-/// Opens the state backend named by `--state`.
+/// `memory`, `redis` or `postgres` for a `--state` URL; other schemes are refused at start.
+fn backend_kind(url: &str) -> anyhow::Result<&'static str> {
+    match url {
+        "memory" | "memory://" => Ok("memory"),
+        u if u.starts_with("redis://")
+            || u.starts_with("rediss://")
+            || u.starts_with("redis+unix://") =>
+        {
+            Ok("redis")
+        }
+        u if u.starts_with("postgres://") || u.starts_with("postgresql://") => Ok("postgres"),
+        other => anyhow::bail!("--state `{other}`: expected memory, redis://… or postgres://…"),
+    }
+}
+
+/// Opens the state backend named by `--state`. A Redis or Postgres backend that cannot be
+/// reached yet is connected in the background (and migrated): the gateway serves 503 on
+/// what needs it and is not ready until then, instead of exiting into a crash loop.
 pub async fn state_backend(
+    url: &str,
+    prefix: &str,
+    timeout: Duration,
+) -> anyhow::Result<Arc<dyn StateStore>> {
+    let kind = backend_kind(url)?;
+    match connect_state_backend(url, prefix, timeout).await {
+        Ok(store) => Ok(store),
+        Err(e) if kind == "memory" => Err(e),
+        Err(e) => {
+            let first = format!("{e:#}");
+            tracing::warn!(backend = kind, error = ?first, "state backend unreachable at start; serving 503 until it is reached");
+            let lazy = LazyStore::new(kind, first);
+            let (url, prefix) = (url.to_owned(), prefix.to_owned());
+            lazy.connect_in_background(move || reconnect(url.clone(), prefix.clone(), timeout));
+            Ok(lazy)
+        }
+    }
+}
+
+type Reconnect = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Arc<dyn StateStore>, String>> + Send>,
+>;
+
+/// A connection attempt of [`LazyStore`]. It runs on a blocking thread driving the runtime:
+/// sqlx's migration future is not `Send` for every lifetime, so it cannot be a task itself.
+fn reconnect(url: String, prefix: String, timeout: Duration) -> Reconnect {
+    Box::pin(async move {
+        let handle = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            handle.block_on(connect_state_backend(&url, &prefix, timeout))
+        })
+        .await
+        .map_err(|e| format!("connection attempt failed: {e}"))?
+        .map_err(|e| format!("{e:#}"))
+    })
+}
+
+async fn connect_state_backend(
     url: &str,
     prefix: &str,
     timeout: Duration,
@@ -392,8 +479,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = match files_runtime {
         Some(runtime) => LiveConfig::new(runtime),
         None => {
-            let channel = acteon_channel::connect(&args.state, &args.state_prefix, timeout)
-                .await
+            // Connected (and reconnected) by the follower: a channel that is down at
+            // start is waited for, not a reason to exit.
+            let channel_kind = crate::follow::channel_kind(&args.state)
                 .map_err(|e| anyhow::anyhow!("--state: config channel: {e}"))?;
             let gateway_id = args
                 .gateway_id
@@ -401,7 +489,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .filter(|id| !id.trim().is_empty())
                 .unwrap_or_else(crate::follow::default_gateway_id);
             follower = Some((
-                channel.clone(),
+                (args.state.clone(), args.state_prefix.clone(), timeout),
                 FollowOptions {
                     gateway_id: gateway_id.clone(),
                     poll_interval: Duration::from_secs(args.config_poll_seconds),
@@ -413,7 +501,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ));
             LiveConfig::waiting(
                 ConfigSource::Channel {
-                    backend: channel.kind(),
+                    backend: channel_kind,
                 },
                 Some(gateway_id),
             )
@@ -429,31 +517,51 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         confirmer: Default::default(),
     });
-    if let Some((channel, options)) = follower {
-        Follower::new(channel, gateway.clone(), options).spawn();
+    if let Some(((url, prefix, timeout), options)) = follower {
+        crate::follow::spawn_when_connected(url, prefix, timeout, gateway.clone(), options);
     }
+    let lifecycle = Arc::new(Lifecycle::new(&gateway.metrics.registry));
+    // One check before listening, so that `/readyz` is right from the first request.
+    lifecycle.check(&gateway).await;
+    lifecycle.spawn_monitor(
+        gateway.clone(),
+        Duration::from_secs(args.state_check_seconds),
+    );
+    let registry = gateway.metrics.registry.clone();
     let app = http::router(Arc::new(AppState {
         gateway,
         body_limit: args.body_limit,
+        body_timeout: Duration::from_millis(args.http_body_timeout_ms),
+        lifecycle: lifecycle.clone(),
     }));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
     tracing::info!(addr = %listener.local_addr()?, "listening");
-    let drain = Duration::from_secs(args.shutdown_timeout);
-    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal());
-    // Bound the drain: once a signal arrives, in-flight requests get `drain` to finish.
-    tokio::select! {
-        r = server => r?,
-        _ = async { shutdown_signal().await; tokio::time::sleep(drain).await } => {
-            tracing::warn!("drain timeout reached; exiting with requests still in flight");
-        }
-    }
+    let options = ServeOptions {
+        max_connections: args.http_max_connections,
+        deadlines: Deadlines {
+            idle: Duration::from_secs(args.http_idle_timeout_seconds),
+            header: Duration::from_millis(args.http_header_timeout_ms),
+        },
+        drain_timeout: Duration::from_secs(args.shutdown_timeout),
+    };
+    let delay = Duration::from_secs(args.shutdown_delay_seconds);
+    http::serve::serve(
+        listener,
+        app,
+        lifecycle,
+        &registry,
+        options,
+        shutdown_signal(delay),
+    )
+    .await;
     tracing::info!("stopped");
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Waits for SIGTERM (answers `delay`: keep serving while unready) or SIGINT (no delay).
+async fn shutdown_signal(delay: Duration) -> Duration {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -468,11 +576,12 @@ async fn shutdown_signal() {
     };
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-    tracing::info!("shutdown signal received; draining in-flight requests");
+    let delay = tokio::select! {
+        _ = ctrl_c => Duration::ZERO,
+        _ = term => delay,
+    };
+    tracing::info!(delay = ?delay, "shutdown signal received");
+    delay
 }
 
 #[cfg(test)]

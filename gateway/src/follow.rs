@@ -306,6 +306,46 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 
 /// A default gateway id: the host name (the pod name in Kubernetes) and 6 random hex
 /// characters, so restarted or co-located processes never share an id.
+/// The config channel's backend for a `--state` URL (`redis`, `postgres`); other schemes
+/// have no channel and are refused at start.
+pub fn channel_kind(url: &str) -> Result<&'static str, String> {
+    match url
+        .split_once("://")
+        .map(|(s, _)| s.to_ascii_lowercase())
+        .as_deref()
+    {
+        Some("redis" | "rediss") => Ok("redis"),
+        Some("postgres" | "postgresql") => Ok("postgres"),
+        _ => Err("use redis://, rediss://, postgres:// or postgresql://".into()),
+    }
+}
+
+/// Connects the config channel (retrying with backoff while it is unreachable, so a
+/// gateway started before its backend waits instead of exiting), then follows it.
+pub fn spawn_when_connected(
+    url: String,
+    prefix: String,
+    timeout: Duration,
+    gateway: Arc<Gateway>,
+    options: FollowOptions,
+) {
+    tokio::spawn(async move {
+        let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
+        let channel = loop {
+            match acteon_channel::connect(&url, &prefix, timeout).await {
+                Ok(channel) => break channel,
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = ?e.to_string(), retry_in = ?delay, "config channel unreachable; waiting for it");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        };
+        tracing::info!(backend = channel.kind(), "config channel connected");
+        Follower::new(channel, gateway, options).run().await;
+    });
+}
+
 pub fn default_gateway_id() -> String {
     let host = std::env::var("HOSTNAME")
         .ok()

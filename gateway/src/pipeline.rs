@@ -61,8 +61,6 @@ pub enum DispatchError {
     /// Following the operator and no snapshot has arrived yet.
     #[error("{}", NOT_LOADED)]
     NotLoaded,
-    #[error("unknown provider `{provider}` for namespace `{namespace}`")]
-    UnknownProvider { namespace: String, provider: String },
     #[error(transparent)]
     State(#[from] StateError),
 }
@@ -89,7 +87,9 @@ struct Delivery<'r> {
 impl Gateway {
     /// Dispatches one action. Errors are for the caller to map (4xx / 503); every other
     /// result, failures of delivery included, is an outcome.
-    #[tracing::instrument(level = "debug", skip_all, fields(ns = %action.namespace, tenant = %action.tenant, provider = %action.provider))]
+    // User strings are logged with `?` (Debug): it escapes control characters, so no request
+    // can forge a log line.
+    #[tracing::instrument(level = "debug", skip_all, fields(ns = ?action.namespace, tenant = ?action.tenant, provider = ?action.provider))]
     pub async fn dispatch(
         &self,
         mut action: Action,
@@ -110,10 +110,16 @@ impl Gateway {
                 .bad_requests
                 .with_label_values(&["unknown_provider"])
                 .inc();
-            return Err(DispatchError::UnknownProvider {
-                namespace: action.namespace,
-                provider: action.provider,
-            });
+            // An outcome, as in Acteon: the action is well-formed, only its target is unknown.
+            return Ok(ActionOutcome::failed(
+                "PROVIDER_NOT_FOUND",
+                format!(
+                    "unknown provider {:?} for namespace {:?}",
+                    action.provider, action.namespace
+                ),
+                false,
+                0,
+            ));
         }
         let mut eval = rt.rules.evaluate(&action, Utc::now());
         self.record_rules(&rt, &eval);
@@ -366,7 +372,7 @@ impl Gateway {
                     }));
                 }
                 Overage::Warn => {
-                    tracing::warn!(quota = %quota.id, tenant = %action.tenant, used, "quota exceeded; delivering anyway (overage: warn)")
+                    tracing::warn!(quota = %quota.id, tenant = ?action.tenant, used, "quota exceeded; delivering anyway (overage: warn)")
                 }
                 Overage::Degrade => {
                     if let Some(fallback) = &quota.spec.fallback_provider {

@@ -1,5 +1,7 @@
 //! Golden tests: the wire forms of SPEC section 5 (Acteon-compatible), byte for byte.
 
+mod common;
+
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -198,4 +200,31 @@ fn error_body_shape() {
         v,
         json!({"error": "`tenant`: bad", "code": "INVALID_REQUEST", "message": "`tenant`: bad", "retryable": false})
     );
+}
+
+/// A batch item error, as Acteon's SDKs parse it (`BatchResult.from_dict`).
+#[test]
+fn batch_item_error_shape() {
+    let e = acteon_gateway::http::error::ApiError::invalid("`tenant`: bad");
+    let item = acteon_gateway::http::dispatch::BatchItem::from(e);
+    let v = serde_json::to_value(item).expect("serializes");
+    assert_eq!(
+        v,
+        json!({"error": {"code": "INVALID_REQUEST", "message": "`tenant`: bad", "retryable": false}})
+    );
+}
+
+/// An unknown provider is a `Failed` outcome with Acteon's code, not a 4xx.
+#[tokio::test]
+async fn unknown_provider_is_a_failed_outcome() {
+    let gw = common::gateway(
+        "apiVersion: acteon.dev/v1alpha1\nkind: Provider\nmetadata: {name: p, namespace: ns}\nspec: {type: noop}\n",
+    );
+    let a = common::action(
+        json!({"namespace": "ns", "tenant": "t", "provider": "ghost", "action_type": "x", "payload": {}}),
+    );
+    let o = gw.dispatch(a, false).await.expect("an outcome");
+    let v = serde_json::to_value(&o).expect("serializes");
+    assert_eq!(v["Failed"]["code"], "PROVIDER_NOT_FOUND", "{v}");
+    assert_eq!(v["Failed"]["retryable"], false, "{v}");
 }

@@ -109,10 +109,32 @@ Secret holding the state backend URL, and its key.
 {{- if .Values.state.existingSecret }}
 {{- .Values.state.existingSecret }}
 {{- else }}
-{{- if not .Values.state.url }}
-{{- fail "state.url (a redis:// or postgres:// URL) or state.existingSecret is required: operator and gateways meet in the state backend" }}
+{{- if not (include "acteon.state.url" .) }}
+{{- fail "state.url (a redis:// or postgres:// URL) or state.existingSecret is required (or evaluationRedis.enabled, for evaluation only): operator and gateways meet in the state backend" }}
 {{- end }}
 {{- printf "%s-state" (include "acteon.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{/*
+"true" when the bundled evaluation Redis is rendered: enabled, and no backend given.
+*/}}
+{{- define "acteon.evaluationRedis.enabled" -}}
+{{- if and .Values.evaluationRedis.enabled (not .Values.state.url) (not .Values.state.existingSecret) }}true{{ end }}
+{{- end }}
+
+{{- define "acteon.evaluationRedis.fullname" -}}
+{{- printf "%s-redis" (include "acteon.fullname" .) }}
+{{- end }}
+
+{{/*
+The state URL the chart's Secret holds: state.url, else the evaluation Redis (if rendered).
+*/}}
+{{- define "acteon.state.url" -}}
+{{- if .Values.state.url }}
+{{- .Values.state.url }}
+{{- else if eq (include "acteon.evaluationRedis.enabled" .) "true" }}
+{{- printf "redis://%s.%s.svc:6379" (include "acteon.evaluationRedis.fullname" .) .Release.Namespace }}
 {{- end }}
 {{- end }}
 

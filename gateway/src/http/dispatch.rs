@@ -3,16 +3,17 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::rejection::BytesRejection;
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use bytes::Bytes;
+use axum::http::HeaderMap;
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use utoipa::IntoParams;
 
 use super::AppState;
-use super::error::{ApiError, ErrorBody};
+use super::error::{ApiError, ErrorBody, ItemError};
 use super::json;
 use crate::action::{self, Action};
 use crate::outcome::ActionOutcome;
@@ -30,8 +31,17 @@ pub struct DispatchParams {
     pub dry_run: bool,
 }
 
+/// Query parameters, or the JSON error naming the bad one (`?dry_run=maybe`).
+fn params(
+    query: Result<Query<DispatchParams>, QueryRejection>,
+) -> Result<DispatchParams, ApiError> {
+    query
+        .map(|Query(p)| p)
+        .map_err(|r| ApiError::invalid(format!("invalid query: {}", r.body_text())))
+}
+
 fn parse_action(bytes: &[u8], what: &str, app: &AppState) -> Result<Action, ApiError> {
-    let action: Action = json::parse(bytes, what).inspect_err(|_| {
+    let action: Action = json::parse_object(bytes, what).inspect_err(|_| {
         app.gateway
             .metrics
             .bad_requests
@@ -54,36 +64,28 @@ fn parse_action(bytes: &[u8], what: &str, app: &AppState) -> Result<Action, ApiE
     responses((status = 200, body = ActionOutcome), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn dispatch(
     State(app): State<Arc<AppState>>,
-    Query(params): Query<DispatchParams>,
-    body: Result<Bytes, BytesRejection>,
+    query: Result<Query<DispatchParams>, QueryRejection>,
+    headers: HeaderMap,
+    body: Body,
 ) -> Result<Json<ActionOutcome>, ApiError> {
-    let bytes = json::body(body, app.body_limit)?;
+    let params = params(query)?;
+    let bytes = json::read_body(&headers, body, app.body_limit, app.body_timeout).await?;
     let action = parse_action(&bytes, "action", &app)?;
     Ok(Json(app.gateway.dispatch(action, params.dry_run).await?))
 }
 
-/// One batch result: an outcome, or an error for that item.
+/// One batch result: an outcome, or `{"error": {"code", "message", "retryable"}}` for that
+/// item, as Acteon's SDKs parse it.
 #[derive(serde::Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum BatchItem {
     Outcome(ActionOutcome),
-    Error {
-        error: String,
-        code: &'static str,
-        message: String,
-        retryable: bool,
-    },
+    Error { error: ItemError },
 }
 
 impl From<ApiError> for BatchItem {
     fn from(e: ApiError) -> BatchItem {
-        let b = e.body();
-        BatchItem::Error {
-            error: b.error,
-            code: b.code,
-            message: b.message,
-            retryable: b.retryable,
-        }
+        BatchItem::Error { error: e.item() }
     }
 }
 
@@ -92,10 +94,12 @@ impl From<ApiError> for BatchItem {
     responses((status = 200, body = Vec<BatchItem>), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody)))]
 pub async fn dispatch_batch(
     State(app): State<Arc<AppState>>,
-    Query(params): Query<DispatchParams>,
-    body: Result<Bytes, BytesRejection>,
+    query: Result<Query<DispatchParams>, QueryRejection>,
+    headers: HeaderMap,
+    body: Body,
 ) -> Result<Json<Vec<BatchItem>>, ApiError> {
-    let bytes = json::body(body, app.body_limit)?;
+    let params = params(query)?;
+    let bytes = json::read_body(&headers, body, app.body_limit, app.body_timeout).await?;
     let items: Vec<Box<RawValue>> =
         json::parse(&bytes, "batch (expected a JSON array of actions)")?;
     if items.len() > MAX_BATCH {
@@ -110,13 +114,14 @@ pub async fn dispatch_batch(
         )));
     }
     let app = &app;
+    let dry_run = params.dry_run;
     let results: Vec<BatchItem> = futures::stream::iter(items.into_iter().enumerate())
         .map(|(i, raw)| async move {
             let action = match parse_action(raw.get().as_bytes(), &format!("action [{i}]"), app) {
                 Ok(a) => a,
                 Err(e) => return BatchItem::from(e),
             };
-            match app.gateway.dispatch(action, params.dry_run).await {
+            match app.gateway.dispatch(action, dry_run).await {
                 Ok(o) => BatchItem::Outcome(o),
                 Err(e) => BatchItem::from(ApiError::from(e)),
             }

@@ -51,6 +51,22 @@ impl ApiError {
         }
     }
 
+    pub fn not_found() -> ApiError {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            code: "NOT_FOUND",
+            message: "no such endpoint".into(),
+        }
+    }
+
+    pub fn method_not_allowed() -> ApiError {
+        ApiError {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            code: "METHOD_NOT_ALLOWED",
+            message: "method not allowed on this endpoint".into(),
+        }
+    }
+
     pub fn body(&self) -> ErrorBody {
         ErrorBody {
             error: self.message.clone(),
@@ -61,10 +77,28 @@ impl ApiError {
     }
 }
 
+/// An error inside a batch answer, as Acteon's SDKs parse it:
+/// `{"error": {"code", "message", "retryable"}}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ItemError {
+    pub code: &'static str,
+    pub message: String,
+    pub retryable: bool,
+}
+
+impl ApiError {
+    pub fn item(self) -> ItemError {
+        ItemError {
+            code: self.code,
+            retryable: self.status == StatusCode::SERVICE_UNAVAILABLE,
+            message: self.message,
+        }
+    }
+}
+
 impl From<DispatchError> for ApiError {
     fn from(e: DispatchError) -> ApiError {
         match e {
-            DispatchError::UnknownProvider { .. } => ApiError::invalid(format!("provider: {e}")),
             DispatchError::State(e) => ApiError::unavailable(e.to_string()),
             DispatchError::NotLoaded => ApiError::unavailable(e.to_string()),
         }

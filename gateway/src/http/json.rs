@@ -1,29 +1,55 @@
 //! Request bodies: size-limited, parsed with the path of the offending field in errors.
 
-use axum::extract::rejection::BytesRejection;
-use axum::http::StatusCode;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, StatusCode, header};
 use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
 
-/// Turns a body-reading failure into a JSON error (413 past the size limit).
-pub fn body(result: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
-    result.map_err(|r| {
-        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::too_large(format!(
-                "request body is larger than the limit of {limit} bytes"
-            ))
-        } else {
-            ApiError::invalid(format!("could not read the request body: {r}"))
-        }
-    })
+/// Reads a request body: 413 past `limit` (at once when the declared length says so), 408
+/// when the client does not deliver it within `timeout` (a slow body must not hold a
+/// connection and a task forever).
+pub async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::too_large(format!(
+            "request body is larger than the limit of {limit} bytes"
+        ))
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Ok(Err(e)) => Err(ApiError::invalid(format!(
+            "could not read the request body: {e}"
+        ))),
+        Err(_) => Err(ApiError {
+            status: StatusCode::REQUEST_TIMEOUT,
+            code: "REQUEST_TIMEOUT",
+            message: format!("the request body did not arrive within {timeout:?}"),
+        }),
+    }
 }
 
-/// Parses JSON; the message names the field (`payload`, `[3].tenant`, …) and the problem.
+/// Parses one JSON value; the message names the field (`payload`, `[3].tenant`, …) and the
+/// problem. Anything but whitespace after the value is an error: `{A}{B}` is not `{A}`.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let mut path = e.path().to_string();
         if path.len() > 80 {
             // Deeply nested input: the start of the path is enough to find it.
@@ -41,5 +67,25 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, ApiErro
         } else {
             ApiError::invalid(format!("{kind} {what}: field `{path}`: {inner}"))
         }
-    })
+    })?;
+    de.end().map_err(|e| {
+        ApiError::invalid(format!("malformed JSON {what}: data after the value: {e}"))
+    })?;
+    Ok(value)
+}
+
+/// Parses a JSON object: serde would also read a struct from a positional array
+/// (`["ns","t",…]`), which no client means and which hides mistakes.
+pub fn parse_object<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, ApiError> {
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => parse(bytes, what),
+        Some(b'[') => Err(ApiError::invalid(format!(
+            "invalid {what}: expected a JSON object, got an array"
+        ))),
+        _ => parse::<serde::de::IgnoredAny>(bytes, what).and_then(|_| {
+            Err(ApiError::invalid(format!(
+                "invalid {what}: expected a JSON object"
+            )))
+        }),
+    }
 }

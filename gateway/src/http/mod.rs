@@ -1,14 +1,17 @@
 //! The HTTP API (axum), wire-compatible with Acteon's server.
 
+pub mod conn;
 pub mod dispatch;
 pub mod error;
 pub mod json;
+pub mod lifecycle;
 pub mod ops;
+pub mod serve;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use utoipa::OpenApi;
@@ -18,10 +21,15 @@ use crate::pipeline::Gateway;
 /// Default limit on request bodies (1 MiB).
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
 
+/// Default bound on reading a request body.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Shared state of the handlers.
 pub struct AppState {
     pub gateway: Arc<Gateway>,
     pub body_limit: usize,
+    pub body_timeout: Duration,
+    pub lifecycle: Arc<lifecycle::Lifecycle>,
 }
 
 #[derive(OpenApi)]
@@ -36,6 +44,7 @@ pub struct AppState {
         ops::rules,
         ops::config,
         ops::healthz,
+        ops::health,
         ops::readyz,
         ops::metrics
     ),
@@ -43,7 +52,10 @@ pub struct AppState {
         crate::action::Action,
         crate::outcome::ActionOutcome,
         error::ErrorBody,
+        error::ItemError,
         dispatch::BatchItem,
+        ops::HealthInfo,
+        ops::BackendHealth,
         ops::RuleInfo,
         ops::ConfigInfo
     ))
@@ -55,26 +67,27 @@ async fn openapi() -> impl IntoResponse {
 }
 
 async fn not_found() -> error::ApiError {
-    error::ApiError {
-        status: axum::http::StatusCode::NOT_FOUND,
-        code: "NOT_FOUND",
-        message: "no such endpoint".into(),
-    }
+    error::ApiError::not_found()
 }
 
-/// The router with every endpoint.
+async fn method_not_allowed() -> error::ApiError {
+    error::ApiError::method_not_allowed()
+}
+
+/// The router with every endpoint. Bodies are read by the handlers (bounded in size and
+/// time, see [`json::read_body`]); every error, 404 and 405 included, is a JSON body.
 pub fn router(state: Arc<AppState>) -> Router {
-    let limit = state.body_limit;
     Router::new()
         .route("/v1/dispatch", post(dispatch::dispatch))
         .route("/v1/dispatch/batch", post(dispatch::dispatch_batch))
         .route("/v1/rules", get(ops::rules))
         .route("/v1/config", get(ops::config))
         .route("/healthz", get(ops::healthz))
+        .route("/health", get(ops::health))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .route("/api-doc/openapi.json", get(openapi))
         .fallback(not_found)
-        .layer(DefaultBodyLimit::max(limit))
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }

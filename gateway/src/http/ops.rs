@@ -21,9 +21,14 @@ pub async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
-/// Ready to serve: a configuration is loaded and the state backend answers.
+/// Ready to serve: not draining, a configuration is loaded, and the state backend has been
+/// reached once. A backend that goes away later does not make the gateway unready (all
+/// replicas share it): requests needing it answer 503, and `/health` reports it.
 #[utoipa::path(get, path = "/readyz", responses((status = 200, description = "ready"), (status = 503, body = ErrorBody)))]
 pub async fn readyz(State(app): State<Arc<AppState>>) -> Result<impl IntoResponse, ApiError> {
+    if app.lifecycle.is_draining() {
+        return Err(ApiError::unavailable("shutting down"));
+    }
     let gw = &app.gateway;
     let version = {
         let rt = gw.config.load();
@@ -39,16 +44,54 @@ pub async fn readyz(State(app): State<Arc<AppState>>) -> Result<impl IntoRespons
         }
         rt.snapshot.version
     };
-    match tokio::time::timeout(gw.options.state_timeout, gw.state.ping()).await {
-        Ok(Ok(())) => Ok(Json(
-            json!({"status": "ready", "snapshot_version": version}),
-        )),
-        Ok(Err(e)) => Err(ApiError::unavailable(e.to_string())),
-        Err(_) => Err(ApiError::unavailable(format!(
-            "state backend did not answer within {:?}",
-            gw.options.state_timeout
-        ))),
+    if !app.lifecycle.backend_reached() {
+        return Err(ApiError::unavailable(format!(
+            "state backend not reached yet: {}",
+            app.lifecycle.last_error().unwrap_or_default()
+        )));
     }
+    Ok(Json(json!({
+        "status": "ready",
+        "snapshot_version": version,
+        "state_backend_up": app.lifecycle.backend_up(),
+    })))
+}
+
+/// What `GET /health` reports.
+#[derive(Serialize, ToSchema)]
+pub struct HealthInfo {
+    /// Always `ok`: the process serves (Acteon's SDKs call this).
+    pub status: &'static str,
+    /// Whether `/readyz` would answer 200.
+    pub ready: bool,
+    pub draining: bool,
+    pub state_backend: BackendHealth,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct BackendHealth {
+    pub kind: &'static str,
+    /// Result of the last periodic check.
+    pub up: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Health for Acteon's SDKs (`health()`): 200 while the process serves, with details.
+#[utoipa::path(get, path = "/health", responses((status = 200, body = HealthInfo)))]
+pub async fn health(State(app): State<Arc<AppState>>) -> Json<HealthInfo> {
+    let lc = &app.lifecycle;
+    let loaded = app.gateway.config.load().loaded;
+    Json(HealthInfo {
+        status: "ok",
+        ready: loaded && lc.backend_reached() && !lc.is_draining(),
+        draining: lc.is_draining(),
+        state_backend: BackendHealth {
+            kind: app.gateway.state.kind(),
+            up: lc.backend_up(),
+            error: lc.last_error(),
+        },
+    })
 }
 
 /// Prometheus metrics.

@@ -11,6 +11,7 @@
 
 pub mod confirm;
 pub mod conformance;
+pub mod lazy;
 pub mod memory;
 pub mod postgres;
 pub mod redis;

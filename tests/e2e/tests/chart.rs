@@ -166,8 +166,14 @@ fn the_values_schema_rejects_wrong_values_naming_the_field() {
             );
         }
     }
-    // The one value without a default.
-    let out = helm(&["template", RELEASE, CHART]);
+    // The one value without a default, once the evaluation Redis is off.
+    let out = helm(&[
+        "template",
+        RELEASE,
+        CHART,
+        "--set",
+        "evaluationRedis.enabled=false",
+    ]);
     let text = output_text(&out);
     assert!(!out.status.success(), "rendered without a state backend");
     assert!(
@@ -733,4 +739,125 @@ fn the_dashboard_ships_in_a_configmap() {
     let json: Value = serde_json::from_str(map["data"]["acteon.json"].as_str().expect("data"))
         .expect("the ConfigMap holds valid dashboard JSON");
     assert_eq!(json["uid"], "acteon-overview");
+}
+
+// ---------------------------------------------------------------------------------------------
+// First contact: no values at all
+// ---------------------------------------------------------------------------------------------
+
+/// `helm template` of the chart with `extra` and nothing else, as documents.
+fn render_bare(extra: &[&str]) -> Vec<Value> {
+    let mut args = vec!["template", RELEASE, CHART, "--namespace", SYSTEM_NAMESPACE];
+    args.extend(extra);
+    documents(&helm_ok(&args))
+}
+
+fn evaluation_redis(docs: &[Value]) -> Vec<&Value> {
+    docs.iter()
+        .filter(|d| d["metadata"]["labels"]["app.kubernetes.io/component"] == "evaluation-redis")
+        .collect()
+}
+
+/// With no values the chart renders a single Redis for evaluation, marked not for
+/// production, as locked down as the rest, and points the state Secret at it; a state URL
+/// or an existing Secret removes it; disabling it without a backend fails naming the value.
+#[test]
+fn with_no_values_a_locked_down_evaluation_redis_is_the_state_backend() {
+    let docs = render_bare(&[]);
+    let redis = named(&docs, "Deployment", "acteon-redis");
+    assert!(
+        redis["metadata"]["annotations"]["acteon.dev/not-for-production"].is_string(),
+        "{redis}"
+    );
+    assert_eq!(redis["spec"]["replicas"], 1);
+    let pod = &redis["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    assert_eq!(pod["automountServiceAccountToken"], false);
+    let c = &pod["containers"][0];
+    let sc = &c["securityContext"];
+    assert_eq!(sc["runAsNonRoot"], true);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+    assert!(c["resources"]["requests"]["cpu"].is_string(), "{c}");
+    assert!(c["resources"]["requests"]["memory"].is_string(), "{c}");
+    assert!(c["resources"]["limits"]["memory"].is_string(), "{c}");
+    assert!(
+        c["readinessProbe"].is_object() && c["livenessProbe"].is_object(),
+        "{c}"
+    );
+    let image = c["image"].as_str().unwrap_or_default();
+    assert!(
+        image.contains("redis:") && !image.ends_with(":latest"),
+        "{image}"
+    );
+    assert_eq!(c["volumeMounts"][0]["mountPath"], "/data", "{c}");
+    assert!(pod["volumes"][0]["emptyDir"].is_object(), "{pod}");
+    named(&docs, "Service", "acteon-redis");
+    let state = named(&docs, "Secret", "acteon-state");
+    assert_eq!(
+        state["stringData"]["url"],
+        format!("redis://acteon-redis.{SYSTEM_NAMESPACE}.svc:6379")
+    );
+
+    for extra in [
+        &["--set", "state.url=redis://mine:6379"][..],
+        &["--set", "state.existingSecret=my-state"][..],
+    ] {
+        let docs = render_bare(extra);
+        assert!(evaluation_redis(&docs).is_empty(), "{extra:?}");
+    }
+    let out = helm(&[
+        "template",
+        RELEASE,
+        CHART,
+        "--set",
+        "evaluationRedis.enabled=false",
+    ]);
+    let text = output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("state.url") && text.contains("evaluationRedis.enabled"),
+        "{text}"
+    );
+}
+
+/// `helm install` with no values succeeds on a real API server and its NOTES say the state
+/// backend is for evaluation only; uninstall removes the Redis.
+#[test]
+fn helm_install_with_no_values_works_and_says_not_for_production() {
+    let kube = Kube::private();
+    let namespace = unique_name("bare");
+    kube.create_namespace(&namespace);
+    let out = kube.helm_ok(&[
+        "install",
+        "bare",
+        CHART,
+        "--namespace",
+        &namespace,
+        "--set",
+        "crds.install=false",
+    ]);
+    assert!(out.contains("NOT FOR PRODUCTION"), "{out}");
+    assert!(exists(
+        kube,
+        "Deployment",
+        Some(&namespace),
+        "bare-acteon-redis"
+    ));
+    assert!(exists(
+        kube,
+        "Service",
+        Some(&namespace),
+        "bare-acteon-redis"
+    ));
+    kube.helm_ok(&["uninstall", "bare", "--namespace", &namespace]);
+    let gone = wait_until(WAIT, POLL, || {
+        (!exists(kube, "Deployment", Some(&namespace), "bare-acteon-redis")).then_some(())
+    });
+    assert!(gone.is_some(), "the evaluation Redis survived uninstall");
 }
