@@ -236,7 +236,7 @@ async fn check_by_reads<S: StateStore + ?Sized>(
             }
             Gate::Quota { key, limit, window } => {
                 let used = store.quota_usage(key, *window).await?;
-                (used >= *limit).then(|| GateStop::QuotaExceeded {
+                (used >= *limit).then_some(GateStop::QuotaExceeded {
                     used,
                     resets_in: *window,
                 })
