@@ -526,7 +526,7 @@ impl Gateway {
                         .state_errors
                         .with_label_values(&["release_dedup"])
                         .inc();
-                    tracing::warn!(key = %key, "could not release a dedup mark; it expires with its TTL");
+                    tracing::warn!(key = ?key, "could not release a dedup mark; it expires with its TTL");
                 }
             }
         }

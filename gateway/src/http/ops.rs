@@ -50,11 +50,19 @@ pub async fn readyz(State(app): State<Arc<AppState>>) -> Result<impl IntoRespons
             app.lifecycle.last_error().unwrap_or_default()
         )));
     }
-    Ok(Json(json!({
+    let mut body = json!({
         "status": "ready",
         "snapshot_version": version,
         "state_backend_up": app.lifecycle.backend_up(),
-    })))
+    });
+    // Still ready (the last good snapshot serves), but a newer one was refused — a tampered
+    // or unauthenticated publication, or one that does not build — and the probe says so.
+    let status = gw.config.status();
+    if let Some(refused) = status.failed_version {
+        body["refused_version"] = json!(refused);
+        body["refused_because"] = json!(status.error.unwrap_or_default());
+    }
+    Ok(Json(body))
 }
 
 /// What `GET /health` reports.

@@ -29,8 +29,8 @@ impl Provider for LogProvider {
         let payload = a.payload.to_string();
         macro_rules! emit {
             ($lvl:ident) => {
-                tracing::$lvl!(target: "acteon::delivery", id = %a.id, namespace = %a.namespace, tenant = %a.tenant,
-                    provider = %a.provider, action_type = %a.action_type, payload = %payload, "delivered")
+                tracing::$lvl!(target: "acteon::delivery", id = ?a.id, namespace = ?a.namespace, tenant = ?a.tenant,
+                    provider = ?a.provider, action_type = ?a.action_type, payload = %payload, "delivered")
             };
         }
         match self.level {

@@ -3,7 +3,7 @@
 //! stops, are exact across replicas. Run on Redis and
 //! Postgres (`ACTEON_TEST_REDIS_URL`, `ACTEON_TEST_POSTGRES_URL`).
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

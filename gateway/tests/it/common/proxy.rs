@@ -9,7 +9,7 @@
 //! proxy.restore();  // new connections are forwarded again
 //! ```
 //!
-//! Use it from a test with `#[path = "common/proxy.rs"] mod proxy;`. The proxy runs on its
+//! Use it from a test module with `use crate::common::proxy;`. The proxy runs on its
 //! own thread with its own tokio runtime, so it works the same from `#[test]` and
 //! `#[tokio::test]` (any flavour), and `cut`/`restore` are plain synchronous calls. Dropping
 //! the proxy closes the listener and every connection.

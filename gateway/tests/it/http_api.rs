@@ -2,9 +2,8 @@
 //! the problem, and the server keeps serving; batches, dry runs, inspection endpoints,
 //! metrics, OpenAPI, and draining on SIGTERM.
 
-mod common;
-#[path = "common/proxy.rs"]
-mod proxy;
+use crate::common;
+use crate::common::proxy;
 
 use std::time::Duration;
 

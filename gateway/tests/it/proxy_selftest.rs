@@ -2,8 +2,7 @@
 //! server: bytes flow both ways; `cut()` closes open connections and black-holes new ones
 //! (accepted, never answered); `restore()` makes new connections work again.
 
-#[path = "common/proxy.rs"]
-mod proxy;
+use crate::common::proxy;
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;

@@ -11,9 +11,8 @@
 //! when it returns; webhook `secretHeaders` sealed by the operator reach the target, and a
 //! snapshot sealed with another key is refused while the old one keeps serving.
 
-mod common;
-#[path = "common/proxy.rs"]
-mod proxy;
+use crate::common;
+use crate::common::proxy;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -924,6 +923,16 @@ async fn refuses_snapshots_that_do_not_authenticate(kind: Kind) {
         assert!(!suppressed(&client, &gw, "b").await, "{what}: not rerouted");
         let (status, ready) = get(&client, &gw, "/readyz").await;
         assert_eq!(status, 200, "keeps serving the last good snapshot: {ready}");
+        assert_eq!(
+            ready["refused_version"], version,
+            "readyz names it: {ready}"
+        );
+        assert!(
+            ready["refused_because"]
+                .as_str()
+                .is_some_and(|e| e.contains(says)),
+            "{what}: {ready}"
+        );
     }
     let text = metrics(&client, &gw).await;
     assert!(

@@ -2,6 +2,8 @@
 //! in-process gateway built from YAML, and a recording HTTP server for webhook targets.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -5,7 +5,7 @@
 //! Grouping, scheduling and chains arrive with later issues; until then the rules that use
 //! them answer `Failed{code: NOT_IMPLEMENTED}`, and this test checks exactly that.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

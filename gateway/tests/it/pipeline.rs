@@ -1,7 +1,7 @@
 //! The rule pipeline, in process on the memory backend: every operator, every action type,
 //! and rules in combination.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

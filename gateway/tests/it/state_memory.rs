@@ -1,7 +1,7 @@
 //! The memory backend: the shared conformance suite, plus exact edges that need the
 //! injectable clock and the sweep of expired entries, and the pipeline's use of gates.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -4,9 +4,8 @@
 //! backend comes back, service resumes within 5 s without a restart. Redis and Postgres.
 //! A gateway SIGKILLed mid-delivery loses no action to the dedup mark it left.
 
-mod common;
-#[path = "common/proxy.rs"]
-mod proxy;
+use crate::common;
+use crate::common::proxy;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -116,7 +115,9 @@ async fn outage_and_recovery(proxy: &FaultProxy, state_url: &str) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let cut_at = Instant::now();
     proxy.cut();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Long enough for several 1.5 s state timeouts in a row, so requests are both sent and
+    // answered inside the outage.
+    tokio::time::sleep(Duration::from_secs(5)).await;
     // Readiness does not follow a shared backend (every replica would leave the Service at
     // once); `/health` reports it instead.
     for s in &servers {

@@ -1,6 +1,6 @@
 //! Golden tests: the wire forms of SPEC section 5 (Acteon-compatible), byte for byte.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -18,7 +18,7 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-mod common;
+use crate::common;
 
 /// How the server answers one request.
 #[derive(Clone, Copy, Debug)]

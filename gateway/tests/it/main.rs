@@ -1,0 +1,20 @@
+//! The gateway's integration tests, in one binary: every test binary links the whole
+//! gateway and its dependencies, which costs minutes on a 2-core machine. Each module
+//! is what used to be a binary of its own; `common` holds the shared helpers.
+
+mod common;
+
+mod acteon_compat;
+mod cli;
+mod faults;
+mod follow;
+mod golden;
+mod http_api;
+mod pipeline;
+mod proxy_selftest;
+mod replicas;
+mod samples_e2e;
+mod state_memory;
+mod state_postgres;
+mod state_redis;
+mod webhook;
