@@ -23,7 +23,7 @@ soak() {
     local backend="$1" state="memory" port pid
     [[ "$backend" == redis ]] && state="$REDIS_URL"
     port="$(free_port)"
-    "$GATEWAY" serve --config tools/acteon-load/soak-rules.yaml --listen "127.0.0.1:$port" \
+    "$GATEWAY" serve --config tools/acteon-load/soak-rules.yaml,tools/acteon-load/bench-rules.yaml --listen "127.0.0.1:$port" \
         --state "$state" --state-prefix "soak-$$" >/tmp/acteon-soak-gw.log 2>&1 &
     pid=$!
     for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done

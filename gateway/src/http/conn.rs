@@ -87,6 +87,16 @@ pub struct Deadlines {
     pub header: Duration,
 }
 
+impl Deadlines {
+    /// How long a new connection may wait before its first request starts. A client opens
+    /// a connection to send a request: one that sends nothing is held no longer than a slow
+    /// request head would be (as nginx's `client_header_timeout` does), so thousands of
+    /// silent connections cannot keep the connection cap full for a whole idle period.
+    pub fn first_request(&self) -> Duration {
+        self.idle.min(self.header)
+    }
+}
+
 pub struct TimedIo {
     inner: TcpStream,
     /// Updated by the service; a response seen finished ends the request's phase.
@@ -111,7 +121,7 @@ impl TimedIo {
             activity,
             seen_finished: 0,
             phase: Phase::Idle(now),
-            sleep: Box::pin(tokio::time::sleep_until(now + deadlines.idle)),
+            sleep: Box::pin(tokio::time::sleep_until(now + deadlines.first_request())),
             deadlines,
             counters,
         }
@@ -145,7 +155,14 @@ impl TimedIo {
                 }
                 return Poll::Pending;
             }
-            Phase::Idle(since) => (since + self.deadlines.idle, &self.counters.idle, "idle"),
+            Phase::Idle(since) => {
+                let wait = if self.seen_finished == 0 {
+                    self.deadlines.first_request()
+                } else {
+                    self.deadlines.idle
+                };
+                (since + wait, &self.counters.idle, "idle")
+            }
             Phase::Head(since) => (
                 since + self.deadlines.header,
                 &self.counters.header,
