@@ -13,8 +13,11 @@ soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, n + 1024), hard))
 conns, refused = [], 0
 for _ in range(n):
-    s = socket.socket()
-    s.setblocking(True)
+    try:
+        s = socket.socket()
+    except OSError:  # out of file descriptors: hold what we have
+        refused += 1
+        continue
     s.settimeout(2)
     try:
         s.connect((host, port))

@@ -28,9 +28,12 @@ soak() {
     pid=$!
     for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
     echo "== $backend: gateway pid $pid, RSS at start $(rss_mb "$pid") MB$([[ $backend == redis ]] && echo ", Redis used_memory $(redis_mb) MB")"
-    python3 tools/acteon-load/idle-conns.py 127.0.0.1 "$port" "$IDLE" "$((LOAD + 5))" &
+    # Two holders of IDLE/2 each: one process may not get 20,000 descriptors.
+    python3 tools/acteon-load/idle-conns.py 127.0.0.1 "$port" "$((IDLE / 2))" "$((LOAD + 5))" &
     local idle_pid=$!
-    sleep 3
+    python3 tools/acteon-load/idle-conns.py 127.0.0.1 "$port" "$((IDLE / 2))" "$((LOAD + 5))" &
+    local idle_pid2=$!
+    sleep 5
     wrk -t1 -c16 -d"${LOAD}s" -s tools/acteon-load/wrk-bigkeys.lua "http://127.0.0.1:$port" \
         >/tmp/acteon-soak-wrk.txt 2>&1 &
     local wrk_pid=$!
@@ -52,7 +55,7 @@ soak() {
     echo "answers by status (gateway metrics):"
     curl -s "http://127.0.0.1:$port/metrics" | grep -E '^acteon_(dispatches_total|bad_requests_total)' | sed 's/^/  /'
     echo "peak RSS ${max} MB"
-    wait "$idle_pid" || true
+    wait "$idle_pid" "$idle_pid2" || true
     kill "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
 }
