@@ -18,6 +18,12 @@ pub struct Metrics {
     pub state_seconds: Histogram,
     pub state_errors: IntCounterVec,
     pub bad_requests: IntCounterVec,
+    /// Backend calls confirming in-flight dedup marks, by result (`ok`, `error`).
+    pub dedup_confirm_batches: IntCounterVec,
+    /// Dedup marks of successful deliveries to extend, by result: `confirmed`, `stale`
+    /// (expired or changed hands first), `failed` (their batch's call failed), `dropped`
+    /// (queue full).
+    pub dedup_confirmations: IntCounterVec,
     pub config_version: IntGauge,
     pub config_rules: IntGauge,
     /// Snapshots applied from the config channel (the first one included).
@@ -136,6 +142,18 @@ impl Metrics {
                 "acteon_bad_requests_total",
                 "Requests rejected as invalid, by reason",
                 &["reason"],
+            ),
+            dedup_confirm_batches: counter(
+                &r,
+                "acteon_dedup_confirm_batches_total",
+                "Backend calls confirming in-flight dedup marks, by result",
+                &["result"],
+            ),
+            dedup_confirmations: counter(
+                &r,
+                "acteon_dedup_confirmations_total",
+                "Dedup marks of successful deliveries to extend to their full TTL, by result",
+                &["result"],
             ),
             config_version: gauge(
                 &r,

@@ -507,7 +507,7 @@ impl Gateway {
                     extend: *ttl - lease,
                 };
                 self.confirmer
-                    .enqueue(&self.state, &self.metrics.registry, confirmation);
+                    .enqueue(&self.state, &self.metrics, confirmation);
             }
         }
     }

@@ -15,10 +15,11 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use prometheus::{IntCounterVec, Opts, Registry};
+use prometheus::IntCounterVec;
 use tokio::sync::mpsc;
 
 use super::{DedupConfirm, StateStore};
+use crate::metrics::Metrics;
 
 /// Tuning of a [`DedupConfirmer`].
 #[derive(Clone, Debug)]
@@ -44,35 +45,18 @@ impl Default for ConfirmOptions {
     }
 }
 
-/// Counters of the confirmer (registered on the gateway's registry).
+/// The confirmer's counters (defined with the gateway's other metrics).
 #[derive(Clone)]
 struct ConfirmMetrics {
-    /// Backend calls, by result (`ok`, `error`).
     batches: IntCounterVec,
-    /// Marks, by result: `confirmed`, `stale` (expired or changed hands before the
-    /// confirmation), `failed` (their batch's call failed), `dropped` (queue full).
     marks: IntCounterVec,
 }
 
 impl ConfirmMetrics {
-    fn new(registry: &Registry) -> ConfirmMetrics {
-        let counter = |name: &str, help: &str| {
-            let c = IntCounterVec::new(Opts::new(name, help), &["result"])
-                .expect("static metric definition");
-            if let Err(e) = registry.register(Box::new(c.clone())) {
-                tracing::warn!(metric = name, error = %e, "metric not registered");
-            }
-            c
-        };
+    fn new(metrics: &Metrics) -> ConfirmMetrics {
         ConfirmMetrics {
-            batches: counter(
-                "acteon_dedup_confirm_batches_total",
-                "Backend calls confirming in-flight dedup marks, by result",
-            ),
-            marks: counter(
-                "acteon_dedup_confirmations_total",
-                "Dedup marks of successful deliveries to extend to their full TTL, by result",
-            ),
+            batches: metrics.dedup_confirm_batches.clone(),
+            marks: metrics.dedup_confirmations.clone(),
         }
     }
 }
@@ -83,7 +67,7 @@ struct Running {
 }
 
 /// Queue and background writer of dedup confirmations; started on first use (it needs
-/// the store, the registry and a Tokio runtime, which the pipeline has at hand).
+/// the store, the metrics and a Tokio runtime, which the pipeline has at hand).
 #[derive(Default)]
 pub struct DedupConfirmer {
     running: OnceLock<Running>,
@@ -102,21 +86,21 @@ impl DedupConfirmer {
     pub fn enqueue(
         &self,
         state: &Arc<dyn StateStore>,
-        registry: &Registry,
+        metrics: &Metrics,
         confirmation: DedupConfirm,
     ) {
         let running = self
             .running
-            .get_or_init(|| self.start(state.clone(), registry));
+            .get_or_init(|| self.start(state.clone(), metrics));
         if running.tx.try_send(confirmation).is_err() {
             running.metrics.marks.with_label_values(&["dropped"]).inc();
             tracing::debug!("dedup confirmation queue full; the mark expires after its lease");
         }
     }
 
-    fn start(&self, state: Arc<dyn StateStore>, registry: &Registry) -> Running {
+    fn start(&self, state: Arc<dyn StateStore>, metrics: &Metrics) -> Running {
         let (tx, rx) = mpsc::channel(self.options.queue.max(1));
-        let metrics = ConfirmMetrics::new(registry);
+        let metrics = ConfirmMetrics::new(metrics);
         tokio::spawn(run(rx, state, metrics.clone(), self.options.clone()));
         Running { tx, metrics }
     }
@@ -152,7 +136,7 @@ async fn flush(
     timeout: Duration,
 ) {
     let n = batch.len() as u64;
-    match tokio::time::timeout(timeout, state.confirm_dedup(batch)).await {
+    let error = match tokio::time::timeout(timeout, state.confirm_dedup(batch)).await {
         Ok(Ok(confirmed)) => {
             let confirmed = (confirmed as u64).min(n);
             metrics.batches.with_label_values(&["ok"]).inc();
@@ -164,20 +148,12 @@ async fn flush(
                 .marks
                 .with_label_values(&["stale"])
                 .inc_by(n - confirmed);
+            return;
         }
-        Ok(Err(e)) => {
-            metrics.batches.with_label_values(&["error"]).inc();
-            metrics.marks.with_label_values(&["failed"]).inc_by(n);
-            tracing::warn!(marks = n, error = %e, "could not confirm dedup marks; they expire after their in-flight lease");
-        }
-        Err(_) => {
-            metrics.batches.with_label_values(&["error"]).inc();
-            metrics.marks.with_label_values(&["failed"]).inc_by(n);
-            tracing::warn!(
-                marks = n,
-                ?timeout,
-                "confirming dedup marks timed out; they expire after their in-flight lease"
-            );
-        }
-    }
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("timed out after {timeout:?}"),
+    };
+    metrics.batches.with_label_values(&["error"]).inc();
+    metrics.marks.with_label_values(&["failed"]).inc_by(n);
+    tracing::warn!(marks = n, %error, "could not confirm dedup marks; they expire after their in-flight lease");
 }
