@@ -11,6 +11,7 @@
 
 pub mod confirm;
 pub mod conformance;
+pub mod defer;
 pub mod lazy;
 pub mod memory;
 pub mod postgres;
@@ -20,6 +21,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+pub use defer::{
+    DeferResult, Deferral, EventInfo, GroupAppend, GroupBatch, GroupInfo, StateAnswers, StateRead,
+    TimerWrite, Transition, TransitionResult,
+};
 pub use memory::MemoryStore;
 pub use postgres::PostgresStore;
 pub use redis::RedisStore;
@@ -155,6 +160,98 @@ pub trait StateStore: Send + Sync + 'static {
             GateMode::Apply { .. } => self.apply_gates(gates).await,
             GateMode::Check => check_by_reads(self, gates).await,
         }
+    }
+
+    /// [`StateStore::run_gates`] plus `deferrals` (see [`defer`]), in the same single atomic
+    /// backend call: the deferrals are made only when every gate passed (the gates are then
+    /// applied as `mode` says), and answered in order. When a gate stops, nothing is written
+    /// and the result list is empty. A stopped gate never depends on the deferrals.
+    async fn run_gates_and_defer(
+        &self,
+        gates: &[Gate],
+        mode: GateMode,
+        deferrals: &[Deferral],
+    ) -> Result<(GateResult, Vec<DeferResult>), StateError> {
+        if deferrals.is_empty() {
+            return Ok((self.run_gates(gates, mode).await?, Vec::new()));
+        }
+        Err(StateError::Unavailable(format!(
+            "the {} backend cannot park actions",
+            self.kind()
+        )))
+    }
+
+    /// Starts sending the group's notification: the batch already being sent (a worker
+    /// died sending it) if there is one; else the pending events, which move out of the
+    /// pending list into the batch being sent; else, if the group keeps a last
+    /// notification for repeating, that one with `repeat: true`; else `None`.
+    async fn group_flush_begin(&self, key: &str) -> Result<Option<GroupBatch>, StateError> {
+        let _ = key;
+        Err(self.unsupported("groups"))
+    }
+
+    /// The batch from [`StateStore::group_flush_begin`] was delivered, under the claim
+    /// `claim` of the group's timer `timer_id`. Atomically: the batch is dropped (kept as
+    /// the last notification when `repeat_at` is given), the last flush time becomes now;
+    /// then if events arrived meanwhile the timer is re-armed at now + `interval` (the claim
+    /// ends), else if `repeat_at` is given at that time, else the timer is completed (the
+    /// group stays, idle, until its `idle_ttl` passes). False, with nothing changed, when
+    /// the claim was lost.
+    async fn group_flush_end(
+        &self,
+        key: &str,
+        timer_id: &str,
+        claim: &str,
+        interval: Duration,
+        repeat_at_ms: Option<u64>,
+    ) -> Result<bool, StateError> {
+        let _ = (key, timer_id, claim, interval, repeat_at_ms);
+        Err(self.unsupported("groups"))
+    }
+
+    async fn get_group(&self, key: &str) -> Result<Option<GroupInfo>, StateError> {
+        let _ = key;
+        Err(self.unsupported("groups"))
+    }
+
+    /// Groups whose key starts with `prefix`, in key order, at most `limit`.
+    async fn list_groups(&self, prefix: &str, limit: usize) -> Result<Vec<GroupInfo>, StateError> {
+        let _ = (prefix, limit);
+        Err(self.unsupported("groups"))
+    }
+
+    async fn get_event(&self, key: &str) -> Result<Option<EventInfo>, StateError> {
+        let _ = key;
+        Err(self.unsupported("state machines"))
+    }
+
+    /// State-machine events whose key starts with `prefix`, in key order, at most `limit`.
+    async fn list_events(&self, prefix: &str, limit: usize) -> Result<Vec<EventInfo>, StateError> {
+        let _ = (prefix, limit);
+        Err(self.unsupported("state machines"))
+    }
+
+    /// Answers the reads of rule conditions in one backend call.
+    async fn read_state(&self, reads: &[StateRead]) -> Result<StateAnswers, StateError> {
+        let _ = reads;
+        Err(self.unsupported("state reads"))
+    }
+
+    /// Timers registered and not completed (claimed or not), for the backlog gauge.
+    async fn pending_timers(&self) -> Result<u64, StateError> {
+        Err(self.unsupported("timer counts"))
+    }
+
+    /// Releases claims this process holds so other replicas may take the timers at once
+    /// (shutdown): each (timer id, claim) whose claim still holds becomes due again.
+    async fn release_timers(&self, claims: &[(String, String)]) -> Result<usize, StateError> {
+        let _ = claims;
+        Ok(0)
+    }
+
+    #[doc(hidden)]
+    fn unsupported(&self, what: &str) -> StateError {
+        StateError::Unavailable(format!("the {} backend does not support {what}", self.kind()))
     }
 
     /// Extends the dedup marks of successful deliveries (see [`GateMode::Apply`]) in one

@@ -1,0 +1,160 @@
+//! Writes that park an action (group, schedule, state machine) and the worker's side of them.
+//!
+//! A dispatch's deferrals are made by [`super::StateStore::run_gates_and_defer`] in the same
+//! atomic backend call as its gates: made only if every gate passed (and then the gates are
+//! applied too), so a rejected dispatch writes nothing and an accepted one is never
+//! half-recorded. The worker later claims the timers they armed (see
+//! [`super::StateStore::claim_due_timers`]) and uses the group and event operations below.
+//!
+//! Keys are built by the caller (escaped, scoped by namespace and tenant); payloads are
+//! opaque bytes to the backend (JSON written by the gateway).
+
+use std::time::Duration;
+
+/// A timer to register (replacing a timer of the same id, claimed or not).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimerWrite {
+    pub id: String,
+    pub due_unix_ms: u64,
+    pub payload: Vec<u8>,
+}
+
+/// One write of a dispatch, made only when all its gates pass.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Deferral {
+    /// Register a timer (`schedule` rules).
+    Timer(TimerWrite),
+    /// Append an event to a group, arming the group's flush timer if none is armed.
+    GroupAppend(GroupAppend),
+    /// Move (or read) a state-machine event.
+    Transition(Transition),
+}
+
+/// Append `event` to the group at `key`.
+///
+/// - A group that does not exist is created with `group_id` and `meta` (both kept as they
+///   were at creation), and its flush timer `timer_id` is armed at now + `wait`.
+/// - A group with a timer armed (a notification is pending, or being sent) only gains the
+///   event: `notify_at` is the armed time.
+/// - A group that exists but has no timer armed (it was flushed and nothing arrived since)
+///   arms the timer at max(now, last flush + `interval`).
+///
+/// The group keeps its newest `max_events` events (older ones are dropped, still counted in
+/// `event_count`). Every append refreshes the group's expiry to `idle_ttl` from now; a group
+/// whose timer is armed never expires before the timer completed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupAppend {
+    pub key: String,
+    pub group_id: String,
+    pub meta: Vec<u8>,
+    pub event: Vec<u8>,
+    pub max_events: usize,
+    pub wait: Duration,
+    pub interval: Duration,
+    pub idle_ttl: Duration,
+    pub timer_id: String,
+    /// Payload of the flush timer when this append arms it.
+    pub timer_payload: Vec<u8>,
+}
+
+/// Move the state-machine event at `key` to `to`.
+///
+/// The current state is the stored one, or `initial` for an event never seen. Then:
+/// - `to` is `None` or equal to the current state: nothing changes ([`TransitionResult::Unchanged`]);
+/// - `require_timer` is set and the event's armed timeout is not that timer id (the state was
+///   left, or re-entered, since that timeout was armed): nothing changes (`Unchanged`);
+/// - the current state is not in `allowed_from`: nothing changes ([`TransitionResult::Refused`]);
+/// - otherwise the state becomes `to` ([`TransitionResult::Changed`]): the event's previous
+///   timeout timer, if any, is removed; `timeout`, if given, is registered and remembered as
+///   the event's armed timeout; `record` replaces the stored record bytes; the fingerprint
+///   joins every set in `active_sets` if `to_terminal` is false and leaves them if it is
+///   true; the event expires `ttl` after this change (a later change refreshes it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transition {
+    pub key: String,
+    pub fingerprint: String,
+    pub initial: String,
+    pub to: Option<String>,
+    pub allowed_from: Vec<String>,
+    pub require_timer: Option<String>,
+    pub timeout: Option<TimerWrite>,
+    pub to_terminal: bool,
+    pub active_sets: Vec<String>,
+    pub record: Vec<u8>,
+    pub ttl: Duration,
+}
+
+/// What a deferral did, in the order given.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeferResult {
+    Timer,
+    Grouped {
+        group_id: String,
+        /// Events pending in the group (this one included), before truncation.
+        size: u64,
+        notify_at_ms: u64,
+    },
+    Transition(TransitionResult),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TransitionResult {
+    Changed { previous: String },
+    Unchanged { current: String },
+    Refused { current: String },
+}
+
+/// A group's notification, handed to the worker by [`super::StateStore::group_flush_begin`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupBatch {
+    pub group_id: String,
+    pub meta: Vec<u8>,
+    /// The newest kept events, oldest first.
+    pub events: Vec<Vec<u8>>,
+    /// All events of this notification, kept or dropped.
+    pub event_count: u64,
+    /// The last notification sent again (see `repeat_at` of `group_flush_end`).
+    pub repeat: bool,
+    /// Unix ms of the newest event of the group.
+    pub last_event_ms: u64,
+}
+
+/// A group as listed by `GET /v1/groups`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupInfo {
+    pub key: String,
+    pub group_id: String,
+    pub meta: Vec<u8>,
+    /// Events waiting for the next notification (kept or dropped).
+    pub pending: u64,
+    /// When the armed timer is due, if one is.
+    pub notify_at_ms: Option<u64>,
+    pub last_flush_ms: Option<u64>,
+    pub last_event_ms: u64,
+}
+
+/// A state-machine event as listed by `GET /v1/events`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventInfo {
+    pub key: String,
+    pub fingerprint: String,
+    pub state: String,
+    pub record: Vec<u8>,
+    pub changed_ms: u64,
+    /// Armed timeout: (timer id, due ms).
+    pub timeout: Option<(String, u64)>,
+}
+
+/// A read for rule conditions, answered by [`super::StateStore::read_state`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StateRead {
+    /// Whether the set (an `active_sets` entry of [`Transition`]) has a member.
+    SetNotEmpty { key: String },
+    /// Whether a dedup mark is present.
+    DedupSeen { key: String },
+    /// Passes counted in a sliding window now.
+    WindowCount { key: String, window: Duration },
+}
+
+/// Answers to [`StateRead`]s, in order: 1/0 for the yes/no reads, the count for counts.
+pub type StateAnswers = Vec<u64>;
