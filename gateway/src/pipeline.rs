@@ -24,7 +24,7 @@ enum GateCheck {
 use crate::metrics::Metrics;
 use crate::outcome::{ActionOutcome, RuleEvalError};
 use crate::providers::ProviderHandle;
-use crate::rules::{Effect, Evaluation, Verdict, scoped_key};
+use crate::rules::{Decision, Evaluation, scoped_key};
 use crate::state::confirm::DedupConfirmer;
 use crate::state::{DedupConfirm, Gate, GateMode, GateResult, GateStop, StateError, StateStore};
 
@@ -172,21 +172,27 @@ impl Gateway {
     fn dry_run(&self, rt: &Runtime, action: &Action, eval: &Evaluation) -> ActionOutcome {
         let name = |pos: u32| Some(rt.rules.rule(pos).name.clone());
         let requested = || action.provider.clone();
-        let (verdict, matched_rule, provider) = match eval.verdict {
-            Verdict::Execute { rule: None } if self.options.default_deny => {
+        let (verdict, matched_rule, provider) = match &eval.decision {
+            Decision::Deliver { rule: None, .. } if self.options.default_deny => {
                 ("deny", None, requested())
             }
-            Verdict::Execute { rule: None } => match first_gate_rule(rt, eval) {
+            Decision::Deliver { rule: None, .. } => match first_gate_rule(rt, eval) {
                 Some(pos) => (effect_kind(rt, pos), name(pos), requested()),
                 None => ("allow", None, requested()),
             },
-            Verdict::Execute { rule: Some(pos) } => ("allow", name(pos), requested()),
-            Verdict::Deny { rule } => ("deny", name(rule), requested()),
-            Verdict::Suppress { rule } => ("suppress", name(rule), requested()),
-            Verdict::Reroute { rule } => {
-                ("reroute", name(rule), reroute_target(rt, rule).to_owned())
+            Decision::Deliver {
+                rule: Some(pos),
+                reroute,
+            } => (
+                effect_kind(rt, *pos),
+                name(*pos),
+                reroute.clone().unwrap_or_else(requested),
+            ),
+            Decision::Stop { rule }
+            | Decision::Park { rule, .. }
+            | Decision::NotImplemented { rule, .. } => {
+                (effect_kind(rt, *rule), name(*rule), requested())
             }
-            Verdict::NotImplemented { rule } => (effect_kind(rt, rule), name(rule), requested()),
         };
         let errors = eval
             .errors
@@ -211,44 +217,33 @@ impl Gateway {
         eval: &Evaluation,
     ) -> Result<ActionOutcome, DispatchError> {
         let rule_name = |pos: u32| rt.rules.rule(pos).name.clone();
-        let mut delivery = match eval.verdict {
-            Verdict::NotImplemented { rule } => {
-                let kind = effect_kind(rt, rule);
-                return Ok(ActionOutcome::failed(
-                    "NOT_IMPLEMENTED",
-                    format!(
-                        "rule `{}`: action type `{kind}` is not implemented yet",
-                        rule_name(rule)
-                    ),
-                    false,
-                    0,
-                ));
+        let mut delivery = match &eval.decision {
+            Decision::NotImplemented { rule, kind } => {
+                return Ok(not_implemented(&rule_name(*rule), kind));
             }
-            Verdict::Execute { rule: None } if self.options.default_deny => {
+            Decision::Park { rule, .. } => {
+                let kind = rt.rules.rule(*rule).effect.verdict_name();
+                return Ok(not_implemented(&rule_name(*rule), kind));
+            }
+            Decision::Deliver { rule: None, .. } if self.options.default_deny => {
                 return Ok(ActionOutcome::Suppressed {
                     rule: "default-deny".into(),
                 });
             }
-            Verdict::Execute { .. } => Delivery {
-                provider: action.provider.clone(),
-                rerouted: false,
-                quotas: SmallVec::new(),
-                lease: DEDUP_LEASE_FLOOR,
-            },
-            Verdict::Reroute { rule } => Delivery {
-                provider: reroute_target(rt, rule).to_owned(),
-                rerouted: true,
+            Decision::Deliver { reroute, .. } => Delivery {
+                provider: reroute.clone().unwrap_or_else(|| action.provider.clone()),
+                rerouted: reroute.is_some(),
                 quotas: SmallVec::new(),
                 lease: DEDUP_LEASE_FLOOR,
             },
             // Nothing will be delivered: the gates are checked (a duplicate is still
             // `Deduplicated`) but not applied, so the action consumes no budget.
-            Verdict::Deny { rule } | Verdict::Suppress { rule } => {
+            Decision::Stop { rule } => {
                 if let Some(stop) = self.check_only(eval).await? {
                     return Ok(stop);
                 }
                 return Ok(ActionOutcome::Suppressed {
-                    rule: rule_name(rule),
+                    rule: rule_name(*rule),
                 });
             }
         };
@@ -545,37 +540,24 @@ fn dedup_lease(handle: &ProviderHandle) -> Duration {
         .max(DEDUP_LEASE_FLOOR)
 }
 
-fn reroute_target(rt: &Runtime, rule: u32) -> &str {
-    match &rt.rules.rule(rule).effect {
-        Effect::Reroute { target } => target,
-        _ => "",
-    }
+fn not_implemented(rule: &str, kind: &str) -> ActionOutcome {
+    ActionOutcome::failed(
+        "NOT_IMPLEMENTED",
+        format!("rule `{rule}`: action type `{kind}` is not implemented yet"),
+        false,
+        0,
+    )
 }
 
 /// The first matched `deduplicate` or `throttle` rule, if any.
 fn first_gate_rule(rt: &Runtime, eval: &Evaluation) -> Option<u32> {
-    eval.matched.iter().copied().find(|pos| {
-        matches!(
-            rt.rules.rule(*pos).effect,
-            Effect::Deduplicate { .. } | Effect::Throttle { .. }
-        )
-    })
+    eval.matched
+        .iter()
+        .copied()
+        .find(|pos| rt.rules.rule(*pos).effect.is_gate())
 }
 
 /// Acteon's snake_case verdict name for a rule's action type.
 fn effect_kind(rt: &Runtime, rule: u32) -> &'static str {
-    match &rt.rules.rule(rule).effect {
-        Effect::Allow => "allow",
-        Effect::Deny => "deny",
-        Effect::Suppress => "suppress",
-        Effect::Reroute { .. } => "reroute",
-        Effect::Modify { .. } => "modify",
-        Effect::Deduplicate { .. } => "deduplicate",
-        Effect::Throttle { .. } => "throttle",
-        Effect::NotImplemented { kind } => match *kind {
-            "stateMachine" => "state_machine",
-            "requestApproval" => "request_approval",
-            other => other,
-        },
-    }
+    rt.rules.rule(rule).effect.verdict_name()
 }

@@ -21,11 +21,32 @@ use crate::state::Gate;
 /// Default TTL when the rule sets none (Acteon's default).
 pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
 
-/// Builds the gate; the error says the template could not be rendered and the `id` was used.
-pub fn gate(
+/// A compiled `deduplicate` rule.
+#[derive(Debug)]
+pub struct Dedup {
+    pub ttl: Duration,
+    pub key: Option<KeyTemplate>,
+}
+
+impl Dedup {
+    pub fn new(ttl_seconds: Option<u64>, key: Option<KeyTemplate>) -> Dedup {
+        Dedup {
+            ttl: ttl_seconds.map_or(DEFAULT_TTL, Duration::from_secs),
+            key,
+        }
+    }
+
+    /// Builds the gate; the error says the template could not be rendered and the `id`
+    /// was used.
+    pub fn gate(&self, input: &EvalInput<'_>, tz: Option<Tz>) -> (Gate, Option<EvalError>) {
+        gate(input, tz, self.ttl, self.key.as_ref())
+    }
+}
+
+fn gate(
     input: &EvalInput<'_>,
     tz: Option<Tz>,
-    ttl: Option<u64>,
+    ttl: Duration,
     key: Option<&KeyTemplate>,
 ) -> (Gate, Option<EvalError>) {
     let a = input.action;
@@ -43,7 +64,7 @@ pub fn gate(
     };
     let gate = Gate::Dedup {
         key: state_key("d", &[&a.namespace, &a.tenant, raw]),
-        ttl: ttl.map_or(DEFAULT_TTL, Duration::from_secs),
+        ttl,
         token: a.id.clone(),
     };
     (gate, error)

@@ -1,34 +1,44 @@
 //! The rule engine: rules from a snapshot, compiled once, evaluated in priority order.
 //!
 //! Evaluation is pure: it reads the action and the clock and returns the gates to check
-//! (dedup, throttle) and the terminal verdict. The pipeline then checks all gates in one
-//! atomic backend call. Since gates only ever stop an action, checking them after the pure
-//! pass gives exactly the result of checking each one in rule order.
+//! (dedup, throttle) and the [`Decision`]: deliver, stop, or park, with the data each needs.
+//! The pipeline then checks all gates (and makes the parking write) in one atomic backend
+//! call. Since gates only ever stop an action, checking them after the pure pass gives
+//! exactly the result of checking each one in rule order. Each effect's logic lives in its
+//! own file; [`effect::Effect`] lists them.
 
 pub mod cel;
 pub mod condition;
 pub mod dedup;
+pub mod effect;
 pub mod field;
+pub mod group;
 pub mod index;
 pub mod key;
 pub mod modify;
+pub mod reroute;
+pub mod schedule;
+pub mod state_machine;
 pub mod template;
 pub mod throttle;
 
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use acteon_api::crd::{RuleAction, RuleSpec};
+use acteon_api::crd::RuleSpec;
 use acteon_api::snapshot::Entry;
-use acteon_api::template::KeyTemplate;
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use smallvec::SmallVec;
 
 use self::cel::CelCondition;
 use self::condition::{Cond, EvalError};
+pub use self::effect::Effect;
+use self::group::GroupTarget;
 use self::index::RuleIndex;
+use self::state_machine::EventTarget;
 use crate::action::Action;
 use crate::state::Gate;
 
@@ -46,34 +56,6 @@ pub enum Predicate {
     Cel(CelCondition),
 }
 
-/// An action compiled for evaluation (templates parsed).
-#[derive(Debug)]
-pub enum Effect {
-    Allow,
-    Deny,
-    Suppress,
-    Reroute {
-        target: String,
-    },
-    Modify {
-        changes: Value,
-    },
-    Deduplicate {
-        ttl_seconds: Option<u64>,
-        key: Option<KeyTemplate>,
-    },
-    Throttle {
-        max_count: u64,
-        window_seconds: u64,
-        key: Option<KeyTemplate>,
-    },
-    /// Parsed and validated, but run by later work (group, schedule, chain, state machine,
-    /// approval): answered `NOT_IMPLEMENTED`.
-    NotImplemented {
-        kind: &'static str,
-    },
-}
-
 /// One compiled rule.
 #[derive(Debug)]
 pub struct CompiledRule {
@@ -85,6 +67,26 @@ pub struct CompiledRule {
     pub timezone: Option<Tz>,
     pub predicate: Predicate,
     pub effect: Effect,
+}
+
+/// A rule's place in the evaluation order, kept by parked actions: when they are released
+/// they continue with the rules ordered after it, in the configuration of that moment (the
+/// rule itself may have been edited or deleted meanwhile).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RulePlace {
+    pub priority: i32,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl CompiledRule {
+    pub fn place(&self) -> RulePlace {
+        RulePlace {
+            priority: self.priority,
+            namespace: self.namespace.clone().unwrap_or_default(),
+            name: self.name.clone(),
+        }
+    }
 }
 
 /// A rule set that failed to compile (the compile path's validation normally prevents it).
@@ -102,25 +104,29 @@ pub struct RuleSet {
     index: RuleIndex,
 }
 
-/// The terminal decision of an evaluation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// Execute on the requested provider; `rule` is the `allow` rule, if one matched.
-    Execute {
+/// What to do with the action, decided by the first terminal or parking rule.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Deliver. `rule` is the `allow` or `reroute` rule that decided, if one matched;
+    /// `reroute` the provider it names.
+    Deliver {
         rule: Option<u32>,
+        reroute: Option<String>,
     },
-    Deny {
-        rule: u32,
-    },
-    Suppress {
-        rule: u32,
-    },
-    Reroute {
-        rule: u32,
-    },
-    NotImplemented {
-        rule: u32,
-    },
+    /// Nothing is delivered (`deny` or `suppress`).
+    Stop { rule: u32 },
+    /// Park the action; the pipeline writes `park` in the gates' atomic call.
+    Park { rule: u32, park: Park },
+    /// A rule whose action type is not implemented yet.
+    NotImplemented { rule: u32, kind: &'static str },
+}
+
+/// Where a parked action waits, with what the evaluation computed for it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Park {
+    Group(GroupTarget),
+    Schedule,
+    StateMachine(EventTarget),
 }
 
 /// The result of evaluating one action.
@@ -130,7 +136,7 @@ pub struct Evaluation {
     pub payload: Option<Value>,
     /// Gates asked for by `deduplicate` and `throttle` rules, in rule order.
     pub gates: SmallVec<[Gate; 2]>,
-    pub verdict: Verdict,
+    pub decision: Decision,
     /// Rules that matched, in order (for metrics).
     pub matched: SmallVec<[u32; 4]>,
     /// Rules whose evaluation failed (they did not match).
@@ -159,38 +165,7 @@ fn compile_rule(entry: &Entry<RuleSpec>) -> Result<CompiledRule, BuildError> {
         ),
         None => None,
     };
-    let template = |k: &Option<String>| -> Result<Option<KeyTemplate>, BuildError> {
-        k.as_deref()
-            .map(|k| KeyTemplate::parse(k).map_err(|e| fail(e.0)))
-            .transpose()
-    };
-    let effect = match &spec.action {
-        RuleAction::Allow => Effect::Allow,
-        RuleAction::Deny => Effect::Deny,
-        RuleAction::Suppress => Effect::Suppress,
-        RuleAction::Reroute { target_provider } => Effect::Reroute {
-            target: target_provider.clone(),
-        },
-        RuleAction::Modify { changes } => Effect::Modify {
-            changes: changes.clone(),
-        },
-        RuleAction::Deduplicate { ttl_seconds, key } => Effect::Deduplicate {
-            ttl_seconds: *ttl_seconds,
-            key: template(key)?,
-        },
-        RuleAction::Throttle {
-            max_count,
-            window_seconds,
-            key,
-        } => Effect::Throttle {
-            max_count: *max_count,
-            window_seconds: *window_seconds,
-            key: template(key)?,
-        },
-        other => Effect::NotImplemented {
-            kind: other.type_name(),
-        },
-    };
+    let effect = Effect::compile(&spec.action).map_err(fail)?;
     Ok(CompiledRule {
         id,
         name: entry.name.clone(),
@@ -266,14 +241,25 @@ impl RuleSet {
 
     /// Runs the rules over `action` at time `now`.
     pub fn evaluate(&self, action: &Action, now: DateTime<Utc>) -> Evaluation {
-        self.evaluate_candidates(action, now, self.index.candidates(action))
+        self.evaluate_candidates(action, now, self.index.candidates(action), 0)
+    }
+
+    /// Runs the rules ordered after `place` (a released parked action continues there).
+    pub fn evaluate_after(
+        &self,
+        action: &Action,
+        now: DateTime<Utc>,
+        place: &RulePlace,
+    ) -> Evaluation {
+        let first = self.rules.partition_point(|r| r.place() <= *place) as u32;
+        self.evaluate_candidates(action, now, self.index.candidates(action), first)
     }
 
     /// Like [`RuleSet::evaluate`] but looks at every rule: the reference the index is
     /// tested against.
     #[doc(hidden)]
     pub fn evaluate_without_index(&self, action: &Action, now: DateTime<Utc>) -> Evaluation {
-        self.evaluate_candidates(action, now, (0..self.rules.len() as u32).collect())
+        self.evaluate_candidates(action, now, (0..self.rules.len() as u32).collect(), 0)
     }
 
     fn evaluate_candidates(
@@ -281,16 +267,20 @@ impl RuleSet {
         action: &Action,
         now: DateTime<Utc>,
         candidates: index::Candidates,
+        first: u32,
     ) -> Evaluation {
         let mut payload: Cow<'_, Value> = Cow::Borrowed(&action.payload);
         let mut eval = Evaluation {
             payload: None,
             gates: SmallVec::new(),
-            verdict: Verdict::Execute { rule: None },
+            decision: Decision::Deliver {
+                rule: None,
+                reroute: None,
+            },
             matched: SmallVec::new(),
             errors: SmallVec::new(),
         };
-        for pos in candidates {
+        for pos in candidates.into_iter().filter(|p| *p >= first) {
             let rule = &self.rules[pos as usize];
             if rule
                 .namespace
@@ -316,44 +306,12 @@ impl RuleSet {
                     continue;
                 }
             }
-            let terminal = match &rule.effect {
-                Effect::Modify { changes } => {
-                    modify::apply(&mut payload, changes);
-                    None
-                }
-                Effect::Deduplicate { ttl_seconds, key } => {
-                    let (gate, error) =
-                        dedup::gate(&input, rule.timezone, *ttl_seconds, key.as_ref());
-                    eval.gates.push(gate);
-                    eval.errors.extend(error.map(|e| (pos, e)));
-                    None
-                }
-                Effect::Throttle {
-                    max_count,
-                    window_seconds,
-                    key,
-                } => {
-                    let (gate, error) = throttle::gate(
-                        &input,
-                        rule.timezone,
-                        &rule.id,
-                        *max_count,
-                        *window_seconds,
-                        key.as_ref(),
-                    );
-                    eval.gates.push(gate);
-                    eval.errors.extend(error.map(|e| (pos, e)));
-                    None
-                }
-                Effect::Allow => Some(Verdict::Execute { rule: Some(pos) }),
-                Effect::Deny => Some(Verdict::Deny { rule: pos }),
-                Effect::Suppress => Some(Verdict::Suppress { rule: pos }),
-                Effect::Reroute { .. } => Some(Verdict::Reroute { rule: pos }),
-                Effect::NotImplemented { .. } => Some(Verdict::NotImplemented { rule: pos }),
-            };
-            if let Some(v) = terminal {
-                eval.verdict = v;
+            if let Some(decision) = on_match(rule, pos, &input, &mut eval) {
+                eval.decision = decision;
                 break;
+            }
+            if let Effect::Modify(m) = &rule.effect {
+                m.apply(&mut payload);
             }
         }
         if let Cow::Owned(p) = payload {
@@ -361,4 +319,57 @@ impl RuleSet {
         }
         eval
     }
+}
+
+/// What a matching rule does: a decision for terminal and parking rules; gates are added
+/// to `eval`; `None` lets evaluation continue.
+fn on_match(
+    rule: &CompiledRule,
+    pos: u32,
+    input: &EvalInput<'_>,
+    eval: &mut Evaluation,
+) -> Option<Decision> {
+    let tz = rule.timezone;
+    let (gate, error) = match &rule.effect {
+        Effect::Dedup(d) => d.gate(input, tz),
+        Effect::Throttle(t) => t.gate(input, tz, &rule.id),
+        Effect::Modify(_) => return None,
+        Effect::Allow => {
+            return Some(Decision::Deliver {
+                rule: Some(pos),
+                reroute: None,
+            });
+        }
+        Effect::Reroute(r) => {
+            return Some(Decision::Deliver {
+                rule: Some(pos),
+                reroute: Some(r.target.clone()),
+            });
+        }
+        Effect::Deny | Effect::Suppress => return Some(Decision::Stop { rule: pos }),
+        Effect::Group(g) => {
+            return Some(Decision::Park {
+                rule: pos,
+                park: Park::Group(g.target(input, tz)),
+            });
+        }
+        Effect::Schedule(_) => {
+            return Some(Decision::Park {
+                rule: pos,
+                park: Park::Schedule,
+            });
+        }
+        Effect::StateMachine(m) => {
+            return Some(Decision::Park {
+                rule: pos,
+                park: Park::StateMachine(m.target(input, tz)),
+            });
+        }
+        Effect::NotImplemented { kind } => {
+            return Some(Decision::NotImplemented { rule: pos, kind });
+        }
+    };
+    eval.gates.push(gate);
+    eval.errors.extend(error.map(|e| (pos, e)));
+    None
 }

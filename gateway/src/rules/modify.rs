@@ -4,9 +4,17 @@ use std::borrow::Cow;
 
 use serde_json::Value;
 
-/// Applies `changes` to the payload, copying it on first change only.
-pub fn apply(payload: &mut Cow<'_, Value>, changes: &Value) {
-    json_patch::merge(payload.to_mut(), changes);
+/// A compiled `modify` rule.
+#[derive(Debug)]
+pub struct Modify {
+    pub changes: Value,
+}
+
+impl Modify {
+    /// Applies the changes to the payload, copying it on first change only.
+    pub fn apply(&self, payload: &mut Cow<'_, Value>) {
+        json_patch::merge(payload.to_mut(), &self.changes);
+    }
 }
 
 #[cfg(test)]
@@ -18,7 +26,10 @@ mod tests {
     fn merge_patch_semantics() {
         let original = json!({"a": 1, "b": {"c": 2, "d": 3}});
         let mut p = Cow::Borrowed(&original);
-        apply(&mut p, &json!({"a": null, "b": {"c": 5}, "e": "x"}));
+        let m = Modify {
+            changes: json!({"a": null, "b": {"c": 5}, "e": "x"}),
+        };
+        m.apply(&mut p);
         assert_eq!(*p, json!({"b": {"c": 5, "d": 3}, "e": "x"}));
         assert_eq!(original["a"], 1, "the request's payload is not touched");
     }

@@ -17,8 +17,34 @@ use super::key::state_key;
 use super::template::render;
 use crate::state::Gate;
 
-/// Builds the gate; the error says the key template could not be rendered.
-pub fn gate(
+/// A compiled `throttle` rule.
+#[derive(Debug)]
+pub struct Throttle {
+    pub max_count: u64,
+    pub window_seconds: u64,
+    pub key: Option<KeyTemplate>,
+}
+
+impl Throttle {
+    /// Builds the gate; the error says the key template could not be rendered.
+    pub fn gate(
+        &self,
+        input: &EvalInput<'_>,
+        tz: Option<Tz>,
+        rule_id: &str,
+    ) -> (Gate, Option<EvalError>) {
+        gate(
+            input,
+            tz,
+            rule_id,
+            self.max_count,
+            self.window_seconds,
+            self.key.as_ref(),
+        )
+    }
+}
+
+fn gate(
     input: &EvalInput<'_>,
     tz: Option<Tz>,
     rule_id: &str,

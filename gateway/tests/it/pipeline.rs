@@ -1146,7 +1146,7 @@ fn index_agrees_with_a_full_scan() {
                 let fast = rt.rules.evaluate(&a, now);
                 let slow = rt.rules.evaluate_without_index(&a, now);
                 assert_eq!(fast.matched, slow.matched, "tenant {t} type {ty} v {v}");
-                assert_eq!(fast.verdict, slow.verdict);
+                assert_eq!(fast.decision, slow.decision);
                 assert_eq!(fast.payload, slow.payload);
                 assert_eq!(fast.gates.len(), slow.gates.len());
             }
