@@ -83,10 +83,17 @@ impl FieldPath {
             "status" => simple(FieldPath::Status),
             "fingerprint" => simple(FieldPath::Fingerprint),
             "dedup_key" => simple(FieldPath::DedupKey),
-            "payload" => Ok(FieldPath::Payload(
-                tail.map(|t| t.split('.').map(str::to_owned).collect())
-                    .unwrap_or_default(),
-            )),
+            "payload" => {
+                let keys: Vec<String> = tail
+                    .map(|t| t.split('.').map(str::to_owned).collect())
+                    .unwrap_or_default();
+                if keys.iter().any(String::is_empty) {
+                    return Err(FieldPathError(format!(
+                        "`{path}`: empty key in the path (e.g. action.payload.floor)"
+                    )));
+                }
+                Ok(FieldPath::Payload(keys))
+            }
             "metadata" => match tail {
                 Some(key) if !key.is_empty() => Ok(FieldPath::Metadata(key.to_owned())),
                 _ => Err(FieldPathError(format!(
@@ -97,6 +104,12 @@ impl FieldPath {
                 "unknown field path `{path}` (known: action.namespace, action.tenant, action.provider, action.action_type, action.id, action.status, action.fingerprint, action.dedup_key, action.payload.*, action.metadata.*, time.*)"
             ))),
         }
+    }
+
+    /// Whether the path reads the action (not the evaluation time): the paths that
+    /// `groupBy` and `fingerprintFields` may use.
+    pub fn is_action_field(&self) -> bool {
+        !matches!(self, FieldPath::Time(_))
     }
 
     /// The fields a rule index can key on.
@@ -170,5 +183,17 @@ mod tests {
                 .contains("unknown field path `bogus`")
         );
         assert!(FieldPath::parse("action.metadata").is_err());
+        for empty in ["payload.", "action.payload..floor", "payload.a."] {
+            assert!(
+                FieldPath::parse(empty).unwrap_err().0.contains("empty key"),
+                "{empty}"
+            );
+        }
+        assert_eq!(
+            FieldPath::parse("action.payload").unwrap(),
+            FieldPath::Payload(vec![])
+        );
+        assert!(!FieldPath::parse("time.hour").unwrap().is_action_field());
+        assert!(FieldPath::parse("payload.floor").unwrap().is_action_field());
     }
 }

@@ -1552,3 +1552,721 @@ fn an_acteon_rule_and_a_shared_manifest_with_one_name_collide() {
         acteon_api::crd::RuleAction::Suppress
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Group, schedule and state machines (issue 11)
+
+/// Compiles `text` and checks that exactly `expected` (name, reason, field) are rejected
+/// (all objects of kind `kind` in namespace `a`); returns the compile for further checks.
+fn expect_rejections(text: &str, kind: Kind, expected: &[(&str, &str, &str)]) -> Compiled {
+    let c = compile_yaml(text);
+    for (name, reason, field) in expected {
+        assert_rejected(rejection_of(&c, kind, "a", name), reason, field);
+    }
+    assert_eq!(
+        c.rejections.len(),
+        expected.len(),
+        "unexpected rejections: {:#?}",
+        c.rejections
+    );
+    c
+}
+
+fn group_rule(name: &str, fields: &str) -> String {
+    rule(
+        "a",
+        name,
+        &format!("condition: {{field: action.tenant, eq: t1}}\naction: {{type: group, {fields}}}"),
+    )
+}
+
+fn machines(c: &Compiled) -> Vec<String> {
+    c.snapshot
+        .state_machines
+        .iter()
+        .map(|m| m.name.clone())
+        .collect()
+}
+
+#[test]
+fn group_rules_are_checked_field_by_field() {
+    let many: Vec<String> = (0..21).map(|i| format!("payload.f{i}")).collect();
+    let text = [
+        provider("a", "digest"),
+        manifest("Provider", "a", "broken", "type: webhook"),
+        // Accepted: the shipped sample's short path, full paths, every bound at its edge.
+        group_rule("floor", "groupBy: [payload.floor], groupWaitSeconds: 30"),
+        group_rule(
+            "edges",
+            "groupBy: [action.metadata.cluster, tenant, action.payload.site.building], groupWaitSeconds: 0, groupIntervalSeconds: 1, repeatIntervalSeconds: 604800, maxGroupSize: 1000, notifyProvider: digest",
+        ),
+        group_rule(
+            "upper",
+            "groupBy: [action_type], groupWaitSeconds: 604800, groupIntervalSeconds: 604800, maxGroupSize: 1",
+        ),
+        // Rejected, each naming its field.
+        group_rule("no-fields", "groupBy: []"),
+        group_rule("unknown-path", "groupBy: [payload.floor, floor]"),
+        group_rule("empty-key", "groupBy: [payload.]"),
+        group_rule("time-path", "groupBy: [time.hour]"),
+        group_rule("same-field-twice", "groupBy: [payload.floor, action.payload.floor]"),
+        group_rule("too-many-fields", &format!("groupBy: [{}]", many.join(", "))),
+        group_rule("wait-too-long", "groupBy: [payload.floor], groupWaitSeconds: 604801"),
+        group_rule("zero-interval", "groupBy: [payload.floor], groupIntervalSeconds: 0"),
+        group_rule("interval-too-long", "groupBy: [payload.floor], groupIntervalSeconds: 604801"),
+        group_rule(
+            "repeat-below-interval",
+            "groupBy: [payload.floor], groupIntervalSeconds: 300, repeatIntervalSeconds: 60",
+        ),
+        group_rule(
+            "repeat-too-long",
+            "groupBy: [payload.floor], repeatIntervalSeconds: 604801",
+        ),
+        group_rule("empty-group", "groupBy: [payload.floor], maxGroupSize: 0"),
+        group_rule("huge-group", "groupBy: [payload.floor], maxGroupSize: 1001"),
+        group_rule("unknown-provider", "groupBy: [payload.floor], notifyProvider: nobody"),
+        group_rule("rejected-provider", "groupBy: [payload.floor], notifyProvider: broken"),
+        group_rule("negative-wait", "groupBy: [payload.floor], groupWaitSeconds: -1"),
+    ]
+    .concat();
+    let c = compile_yaml(&text);
+    let expected = [
+        ("no-fields", "InvalidAction", "spec.action.groupBy"),
+        ("unknown-path", "InvalidFieldPath", "spec.action.groupBy[1]"),
+        ("empty-key", "InvalidFieldPath", "spec.action.groupBy[0]"),
+        ("time-path", "InvalidFieldPath", "spec.action.groupBy[0]"),
+        (
+            "same-field-twice",
+            "InvalidAction",
+            "spec.action.groupBy[1]",
+        ),
+        ("too-many-fields", "InvalidAction", "spec.action.groupBy"),
+        (
+            "wait-too-long",
+            "InvalidAction",
+            "spec.action.groupWaitSeconds",
+        ),
+        (
+            "zero-interval",
+            "InvalidAction",
+            "spec.action.groupIntervalSeconds",
+        ),
+        (
+            "interval-too-long",
+            "InvalidAction",
+            "spec.action.groupIntervalSeconds",
+        ),
+        (
+            "repeat-below-interval",
+            "InvalidAction",
+            "spec.action.repeatIntervalSeconds",
+        ),
+        (
+            "repeat-too-long",
+            "InvalidAction",
+            "spec.action.repeatIntervalSeconds",
+        ),
+        ("empty-group", "InvalidAction", "spec.action.maxGroupSize"),
+        ("huge-group", "InvalidAction", "spec.action.maxGroupSize"),
+        (
+            "unknown-provider",
+            "ProviderNotFound",
+            "spec.action.notifyProvider",
+        ),
+        (
+            "rejected-provider",
+            "ProviderNotFound",
+            "spec.action.notifyProvider",
+        ),
+        (
+            "negative-wait",
+            "InvalidSpec",
+            "spec.action.groupWaitSeconds",
+        ),
+    ];
+    for (name, reason, field) in expected {
+        assert_rejected(rejection_of(&c, Kind::Rule, "a", name), reason, field);
+    }
+    assert_eq!(
+        c.rejections.len(),
+        expected.len() + 1,
+        "{:#?}",
+        c.rejections
+    );
+    let msg = |name: &str| rejection_of(&c, Kind::Rule, "a", name).message.clone();
+    assert!(
+        msg("unknown-path").contains("unknown field path `floor`"),
+        "{}",
+        msg("unknown-path")
+    );
+    assert!(
+        msg("time-path").contains("evaluation time"),
+        "{}",
+        msg("time-path")
+    );
+    assert!(
+        msg("same-field-twice").contains("spec.action.groupBy[0]"),
+        "{}",
+        msg("same-field-twice")
+    );
+    assert!(
+        msg("too-many-fields").contains("at most 20"),
+        "{}",
+        msg("too-many-fields")
+    );
+    assert_eq!(msg("wait-too-long"), "must be at most 604800 (7 days)");
+    assert_eq!(
+        msg("zero-interval"),
+        "must be between 1 and 604800 (7 days)"
+    );
+    assert_eq!(
+        msg("repeat-below-interval"),
+        "must be at least groupIntervalSeconds (300)"
+    );
+    assert_eq!(msg("huge-group"), "must be between 1 and 1000");
+    assert_eq!(msg("unknown-provider"), "provider `nobody` not found");
+    assert_eq!(
+        msg("rejected-provider"),
+        "provider `broken` is rejected (see its own status)"
+    );
+    assert_eq!(rules(&c), ["edges", "floor", "upper"]);
+    // The new fields reach the snapshot.
+    let edges = c.snapshot.rules.iter().find(|r| r.name == "edges").unwrap();
+    let json = serde_json::to_value(&edges.spec.action).unwrap();
+    assert_eq!(json["repeatIntervalSeconds"], 604800);
+    assert_eq!(json["notifyProvider"], "digest");
+    assert_eq!(json["groupWaitSeconds"], 0);
+}
+
+#[test]
+fn schedule_delays_are_bounded_to_seven_days() {
+    let schedule = |name: &str, delay: &str| {
+        rule(
+            "a",
+            name,
+            &format!(
+                "condition: {{field: action.tenant, eq: t1}}\naction: {{type: schedule, delaySeconds: {delay}}}"
+            ),
+        )
+    };
+    let text = [
+        schedule("one-second", "1"),
+        schedule("a-minute", "60"),
+        schedule("a-week", "604800"),
+        schedule("zero", "0"),
+        schedule("a-week-and-a-second", "604801"),
+        schedule("negative", "-5"),
+        rule(
+            "a",
+            "no-delay",
+            "condition: {field: action.tenant, eq: t1}\naction: {type: schedule}",
+        ),
+    ]
+    .concat();
+    let c = expect_rejections(
+        &text,
+        Kind::Rule,
+        &[
+            ("zero", "InvalidAction", "spec.action.delaySeconds"),
+            (
+                "a-week-and-a-second",
+                "InvalidAction",
+                "spec.action.delaySeconds",
+            ),
+            ("negative", "InvalidSpec", "spec.action.delaySeconds"),
+            ("no-delay", "InvalidSpec", "spec.action.delaySeconds"),
+        ],
+    );
+    assert_eq!(
+        rejection_of(&c, Kind::Rule, "a", "zero").message,
+        "must be between 1 and 604800 (7 days)"
+    );
+    assert_eq!(rules(&c), ["a-minute", "a-week", "one-second"]);
+}
+
+const ALERT_MACHINE: &str = "states: [firing, acknowledged, resolved]
+initialState: firing
+terminalStates: [resolved]
+notifyProvider: pager
+transitions:
+  - {from: firing, to: acknowledged}
+  - {from: acknowledged, to: firing}
+  - {from: firing, to: resolved, notify: true}
+  - {from: acknowledged, to: resolved, notify: true}
+timeouts:
+  - {state: firing, afterSeconds: 3600, transitionTo: resolved}
+  - {state: acknowledged, afterSeconds: 604800, transitionTo: firing}";
+
+#[test]
+fn a_complete_state_machine_is_accepted_with_every_field_in_the_snapshot() {
+    let text = [
+        provider("a", "pager"),
+        manifest("StateMachine", "a", "alert", ALERT_MACHINE),
+        // The minimum: one state, nothing else.
+        manifest(
+            "StateMachine",
+            "a",
+            "single",
+            "states: [open]\ninitialState: open",
+        ),
+    ]
+    .concat();
+    let c = compile_yaml(&text);
+    assert!(c.rejections.is_empty(), "{:#?}", c.rejections);
+    assert_eq!(machines(&c), ["alert", "single"]);
+    let alert = &c.snapshot.state_machines[0];
+    assert_eq!(alert.namespace.as_deref(), Some("a"));
+    assert_eq!(alert.spec.terminal_states, ["resolved"]);
+    assert_eq!(alert.spec.notify_provider.as_deref(), Some("pager"));
+    assert_eq!(alert.spec.transitions.len(), 4);
+    assert!(alert.spec.transitions[2].notify);
+    assert_eq!(alert.spec.timeouts[1].after_seconds, 604800);
+}
+
+#[test]
+fn state_machine_problems_name_the_field() {
+    let sm = |name: &str, spec: &str| manifest("StateMachine", "a", name, spec);
+    let many_states: Vec<String> = (0..101).map(|i| format!("s{i}")).collect();
+    let many_transitions: String = (0..1001)
+        .map(|i| format!("  - {{from: s{}, to: s{}}}\n", i % 40, i / 40 + 41))
+        .collect();
+    let text = [
+        provider("a", "pager"),
+        manifest("Provider", "a", "broken", "type: webhook"),
+        sm("alert", ALERT_MACHINE),
+        sm("no-states", "states: []\ninitialState: open"),
+        sm("too-many-states", &format!("states: [{}]\ninitialState: s0", many_states.join(", "))),
+        sm("state-twice", "states: [open, closed, open]\ninitialState: open"),
+        sm("empty-state", "states: [open, '']\ninitialState: open"),
+        sm("long-state", &format!("states: [open, {}]\ninitialState: open", "x".repeat(64))),
+        sm("spaced-state", "states: [open, ' closed']\ninitialState: open"),
+        sm("bad-initial", "states: [open, closed]\ninitialState: pending"),
+        sm("unknown-terminal", "states: [open, closed]\ninitialState: open\nterminalStates: [done]"),
+        sm("terminal-twice", "states: [open, closed]\ninitialState: open\nterminalStates: [closed, closed]"),
+        sm("initial-terminal", "states: [open, closed]\ninitialState: open\nterminalStates: [open]"),
+        sm("unknown-from", "states: [open, closed]\ninitialState: open\ntransitions: [{from: new, to: closed}]"),
+        sm("unknown-to", "states: [open, closed]\ninitialState: open\ntransitions: [{from: open, to: reopened}]"),
+        sm("leaves-terminal", "states: [open, closed]\ninitialState: open\nterminalStates: [closed]\ntransitions: [{from: open, to: closed}, {from: closed, to: open}]"),
+        sm("transition-twice", "states: [open, closed]\ninitialState: open\ntransitions: [{from: open, to: closed}, {from: open, to: closed, notify: true}]"),
+        sm("too-many-transitions", &format!(
+            "states: [{}]\ninitialState: s0\ntransitions:\n{many_transitions}",
+            (0..100).map(|i| format!("s{i}")).collect::<Vec<_>>().join(", ")
+        )),
+        sm("timeout-unknown-state", "states: [open, closed]\ninitialState: open\ntimeouts: [{state: gone, afterSeconds: 60, transitionTo: closed}]"),
+        sm("timeout-unknown-target", "states: [open, closed]\ninitialState: open\ntimeouts: [{state: open, afterSeconds: 60, transitionTo: stale}]"),
+        sm("timeout-zero", "states: [open, closed]\ninitialState: open\ntimeouts: [{state: open, afterSeconds: 0, transitionTo: closed}]"),
+        sm("timeout-too-long", "states: [open, closed]\ninitialState: open\ntimeouts: [{state: open, afterSeconds: 604801, transitionTo: closed}]"),
+        sm("timeout-twice", "states: [open, closed, stale]\ninitialState: open\ntimeouts: [{state: open, afterSeconds: 60, transitionTo: closed}, {state: open, afterSeconds: 120, transitionTo: stale}]"),
+        sm("timeout-to-itself", "states: [open, closed]\ninitialState: open\ntimeouts: [{state: open, afterSeconds: 60, transitionTo: open}]"),
+        sm("timeout-leaves-terminal", "states: [open, closed]\ninitialState: open\nterminalStates: [closed]\ntimeouts: [{state: closed, afterSeconds: 60, transitionTo: open}]"),
+        sm("unknown-notify", "states: [open]\ninitialState: open\nnotifyProvider: nobody"),
+        sm("rejected-notify", "states: [open]\ninitialState: open\nnotifyProvider: broken"),
+        sm("unknown-key", "states: [open]\ninitialState: open\nfinalStates: [open]"),
+        sm("no-initial", "states: [open]"),
+    ]
+    .concat();
+    let c = compile_yaml(&text);
+    let expected = [
+        ("no-states", "InvalidStateMachine", "spec.states"),
+        ("too-many-states", "InvalidStateMachine", "spec.states"),
+        ("state-twice", "InvalidStateMachine", "spec.states[2]"),
+        ("empty-state", "InvalidStateMachine", "spec.states[1]"),
+        ("long-state", "InvalidStateMachine", "spec.states[1]"),
+        ("spaced-state", "InvalidStateMachine", "spec.states[1]"),
+        ("bad-initial", "InvalidStateMachine", "spec.initialState"),
+        (
+            "unknown-terminal",
+            "InvalidStateMachine",
+            "spec.terminalStates[0]",
+        ),
+        (
+            "terminal-twice",
+            "InvalidStateMachine",
+            "spec.terminalStates[1]",
+        ),
+        (
+            "initial-terminal",
+            "InvalidStateMachine",
+            "spec.terminalStates[0]",
+        ),
+        (
+            "unknown-from",
+            "InvalidStateMachine",
+            "spec.transitions[0].from",
+        ),
+        (
+            "unknown-to",
+            "InvalidStateMachine",
+            "spec.transitions[0].to",
+        ),
+        (
+            "leaves-terminal",
+            "InvalidStateMachine",
+            "spec.transitions[1].from",
+        ),
+        (
+            "transition-twice",
+            "InvalidStateMachine",
+            "spec.transitions[1]",
+        ),
+        (
+            "too-many-transitions",
+            "InvalidStateMachine",
+            "spec.transitions",
+        ),
+        (
+            "timeout-unknown-state",
+            "InvalidStateMachine",
+            "spec.timeouts[0].state",
+        ),
+        (
+            "timeout-unknown-target",
+            "InvalidStateMachine",
+            "spec.timeouts[0].transitionTo",
+        ),
+        (
+            "timeout-zero",
+            "InvalidStateMachine",
+            "spec.timeouts[0].afterSeconds",
+        ),
+        (
+            "timeout-too-long",
+            "InvalidStateMachine",
+            "spec.timeouts[0].afterSeconds",
+        ),
+        (
+            "timeout-twice",
+            "InvalidStateMachine",
+            "spec.timeouts[1].state",
+        ),
+        (
+            "timeout-to-itself",
+            "InvalidStateMachine",
+            "spec.timeouts[0].transitionTo",
+        ),
+        (
+            "timeout-leaves-terminal",
+            "InvalidStateMachine",
+            "spec.timeouts[0].state",
+        ),
+        ("unknown-notify", "ProviderNotFound", "spec.notifyProvider"),
+        ("rejected-notify", "ProviderNotFound", "spec.notifyProvider"),
+        ("unknown-key", "InvalidSpec", "spec.finalStates"),
+        ("no-initial", "InvalidSpec", "spec.initialState"),
+    ];
+    for (name, reason, field) in expected {
+        assert_rejected(
+            rejection_of(&c, Kind::StateMachine, "a", name),
+            reason,
+            field,
+        );
+    }
+    assert_eq!(
+        c.rejections.len(),
+        expected.len() + 1,
+        "{:#?}",
+        c.rejections
+    );
+    let msg = |name: &str| {
+        rejection_of(&c, Kind::StateMachine, "a", name)
+            .message
+            .clone()
+    };
+    assert_eq!(msg("too-many-states"), "has 101 states; at most 100");
+    assert_eq!(
+        msg("state-twice"),
+        "`open` is listed twice (also spec.states[0])"
+    );
+    assert_eq!(msg("unknown-to"), "`reopened` is not one of spec.states");
+    assert!(
+        msg("initial-terminal").contains("spec.initialState"),
+        "{}",
+        msg("initial-terminal")
+    );
+    assert!(
+        msg("leaves-terminal").contains("`closed` is terminal"),
+        "{}",
+        msg("leaves-terminal")
+    );
+    assert_eq!(
+        msg("too-many-transitions"),
+        "has 1001 transitions; at most 1000"
+    );
+    assert_eq!(
+        msg("timeout-too-long"),
+        "must be between 1 and 604800 (7 days)"
+    );
+    assert!(
+        msg("timeout-twice").contains("at most one per state"),
+        "{}",
+        msg("timeout-twice")
+    );
+    assert_eq!(
+        msg("rejected-notify"),
+        "provider `broken` is rejected (see its own status)"
+    );
+    assert_eq!(machines(&c), ["alert"]);
+}
+
+#[test]
+fn state_machine_rules_need_an_accepted_machine_in_scope_and_action_fields() {
+    let drive = |ns: &str, name: &str, machine: &str, fields: &str| {
+        rule(
+            ns,
+            name,
+            &format!(
+                "condition: {{field: action.action_type, eq: alert}}\naction: {{type: stateMachine, stateMachine: {machine}, fingerprintFields: [{fields}]}}"
+            ),
+        )
+    };
+    let many: Vec<String> = (0..21).map(|i| format!("metadata.k{i}")).collect();
+    let text = [
+        provider("a", "pager"),
+        manifest("StateMachine", "a", "alert", ALERT_MACHINE),
+        manifest(
+            "StateMachine",
+            "a",
+            "broken",
+            "states: [open]\ninitialState: open\ntransitions: [{from: open, to: nowhere}]",
+        ),
+        manifest(
+            "StateMachine",
+            "acteon-system",
+            "shared",
+            "states: [open, closed]\ninitialState: open",
+        ),
+        manifest(
+            "StateMachine",
+            "b",
+            "b-only",
+            "states: [open]\ninitialState: open",
+        ),
+        // Accepted: own namespace, shared namespace, Acteon's unprefixed paths, no fields.
+        drive(
+            "a",
+            "own",
+            "alert",
+            "action.metadata.cluster, action.payload.alert_key",
+        ),
+        drive(
+            "a",
+            "shared-machine",
+            "shared",
+            "action_type, metadata.cluster, metadata.service",
+        ),
+        drive("a", "no-fields", "alert", ""),
+        // Rejected.
+        drive("a", "missing", "nothing", "metadata.cluster"),
+        drive("a", "uses-broken", "broken", "metadata.cluster"),
+        drive("a", "other-namespace", "b-only", "metadata.cluster"),
+        drive("a", "bad-field", "alert", "metadata.cluster, cluster"),
+        drive("a", "time-field", "alert", "time.date"),
+        drive(
+            "a",
+            "field-twice",
+            "alert",
+            "metadata.cluster, action.metadata.cluster",
+        ),
+        drive("a", "too-many-fields", "alert", &many.join(", ")),
+    ]
+    .concat();
+    let c = compile_yaml(&text);
+    let expected = [
+        (
+            "missing",
+            "StateMachineNotFound",
+            "spec.action.stateMachine",
+        ),
+        (
+            "uses-broken",
+            "StateMachineNotFound",
+            "spec.action.stateMachine",
+        ),
+        (
+            "other-namespace",
+            "StateMachineNotFound",
+            "spec.action.stateMachine",
+        ),
+        (
+            "bad-field",
+            "InvalidFieldPath",
+            "spec.action.fingerprintFields[1]",
+        ),
+        (
+            "time-field",
+            "InvalidFieldPath",
+            "spec.action.fingerprintFields[0]",
+        ),
+        (
+            "field-twice",
+            "InvalidAction",
+            "spec.action.fingerprintFields[1]",
+        ),
+        (
+            "too-many-fields",
+            "InvalidAction",
+            "spec.action.fingerprintFields",
+        ),
+    ];
+    for (name, reason, field) in expected {
+        assert_rejected(rejection_of(&c, Kind::Rule, "a", name), reason, field);
+    }
+    assert_rejected(
+        rejection_of(&c, Kind::StateMachine, "a", "broken"),
+        "InvalidStateMachine",
+        "spec.transitions[0].to",
+    );
+    assert_eq!(
+        c.rejections.len(),
+        expected.len() + 1,
+        "{:#?}",
+        c.rejections
+    );
+    let msg = |name: &str| rejection_of(&c, Kind::Rule, "a", name).message.clone();
+    assert_eq!(msg("missing"), "state machine `nothing` not found");
+    assert_eq!(
+        msg("uses-broken"),
+        "state machine `broken` is rejected (see its own status)"
+    );
+    assert_eq!(msg("other-namespace"), "state machine `b-only` not found");
+    let mut kept = rules(&c);
+    kept.sort();
+    assert_eq!(kept, ["no-fields", "own", "shared-machine"]);
+    let mut kept = machines(&c);
+    kept.sort();
+    assert_eq!(kept, ["alert", "b-only", "shared"]);
+    // The shared machine applies to every namespace.
+    let shared = c
+        .snapshot
+        .state_machines
+        .iter()
+        .find(|m| m.name == "shared")
+        .unwrap();
+    assert_eq!(shared.namespace, None);
+}
+
+#[test]
+fn acteon_rule_files_take_the_snake_case_group_schedule_and_state_machine_keys() {
+    // The seed's spellings (README "Event Grouping & State Machines", guide 003), plus
+    // repeat_interval_seconds and notify_provider.
+    let file = r#"
+rules:
+  - name: group-cluster-alerts
+    condition:
+      field: action.action_type
+      starts_with: cluster_
+    action:
+      type: group
+      group_by:
+        - metadata.cluster
+        - metadata.severity
+      group_wait_seconds: 60
+      group_interval_seconds: 300
+      repeat_interval_seconds: 3600
+      max_group_size: 100
+      notify_provider: digest
+  - name: schedule-energy-reports
+    condition:
+      field: action.payload.sensor_type
+      eq: energy
+    action:
+      type: schedule
+      delay_seconds: 60
+  - name: alert-state-machine
+    condition:
+      field: action.action_type
+      eq: alert
+    action:
+      type: state_machine
+      state_machine: alert
+      fingerprint_fields:
+        - action_type
+        - metadata.cluster
+        - metadata.service
+"#;
+    let manifests = r#"
+apiVersion: acteon.dev/v1alpha1
+kind: Rule
+metadata: {name: group-cluster-alerts, namespace: acteon-system}
+spec:
+  condition: {field: action.action_type, startsWith: cluster_}
+  action: {type: group, groupBy: [metadata.cluster, metadata.severity], groupWaitSeconds: 60, groupIntervalSeconds: 300, repeatIntervalSeconds: 3600, maxGroupSize: 100, notifyProvider: digest}
+---
+apiVersion: acteon.dev/v1alpha1
+kind: Rule
+metadata: {name: schedule-energy-reports, namespace: acteon-system}
+spec:
+  condition: {field: action.payload.sensor_type, eq: energy}
+  action: {type: schedule, delaySeconds: 60}
+---
+apiVersion: acteon.dev/v1alpha1
+kind: Rule
+metadata: {name: alert-state-machine, namespace: acteon-system}
+spec:
+  condition: {field: action.action_type, eq: alert}
+  action: {type: stateMachine, stateMachine: alert, fingerprintFields: [action_type, metadata.cluster, metadata.service]}
+"#;
+    let shared = "apiVersion: acteon.dev/v1alpha1\nkind: Provider\nmetadata: {name: digest, namespace: acteon-system}\nspec: {type: log}\n---\napiVersion: acteon.dev/v1alpha1\nkind: StateMachine\nmetadata: {name: alert, namespace: acteon-system}\nspec:\n  states: [firing, acknowledged, resolved]\n  initialState: firing\n  terminalStates: [resolved]\n  transitions: [{from: firing, to: acknowledged}, {from: acknowledged, to: resolved}]\n  timeouts: [{state: firing, afterSeconds: 3600, transitionTo: resolved}]\n";
+    let mut from_file = parse_text("rules.yaml", file).expect("rule file parses");
+    from_file.extend(parse_text("shared.yaml", shared).unwrap());
+    let a = compile(&from_file, &CompileOptions::default());
+    assert!(a.rejections.is_empty(), "{:#?}", a.rejections);
+    let mut from_manifests = parse_text("manifests.yaml", manifests).unwrap();
+    from_manifests.extend(parse_text("shared.yaml", shared).unwrap());
+    let b = compile(&from_manifests, &CompileOptions::default());
+    assert!(b.rejections.is_empty(), "{:#?}", b.rejections);
+    assert_eq!(a.snapshot.rules.len(), 3);
+    for (x, y) in a.snapshot.rules.iter().zip(&b.snapshot.rules) {
+        assert_eq!((&x.name, &x.spec), (&y.name, &y.spec));
+    }
+    // Nothing in the file was dropped with a warning.
+    let value: serde_json::Value = serde_yaml_ng::from_str(file).unwrap();
+    assert_eq!(
+        acteon_api::compile::acteon::file_warnings("rules.yaml", &value),
+        Vec::<String>::new()
+    );
+    // The same bounds apply to rule files, reported with the Acteon rule's name.
+    let bad = "rules:\n  - name: forever\n    condition: {field: action.tenant, eq: t}\n    action: {type: schedule, delay_seconds: 0}\n";
+    let c = compile(
+        &parse_text("rules.yaml", bad).unwrap(),
+        &CompileOptions::default(),
+    );
+    assert_eq!(c.rejections.len(), 1, "{:#?}", c.rejections);
+    assert_eq!(
+        c.rejections[0].field.as_deref(),
+        Some("spec.action.delaySeconds")
+    );
+    assert_eq!(c.rejections[0].object.as_ref().unwrap().name, "forever");
+}
+
+#[test]
+fn the_repository_samples_compile_without_rejections() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let docs = acteon_api::compile::read_paths(&[root.join("config/samples"), root.join("rules")])
+        .expect("samples read");
+    let c = compile(&docs, &CompileOptions::default());
+    assert!(c.rejections.is_empty(), "{:#?}", c.rejections);
+    // Seed 003's parking rules and the sample state machine with the rule that drives it.
+    let action_of = |name: &str| {
+        c.snapshot
+            .rules
+            .iter()
+            .find(|r| r.name == name)
+            .unwrap_or_else(|| panic!("sample rule {name} missing"))
+            .spec
+            .action
+            .type_name()
+    };
+    assert_eq!(action_of("group-humidity-readings"), "group");
+    assert_eq!(action_of("schedule-energy-reports"), "schedule");
+    assert_eq!(action_of("incident-lifecycle"), "stateMachine");
+    let machine = c
+        .snapshot
+        .state_machines
+        .iter()
+        .find(|m| m.name == "incident")
+        .expect("the sample StateMachine");
+    assert_eq!(machine.namespace.as_deref(), Some("payments"));
+    assert!(!machine.spec.terminal_states.is_empty());
+    assert!(machine.spec.notify_provider.is_some());
+}

@@ -7,6 +7,7 @@
 pub mod acteon;
 pub mod documents;
 pub mod error;
+pub mod limits;
 mod validate;
 
 pub use documents::{Document, Spec, parse_text, read_paths};

@@ -72,16 +72,17 @@ fn action_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
             "key": string("deduplicate / throttle: key template, e.g. {{action.payload.service}}"),
             "maxCount": integer("throttle: actions allowed per window"),
             "windowSeconds": integer("throttle: window length in seconds"),
-            "groupBy": {"type": "array", "items": {"type": "string"}, "description": "group: fields whose values form the group key"},
-            "groupWaitSeconds": integer("group: wait before the first notification (default 30)"),
-            "groupIntervalSeconds": integer("group: minimum time between notifications (default 300)"),
-            "maxGroupSize": integer("group: most events in one group (default 100)"),
+            "groupBy": {"type": "array", "items": {"type": "string"}, "description": "group: action fields whose values form the group key, e.g. payload.floor or action.metadata.cluster (1 to 20)"},
+            "groupWaitSeconds": integer("group: wait before the first notification (default 30, at most 604800)"),
+            "groupIntervalSeconds": integer("group: minimum time between notifications (default 300, 1 to 604800)"),
+            "repeatIntervalSeconds": integer("group: resend an unchanged group's notification after this long (default: never; groupIntervalSeconds to 604800)"),
+            "maxGroupSize": integer("group: most events in one group (default 100, 1 to 1000)"),
             "template": string("group: notification template"),
-            "delaySeconds": integer("schedule: delay in seconds"),
+            "delaySeconds": integer("schedule: delay in seconds (1 to 604800)"),
             "chain": string("chain: name of the Chain"),
-            "stateMachine": string("stateMachine: name of the StateMachine"),
-            "fingerprintFields": {"type": "array", "items": {"type": "string"}, "description": "stateMachine: fields identifying the event"},
-            "notifyProvider": string("requestApproval: provider that carries the request"),
+            "stateMachine": string("stateMachine: name of the StateMachine (this namespace or shared)"),
+            "fingerprintFields": {"type": "array", "items": {"type": "string"}, "description": "stateMachine: action fields identifying the event when the action has no fingerprint (at most 20)"},
+            "notifyProvider": string("requestApproval: provider that carries the request; group: provider that receives the group's notifications"),
             "timeoutSeconds": integer("requestApproval: how long approval may take (default 3600)"),
             "message": string("requestApproval: message for the approver")
         }
@@ -110,7 +111,8 @@ fn default_approval_timeout() -> u64 {
 
 /// The action of a rule, tagged by `type`: allow, deny, suppress, reroute{targetProvider},
 /// modify{changes}, deduplicate{ttlSeconds, key}, throttle{maxCount, windowSeconds, key},
-/// group{groupBy, groupWaitSeconds, groupIntervalSeconds, maxGroupSize}, schedule{delaySeconds},
+/// group{groupBy, groupWaitSeconds, groupIntervalSeconds, repeatIntervalSeconds, maxGroupSize,
+/// notifyProvider}, schedule{delaySeconds},
 /// chain{chain}, stateMachine{stateMachine, fingerprintFields}, requestApproval{notifyProvider,
 /// timeoutSeconds, message}.
 // Variant and field docs are plain comments: the CRD schema merges the variants into one
@@ -157,24 +159,35 @@ pub enum RuleAction {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         key: Option<String>,
     },
-    // Batch actions that share `groupBy` values.
+    // Batch actions that share `groupBy` values (Alertmanager's grouping).
     #[serde(rename_all = "camelCase")]
     Group {
-        // Fields whose values form the group key.
+        // Action fields whose values form the group key (1 to 20 condition paths; the
+        // `action.` prefix may be left out, as in `payload.floor`).
         group_by: Vec<String>,
+        // Wait before the first notification of a new group (0 to 604800 s).
         #[serde(default = "default_group_wait")]
         group_wait_seconds: u64,
+        // Minimum time between notifications of one group (1 to 604800 s).
         #[serde(default = "default_group_interval")]
         group_interval_seconds: u64,
+        // Resend an unchanged group's notification after this long (groupIntervalSeconds
+        // to 604800 s); none: only changes are notified.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        repeat_interval_seconds: Option<u64>,
+        // Most events in one group (1 to 1000).
         #[serde(default = "default_max_group_size")]
         max_group_size: u64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         template: Option<String>,
+        // Provider that receives the group's notifications (this namespace or shared).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        notify_provider: Option<String>,
     },
     // Delay the action; it continues with the later rules when due.
     #[serde(rename_all = "camelCase")]
     Schedule {
-        // Delay in seconds.
+        // Delay in seconds (1 to 604800).
         delay_seconds: u64,
     },
     // Start a `Chain` (terminal).
@@ -187,7 +200,8 @@ pub enum RuleAction {
     StateMachine {
         // Name of the StateMachine.
         state_machine: String,
-        // Fields whose values identify the event.
+        // Action fields whose values identify the event when the action carries no
+        // `fingerprint` (at most 20 condition paths).
         #[serde(default)]
         fingerprint_fields: Vec<String>,
     },

@@ -29,14 +29,14 @@ pub(super) fn check(c: &Parsed<'_, ChainSpec>, accepted: &Accepted) -> Result<()
             ));
         }
         match (&step.provider, &step.sub_chain) {
-            (Some(p), None) if !accepted.resolves(Kind::Provider, &c.scope, p) => {
-                return Err(Problem::new(
-                    format!("{at}.provider"),
-                    "ProviderNotFound",
-                    format!("provider `{p}` not found"),
-                ));
-            }
-            (Some(_), None) | (None, Some(_)) => {}
+            (Some(p), None) => accepted.need(
+                Kind::Provider,
+                &c.scope,
+                p,
+                format!("{at}.provider"),
+                "ProviderNotFound",
+            )?,
+            (None, Some(_)) => {}
             _ => {
                 return Err(Problem::new(
                     at,
@@ -187,14 +187,16 @@ fn reject_missing_sub_chains(run: &mut Run<'_>, chains: &mut Vec<Parsed<'_, Chai
             })
             .unwrap_or_default();
         run.accepted.remove(Kind::Chain, &c.scope, &c.doc.id.name);
-        run.reject(
-            c.doc,
-            Problem::new(
-                format!("spec.steps[{step}].subChain"),
-                "ChainNotFound",
-                format!("chain `{sub}` not found"),
-            ),
-        );
+        let field = format!("spec.steps[{step}].subChain");
+        let problem =
+            match run
+                .accepted
+                .need(Kind::Chain, &c.scope, &sub, field.clone(), "ChainNotFound")
+            {
+                Err(p) => p,
+                Ok(()) => Problem::new(field, "ChainNotFound", format!("chain `{sub}` not found")),
+            };
+        run.reject(c.doc, problem);
     }
 }
 

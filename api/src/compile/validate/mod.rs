@@ -4,6 +4,7 @@
 mod chain;
 mod provider;
 mod rule;
+mod state_machine;
 
 use std::collections::{HashMap, HashSet};
 
@@ -15,7 +16,7 @@ use super::CompileOptions;
 use super::documents::Document;
 use super::error::{CompileError, Kind, ObjectId};
 use crate::crd::quota::parse_window_seconds;
-use crate::crd::{Overage, QuotaSpec, StateMachineSpec};
+use crate::crd::{Overage, QuotaSpec};
 use crate::snapshot::{Entry, Snapshot};
 
 /// A problem inside one object: field path (relative to the object), reason, message.
@@ -39,10 +40,12 @@ impl Problem {
     }
 }
 
-/// Names of accepted objects, for resolving references within scope.
+/// Names of accepted (and of rejected) objects, for resolving references within scope.
 #[derive(Default)]
 pub(super) struct Accepted {
     names: HashSet<(Kind, Option<String>, String)>,
+    /// Objects rejected so far, so a reference to one says so rather than "not found".
+    rejected: HashSet<(Kind, Option<String>, String)>,
 }
 
 impl Accepted {
@@ -54,10 +57,47 @@ impl Accepted {
         self.names.remove(&(kind, scope.clone(), name.to_owned()));
     }
 
+    fn mark_rejected(&mut self, kind: Kind, scope: &Option<String>, name: &str) {
+        self.rejected.insert((kind, scope.clone(), name.to_owned()));
+    }
+
     /// An object in `scope` may use objects of its own namespace and shared ones.
     pub fn resolves(&self, kind: Kind, scope: &Option<String>, name: &str) -> bool {
         self.names.contains(&(kind, scope.clone(), name.to_owned()))
             || self.names.contains(&(kind, None, name.to_owned()))
+    }
+
+    /// Checks a reference from an object in `scope` to the `kind` named `name`: a problem
+    /// at `field` with `reason` (e.g. `ProviderNotFound`) when no accepted object of that
+    /// name is in scope; the message says whether one exists but was rejected.
+    pub fn need(
+        &self,
+        kind: Kind,
+        scope: &Option<String>,
+        name: &str,
+        field: impl Into<String>,
+        reason: &'static str,
+    ) -> Result<(), Problem> {
+        if self.resolves(kind, scope, name) {
+            return Ok(());
+        }
+        let what = match kind {
+            Kind::StateMachine => "state machine",
+            Kind::Provider => "provider",
+            Kind::Chain => "chain",
+            Kind::Quota => "quota",
+            Kind::Rule => "rule",
+        };
+        let rejected = self
+            .rejected
+            .contains(&(kind, scope.clone(), name.to_owned()))
+            || self.rejected.contains(&(kind, None, name.to_owned()));
+        let message = if rejected {
+            format!("{what} `{name}` is rejected (see its own status)")
+        } else {
+            format!("{what} `{name}` not found")
+        };
+        Err(Problem::new(field, reason, message))
     }
 }
 
@@ -76,6 +116,9 @@ struct Run<'a> {
 
 impl<'a> Run<'a> {
     fn reject(&mut self, doc: &Document, p: Problem) {
+        let scope = self.scope(&doc.id);
+        self.accepted
+            .mark_rejected(doc.id.kind, &scope, &doc.id.name);
         self.rejections.push(CompileError {
             source: doc.source.clone(),
             object: Some(doc.id.clone()),
@@ -283,8 +326,8 @@ pub(super) fn compile(docs: &[Document], options: &CompileOptions) -> super::Com
     let providers = provider::check_fallbacks(&mut run, providers);
 
     let machines = run.parse(&unique, Kind::StateMachine);
-    let machines = run.keep(Kind::StateMachine, machines, |m, _| {
-        check_state_machine(&m.spec)
+    let machines = run.keep(Kind::StateMachine, machines, |m, acc| {
+        state_machine::check(m, acc)
     });
 
     let chains = run.parse(&unique, Kind::Chain);
@@ -319,54 +362,6 @@ pub(super) fn compile(docs: &[Document], options: &CompileOptions) -> super::Com
     }
 }
 
-fn check_state_machine(spec: &StateMachineSpec) -> Result<(), Problem> {
-    if spec.states.is_empty() {
-        return Err(Problem::new(
-            "spec.states",
-            "InvalidStateMachine",
-            "needs at least one state",
-        ));
-    }
-    let known = |s: &str| spec.states.iter().any(|x| x == s);
-    if !known(&spec.initial_state) {
-        return Err(Problem::new(
-            "spec.initialState",
-            "InvalidStateMachine",
-            format!("`{}` is not one of spec.states", spec.initial_state),
-        ));
-    }
-    for (i, t) in spec.transitions.iter().enumerate() {
-        for (field, state) in [("from", &t.from), ("to", &t.to)] {
-            if !known(state) {
-                return Err(Problem::new(
-                    format!("spec.transitions[{i}].{field}"),
-                    "InvalidStateMachine",
-                    format!("`{state}` is not one of spec.states"),
-                ));
-            }
-        }
-    }
-    for (i, t) in spec.timeouts.iter().enumerate() {
-        for (field, state) in [("state", &t.state), ("transitionTo", &t.transition_to)] {
-            if !known(state) {
-                return Err(Problem::new(
-                    format!("spec.timeouts[{i}].{field}"),
-                    "InvalidStateMachine",
-                    format!("`{state}` is not one of spec.states"),
-                ));
-            }
-        }
-        if t.after_seconds == 0 {
-            return Err(Problem::new(
-                format!("spec.timeouts[{i}].afterSeconds"),
-                "InvalidStateMachine",
-                "must be at least 1",
-            ));
-        }
-    }
-    Ok(())
-}
-
 fn check_quota(q: &Parsed<'_, QuotaSpec>, accepted: &Accepted) -> Result<(), Problem> {
     let spec = &q.spec;
     if spec.tenant.is_empty() {
@@ -396,11 +391,13 @@ fn check_quota(q: &Parsed<'_, QuotaSpec>, accepted: &Accepted) -> Result<(), Pro
             "InvalidQuota",
             "`overage: degrade` needs a fallbackProvider",
         )),
-        (_, Some(p)) if !accepted.resolves(Kind::Provider, &q.scope, p) => Err(Problem::new(
+        (_, Some(p)) => accepted.need(
+            Kind::Provider,
+            &q.scope,
+            p,
             "spec.fallbackProvider",
             "ProviderNotFound",
-            format!("provider `{p}` not found"),
-        )),
+        ),
         _ => Ok(()),
     }
 }

@@ -153,12 +153,14 @@ pub(super) fn check_fallbacks<'d>(
                     "InvalidProvider",
                     "a provider cannot be its own fallback",
                 )
-            } else if !run.accepted.resolves(Kind::Provider, &p.scope, fallback) {
-                Problem::new(
-                    "spec.circuitBreaker.fallbackProvider",
-                    "ProviderNotFound",
-                    format!("provider `{fallback}` not found"),
-                )
+            } else if let Err(problem) = run.accepted.need(
+                Kind::Provider,
+                &p.scope,
+                fallback,
+                "spec.circuitBreaker.fallbackProvider",
+                "ProviderNotFound",
+            ) {
+                problem
             } else {
                 return None;
             };

@@ -5,6 +5,7 @@ use serde_json::Value;
 
 use super::{Accepted, Parsed, Problem};
 use crate::compile::error::Kind;
+use crate::compile::limits::{MAX_DELAY_SECONDS, MAX_GROUP_SIZE, MAX_KEY_FIELDS};
 use crate::condition::{Condition, FieldOp};
 use crate::crd::{RuleAction, RuleSpec};
 use crate::field::FieldPath;
@@ -141,53 +142,41 @@ fn check_action(
     scope: &Option<String>,
     accepted: &Accepted,
 ) -> Result<(), Problem> {
-    let need = |kind: Kind, field: &str, name: &str, reason: &'static str| {
-        if accepted.resolves(kind, scope, name) {
-            Ok(())
-        } else {
-            Err(Problem::new(
-                field,
-                reason,
-                format!("{} `{name}` not found", kind.as_str().to_lowercase()),
-            ))
-        }
-    };
     match action {
-        RuleAction::Reroute { target_provider } => need(
+        RuleAction::Reroute { target_provider } => accepted.need(
             Kind::Provider,
-            "spec.action.targetProvider",
+            scope,
             target_provider,
+            "spec.action.targetProvider",
             "ProviderNotFound",
         ),
-        RuleAction::Chain { chain } => {
-            need(Kind::Chain, "spec.action.chain", chain, "ChainNotFound")
-        }
+        RuleAction::Chain { chain } => accepted.need(
+            Kind::Chain,
+            scope,
+            chain,
+            "spec.action.chain",
+            "ChainNotFound",
+        ),
         RuleAction::StateMachine {
             state_machine,
             fingerprint_fields,
         } => {
-            for (i, f) in fingerprint_fields.iter().enumerate() {
-                FieldPath::parse(f).map_err(|e| {
-                    Problem::new(
-                        format!("spec.action.fingerprintFields[{i}]"),
-                        "InvalidFieldPath",
-                        e.0,
-                    )
-                })?;
-            }
-            need(
+            check_key_fields(fingerprint_fields, "spec.action.fingerprintFields", true)?;
+            accepted.need(
                 Kind::StateMachine,
-                "spec.action.stateMachine",
+                scope,
                 state_machine,
+                "spec.action.stateMachine",
                 "StateMachineNotFound",
             )
         }
         RuleAction::RequestApproval {
             notify_provider, ..
-        } => need(
+        } => accepted.need(
             Kind::Provider,
-            "spec.action.notifyProvider",
+            scope,
             notify_provider,
+            "spec.action.notifyProvider",
             "ProviderNotFound",
         ),
         RuleAction::Modify { changes } if !changes.is_object() => Err(Problem::new(
@@ -230,35 +219,120 @@ fn check_action(
         }
         RuleAction::Group {
             group_by,
+            group_wait_seconds,
+            group_interval_seconds,
+            repeat_interval_seconds,
             max_group_size,
+            notify_provider,
             ..
         } => {
-            if group_by.is_empty() {
-                return Err(Problem::new(
-                    "spec.action.groupBy",
-                    "InvalidAction",
-                    "needs at least one field",
-                ));
+            check_key_fields(group_by, "spec.action.groupBy", false)?;
+            in_range(
+                *group_wait_seconds,
+                0,
+                MAX_DELAY_SECONDS,
+                "spec.action.groupWaitSeconds",
+            )?;
+            in_range(
+                *group_interval_seconds,
+                1,
+                MAX_DELAY_SECONDS,
+                "spec.action.groupIntervalSeconds",
+            )?;
+            if let Some(repeat) = repeat_interval_seconds {
+                if *repeat < *group_interval_seconds {
+                    return Err(Problem::new(
+                        "spec.action.repeatIntervalSeconds",
+                        "InvalidAction",
+                        format!("must be at least groupIntervalSeconds ({group_interval_seconds})"),
+                    ));
+                }
+                in_range(
+                    *repeat,
+                    1,
+                    MAX_DELAY_SECONDS,
+                    "spec.action.repeatIntervalSeconds",
+                )?;
             }
-            for (i, f) in group_by.iter().enumerate() {
-                FieldPath::parse(f).map_err(|e| {
-                    Problem::new(format!("spec.action.groupBy[{i}]"), "InvalidFieldPath", e.0)
-                })?;
-            }
-            if *max_group_size == 0 {
-                return Err(Problem::new(
-                    "spec.action.maxGroupSize",
-                    "InvalidAction",
-                    "must be at least 1",
-                ));
-            }
-            Ok(())
+            in_range(
+                *max_group_size,
+                1,
+                MAX_GROUP_SIZE,
+                "spec.action.maxGroupSize",
+            )?;
+            notify_provider.as_deref().map_or(Ok(()), |p| {
+                accepted.need(
+                    Kind::Provider,
+                    scope,
+                    p,
+                    "spec.action.notifyProvider",
+                    "ProviderNotFound",
+                )
+            })
         }
-        RuleAction::Schedule { delay_seconds } if *delay_seconds == 0 => Err(Problem::new(
+        RuleAction::Schedule { delay_seconds } => in_range(
+            *delay_seconds,
+            1,
+            MAX_DELAY_SECONDS,
             "spec.action.delaySeconds",
-            "InvalidAction",
-            "must be at least 1",
-        )),
+        ),
         _ => Ok(()),
     }
+}
+
+/// `value` within `min..=max`, else an `InvalidAction` problem at `field`.
+fn in_range(value: u64, min: u64, max: u64, field: &str) -> Result<(), Problem> {
+    if (min..=max).contains(&value) {
+        return Ok(());
+    }
+    let message = match (min, max) {
+        (0, MAX_DELAY_SECONDS) => format!("must be at most {max} (7 days)"),
+        (_, MAX_DELAY_SECONDS) => format!("must be between {min} and {max} (7 days)"),
+        _ => format!("must be between {min} and {max}"),
+    };
+    Err(Problem::new(field, "InvalidAction", message))
+}
+
+/// `groupBy` / `fingerprintFields`: paths of the action (the condition paths without
+/// `time.*`; the `action.` prefix may be left out), each field once, at most
+/// [`MAX_KEY_FIELDS`]; `groupBy` needs at least one.
+fn check_key_fields(fields: &[String], at: &str, may_be_empty: bool) -> Result<(), Problem> {
+    if fields.is_empty() && !may_be_empty {
+        return Err(Problem::new(
+            at,
+            "InvalidAction",
+            "needs at least one field, e.g. action.payload.floor",
+        ));
+    }
+    if fields.len() > MAX_KEY_FIELDS {
+        return Err(Problem::new(
+            at,
+            "InvalidAction",
+            format!("has {} fields; at most {MAX_KEY_FIELDS}", fields.len()),
+        ));
+    }
+    let mut seen: Vec<FieldPath> = Vec::with_capacity(fields.len());
+    for (i, f) in fields.iter().enumerate() {
+        let field = format!("{at}[{i}]");
+        let path =
+            FieldPath::parse(f).map_err(|e| Problem::new(&field, "InvalidFieldPath", e.0))?;
+        if !path.is_action_field() {
+            return Err(Problem::new(
+                field,
+                "InvalidFieldPath",
+                format!(
+                    "`{f}` is the evaluation time, not a field of the action (use action.namespace, action.tenant, action.provider, action.action_type, action.id, action.status, action.fingerprint, action.dedup_key, action.payload.* or action.metadata.*)"
+                ),
+            ));
+        }
+        if let Some(j) = seen.iter().position(|p| *p == path) {
+            return Err(Problem::new(
+                field,
+                "InvalidAction",
+                format!("`{f}` is the same field as {at}[{j}]"),
+            ));
+        }
+        seen.push(path);
+    }
+    Ok(())
 }
