@@ -276,6 +276,84 @@ mod tests {
         assert_eq!(b.snapshot.rules[0].generation, Some(3));
     }
 
+    /// StateMachines are validated like every other kind: a broken one is rejected alone
+    /// (and so are the Rules that drive it), a valid one in the same namespace goes into the
+    /// snapshot; fixing the broken one (a new build over the same objects) brings its
+    /// Rule back, since every build re-resolves every reference.
+    #[test]
+    fn a_broken_state_machine_is_rejected_alone_and_takes_its_rules_with_it() {
+        let machine = |to: &str| {
+            json!({"states": ["open", "closed"], "initialState": "open", "terminalStates": ["closed"],
+                "notifyProvider": "log", "transitions": [{"from": "open", "to": to, "notify": true}],
+                "timeouts": [{"state": "open", "afterSeconds": 60, "transitionTo": "closed"}]})
+        };
+        let drive = |m: &str| {
+            json!({"condition": {"field": "action.action_type", "eq": "incident"},
+                "action": {"type": "stateMachine", "stateMachine": m, "fingerprintFields": ["metadata.service"]}})
+        };
+        let objects = |broken_to: &str| {
+            vec![
+                obj(Kind::Provider, "t", "log", 1, json!({"type": "log"})),
+                obj(Kind::StateMachine, "t", "good", 1, machine("closed")),
+                obj(Kind::StateMachine, "t", "broken", 2, machine(broken_to)),
+                obj(Kind::Rule, "t", "drives-good", 1, drive("good")),
+                obj(Kind::Rule, "t", "drives-broken", 1, drive("broken")),
+            ]
+        };
+        let b = build(
+            &objects("reopened"),
+            &SecretValues::new(),
+            None,
+            &CompileOptions::default(),
+        );
+        assert_eq!(
+            b.verdicts[&key(Kind::StateMachine, "t", "good")],
+            Verdict::Accepted
+        );
+        assert_eq!(
+            b.verdicts[&key(Kind::StateMachine, "t", "broken")],
+            Verdict::Rejected {
+                reason: "InvalidStateMachine".into(),
+                message: "spec.transitions[0].to: `reopened` is not one of spec.states".into(),
+            }
+        );
+        assert_eq!(
+            b.verdicts[&key(Kind::Rule, "t", "drives-broken")],
+            Verdict::Rejected {
+                reason: "StateMachineNotFound".into(),
+                message:
+                    "spec.action.stateMachine: state machine `broken` is rejected (see its own status)"
+                        .into(),
+            }
+        );
+        assert_eq!(
+            b.verdicts[&key(Kind::Rule, "t", "drives-good")],
+            Verdict::Accepted
+        );
+        let machines: Vec<&str> = b
+            .snapshot
+            .state_machines
+            .iter()
+            .map(|m| m.name.as_str())
+            .collect();
+        assert_eq!(machines, ["good"]);
+        assert_eq!(b.snapshot.state_machines[0].generation, Some(1));
+        let fixed = build(
+            &objects("closed"),
+            &SecretValues::new(),
+            None,
+            &CompileOptions::default(),
+        );
+        assert!(
+            fixed.verdicts.values().all(|v| *v == Verdict::Accepted),
+            "{:?}",
+            fixed.verdicts
+        );
+        assert_eq!(fixed.snapshot.state_machines.len(), 2);
+        assert_eq!(fixed.snapshot.rules.len(), 2);
+        assert_ne!(b.snapshot.digest, fixed.snapshot.digest);
+    }
+
     #[test]
     fn the_digest_does_not_depend_on_object_order_or_build_count() {
         let a = obj(Kind::Provider, "t", "a", 1, json!({"type": "log"}));
