@@ -112,7 +112,7 @@ pub fn validate(action: &Action) -> Result<(), String> {
 
 /// A DNS-1123 label, as Kubernetes namespace names are: the namespace selects whose rules
 /// and providers apply, so it must name a namespace that could exist.
-fn check_namespace(ns: &str) -> Result<(), String> {
+pub fn check_namespace(ns: &str) -> Result<(), String> {
     if ns.is_empty() {
         return Err("`namespace` must not be empty".into());
     }

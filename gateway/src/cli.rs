@@ -90,6 +90,10 @@ pub struct ServeArgs {
     /// Deny actions that no terminal rule matched (default: execute them).
     #[arg(long, env = "ACTEON_DEFAULT_DENY")]
     pub default_deny: bool,
+    /// Pause between the worker's polls for due timers (group notifications, scheduled
+    /// actions, state timeouts), in milliseconds: one backend call per poll when idle.
+    #[arg(long, env = "ACTEON_WORKER_POLL_MS", default_value_t = 200)]
+    pub worker_poll_ms: u64,
     /// Longest wait for in-flight requests on shutdown, in seconds.
     #[arg(long, env = "ACTEON_SHUTDOWN_TIMEOUT", default_value_t = 30)]
     pub shutdown_timeout: u64,
@@ -520,6 +524,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(((url, prefix, timeout), options)) = follower {
         crate::follow::spawn_when_connected(url, prefix, timeout, gateway.clone(), options);
     }
+    let worker = crate::worker::spawn(
+        gateway.clone(),
+        crate::worker::WorkerOptions {
+            poll_interval: Duration::from_millis(args.worker_poll_ms),
+            ..Default::default()
+        },
+    );
     let lifecycle = Arc::new(Lifecycle::new(&gateway.metrics.registry));
     // One check before listening, so that `/readyz` is right from the first request.
     lifecycle.check(&gateway).await;
@@ -556,6 +567,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         shutdown_signal(delay),
     )
     .await;
+    // After the HTTP drain: running tasks finish (bounded), unfinished claims are released.
+    worker.stop().await;
     tracing::info!("stopped");
     Ok(())
 }

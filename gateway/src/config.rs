@@ -18,12 +18,15 @@ use parking_lot::Mutex;
 use crate::action::Action;
 use crate::providers::{ProviderBuildError, ProviderRegistry, Secrets, qualified_name};
 use crate::rules::RuleSet;
+use crate::rules::state_machine::Machines;
 
 /// A compiled snapshot, ready to serve.
 pub struct Runtime {
     /// The snapshot, with its sealed `secrets` removed (the providers hold what they need).
     pub snapshot: Arc<Snapshot>,
     pub rules: RuleSet,
+    /// StateMachines, for `stateMachine` rules, the worker's timeouts and `/v1/events`.
+    pub machines: Machines,
     pub providers: ProviderRegistry,
     pub quotas: Vec<QuotaRule>,
     /// False only for the placeholder served before the first snapshot arrives.
@@ -117,6 +120,7 @@ impl Runtime {
             rules: RuleSet::build(&snapshot.rules)?,
             providers: ProviderRegistry::build(&snapshot.providers, http, secrets)?,
             quotas: quota_rules(&snapshot.quotas),
+            machines: Machines::build(&snapshot.state_machines),
             snapshot: Arc::new(snapshot),
             loaded: true,
         })
@@ -130,6 +134,7 @@ impl Runtime {
             rules: RuleSet::default(),
             providers: ProviderRegistry::default(),
             quotas: Vec::new(),
+            machines: Machines::default(),
             loaded: false,
         }
     }

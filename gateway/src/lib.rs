@@ -12,3 +12,4 @@ pub mod pipeline;
 pub mod providers;
 pub mod rules;
 pub mod state;
+pub mod worker;

@@ -30,7 +30,26 @@ pub struct Metrics {
     pub config_reloads: IntCounter,
     /// Published snapshots that could not be applied (the previous one kept serving).
     pub config_reload_failures: IntCounter,
+    /// Actions parked by kind (group, schedule).
+    pub parked: IntCounterVec,
+    /// Parked actions released by the worker, by kind and outcome.
+    pub released: IntCounterVec,
+    pub worker_claims: IntCounter,
+    /// Claims that ran out before their task completed (another replica may repeat it).
+    pub worker_claims_lost: IntCounter,
+    pub worker_tasks: IntCounterVec,
+    pub worker_task_seconds: HistogramVec,
+    pub timer_lateness_seconds: HistogramVec,
+    pub timers_pending: IntGauge,
+    pub group_flushes: IntCounterVec,
+    pub transitions: IntCounterVec,
+    pub transition_notifications: IntCounterVec,
 }
+
+/// Timer lateness buckets from 10 ms to 5 min.
+const LATENESS_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
 
 /// Latency buckets from 50 µs to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -47,8 +66,18 @@ fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntC
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    histogram_with(registry, name, help, labels, LATENCY_BUCKETS)
+}
+
+fn histogram_with(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> HistogramVec {
     let h = HistogramVec::new(
-        HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
         labels,
     )
     .expect("static metric definition");
@@ -174,6 +203,70 @@ impl Metrics {
                 &r,
                 "acteon_config_reload_failures_total",
                 "Published configuration snapshots that could not be applied",
+            ),
+            parked: counter(
+                &r,
+                "acteon_parked_total",
+                "Actions parked in a group or schedule",
+                &["kind"],
+            ),
+            released: counter(
+                &r,
+                "acteon_released_total",
+                "Parked actions released by the worker (group notifications, scheduled actions), by outcome",
+                &["kind", "outcome"],
+            ),
+            worker_claims: int_counter(
+                &r,
+                "acteon_worker_claims_total",
+                "Due timers claimed by this replica's worker",
+            ),
+            worker_claims_lost: int_counter(
+                &r,
+                "acteon_worker_claims_lost_total",
+                "Claims that ran out before their task completed (the task may run again elsewhere)",
+            ),
+            worker_tasks: counter(
+                &r,
+                "acteon_worker_tasks_total",
+                "Timer tasks run, by task and result (done, retry)",
+                &["task", "result"],
+            ),
+            worker_task_seconds: histogram(
+                &r,
+                "acteon_worker_task_duration_seconds",
+                "Time to run a timer task",
+                &["task"],
+            ),
+            timer_lateness_seconds: histogram_with(
+                &r,
+                "acteon_timer_lateness_seconds",
+                "Fire time minus due time of timers",
+                &["task"],
+                LATENESS_BUCKETS,
+            ),
+            timers_pending: gauge(
+                &r,
+                "acteon_timers_pending",
+                "Timers registered and not completed (groups, schedules, state timeouts), all replicas",
+            ),
+            group_flushes: counter(
+                &r,
+                "acteon_group_flushes_total",
+                "Group notifications sent",
+                &["kind"],
+            ),
+            transitions: counter(
+                &r,
+                "acteon_state_transitions_total",
+                "State machine moves by machine, requested state and result (changed, unchanged, refused)",
+                &["machine", "state", "result"],
+            ),
+            transition_notifications: counter(
+                &r,
+                "acteon_state_notifications_total",
+                "Notifications of notify transitions, by result",
+                &["result"],
             ),
             registry: r,
         }

@@ -6,6 +6,7 @@ pub mod error;
 pub mod json;
 pub mod lifecycle;
 pub mod ops;
+pub mod parked;
 pub mod serve;
 
 use std::sync::Arc;
@@ -46,7 +47,13 @@ pub struct AppState {
         ops::healthz,
         ops::health,
         ops::readyz,
-        ops::metrics
+        ops::metrics,
+        parked::list_groups,
+        parked::get_group,
+        parked::flush_group,
+        parked::list_events,
+        parked::get_event,
+        parked::transition
     ),
     components(schemas(
         crate::action::Action,
@@ -57,7 +64,10 @@ pub struct AppState {
         ops::HealthInfo,
         ops::BackendHealth,
         ops::RuleInfo,
-        ops::ConfigInfo
+        ops::ConfigInfo,
+        parked::GroupView,
+        parked::EventView,
+        parked::TransitionRequest
     ))
 )]
 pub struct ApiDoc;
@@ -81,6 +91,17 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/dispatch", post(dispatch::dispatch))
         .route("/v1/dispatch/batch", post(dispatch::dispatch_batch))
         .route("/v1/rules", get(ops::rules))
+        .route("/v1/groups", get(parked::list_groups))
+        .route(
+            "/v1/groups/{key}",
+            get(parked::get_group).delete(parked::flush_group),
+        )
+        .route("/v1/events", get(parked::list_events))
+        .route("/v1/events/{fingerprint}", get(parked::get_event))
+        .route(
+            "/v1/events/{fingerprint}/transition",
+            axum::routing::put(parked::transition),
+        )
         .route("/v1/config", get(ops::config))
         .route("/healthz", get(ops::healthz))
         .route("/health", get(ops::health))

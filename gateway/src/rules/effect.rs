@@ -28,7 +28,9 @@ pub enum Effect {
     Schedule(Schedule),
     StateMachine(StateMachineRule),
     /// Parsed and validated, run by later work (chain, approval): `NOT_IMPLEMENTED`.
-    NotImplemented { kind: &'static str },
+    NotImplemented {
+        kind: &'static str,
+    },
 }
 
 impl Effect {
@@ -76,14 +78,14 @@ impl Effect {
                 group_wait_seconds,
                 group_interval_seconds,
                 max_group_size,
+                notify_provider,
                 ..
             } => Effect::Group(Group {
                 group_by: paths(group_by)?,
                 wait: Duration::from_secs(*group_wait_seconds),
                 interval: Duration::from_secs((*group_interval_seconds).max(1)),
-                repeat: None,
                 max_size: (*max_group_size).clamp(1, super::group::MAX_GROUP_SIZE) as usize,
-                notify_provider: None,
+                notify_provider: notify_provider.clone(),
             }),
             RuleAction::Schedule { delay_seconds } => {
                 Effect::Schedule(Schedule::new(*delay_seconds))

@@ -2,13 +2,24 @@
 //! `StateMachine` (terminal). The requested state is the action's `status`; no status means
 //! the event stays where it is.
 
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use acteon_api::crd::StateMachineSpec;
 use acteon_api::field::FieldPath;
+use acteon_api::snapshot::Entry;
 use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::EvalInput;
 use super::field::resolve;
 use super::key::state_key;
+use crate::action::Action;
+use crate::state::{TimerWrite, Transition};
+use crate::worker::task::{StateTimeout, Task};
 
 /// A compiled `stateMachine` rule.
 #[derive(Debug)]
@@ -53,4 +64,212 @@ impl StateMachineRule {
             to: a.status.clone(),
         }
     }
+}
+
+/// A `StateMachine` compiled for lookups.
+#[derive(Debug)]
+pub struct Machine {
+    /// `namespace/name`, or `name` when shared: unique, used in keys and metrics.
+    pub id: String,
+    pub initial: String,
+    pub terminal: HashSet<String>,
+    /// Target state → (source state, notify) of every allowed move into it.
+    pub into: HashMap<String, Vec<(String, bool)>>,
+    /// State → (after, target) of its timeout.
+    pub timeouts: HashMap<String, (Duration, String)>,
+    pub notify_provider: Option<String>,
+}
+
+impl Machine {
+    fn compile(entry: &Entry<StateMachineSpec>) -> Machine {
+        let spec = &entry.spec;
+        let mut into: HashMap<String, Vec<(String, bool)>> = HashMap::new();
+        for t in &spec.transitions {
+            into.entry(t.to.clone())
+                .or_default()
+                .push((t.from.clone(), t.notify));
+        }
+        Machine {
+            id: match &entry.namespace {
+                Some(ns) => format!("{ns}/{}", entry.name),
+                None => entry.name.clone(),
+            },
+            initial: spec.initial_state.clone(),
+            terminal: spec.terminal_states.iter().cloned().collect(),
+            into,
+            timeouts: spec
+                .timeouts
+                .iter()
+                .map(|t| {
+                    let after = Duration::from_secs(t.after_seconds.max(1));
+                    (t.state.clone(), (after, t.transition_to.clone()))
+                })
+                .collect(),
+            notify_provider: spec.notify_provider.clone(),
+        }
+    }
+
+    /// States from which `to` may be entered.
+    pub fn sources_of(&self, to: &str) -> Vec<String> {
+        self.into
+            .get(to)
+            .map(|v| v.iter().map(|(from, _)| from.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether the move `from` → `to` notifies.
+    pub fn notifies(&self, from: &str, to: &str) -> bool {
+        self.into
+            .get(to)
+            .is_some_and(|v| v.iter().any(|(f, n)| f == from && *n))
+    }
+}
+
+/// The machines of a snapshot, by scope.
+#[derive(Debug, Default)]
+pub struct Machines {
+    /// (namespace or "" for shared, name) → machine
+    by_name: HashMap<(String, String), Arc<Machine>>,
+}
+
+impl Machines {
+    pub fn build(entries: &[Entry<StateMachineSpec>]) -> Machines {
+        let by_name = entries
+            .iter()
+            .map(|e| {
+                let scope = e.namespace.clone().unwrap_or_default();
+                ((scope, e.name.clone()), Arc::new(Machine::compile(e)))
+            })
+            .collect();
+        Machines { by_name }
+    }
+
+    /// The machine `name` as seen from `namespace`: its own first, then a shared one.
+    pub fn resolve(&self, namespace: &str, name: &str) -> Option<&Arc<Machine>> {
+        self.by_name
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .or_else(|| self.by_name.get(&(String::new(), name.to_owned())))
+    }
+
+    /// A machine by its id (`namespace/name` or `name`).
+    pub fn by_id(&self, id: &str) -> Option<&Arc<Machine>> {
+        let (scope, name) = id.split_once('/').unwrap_or(("", id));
+        self.by_name.get(&(scope.to_owned(), name.to_owned()))
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+}
+
+/// How long an event is remembered after its last change.
+pub const EVENT_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// What an event remembers of the action that last moved it (for `/v1/events` and the
+/// notifications of timeouts).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub namespace: String,
+    pub tenant: String,
+    pub machine: String,
+    pub provider: String,
+    pub action_type: String,
+    pub payload: Value,
+}
+
+impl Machine {
+    /// The backend key of an event.
+    pub fn event_key(&self, namespace: &str, tenant: &str, fingerprint: &str) -> String {
+        state_key("e", &[namespace, tenant, &self.id, fingerprint])
+    }
+
+    /// Where notifications of this machine go for an action of `provider`.
+    pub fn notify_target<'a>(&'a self, provider: &'a str) -> &'a str {
+        self.notify_provider.as_deref().unwrap_or(provider)
+    }
+
+    /// The move `action` asks for (to `target.to`), with the timeout of the state it
+    /// enters armed at `now_ms` + its delay.
+    pub fn transition(&self, action: &Action, target: &EventTarget, now_ms: u64) -> Transition {
+        let key = self.event_key(&action.namespace, &action.tenant, &target.fingerprint);
+        let record = EventRecord {
+            namespace: action.namespace.clone(),
+            tenant: action.tenant.clone(),
+            machine: self.id.clone(),
+            provider: action.provider.clone(),
+            action_type: action.action_type.clone(),
+            payload: action.payload.clone(),
+        };
+        self.moving(
+            key,
+            &target.fingerprint,
+            target.to.clone(),
+            &record,
+            &action.id,
+            now_ms,
+        )
+    }
+
+    /// A move of the event at `key` to `to`; `cause` makes the timeout timer's id unique.
+    pub fn moving(
+        &self,
+        key: String,
+        fingerprint: &str,
+        to: Option<String>,
+        record: &EventRecord,
+        cause: &str,
+        now_ms: u64,
+    ) -> Transition {
+        let timeout = to.as_deref().and_then(|state| {
+            let (after, next) = self.timeouts.get(state)?;
+            let due_ms = now_ms + after.as_millis() as u64;
+            let task = Task::StateTimeout(StateTimeout {
+                namespace: record.namespace.clone(),
+                tenant: record.tenant.clone(),
+                machine: self.id.clone(),
+                key: key.clone(),
+                fingerprint: fingerprint.to_owned(),
+                state: state.to_owned(),
+                to: next.clone(),
+                due_ms,
+                provider: self.notify_target(&record.provider).to_owned(),
+                action_type: record.action_type.clone(),
+            });
+            Some(TimerWrite {
+                id: format!("timeout:{key}:{}", state_key("c", &[cause, state])),
+                due_unix_ms: due_ms,
+                payload: task.encode(),
+            })
+        });
+        Transition {
+            allowed_from: to
+                .as_deref()
+                .map(|t| self.sources_of(t))
+                .unwrap_or_default(),
+            to_terminal: to.as_deref().is_some_and(|t| self.terminal.contains(t)),
+            key,
+            fingerprint: fingerprint.to_owned(),
+            initial: self.initial.clone(),
+            to,
+            require_timer: None,
+            timeout,
+            active_sets: Vec::new(),
+            record: serde_json::to_vec(record).unwrap_or_default(),
+            ttl: EVENT_TTL,
+        }
+    }
+}
+
+/// Key prefix of the events of a namespace (and tenant), for listing.
+pub fn key_prefix(namespace: &str, tenant: Option<&str>) -> String {
+    let mut prefix = match tenant {
+        Some(t) => state_key("e", &[namespace, t]),
+        None => state_key("e", &[namespace]),
+    };
+    prefix.push(':');
+    prefix
 }

@@ -1,0 +1,227 @@
+//! Parking an action (group, schedule, state machine): the write is made in the same
+//! atomic backend call as the dispatch's gates, so a stopped dispatch writes nothing and an
+//! accepted one is never half-recorded. Gates are applied with their full TTL: a parked
+//! action has no delivery of its own to confirm.
+
+use chrono::{TimeZone, Utc};
+
+use super::gates::GateCheck;
+use super::{DispatchError, Gateway};
+use crate::action::Action;
+use crate::config::Runtime;
+use crate::outcome::ActionOutcome;
+use crate::rules::state_machine::{EventTarget, Machine};
+use crate::rules::{CompiledRule, Effect, Evaluation, Park};
+use crate::state::{DeferResult, Deferral, GateMode, Transition, TransitionResult, unix_ms};
+
+impl Gateway {
+    pub(super) async fn park(
+        &self,
+        rt: &Runtime,
+        action: &Action,
+        eval: &Evaluation,
+        rule: &CompiledRule,
+        park: &Park,
+    ) -> Result<ActionOutcome, DispatchError> {
+        let now_ms = unix_ms();
+        match (park, &rule.effect) {
+            (Park::Schedule, Effect::Schedule(s)) => {
+                let timer = s.deferral(action, rule, now_ms);
+                let due = timer.due_unix_ms;
+                let (check, _) = self.gates_and(eval, Deferral::Timer(timer)).await?;
+                Ok(check.unwrap_or_else(|| {
+                    self.metrics.parked.with_label_values(&["schedule"]).inc();
+                    ActionOutcome::Scheduled {
+                        action_id: action.id.clone(),
+                        scheduled_for: time_of(due),
+                    }
+                }))
+            }
+            (Park::Group(target), Effect::Group(g)) => {
+                let append = g.deferral(action, rule, target);
+                match self.gates_and(eval, Deferral::GroupAppend(append)).await? {
+                    (Some(stop), _) => Ok(stop),
+                    (
+                        None,
+                        Some(DeferResult::Grouped {
+                            group_id,
+                            size,
+                            notify_at_ms,
+                        }),
+                    ) => {
+                        self.metrics.parked.with_label_values(&["group"]).inc();
+                        Ok(ActionOutcome::Grouped {
+                            group_id,
+                            group_size: size as usize,
+                            notify_at: time_of(notify_at_ms),
+                        })
+                    }
+                    (None, other) => Err(unexpected(other)),
+                }
+            }
+            (Park::StateMachine(target), Effect::StateMachine(m)) => {
+                let Some(machine) = rt.machines.resolve(&action.namespace, &m.machine) else {
+                    return Ok(ActionOutcome::failed(
+                        "STATE_MACHINE_NOT_FOUND",
+                        format!("rule `{}`: no StateMachine `{}`", rule.name, m.machine),
+                        false,
+                        0,
+                    ));
+                };
+                let transition = machine.transition(action, target, now_ms);
+                let (check, result) = self
+                    .gates_and(eval, Deferral::Transition(transition))
+                    .await?;
+                if let Some(stop) = check {
+                    return Ok(stop);
+                }
+                self.moved(rt, action, machine, target, result).await
+            }
+            _ => Err(DispatchError::State(crate::state::StateError::Unavailable(
+                "parking decision does not match its rule".into(),
+            ))),
+        }
+    }
+
+    /// Runs a dispatch's gates with one deferral: the outcome of a gate that stopped it, or
+    /// the deferral's result.
+    async fn gates_and(
+        &self,
+        eval: &Evaluation,
+        deferral: Deferral,
+    ) -> Result<(Option<ActionOutcome>, Option<DeferResult>), DispatchError> {
+        let (check, mut results) = self
+            .check_gates_deferring(eval, GateMode::APPLY, std::slice::from_ref(&deferral))
+            .await?;
+        Ok(match check {
+            GateCheck::Stopped(stop) => (Some(stop), None),
+            GateCheck::Passed | GateCheck::Quota { .. } => (None, results.pop()),
+        })
+    }
+
+    /// The answer to a state-machine move, and its notification when the move notifies.
+    async fn moved(
+        &self,
+        rt: &Runtime,
+        action: &Action,
+        machine: &Machine,
+        target: &EventTarget,
+        result: Option<DeferResult>,
+    ) -> Result<ActionOutcome, DispatchError> {
+        let Some(DeferResult::Transition(result)) = result else {
+            return Err(unexpected(result));
+        };
+        let to = target.to.clone();
+        let outcome = transition_outcome(machine, &target.fingerprint, to.as_deref(), &result);
+        self.count_transition(machine, to.as_deref().unwrap_or_default(), &outcome);
+        if let ActionOutcome::StateChanged { notify: true, .. } = &outcome {
+            let provider = machine.notify_target(&action.provider).to_owned();
+            self.notify_move(rt, action, &provider).await;
+        }
+        Ok(outcome)
+    }
+
+    /// Counts a move by machine, requested state and result.
+    pub(crate) fn count_transition(&self, machine: &Machine, to: &str, outcome: &ActionOutcome) {
+        let result = match outcome {
+            ActionOutcome::StateChanged {
+                previous_state,
+                new_state,
+                ..
+            } if previous_state == new_state => "unchanged",
+            ActionOutcome::StateChanged { .. } => "changed",
+            _ => "refused",
+        };
+        // Bounded: machines and their states come from the configuration; an unknown
+        // requested state is counted as such.
+        let state = if machine.into.contains_key(to) || machine.initial == to {
+            to
+        } else {
+            "_unknown"
+        };
+        self.metrics
+            .transitions
+            .with_label_values(&[&machine.id, state, result])
+            .inc();
+    }
+
+    /// Delivers a `notify` move's notification: the moving action itself, sent to the
+    /// machine's notify provider (or its own). A failure is counted and logged; the move
+    /// stands.
+    pub(crate) async fn notify_move(&self, rt: &Runtime, action: &Action, provider: &str) {
+        let Some(handle) = rt.providers.get(&action.namespace, provider) else {
+            self.metrics
+                .transition_notifications
+                .with_label_values(&["provider_not_found"])
+                .inc();
+            tracing::warn!(provider = ?provider, "state machine notification: provider not found");
+            return;
+        };
+        let result = handle.provider.execute(action).await;
+        let label = if result.is_ok() { "sent" } else { "failed" };
+        self.metrics
+            .transition_notifications
+            .with_label_values(&[label])
+            .inc();
+        if let Err(e) = result {
+            tracing::warn!(provider = %handle.name, code = %e.code, "state machine notification failed");
+        }
+    }
+}
+
+/// The outcome of a move: `StateChanged` for a change (and for staying put, with the same
+/// state on both sides and no notification), `Failed` with `TRANSITION_NOT_ALLOWED` for a
+/// move the machine does not allow (the state is left as it was).
+pub fn transition_outcome(
+    machine: &Machine,
+    fingerprint: &str,
+    to: Option<&str>,
+    result: &TransitionResult,
+) -> ActionOutcome {
+    match result {
+        TransitionResult::Changed { previous } => {
+            let to = to.unwrap_or_default();
+            ActionOutcome::StateChanged {
+                fingerprint: fingerprint.to_owned(),
+                previous_state: previous.clone(),
+                new_state: to.to_owned(),
+                notify: machine.notifies(previous, to),
+            }
+        }
+        TransitionResult::Unchanged { current } => ActionOutcome::StateChanged {
+            fingerprint: fingerprint.to_owned(),
+            previous_state: current.clone(),
+            new_state: current.clone(),
+            notify: false,
+        },
+        TransitionResult::Refused { current } => ActionOutcome::failed(
+            "TRANSITION_NOT_ALLOWED",
+            format!(
+                "state machine `{}`: no transition from `{current}` to `{}`; the event stays in `{current}`",
+                machine.id,
+                to.unwrap_or_default()
+            ),
+            false,
+            0,
+        ),
+    }
+}
+
+fn time_of(ms: u64) -> chrono::DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms as i64)
+        .single()
+        .unwrap_or_else(Utc::now)
+}
+
+fn unexpected(result: Option<DeferResult>) -> DispatchError {
+    DispatchError::State(crate::state::StateError::Unavailable(format!(
+        "state backend answered a deferral with {result:?}"
+    )))
+}
+
+/// A transition for the worker or the API: the same move a dispatch makes.
+pub fn for_timeout(mut t: Transition, timer_id: &str, from: &str) -> Transition {
+    t.require_timer = Some(timer_id.to_owned());
+    t.allowed_from = vec![from.to_owned()];
+    t
+}

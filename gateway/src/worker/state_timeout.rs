@@ -1,0 +1,84 @@
+//! A state timed out: the event moves on, once, unless it left that state since the
+//! timeout was armed (the move requires the event's armed timeout to be this timer).
+
+use serde_json::json;
+
+use super::task::StateTimeout;
+use super::{Done, observe_lateness};
+use crate::action::Action;
+use crate::outcome::ActionOutcome;
+use crate::pipeline::Gateway;
+use crate::pipeline::park::{for_timeout, transition_outcome};
+use crate::rules::state_machine::EventRecord;
+use crate::state::{DeferResult, Deferral, GateMode, unix_ms};
+
+pub(super) async fn fire(gateway: &Gateway, task: StateTimeout, timer_id: &str) -> Done {
+    observe_lateness(gateway, "state_timeout", task.due_ms);
+    let rt = gateway.config.load();
+    if !rt.loaded {
+        return Done::Retry("no configuration snapshot yet".into());
+    }
+    let Some(machine) = rt.machines.by_id(&task.machine) else {
+        tracing::info!(machine = ?task.machine, "state timeout of a StateMachine that no longer exists: dropped");
+        return Done::Complete;
+    };
+    let record = EventRecord {
+        namespace: task.namespace.clone(),
+        tenant: task.tenant.clone(),
+        machine: task.machine.clone(),
+        provider: task.provider.clone(),
+        action_type: task.action_type.clone(),
+        payload: json!({"fingerprint": task.fingerprint, "timed_out": task.state}),
+    };
+    let cause = format!("{timer_id}:fired");
+    let t = machine.moving(
+        task.key.clone(),
+        &task.fingerprint,
+        Some(task.to.clone()),
+        &record,
+        &cause,
+        unix_ms(),
+    );
+    let t = for_timeout(t, timer_id, &task.state);
+    let deferrals = [Deferral::Transition(t)];
+    let call = gateway
+        .state
+        .run_gates_and_defer(&[], GateMode::APPLY, &deferrals);
+    let result = match gateway.state_call(call).await {
+        Ok((_, mut results)) => results.pop(),
+        Err(e) => return e.into(),
+    };
+    let Some(DeferResult::Transition(result)) = result else {
+        return Done::Retry(format!("unexpected answer {result:?}"));
+    };
+    let outcome = transition_outcome(machine, &task.fingerprint, Some(&task.to), &result);
+    gateway.count_transition(machine, &task.to, &outcome);
+    if let ActionOutcome::StateChanged { notify: true, .. } = outcome {
+        let action = timeout_notification(&task);
+        gateway.notify_move(&rt, &action, &task.provider).await;
+    }
+    Done::Complete
+}
+
+/// The notification of a timeout move: the event's namespace, tenant and action type.
+fn timeout_notification(task: &StateTimeout) -> Action {
+    Action {
+        id: format!("{}:timeout:{}", task.fingerprint, task.due_ms),
+        namespace: task.namespace.clone(),
+        tenant: task.tenant.clone(),
+        provider: task.provider.clone(),
+        action_type: task.action_type.clone(),
+        payload: json!({
+            "fingerprint": task.fingerprint,
+            "machine": task.machine,
+            "previous_state": task.state,
+            "new_state": task.to,
+            "reason": "timeout",
+        }),
+        created_at: Some(chrono::Utc::now()),
+        metadata: Default::default(),
+        dedup_key: None,
+        status: Some(task.to.clone()),
+        fingerprint: Some(task.fingerprint.clone()),
+    }
+}

@@ -1,0 +1,72 @@
+//! What a timer does when it is due: the typed payload of every timer the gateway arms.
+
+use serde::{Deserialize, Serialize};
+
+use crate::action::Action;
+use crate::rules::RulePlace;
+
+/// A timer's task, stored as JSON in the timer's payload.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Task {
+    /// Send a group's notification (see `group_flush_begin` / `group_flush_end`).
+    FlushGroup(FlushGroup),
+    /// Run a scheduled action on through the rules after its schedule rule.
+    FireSchedule(FireSchedule),
+    /// Move a state-machine event whose state timed out.
+    StateTimeout(StateTimeout),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FlushGroup {
+    pub key: String,
+    pub interval_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeat_ms: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FireSchedule {
+    /// The action as it was parked (`modify` changes applied).
+    pub action: Action,
+    /// The schedule rule: evaluation continues after it.
+    pub after: RulePlace,
+    pub due_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StateTimeout {
+    pub namespace: String,
+    pub tenant: String,
+    /// `namespace/name` of the StateMachine (or `name` when shared).
+    pub machine: String,
+    pub key: String,
+    pub fingerprint: String,
+    /// The state that timed out and the state it moves to.
+    pub state: String,
+    pub to: String,
+    pub due_ms: u64,
+    /// Where a `notify` move's notification goes, and its action type.
+    pub provider: String,
+    pub action_type: String,
+}
+
+impl Task {
+    pub fn encode(&self) -> Vec<u8> {
+        // A task is plain data (strings, numbers, JSON values): serializing cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Task, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+
+    /// Bounded label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Task::FlushGroup(_) => "flush_group",
+            Task::FireSchedule(_) => "fire_schedule",
+            Task::StateTimeout(_) => "state_timeout",
+        }
+    }
+}
