@@ -529,10 +529,7 @@ async fn terminal_actions() {
 async fn later_feature_actions_answer_not_implemented() {
     let extra = "---\napiVersion: acteon.dev/v1alpha1\nkind: Chain\nmetadata: {name: c, namespace: ns}\nspec: {steps: [{name: s, provider: p}]}\n---\napiVersion: acteon.dev/v1alpha1\nkind: StateMachine\nmetadata: {name: m, namespace: ns}\nspec: {states: [open, closed], initialState: open}\n";
     for a in [
-        "{type: group, groupBy: [payload.floor]}",
-        "{type: schedule, delaySeconds: 5}",
         "{type: chain, chain: c}",
-        "{type: stateMachine, stateMachine: m}",
         "{type: requestApproval, notifyProvider: q}",
     ] {
         let gw = gateway(&format!(

@@ -2,8 +2,10 @@
 //! listen address, so the default `config/samples` + `rules`), fed the events of seed
 //! 003's IoT pipeline, checked against its "Expected Outcomes" table.
 //!
-//! Grouping, scheduling and chains arrive with later issues; until then the rules that use
-//! them answer `Failed{code: NOT_IMPLEMENTED}`, and this test checks exactly that.
+//! Humidity readings are grouped per floor and energy reports scheduled (the samples wait
+//! 30 s and 60 s: the group notifications are checked, the schedule's timers are only
+//! counted as pending). Chains arrive with a later issue; until then the chain rule
+//! answers `Failed{code: NOT_IMPLEMENTED}`, and this test checks exactly that.
 
 use crate::common;
 
@@ -44,6 +46,7 @@ fn describe(outcome: &Value) -> String {
             match tag.as_str() {
                 "Rerouted" => format!("Rerouted:{}", body["new_provider"].as_str().unwrap_or("?")),
                 "Suppressed" => format!("Suppressed:{}", body["rule"].as_str().unwrap_or("?")),
+                "Grouped" => format!("Grouped:{}", body["group_size"]),
                 "Failed" => format!(
                     "Failed:{}:{}",
                     body["code"].as_str().unwrap_or("?"),
@@ -145,11 +148,11 @@ async fn seed_003_iot_pipeline() {
     );
     expect(
         "humidity",
-        &["Failed:NOT_IMPLEMENTED:rule `group-humidity-readings`: action type `group`"; 3],
+        &["Grouped:1", "Grouped:1", "Grouped:2"],
     );
     expect(
         "energy",
-        &["Failed:NOT_IMPLEMENTED:rule `schedule-energy-reports`: action type `schedule`"; 2],
+        &["Scheduled"; 2],
     );
     expect("duplicate", &["Rerouted:alert-fanout", "Deduplicated"]);
     expect(
@@ -189,11 +192,12 @@ async fn seed_003_iot_pipeline() {
             }
         }
     }
-    // Six of the 21 events above were counted by the throttle: the test devices and the
-    // unsigned firmware stop at priority 1, the duplicate at the dedup gate, and the eight
-    // NOT_IMPLEMENTED ones are answered without touching state. So 30 - 6 = 24 pass.
-    assert_eq!(passed, 24, "throttled: {}", throttled.len());
-    assert_eq!(throttled.len(), 16);
+    // Eleven of the 21 events above were counted by the throttle: the test devices and the
+    // unsigned firmware stop at priority 1, the duplicate at the dedup gate, and the three
+    // NOT_IMPLEMENTED chain ones are answered without touching state; the grouped and
+    // scheduled ones passed the throttle before they were parked. So 30 - 11 = 19 pass.
+    assert_eq!(passed, 19, "throttled: {}", throttled.len());
+    assert_eq!(throttled.len(), 21);
     assert!(
         throttled
             .iter()
@@ -215,6 +219,41 @@ async fn seed_003_iot_pipeline() {
         "modify matched"
     );
     assert!(metrics.contains(
-        "acteon_dispatches_total{namespace=\"iot\",outcome=\"throttled\",provider=\"telemetry\"} 16"
+        "acteon_dispatches_total{namespace=\"iot\",outcome=\"throttled\",provider=\"telemetry\"} 21"
     ));
+
+    // After the groups' 30 s wait, one notification per floor went on through the rules
+    // after the group rule: it is a `sensor_reading` of the tenant, so it meets the chain
+    // rule (priority 10), which answers NOT_IMPLEMENTED until chains land — proof that it
+    // continued after the group rule instead of re-entering it. The two scheduled reports
+    // are still pending.
+    let deadline = std::time::Instant::now() + Duration::from_secs(45);
+    loop {
+        let metrics = c
+            .get(server.url("/metrics"))
+            .send()
+            .await
+            .expect("sent")
+            .text()
+            .await
+            .expect("text");
+        let flushed = metrics
+            .lines()
+            .find(|l| l.starts_with("acteon_group_flushes_total{kind=\"flush\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .map(str::to_owned);
+        if flushed.as_deref() == Some("2") {
+            assert!(
+                metrics.contains("acteon_released_total{kind=\"group\",outcome=\"failed\"} 2"),
+                "{metrics}"
+            );
+            assert!(!metrics.contains("acteon_released_total{kind=\"schedule\""));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "two group notifications within 45 s: {flushed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
