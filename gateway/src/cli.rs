@@ -94,6 +94,10 @@ pub struct ServeArgs {
     /// actions, state timeouts), in milliseconds: one backend call per poll when idle.
     #[arg(long, env = "ACTEON_WORKER_POLL_MS", default_value_t = 200)]
     pub worker_poll_ms: u64,
+    /// How long the worker's claim on a due timer holds: a replica that dies mid-task
+    /// leaves its tasks to others after this long. Longer than any delivery takes.
+    #[arg(long, env = "ACTEON_WORKER_LEASE_SECONDS", default_value_t = 60)]
+    pub worker_lease_seconds: u64,
     /// Longest wait for in-flight requests on shutdown, in seconds.
     #[arg(long, env = "ACTEON_SHUTDOWN_TIMEOUT", default_value_t = 30)]
     pub shutdown_timeout: u64,
@@ -527,7 +531,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let worker = crate::worker::spawn(
         gateway.clone(),
         crate::worker::WorkerOptions {
-            poll_interval: Duration::from_millis(args.worker_poll_ms),
+            poll_interval: Duration::from_millis(args.worker_poll_ms.max(10)),
+            lease: Duration::from_secs(args.worker_lease_seconds.max(1)),
             ..Default::default()
         },
     );

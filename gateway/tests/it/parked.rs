@@ -1,0 +1,336 @@
+//! Parked actions through the real binary: groups, schedules and state-machine timeouts run
+//! exactly once across three gateway processes on one backend, and survive a gateway
+//! killed with SIGKILL. Memory runs one process; Redis and Postgres run three
+//! (`ACTEON_TEST_REDIS_URL`, `ACTEON_TEST_POSTGRES_URL`).
+
+use crate::common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{Recorded, Recorder, Server};
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+
+/// The worker's claim batch (`WorkerOptions::batch`): the most tasks a killed gateway can
+/// have claimed and not completed, so the most that may run twice.
+const CLAIM_BATCH: usize = 64;
+
+fn config(hook: &Recorder) -> String {
+    let provider = |name: &str, path: &str| {
+        format!(
+            "---\napiVersion: acteon.dev/v1alpha1\nkind: Provider\nmetadata: {{name: {name}, namespace: park}}\nspec:\n  type: webhook\n  webhook: {{url: \"{}\"}}\n  timeoutSeconds: 5\n  retry: {{maxAttempts: 1}}\n",
+            hook.url(path)
+        )
+    };
+    let rule = |name: &str, condition: &str, action: &str| {
+        format!(
+            "---\napiVersion: acteon.dev/v1alpha1\nkind: Rule\nmetadata: {{name: {name}, namespace: park}}\nspec:\n  priority: 1\n  condition: {condition}\n  action: {action}\n"
+        )
+    };
+    let delay = |d: u32| {
+        rule(
+            &format!("later-{d}"),
+            &format!(
+                "{{all: [{{field: action.action_type, eq: later}}, {{field: action.payload.delay, eq: {d}}}]}}"
+            ),
+            &format!("{{type: schedule, delaySeconds: {d}}}"),
+        )
+    };
+    [
+        provider("hook", "/deliver"),
+        provider("notify", "/notify"),
+        rule(
+            "grouped",
+            "{field: action.action_type, eq: ev}",
+            "{type: group, groupBy: [payload.key], groupWaitSeconds: 6, groupIntervalSeconds: 60, maxGroupSize: 4}",
+        ),
+        delay(1),
+        delay(2),
+        delay(3),
+        rule(
+            "alerts",
+            "{field: action.action_type, eq: alert}",
+            "{type: stateMachine, stateMachine: acks, fingerprintFields: [payload.id]}",
+        ),
+        // The group notification continues after the group rule: this rule (later in the
+        // order) sees it and adds a mark, so the test can tell it went through the rules.
+        "---\napiVersion: acteon.dev/v1alpha1\nkind: Rule\nmetadata: {name: mark-notifications, namespace: park}\nspec:\n  priority: 5\n  condition: {field: action.payload.event_count, exists: true}\n  action: {type: modify, changes: {continued: true}}\n".to_owned(),
+        "---\napiVersion: acteon.dev/v1alpha1\nkind: StateMachine\nmetadata: {name: acks, namespace: park}\nspec:\n  states: [open, acked, expired, closed]\n  initialState: open\n  terminalStates: [expired, closed]\n  notifyProvider: notify\n  transitions:\n    - {from: open, to: acked}\n    - {from: acked, to: expired, notify: true}\n    - {from: acked, to: closed}\n  timeouts:\n    - {state: acked, afterSeconds: 2, transitionTo: expired}\n".to_owned(),
+    ]
+    .concat()
+}
+
+struct Cluster {
+    servers: Vec<Option<Server>>,
+    client: reqwest::Client,
+    hook: Recorder,
+}
+
+impl Cluster {
+    async fn start(state_url: &str, replicas: usize) -> Cluster {
+        let hook = Recorder::start().await;
+        let dir =
+            std::env::temp_dir().join(format!("acteon-parked-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("config.yaml");
+        std::fs::write(&file, config(&hook)).expect("config");
+        let file = file.to_str().expect("utf-8").to_owned();
+        let prefix = format!(
+            "acteon_p{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
+        let args = [
+            "--config",
+            &file,
+            "--state",
+            state_url,
+            "--state-prefix",
+            &prefix,
+        ];
+        // A short lease, so the survivors take a killed gateway's claims within the test.
+        let env = [
+            ("ACTEON_WORKER_LEASE_SECONDS", "3"),
+            ("ACTEON_WORKER_POLL_MS", "100"),
+        ];
+        let servers = (0..replicas)
+            .map(|_| Some(Server::start_with(&args, &env, None)))
+            .collect();
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .build()
+            .expect("client");
+        Cluster {
+            servers,
+            client,
+            hook,
+        }
+    }
+
+    fn url(&self, i: usize, path: &str) -> String {
+        let live: Vec<&Server> = self.servers.iter().flatten().collect();
+        live[i % live.len()].url(path)
+    }
+
+    /// SIGKILL: the gateway gets no chance to release anything.
+    fn kill(&mut self, i: usize) {
+        if let Some(mut s) = self.servers[i].take() {
+            let _ = s.child.kill();
+            let _ = s.child.wait();
+        }
+    }
+
+    /// Sends every action round-robin over the live gateways (at most 128 in flight).
+    async fn send_all(&self, actions: Vec<Value>) -> Vec<Value> {
+        let limit = Arc::new(Semaphore::new(128));
+        let mut tasks = Vec::with_capacity(actions.len());
+        for (i, a) in actions.into_iter().enumerate() {
+            let url = self.url(i, "/v1/dispatch");
+            let client = self.client.clone();
+            let permit = limit.clone().acquire_owned().await.expect("semaphore");
+            tasks.push(tokio::spawn(async move {
+                let r = client.post(url).json(&a).send().await.expect("sent");
+                let status = r.status().as_u16();
+                let body: Value = r.json().await.expect("json");
+                drop(permit);
+                assert_eq!(status, 200, "{body}");
+                body
+            }));
+        }
+        let mut out = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            out.push(t.await.expect("task"));
+        }
+        out
+    }
+
+    fn received(&self, path: &str) -> Vec<Recorded> {
+        self.hook
+            .requests
+            .lock()
+            .iter()
+            .filter(|r| r.path == path)
+            .cloned()
+            .collect()
+    }
+
+    /// Waits until `path` received at least `n` requests (then a little longer, so that
+    /// extra deliveries would show), or panics after `limit`.
+    async fn wait_for(&self, path: &str, n: usize, limit: Duration) -> Vec<Recorded> {
+        let deadline = Instant::now() + limit;
+        while self.received(path).len() < n {
+            assert!(
+                Instant::now() < deadline,
+                "{path}: {} of {n} within {limit:?}",
+                self.received(path).len()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        self.received(path)
+    }
+}
+
+fn tagged(outcomes: &[Value], tag: &str) -> usize {
+    outcomes.iter().filter(|o| o.get(tag).is_some()).count()
+}
+
+/// 2,000 events over 200 group keys, round-robin over the gateways → exactly 200
+/// notifications, each with its key's 10 events (the newest 4 kept, 6 counted as left
+/// out), having gone on through the rules after the group rule. With `kill`, a gateway is
+/// SIGKILLed while every group is still waiting: the survivors send all 200.
+async fn groups(state_url: &str, replicas: usize, kill: bool) {
+    let mut cluster = Cluster::start(state_url, replicas).await;
+    let actions = (0..2000)
+        .map(|i| json!({"namespace": "park", "tenant": "t", "provider": "hook", "action_type": "ev", "payload": {"key": i % 200, "n": i}}))
+        .collect();
+    let started = Instant::now();
+    let outcomes = cluster.send_all(actions).await;
+    assert_eq!(tagged(&outcomes, "Grouped"), 2000, "{:?}", &outcomes[..3]);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "sending took {:?}: groups may flush before all their events arrived",
+        started.elapsed()
+    );
+    if kill {
+        cluster.kill(replicas - 1);
+    }
+    let got = cluster
+        .wait_for("/deliver", 200, Duration::from_secs(30))
+        .await;
+    assert_eq!(got.len(), 200, "one notification per group");
+    let mut keys = BTreeSet::new();
+    for r in &got {
+        let p = &r.body;
+        assert_eq!(p["event_count"], 10, "{p}");
+        assert_eq!(p["events"].as_array().map(Vec::len), Some(4), "{p}");
+        assert_eq!(p["omitted"], 6, "{p}");
+        assert_eq!(p["continued"], true, "went on through the later rules: {p}");
+        keys.insert(p["labels"]["payload.key"].as_u64().expect("key label"));
+        let key = p["labels"]["payload.key"].as_u64().expect("key");
+        for e in p["events"].as_array().expect("events") {
+            assert_eq!(e["key"].as_u64(), Some(key), "only its key's events: {p}");
+        }
+    }
+    assert_eq!(keys.len(), 200);
+}
+
+/// 1,000 actions scheduled 1–3 s ahead; with `kill`, a gateway is SIGKILLed midway.
+/// Every action is delivered; repeats only of what the killed gateway had claimed.
+async fn schedules(state_url: &str, replicas: usize, kill: bool) {
+    let mut cluster = Cluster::start(state_url, replicas).await;
+    let actions = (0..1000)
+        .map(|i| json!({"namespace": "park", "tenant": "t", "provider": "hook", "action_type": "later", "payload": {"delay": 1 + i % 3, "n": i}}))
+        .collect();
+    let outcomes = cluster.send_all(actions).await;
+    assert_eq!(tagged(&outcomes, "Scheduled"), 1000, "{:?}", &outcomes[..3]);
+    if kill {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        cluster.kill(replicas - 1);
+    }
+    let got = cluster
+        .wait_for("/deliver", 1000, Duration::from_secs(40))
+        .await;
+    let mut per_n: BTreeMap<u64, usize> = BTreeMap::new();
+    for r in &got {
+        *per_n.entry(r.body["n"].as_u64().expect("n")).or_default() += 1;
+    }
+    assert_eq!(per_n.len(), 1000, "every scheduled action delivered");
+    let repeats = got.len() - 1000;
+    let allowed = if kill { CLAIM_BATCH } else { 0 };
+    assert!(
+        repeats <= allowed,
+        "{repeats} delivered twice (allowed {allowed})"
+    );
+}
+
+/// 500 events moved to `acked`, whose timeout (2 s) moves them to `expired` with a
+/// notification: each times out exactly once; one closed by hand first does not.
+async fn state_timeouts(state_url: &str, replicas: usize) {
+    let cluster = Cluster::start(state_url, replicas).await;
+    let alert = |id: u32, status: &str| json!({"namespace": "park", "tenant": "t", "provider": "hook", "action_type": "alert", "status": status, "payload": {"id": id}});
+    let outcomes = cluster
+        .send_all((0..500).map(|i| alert(i, "acked")).collect())
+        .await;
+    for o in &outcomes {
+        assert_eq!(o["StateChanged"]["new_state"], "acked", "{o}");
+        assert_eq!(o["StateChanged"]["previous_state"], "open", "{o}");
+    }
+    let closed = cluster.send_all(vec![alert(0, "closed")]).await;
+    assert_eq!(closed[0]["StateChanged"]["new_state"], "closed", "{closed:?}");
+    let refused = cluster.send_all(vec![alert(0, "acked")]).await;
+    assert_eq!(
+        refused[0]["Failed"]["code"], "TRANSITION_NOT_ALLOWED",
+        "closed is terminal: {refused:?}"
+    );
+    let got = cluster
+        .wait_for("/notify", 499, Duration::from_secs(30))
+        .await;
+    assert_eq!(got.len(), 499, "each timeout fired once");
+    let fingerprints: BTreeSet<String> = got
+        .iter()
+        .map(|r| r.body["fingerprint"].as_str().expect("fingerprint").to_owned())
+        .collect();
+    assert_eq!(fingerprints.len(), 499);
+    assert!(got.iter().all(|r| r.body["new_state"] == "expired"));
+    let events: Vec<Value> = cluster
+        .client
+        .get(cluster.url(0, "/v1/events?namespace=park&tenant=t&state=expired"))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(events.len(), 499, "listed as expired");
+    assert!(events.iter().all(|e| e["machine"] == "park/acks"));
+}
+
+fn redis_url() -> String {
+    std::env::var("ACTEON_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+fn postgres_url() -> String {
+    std::env::var("ACTEON_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_groups_schedules_and_timeouts() {
+    groups("memory", 1, false).await;
+    schedules("memory", 1, false).await;
+    state_timeouts("memory", 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_groups_exactly_once_across_replicas() {
+    groups(&redis_url(), 3, false).await;
+    groups(&redis_url(), 3, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_schedules_survive_a_killed_gateway() {
+    schedules(&redis_url(), 3, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_state_timeouts_fire_once() {
+    state_timeouts(&redis_url(), 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_groups_exactly_once_across_replicas() {
+    groups(&postgres_url(), 3, false).await;
+    groups(&postgres_url(), 3, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_schedules_survive_a_killed_gateway() {
+    schedules(&postgres_url(), 3, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_state_timeouts_fire_once() {
+    state_timeouts(&postgres_url(), 3).await;
+}
