@@ -284,6 +284,16 @@ fn samples_are_served_by_both_gateways_and_every_object_is_ready() {
         assert_eq!(reason, "Served", "{name}");
         assert_eq!(message, "served by all 2 gateways", "{name}");
     }
+    // The sample StateMachine and the Rule that drives it are among the Ready objects.
+    let payments = readiness(s.kube, "payments", "acteon");
+    for name in ["StateMachine/incident", "Rule/incident-lifecycle"] {
+        assert!(
+            payments
+                .iter()
+                .any(|(n, st, reason, _)| n == name && st == "True" && reason == "Served"),
+            "{name}: {payments:?}"
+        );
+    }
     // The samples behave on the gateway as they do standalone.
     let critical = json!({"namespace": "iot", "tenant": "smartbuilding-hq", "provider": "telemetry",
         "action_type": "sensor_reading", "payload": {"device_id": "t-1", "sensor_type": "temperature", "value": 91}});
@@ -790,5 +800,245 @@ fn run_with_a_missing_lease_namespace_fails_at_start() {
         admin.log().contains("the lease namespace"),
         "{}",
         admin.log()
+    );
+}
+
+/// The snapshot the operator last published for `s`, authenticated with its seal key.
+fn published_snapshot(s: &Setup) -> Value {
+    tokio::runtime::Runtime::new().expect("rt").block_on(async {
+        let channel = acteon_channel::connect(&s.state, &s.prefix, Duration::from_secs(5))
+            .await
+            .expect("channel");
+        let published = channel.fetch().await.expect("fetch").expect("a snapshot");
+        let key_text = std::fs::read_to_string(&s.key_file).expect("key file");
+        let key = acteon_channel::seal::SealKey::from_text(key_text.trim()).expect("seal key");
+        let auth = acteon_channel::auth::SnapshotAuth::new(Some(key), false).expect("auth");
+        let body = auth
+            .open(&published.digest, &published.body)
+            .expect("the snapshot authenticates");
+        serde_json::from_slice(body).expect("snapshot JSON")
+    })
+}
+
+/// `namespace/name` of every StateMachine in a published snapshot.
+fn snapshot_machines(snapshot: &Value) -> Vec<String> {
+    snapshot["state_machines"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|m| {
+            format!(
+                "{}/{}",
+                m["namespace"].as_str().unwrap_or(""),
+                m["name"].as_str().unwrap_or("")
+            )
+        })
+        .collect()
+}
+
+/// Warning Events in `ns`: (involved kind, involved name, reason).
+fn warning_events(kube: &Kube, ns: &str) -> Vec<(String, String, String)> {
+    let out = kube.kubectl_ok(&["get", "events", "-n", ns, "-o", "json"]);
+    let v: Value = serde_json::from_str(&out).expect("kubectl json");
+    v["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|e| e["type"] == "Warning")
+        .map(|e| {
+            let s = |v: &Value| v.as_str().unwrap_or("").to_owned();
+            (
+                s(&e["involvedObject"]["kind"]),
+                s(&e["involvedObject"]["name"]),
+                s(&e["reason"]),
+            )
+        })
+        .collect()
+}
+
+fn state_machine(ns: &str, name: &str, bad_target: &str) -> String {
+    format!(
+        r#"apiVersion: acteon.dev/v1alpha1
+kind: StateMachine
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  states: [firing, acknowledged, resolved]
+  initialState: firing
+  terminalStates: [resolved]
+  notifyProvider: pager
+  transitions:
+    - {{from: firing, to: acknowledged, notify: true}}
+    - {{from: acknowledged, to: {bad_target}}}
+  timeouts:
+    - {{state: firing, afterSeconds: 3600, transitionTo: resolved}}
+---
+"#
+    )
+}
+
+fn drive_rule(ns: &str, name: &str, machine: &str) -> String {
+    format!(
+        r#"apiVersion: acteon.dev/v1alpha1
+kind: Rule
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  condition: {{field: action.action_type, eq: {name}}}
+  action: {{type: stateMachine, stateMachine: {machine}, fingerprintFields: [action.metadata.service]}}
+---
+"#
+    )
+}
+
+/// StateMachines go through the operator like every kind (SPEC §3): a valid one is
+/// Accepted, Ready and published; a broken one (a transition to an unknown state) is
+/// rejected alone with the field in its reason and a Warning Event, and so is the Rule that
+/// drives it, while the valid one in the same namespace stays Ready. Fixing or deleting a
+/// machine re-validates the Rules that name it.
+#[test]
+fn state_machines_are_validated_alone_published_and_re_resolved() {
+    let ns = unique_name("sm");
+    let s = Setup::new(redis_url(), &[&ns]);
+    let (_g1, p1) = s.gateway();
+    let _op = s.operator("op-a", &[]);
+    s.kube.apply(
+        &[
+            log_provider(&ns, "pager"),
+            state_machine(&ns, "alert", "resolved"),
+            state_machine(&ns, "broken", "reopened"),
+            drive_rule(&ns, "drives-alert", "alert"),
+            drive_rule(&ns, "drives-broken", "broken"),
+        ]
+        .concat(),
+    );
+    wait_ready(s.kube, "statemachine", &ns, "alert", ("True", "Served"));
+    let (_, _, msg) = wait_ready(
+        s.kube,
+        "statemachine",
+        &ns,
+        "broken",
+        ("False", "InvalidStateMachine"),
+    );
+    assert_eq!(
+        msg, "spec.transitions[1].to: `reopened` is not one of spec.states",
+        "the reason names the field"
+    );
+    let (_, _, msg) = wait_ready(
+        s.kube,
+        "rule",
+        &ns,
+        "drives-broken",
+        ("False", "StateMachineNotFound"),
+    );
+    assert!(
+        msg.contains("spec.action.stateMachine") && msg.contains("`broken` is rejected"),
+        "{msg}"
+    );
+    wait_ready(s.kube, "rule", &ns, "drives-alert", ("True", "Served"));
+    // Accepted carries the verdict, observedGeneration the generation it is about.
+    let object: Value = serde_json::from_str(&s.kube.kubectl_ok(&[
+        "get",
+        "statemachine",
+        "-n",
+        &ns,
+        "broken",
+        "-o",
+        "json",
+    ]))
+    .expect("json");
+    let accepted = object["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Accepted").cloned())
+        .expect("an Accepted condition");
+    assert_eq!(
+        (&accepted["status"], &accepted["reason"]),
+        (&json!("False"), &json!("InvalidStateMachine"))
+    );
+    assert_eq!(
+        object["status"]["observedGeneration"],
+        object["metadata"]["generation"]
+    );
+    // One Warning Event for each rejection, on the object.
+    let events = wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        let events = warning_events(s.kube, &ns);
+        (events.len() >= 2).then_some(events)
+    })
+    .expect("two Warning Events");
+    for want in [
+        ("StateMachine", "broken", "InvalidStateMachine"),
+        ("Rule", "drives-broken", "StateMachineNotFound"),
+    ] {
+        assert!(
+            events.contains(&(want.0.into(), want.1.into(), want.2.into())),
+            "{want:?} in {events:?}"
+        );
+    }
+    assert!(
+        !events
+            .iter()
+            .any(|e| e.1 == "alert" || e.1 == "drives-alert"),
+        "{events:?}"
+    );
+    // The published snapshot has the valid machine with every field, not the broken one.
+    let snapshot = published_snapshot(&s);
+    assert_eq!(snapshot_machines(&snapshot), [format!("{ns}/alert")]);
+    let alert = &snapshot["state_machines"][0]["spec"];
+    assert_eq!(alert["terminalStates"], json!(["resolved"]), "{alert}");
+    assert_eq!(alert["notifyProvider"], "pager", "{alert}");
+    assert_eq!(alert["timeouts"][0]["afterSeconds"], 3600, "{alert}");
+    let rules: Vec<&str> = snapshot["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert_eq!(rules, ["drives-alert"]);
+    // …and the gateway serves it.
+    wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+        let served = get_json(p1, "/v1/config")?["state_machines"].clone();
+        (served == json!([format!("{ns}/alert")])).then_some(())
+    })
+    .unwrap_or_else(|| panic!("gateway config: {:?}", get_json(p1, "/v1/config")));
+    // `kubectl get statemachines` (and the short name) shows the columns.
+    let table = s.kube.kubectl_ok(&["get", "asm", "-n", &ns]);
+    for needle in [
+        "INITIAL",
+        "READY",
+        "REASON",
+        "AGE",
+        "firing",
+        "InvalidStateMachine",
+    ] {
+        assert!(table.contains(needle), "{needle}:\n{table}");
+    }
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("alert") && l.contains("True") && l.contains("Served")),
+        "{table}"
+    );
+
+    // Fixing the broken machine brings it and its Rule in.
+    s.kube.apply(&state_machine(&ns, "broken", "resolved"));
+    wait_ready(s.kube, "statemachine", &ns, "broken", ("True", "Served"));
+    wait_ready(s.kube, "rule", &ns, "drives-broken", ("True", "Served"));
+    let mut machines = snapshot_machines(&published_snapshot(&s));
+    machines.sort();
+    assert_eq!(machines, [format!("{ns}/alert"), format!("{ns}/broken")]);
+    // Deleting a machine takes the Rule that drives it out, and says why.
+    s.kube.delete("statemachine", &ns, "alert");
+    let (_, _, msg) = wait_ready(
+        s.kube,
+        "rule",
+        &ns,
+        "drives-alert",
+        ("False", "StateMachineNotFound"),
+    );
+    assert!(msg.contains("state machine `alert` not found"), "{msg}");
+    wait_ready(s.kube, "rule", &ns, "drives-broken", ("True", "Served"));
+    assert_eq!(
+        snapshot_machines(&published_snapshot(&s)),
+        [format!("{ns}/broken")]
     );
 }
