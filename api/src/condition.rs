@@ -2,7 +2,8 @@
 //!
 //! A condition is a tree: `all` / `any` / `not` combine nodes; leaves check a field
 //! (`field: action.payload.x` plus exactly one operator), look at shared state
-//! (`stateSeen`, `stateCounter`) or call an inhibition function (`call` + `args`).
+//! (`stateSeen`, `stateCounter`), hold while an event of a StateMachine is active
+//! (`inhibitedBy`), or call an inhibition function (`call` + `args`).
 //! Acteon rule files spell operators in snake_case; [`crate::compile::acteon`] rewrites
 //! them to this form before deserializing, so both formats share one type.
 
@@ -26,15 +27,36 @@ pub enum Condition {
         key: String,
         within_seconds: Option<u64>,
     },
+    /// The sliding-window count of the throttle Rule `rule` (in the rule's scope), for
+    /// the window of `key` (the throttle's key template) over `window_seconds` (default:
+    /// the throttle's own window), compared with `op`.
     StateCounter {
-        key: String,
+        rule: String,
+        key: Option<String>,
+        window_seconds: Option<u64>,
         op: FieldOp,
     },
+    /// Holds while an event of a StateMachine is active and agrees with the action on the
+    /// `equal` fields (Alertmanager's inhibition).
+    InhibitedBy(Inhibition),
     Call {
         function: String,
         args: Vec<Value>,
     },
 }
+
+/// `inhibitedBy`: an event of `stateMachine` that is active (in no terminal state) and
+/// whose action had the same values as this action in every `equal` field.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Inhibition {
+    pub state_machine: String,
+    #[serde(default)]
+    pub equal: Vec<String>,
+}
+
+/// The inhibition function that reads as an `inhibitedBy` leaf.
+pub const HAS_ACTIVE_EVENT: &str = "has_active_event";
 
 /// A comparison applied to a field or counter value.
 #[derive(Clone, Debug, PartialEq)]
@@ -91,6 +113,12 @@ struct RawCondition {
     within_seconds: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     state_counter: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    window_seconds: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    inhibited_by: Option<Inhibition>,
     #[serde(skip_serializing_if = "Option::is_none")]
     call: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -188,6 +216,9 @@ impl RawCondition {
         if self.state_counter.is_some() {
             kinds.push("stateCounter");
         }
+        if self.inhibited_by.is_some() {
+            kinds.push("inhibitedBy");
+        }
         if self.call.is_some() {
             kinds.push("call");
         }
@@ -223,17 +254,19 @@ impl TryFrom<RawCondition> for Condition {
         if kinds.len() != 1 {
             return Err(if kinds.is_empty() {
                 err(
-                    "a condition needs one of `all`, `any`, `not`, `field`, `stateSeen`, `stateCounter` or `call`",
+                    "a condition needs one of `all`, `any`, `not`, `field`, `stateSeen`, `stateCounter`, `inhibitedBy` or `call`",
                 )
             } else {
                 err(format!(
-                    "a condition has exactly one of `all`, `any`, `not`, `field`, `stateSeen`, `stateCounter`, `call`; found {}",
+                    "a condition has exactly one of `all`, `any`, `not`, `field`, `stateSeen`, `stateCounter`, `inhibitedBy`, `call`; found {}",
                     kinds.join(", ")
                 ))
             });
         }
         let ops = raw.take_ops();
         let within = raw.within_seconds.take();
+        let counter_key = raw.key.take();
+        let window = raw.window_seconds.take();
         let args = raw.args.take();
         let no_ops = |what: &str| -> Result<(), ConditionError> {
             if ops.is_empty() {
@@ -260,6 +293,14 @@ impl TryFrom<RawCondition> for Condition {
         if args.is_some() && raw.call.is_none() {
             return Err(err("`args` only goes with `call`"));
         }
+        if raw.state_counter.is_none() {
+            if counter_key.is_some() {
+                return Err(err("`key` only goes with `stateCounter`"));
+            }
+            if window.is_some() {
+                return Err(err("`windowSeconds` only goes with `stateCounter`"));
+            }
+        }
         if let Some(all) = raw.all {
             no_ops("all")?;
             return Ok(Condition::All(all));
@@ -282,15 +323,21 @@ impl TryFrom<RawCondition> for Condition {
                 within_seconds: within,
             });
         }
-        if let Some(key) = raw.state_counter {
+        if let Some(rule) = raw.state_counter {
             let mut ops = one_op("stateCounter", ops)?;
             if ops.len() > 1 {
                 return Err(err("`stateCounter` takes exactly one operator"));
             }
             return Ok(Condition::StateCounter {
-                key,
+                rule,
+                key: counter_key,
+                window_seconds: window,
                 op: ops.remove(0),
             });
+        }
+        if let Some(inhibition) = raw.inhibited_by {
+            no_ops("inhibitedBy")?;
+            return Ok(Condition::InhibitedBy(inhibition));
         }
         let function = raw.call.unwrap_or_default();
         no_ops("call")?;
@@ -319,10 +366,18 @@ impl From<Condition> for RawCondition {
                 raw.state_seen = Some(key);
                 raw.within_seconds = within_seconds;
             }
-            Condition::StateCounter { key, op } => {
-                raw.state_counter = Some(key);
+            Condition::StateCounter {
+                rule,
+                key,
+                window_seconds,
+                op,
+            } => {
+                raw.state_counter = Some(rule);
+                raw.key = key;
+                raw.window_seconds = window_seconds;
                 raw.set_op(op);
             }
+            Condition::InhibitedBy(inhibition) => raw.inhibited_by = Some(inhibition),
             Condition::Call { function, args } => {
                 raw.call = Some(function);
                 raw.args = Some(args);
@@ -341,6 +396,39 @@ impl Condition {
             Condition::Not(c) => c.walk(visit),
             _ => {}
         }
+    }
+
+    /// The inhibition this leaf checks: an `inhibitedBy` leaf, or a call
+    /// `has_active_event(machine, field)` (the machine's active events that agree with
+    /// the action on that field). `None` for other nodes and malformed calls.
+    pub fn as_inhibition(&self) -> Option<Inhibition> {
+        match self {
+            Condition::InhibitedBy(i) => Some(i.clone()),
+            Condition::Call { function, args } if function == HAS_ACTIVE_EVENT => {
+                match args.as_slice() {
+                    [Value::String(machine), Value::String(field)] => Some(Inhibition {
+                        state_machine: machine.clone(),
+                        equal: vec![field.clone()],
+                    }),
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether this node, or one below it, reads shared state.
+    pub fn reads_state(&self) -> bool {
+        let mut found = false;
+        self.walk(&mut |c| {
+            found |= matches!(
+                c,
+                Condition::StateSeen { .. }
+                    | Condition::StateCounter { .. }
+                    | Condition::InhibitedBy(_)
+            ) || c.as_inhibition().is_some();
+        });
+        found
     }
 }
 
@@ -361,6 +449,8 @@ mod tests {
             {"any": [{"field": "action.payload.v", "inList": [1, 2]}, {"field": "action.payload.w", "exists": true}]},
             {"stateSeen": "k", "withinSeconds": 5},
             {"stateCounter": "c", "gt": 3},
+            {"stateCounter": "pager", "key": "{{action.payload.service}}", "windowSeconds": 60, "gte": 10},
+            {"inhibitedBy": {"stateMachine": "cluster-events", "equal": ["action.payload.cluster"]}},
             {"call": "has_active_event", "args": ["cluster_down", "action.metadata.cluster"]}
         ]});
         let cond = parse(src.clone()).unwrap();
@@ -399,5 +489,46 @@ mod tests {
                 .contains("`eq` is not allowed")
         );
         assert!(parse(json!({})).unwrap_err().contains("needs one of"));
+        assert!(
+            parse(json!({"field": "x", "eq": 1, "key": "k"}))
+                .unwrap_err()
+                .contains("`key` only goes with `stateCounter`")
+        );
+        assert!(
+            parse(json!({"inhibitedBy": {"stateMachine": "m"}, "eq": 1}))
+                .unwrap_err()
+                .contains("`eq` is not allowed next to `inhibitedBy`")
+        );
+        assert!(
+            parse(json!({"inhibitedBy": {"stateMachine": "m", "equals": []}}))
+                .unwrap_err()
+                .contains("unknown field `equals`")
+        );
+    }
+
+    #[test]
+    fn inhibitions_are_read_from_leaves_and_calls() {
+        let leaf = parse(json!({"inhibitedBy": {"stateMachine": "m"}})).unwrap();
+        assert_eq!(
+            leaf.as_inhibition(),
+            Some(Inhibition {
+                state_machine: "m".into(),
+                equal: vec![]
+            })
+        );
+        let call = parse(json!({"call": "has_active_event", "args": ["m", "payload.c"]})).unwrap();
+        assert_eq!(
+            call.as_inhibition(),
+            Some(Inhibition {
+                state_machine: "m".into(),
+                equal: vec!["payload.c".into()]
+            })
+        );
+        let other = parse(json!({"call": "event_in_state", "args": ["f", "s"]})).unwrap();
+        assert_eq!(other.as_inhibition(), None);
+        assert!(!other.reads_state(), "event_in_state is not run");
+        let nested = parse(json!({"all": [{"field": "x", "eq": 1}, {"not": {"stateSeen": "k"}}]}));
+        assert!(nested.unwrap().reads_state());
+        assert!(!parse(json!({"field": "x", "eq": 1})).unwrap().reads_state());
     }
 }

@@ -1131,7 +1131,6 @@ rules:
             - field: action.payload.subject
               matches: "(?i)^\\[prod\\]"
             - state_seen: "{{action.payload.device_id}}"
-              within_seconds: 30
     action:
       type: deduplicate
       ttl_seconds: 60
@@ -1185,7 +1184,7 @@ spec:
       - any:
           - {field: action.payload.site, endsWith: "_eu"}
           - {field: action.payload.subject, matches: "(?i)^\\[prod\\]"}
-          - {stateSeen: "{{action.payload.device_id}}", withinSeconds: 30}
+          - {stateSeen: "{{action.payload.device_id}}"}
   action: {type: deduplicate, ttlSeconds: 60, key: "{{action.payload.device_id}}"}
 ---
 apiVersion: acteon.dev/v1alpha1

@@ -116,11 +116,12 @@ impl Runtime {
             sealed: &sealed,
             key: seal,
         };
+        let machines = Machines::build(&snapshot.state_machines);
         Ok(Runtime {
-            rules: RuleSet::build(&snapshot.rules)?,
+            rules: RuleSet::build_with(&snapshot.rules, &machines)?,
             providers: ProviderRegistry::build(&snapshot.providers, http, secrets)?,
             quotas: quota_rules(&snapshot.quotas),
-            machines: Machines::build(&snapshot.state_machines),
+            machines,
             snapshot: Arc::new(snapshot),
             loaded: true,
         })

@@ -52,6 +52,9 @@ const CONDITION_KEYS: &[&str] = &[
     "state_seen",
     "within_seconds",
     "state_counter",
+    "key",
+    "window_seconds",
+    "inhibited_by",
     "call",
     "args",
 ];
@@ -300,6 +303,16 @@ fn camel_condition(found: &mut Findings<'_>, at: &str, cond: &Value) -> Value {
                 None => value.clone(),
             },
             "not" => camel_condition(found, &key_at, value),
+            // `{state_machine, equal}`: keys rewritten, the field paths left alone.
+            "inhibited_by" => match value.as_object() {
+                Some(inner) => Value::Object(
+                    inner
+                        .iter()
+                        .map(|(k, v)| (snake_to_camel(k), v.clone()))
+                        .collect(),
+                ),
+                None => value.clone(),
+            },
             _ => value.clone(),
         };
         out.insert(snake_to_camel(key), value);
@@ -424,6 +437,28 @@ mod tests {
         assert_eq!(
             manifest_name("Dedup_Sensor readings"),
             "dedup-sensor-readings"
+        );
+    }
+
+    #[test]
+    fn state_leaves_convert_their_keys_but_not_their_paths() {
+        let file = json!({"rules": [{
+            "name": "inhibit",
+            "condition": {"any": [
+                {"inhibited_by": {"state_machine": "cluster_events", "equal": ["metadata.cluster_name"]}},
+                {"state_counter": "pager_throttle", "key": "{{payload.service_name}}", "window_seconds": 60, "gt": 5},
+                {"state_seen": "{{payload.alert_key}}"}
+            ]},
+            "action": {"type": "suppress"}
+        }]});
+        let docs = rule_documents("f.yaml", &file).unwrap();
+        assert_eq!(
+            docs[0].spec.value()["condition"],
+            json!({"any": [
+                {"inhibitedBy": {"stateMachine": "cluster_events", "equal": ["metadata.cluster_name"]}},
+                {"stateCounter": "pager_throttle", "key": "{{payload.service_name}}", "windowSeconds": 60, "gt": 5},
+                {"stateSeen": "{{payload.alert_key}}"}
+            ]})
         );
     }
 

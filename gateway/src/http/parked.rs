@@ -284,7 +284,16 @@ pub async fn transition(
             provider: String::new(),
             action_type: String::new(),
             payload: Value::Null,
+            metadata: Default::default(),
+            dedup_key: None,
         });
+    // The inhibition sets of the move, from the fields of the action that last moved it.
+    let sets = gw
+        .config
+        .load()
+        .rules
+        .inhibitions()
+        .active_sets(&machine.id, &record.action(&fingerprint));
     let cause = uuid::Uuid::now_v7().to_string();
     let t = machine.moving(
         key,
@@ -293,6 +302,7 @@ pub async fn transition(
         &record,
         &cause,
         unix_ms(),
+        sets,
     );
     let deferrals = [Deferral::Transition(t)];
     let call = gw

@@ -16,6 +16,7 @@ use crate::config::{LiveConfig, QuotaRule, Runtime};
 
 use crate::metrics::Metrics;
 use crate::outcome::ActionOutcome;
+use crate::rules::state_read::StateView;
 use crate::rules::{Decision, Evaluation, RulePlace};
 use crate::state::confirm::DedupConfirmer;
 use crate::state::{StateError, StateStore};
@@ -113,7 +114,9 @@ impl Gateway {
                 0,
             ));
         }
-        let mut eval = rt.rules.evaluate(&action, Utc::now());
+        let now = Utc::now();
+        let state = self.read_state(&rt, &action, now, None).await?;
+        let mut eval = rt.rules.evaluate_with(&action, now, state.as_ref());
         self.record_rules(&rt, &eval);
         if let Some(p) = eval.payload.take() {
             action.payload = p;
@@ -154,7 +157,9 @@ impl Gateway {
         if !rt.loaded {
             return Err(DispatchError::NotLoaded);
         }
-        let mut eval = rt.rules.evaluate_after(&action, Utc::now(), after);
+        let now = Utc::now();
+        let state = self.read_state(&rt, &action, now, Some(after)).await?;
+        let mut eval = rt.rules.evaluate_after(&action, now, after, state.as_ref());
         self.record_rules(&rt, &eval);
         if let Some(p) = eval.payload.take() {
             action.payload = p;
@@ -165,6 +170,37 @@ impl Gateway {
             .with_label_values(&[kind, outcome.label()])
             .inc();
         Ok(outcome)
+    }
+
+    /// The state the candidate rules' conditions read (inhibitions, `stateSeen`,
+    /// `stateCounter`), in one backend call bounded by the state timeout; `None`, with no
+    /// call, when they read none. A failure is the dispatch's (503), as for gates.
+    async fn read_state(
+        &self,
+        rt: &Runtime,
+        action: &Action,
+        now: chrono::DateTime<Utc>,
+        after: Option<&RulePlace>,
+    ) -> Result<Option<StateView>, DispatchError> {
+        let reads = rt.rules.state_reads(action, now, after);
+        if reads.is_empty() {
+            return Ok(None);
+        }
+        let started = Instant::now();
+        let answers = self.state_call(self.state.read_state(&reads)).await;
+        self.metrics
+            .state_seconds
+            .observe(started.elapsed().as_secs_f64());
+        match answers {
+            Ok(answers) => Ok(Some(StateView::new(reads, answers))),
+            Err(e) => {
+                self.metrics
+                    .state_errors
+                    .with_label_values(&["read_state"])
+                    .inc();
+                Err(e.into())
+            }
+        }
     }
 
     /// A state backend call bounded by the state timeout.

@@ -68,7 +68,8 @@ impl Gateway {
                         0,
                     ));
                 };
-                let transition = machine.transition(action, target, now_ms);
+                let sets = rt.rules.inhibitions().active_sets(&machine.id, action);
+                let transition = machine.transition(action, target, now_ms, sets);
                 let (check, result) = self
                     .gates_and(eval, Deferral::Transition(transition))
                     .await?;

@@ -1,4 +1,9 @@
 //! CEL conditions (`cel` crate): compiled once; evaluated over `action`, `time` and `state`.
+//!
+//! `state` is an empty map: the state a rule reads is fetched before evaluation from the
+//! leaves of its `condition` ([`super::state_read`]), and a CEL expression names no reads
+//! the gateway could fetch ahead. Rules that read state use `condition` leaves
+//! (`inhibitedBy`, `stateSeen`, `stateCounter`); CEL rules never cost a state read.
 
 use chrono::{Datelike, Timelike};
 use chrono_tz::Tz;

@@ -3,21 +3,25 @@
 //! Absent values never fail a rule open (README, "Absent values"): an absent field, or a
 //! path through a non-object, reads as null; `eq`/`ne`/`inList` compare with null; ordering
 //! and string operators on null or across types are false; `exists` tests presence. A field
-//! check therefore never errs. What still can (a state predicate this gateway does not run
-//! yet) propagates like CEL's errors: `all` is false if any part is false, else an error;
-//! `any` is true if any part is true, else an error. The engine treats an erring rule as not
-//! matching, counts it per rule and shows it in dry runs.
+//! check therefore never errs. What still can (a state leaf whose key cannot be formed or
+//! whose state was not read, `event_in_state`, which this gateway does not run) propagates
+//! like CEL's errors: `all` is false if any part is false, else an error; `any` is true if
+//! any part is true, else an error. The engine treats an erring rule as not matching,
+//! counts it per rule and shows it in dry runs. State leaves are in [`super::state_read`].
 
 use std::cmp::Ordering;
+use std::time::Duration;
 
-use acteon_api::condition::{Condition, FieldOp};
+use acteon_api::condition::{Condition, FieldOp, Inhibition};
 use acteon_api::field::FieldPath;
+use acteon_api::template::KeyTemplate;
 use chrono_tz::Tz;
 use regex::Regex;
 use serde_json::Value;
 
 use super::EvalInput;
 use super::field::{FieldValue, resolve};
+use super::state_read::{LeafContext, StateLeaf};
 
 /// Why a condition could not be evaluated.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -27,6 +31,10 @@ pub enum EvalError {
     MissingKey(String),
     #[error("{0}")]
     Unsupported(String),
+    /// A state leaf could not be answered (its state was not read, or the object it
+    /// reads does not exist for the action's namespace).
+    #[error("{0}")]
+    State(String),
     #[error("CEL: {0}")]
     Cel(String),
 }
@@ -41,8 +49,9 @@ pub enum Cond {
         path: FieldPath,
         op: Op,
     },
-    /// State predicates and inhibition functions parse and validate; they are evaluated by
-    /// the state-machine and grouping work, and until then count as rule errors.
+    /// A leaf answered by the state read before evaluation.
+    State(StateLeaf),
+    /// A function this gateway does not run (`event_in_state`): a rule error.
     NeedsState {
         what: String,
     },
@@ -72,6 +81,7 @@ impl EvalError {
         match self {
             EvalError::MissingKey(_) => "missing_key",
             EvalError::Unsupported(_) => "unsupported",
+            EvalError::State(_) => "state",
             EvalError::Cel(_) => "cel",
         }
     }
@@ -82,24 +92,61 @@ impl EvalError {
 #[error("{0}")]
 pub struct CompileError(pub String);
 
-/// Compiles a condition.
-pub fn compile(c: &Condition) -> Result<Cond, CompileError> {
+/// Compiles a condition; `ctx` resolves what state leaves read.
+pub fn compile(c: &Condition, ctx: &LeafContext<'_>) -> Result<Cond, CompileError> {
+    let all = |v: &[Condition]| -> Result<Vec<Cond>, CompileError> {
+        v.iter().map(|c| compile(c, ctx)).collect()
+    };
+    let template = |k: &str| KeyTemplate::parse(k).map_err(|e| CompileError(e.0));
+    let paths = |fields: &[String]| -> Result<Vec<FieldPath>, CompileError> {
+        fields
+            .iter()
+            .map(|f| FieldPath::parse(f).map_err(|e| CompileError(e.0)))
+            .collect()
+    };
+    let inhibited = |i: &Inhibition| -> Result<Cond, CompileError> {
+        Ok(Cond::State(StateLeaf::inhibited(
+            &i.state_machine,
+            paths(&i.equal)?,
+            ctx,
+        )))
+    };
     Ok(match c {
-        Condition::All(v) => Cond::All(v.iter().map(compile).collect::<Result<_, _>>()?),
-        Condition::Any(v) => Cond::Any(v.iter().map(compile).collect::<Result<_, _>>()?),
-        Condition::Not(c) => Cond::Not(Box::new(compile(c)?)),
+        Condition::All(v) => Cond::All(all(v)?),
+        Condition::Any(v) => Cond::Any(all(v)?),
+        Condition::Not(c) => Cond::Not(Box::new(compile(c, ctx)?)),
         Condition::Field { field, op } => Cond::Check {
             path: FieldPath::parse(field).map_err(|e| CompileError(e.0))?,
             op: compile_op(op)?,
         },
+        Condition::StateSeen {
+            key,
+            within_seconds: None,
+        } => Cond::State(StateLeaf::Seen {
+            key: template(key)?,
+        }),
         Condition::StateSeen { key, .. } => Cond::NeedsState {
-            what: format!("stateSeen `{key}`"),
+            what: format!("stateSeen `{key}` with withinSeconds"),
         },
-        Condition::StateCounter { key, .. } => Cond::NeedsState {
-            what: format!("stateCounter `{key}`"),
-        },
-        Condition::Call { function, .. } => Cond::NeedsState {
-            what: format!("`{function}`"),
+        Condition::StateCounter {
+            rule,
+            key,
+            window_seconds,
+            op,
+        } => Cond::State(StateLeaf::counter(
+            rule,
+            key.as_deref().map(template).transpose()?,
+            window_seconds.map(Duration::from_secs),
+            compile_op(op)?,
+            ctx,
+        )),
+        Condition::InhibitedBy(i) => inhibited(i)?,
+        // `has_active_event(machine, field)` is an inhibition on that one field.
+        Condition::Call { function, .. } => match c.as_inhibition() {
+            Some(i) => inhibited(&i)?,
+            None => Cond::NeedsState {
+                what: format!("`{function}`"),
+            },
         },
     })
 }
@@ -166,8 +213,9 @@ impl Cond {
             }
             Cond::Not(c) => c.eval(input, tz).map(|b| !b),
             Cond::Check { path, op } => Ok(apply(op, &resolve(path, input, tz))),
+            Cond::State(leaf) => leaf.eval(input, tz),
             Cond::NeedsState { what } => Err(EvalError::Unsupported(format!(
-                "{what} needs state machines and grouping, which this gateway does not run yet"
+                "{what} is not supported by this gateway"
             ))),
         }
     }
@@ -239,7 +287,7 @@ fn contains(field: &FieldValue<'_>, needle: &Value) -> bool {
 /// Applies an operator to a resolved field. Total: an operator that does not apply to the
 /// value (absent, null, another type) is false, never an error, so `ne` and `not` see a
 /// definite answer and a safety rule cannot fail open on a missing field.
-fn apply(op: &Op, field: &FieldValue<'_>) -> bool {
+pub(super) fn apply(op: &Op, field: &FieldValue<'_>) -> bool {
     match op {
         Op::Exists(want) => is_null(field) != *want,
         Op::Eq(lit) => equals(field, lit),

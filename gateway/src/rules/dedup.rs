@@ -63,9 +63,14 @@ fn gate(
         (None, None) => (a.id.as_str(), None),
     };
     let gate = Gate::Dedup {
-        key: state_key("d", &[&a.namespace, &a.tenant, raw]),
+        key: mark_key(&a.namespace, &a.tenant, raw),
         ttl,
         token: a.id.clone(),
     };
     (gate, error)
+}
+
+/// The backend key of the dedup mark of `key` (what `stateSeen` reads too).
+pub fn mark_key(namespace: &str, tenant: &str, key: &str) -> String {
+    state_key("d", &[namespace, tenant, key])
 }

@@ -1,7 +1,8 @@
 //! The rule engine: rules from a snapshot, compiled once, evaluated in priority order.
 //!
-//! Evaluation is pure: it reads the action and the clock and returns the gates to check
-//! (dedup, throttle) and the [`Decision`]: deliver, stop, or park, with the data each needs.
+//! Evaluation is pure: it reads the action, the clock and the answers of the state reads
+//! made before it ([`state_read`]), and returns the gates to check (dedup, throttle) and
+//! the [`Decision`]: deliver, stop, or park, with the data each needs.
 //! The pipeline then checks all gates (and makes the parking write) in one atomic backend
 //! call. Since gates only ever stop an action, checking them after the pure pass gives
 //! exactly the result of checking each one in rule order. Each effect's logic lives in its
@@ -19,6 +20,7 @@ pub mod modify;
 pub mod reroute;
 pub mod schedule;
 pub mod state_machine;
+pub mod state_read;
 pub mod template;
 pub mod throttle;
 
@@ -38,15 +40,18 @@ use self::condition::{Cond, EvalError};
 pub use self::effect::Effect;
 use self::group::GroupTarget;
 use self::index::RuleIndex;
-use self::state_machine::EventTarget;
+use self::state_machine::{EventTarget, Machines};
+use self::state_read::{Inhibitions, LeafContext, StateView, ThrottleRef, Throttles};
 use crate::action::Action;
-use crate::state::Gate;
+use crate::state::{Gate, StateRead};
 
-/// What a condition sees: the action, its current payload, and the time.
+/// What a condition sees: the action, its current payload, the time, and the answers of
+/// the state reads made before evaluation (`None`: none were made).
 pub struct EvalInput<'a> {
     pub action: &'a Action,
     pub payload: &'a Value,
     pub now: DateTime<Utc>,
+    pub state: Option<&'a StateView>,
 }
 
 /// A rule's predicate.
@@ -67,6 +72,8 @@ pub struct CompiledRule {
     pub timezone: Option<Tz>,
     pub predicate: Predicate,
     pub effect: Effect,
+    /// Whether its condition has a state leaf.
+    pub reads_state: bool,
 }
 
 /// A rule's place in the evaluation order, kept by parked actions: when they are released
@@ -102,6 +109,9 @@ pub struct BuildError {
 pub struct RuleSet {
     rules: Vec<CompiledRule>,
     index: RuleIndex,
+    /// Whether any rule has a state leaf (else dispatches read no state).
+    reads_state: bool,
+    inhibitions: Inhibitions,
 }
 
 /// What to do with the action, decided by the first terminal or parking rule.
@@ -143,7 +153,11 @@ pub struct Evaluation {
     pub errors: SmallVec<[(u32, EvalError); 1]>,
 }
 
-fn compile_rule(entry: &Entry<RuleSpec>) -> Result<CompiledRule, BuildError> {
+fn compile_rule(
+    entry: &Entry<RuleSpec>,
+    machines: &Machines,
+    throttles: &Throttles,
+) -> Result<CompiledRule, BuildError> {
     let id: Arc<str> = match &entry.namespace {
         Some(ns) => format!("{ns}/{}", entry.name).into(),
         None => entry.name.clone().into(),
@@ -153,8 +167,13 @@ fn compile_rule(entry: &Entry<RuleSpec>) -> Result<CompiledRule, BuildError> {
         message,
     };
     let spec = &entry.spec;
+    let ctx = LeafContext {
+        namespace: entry.namespace.as_deref(),
+        machines,
+        throttles,
+    };
     let predicate = match (&spec.condition, &spec.cel) {
-        (Some(c), _) => Predicate::Condition(condition::compile(c).map_err(|e| fail(e.0))?),
+        (Some(c), _) => Predicate::Condition(condition::compile(c, &ctx).map_err(|e| fail(e.0))?),
         (None, Some(src)) => Predicate::Cel(CelCondition::compile(src).map_err(|e| fail(e.0))?),
         (None, None) => return Err(fail("no condition".into())),
     };
@@ -166,6 +185,10 @@ fn compile_rule(entry: &Entry<RuleSpec>) -> Result<CompiledRule, BuildError> {
         None => None,
     };
     let effect = Effect::compile(&spec.action).map_err(fail)?;
+    let mut reads_state = false;
+    if let Predicate::Condition(c) = &predicate {
+        c.walk(&mut |n| reads_state |= matches!(n, Cond::State(_)));
+    }
     Ok(CompiledRule {
         id,
         name: entry.name.clone(),
@@ -174,7 +197,28 @@ fn compile_rule(entry: &Entry<RuleSpec>) -> Result<CompiledRule, BuildError> {
         timezone,
         predicate,
         effect,
+        reads_state,
     })
+}
+
+/// Every throttle rule (enabled or not: a counter of a disabled one reads an idle window),
+/// for `stateCounter` leaves.
+fn throttles(entries: &[Entry<RuleSpec>]) -> Throttles {
+    entries
+        .iter()
+        .filter_map(|e| match &e.spec.action {
+            acteon_api::crd::RuleAction::Throttle { window_seconds, .. } => {
+                let id: Arc<str> = match &e.namespace {
+                    Some(ns) => format!("{ns}/{}", e.name).into(),
+                    None => e.name.clone().into(),
+                };
+                let scope = e.namespace.clone().unwrap_or_default();
+                let window = std::time::Duration::from_secs(*window_seconds);
+                Some(((scope, e.name.clone()), ThrottleRef { id, window }))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// Builds a backend key `prefix:namespace:tenant:rest`, every part escaped and bounded
@@ -184,8 +228,19 @@ pub fn scoped_key(prefix: &'static str, namespace: &str, tenant: &str, rest: &st
 }
 
 impl RuleSet {
-    /// Compiles the enabled rules, sorted by priority, then namespace, then name.
+    /// Compiles the enabled rules without StateMachines (inhibitions then resolve to none:
+    /// see [`RuleSet::build_with`]).
     pub fn build(entries: &[Entry<RuleSpec>]) -> Result<RuleSet, BuildError> {
+        RuleSet::build_with(entries, &Machines::default())
+    }
+
+    /// Compiles the enabled rules, sorted by priority, then namespace, then name; the
+    /// inhibitions of their conditions read the events of `machines`.
+    pub fn build_with(
+        entries: &[Entry<RuleSpec>],
+        machines: &Machines,
+    ) -> Result<RuleSet, BuildError> {
+        let throttles = throttles(entries);
         let mut enabled: Vec<&Entry<RuleSpec>> =
             entries.iter().filter(|e| e.spec.enabled).collect();
         enabled.sort_by(|a, b| {
@@ -202,8 +257,18 @@ impl RuleSet {
         });
         let rules = enabled
             .into_iter()
-            .map(compile_rule)
+            .map(|e| compile_rule(e, machines, &throttles))
             .collect::<Result<Vec<_>, _>>()?;
+        let mut inhibitions = Inhibitions::default();
+        for r in &rules {
+            if let Predicate::Condition(c) = &r.predicate {
+                c.walk(&mut |n| {
+                    if let Cond::State(leaf) = n {
+                        inhibitions.register(leaf);
+                    }
+                });
+            }
+        }
         let constraints: Vec<_> = rules
             .iter()
             .map(|r| {
@@ -215,7 +280,75 @@ impl RuleSet {
             })
             .collect();
         let index = RuleIndex::build(&constraints);
-        Ok(RuleSet { rules, index })
+        Ok(RuleSet {
+            reads_state: rules.iter().any(|r| r.reads_state),
+            rules,
+            index,
+            inhibitions,
+        })
+    }
+
+    /// Whether any rule reads state (a dispatch then may make one read before evaluation).
+    pub fn reads_state(&self) -> bool {
+        self.reads_state
+    }
+
+    /// The `equal` lists inhibition leaves use, by machine: the active sets that moves of
+    /// each machine's events maintain.
+    pub fn inhibitions(&self) -> &Inhibitions {
+        &self.inhibitions
+    }
+
+    /// The state reads the rules that may match `action` need (those after `after` for a
+    /// released action), each once; empty when none of them reads state.
+    pub fn state_reads(
+        &self,
+        action: &Action,
+        now: DateTime<Utc>,
+        after: Option<&RulePlace>,
+    ) -> Vec<StateRead> {
+        let mut reads = Vec::new();
+        if !self.reads_state {
+            return reads;
+        }
+        let first = after.map_or(0, |p| self.first_after(p));
+        let input = EvalInput {
+            action,
+            payload: &action.payload,
+            now,
+            state: None,
+        };
+        for pos in self
+            .index
+            .candidates(action)
+            .into_iter()
+            .filter(|p| *p >= first)
+        {
+            let rule = &self.rules[pos as usize];
+            let other_namespace = rule
+                .namespace
+                .as_deref()
+                .is_some_and(|ns| ns != action.namespace);
+            if !rule.reads_state || other_namespace {
+                continue;
+            }
+            let Predicate::Condition(c) = &rule.predicate else {
+                continue;
+            };
+            c.walk(&mut |n| {
+                if let Cond::State(leaf) = n
+                    && let Ok(read) = leaf.read(&input, rule.timezone)
+                    && !reads.contains(&read)
+                {
+                    reads.push(read);
+                }
+            });
+        }
+        reads
+    }
+
+    fn first_after(&self, place: &RulePlace) -> u32 {
+        self.rules.partition_point(|r| r.place() <= *place) as u32
     }
 
     pub fn rules(&self) -> &[CompiledRule] {
@@ -239,9 +372,20 @@ impl RuleSet {
         self.index.unindexed()
     }
 
-    /// Runs the rules over `action` at time `now`.
+    /// Runs the rules over `action` at time `now`, with no state read (state leaves err).
     pub fn evaluate(&self, action: &Action, now: DateTime<Utc>) -> Evaluation {
-        self.evaluate_candidates(action, now, self.index.candidates(action), 0)
+        self.evaluate_with(action, now, None)
+    }
+
+    /// Runs the rules over `action` at time `now`, state leaves answered by `state` (the
+    /// answers of [`RuleSet::state_reads`]).
+    pub fn evaluate_with(
+        &self,
+        action: &Action,
+        now: DateTime<Utc>,
+        state: Option<&StateView>,
+    ) -> Evaluation {
+        self.evaluate_candidates(action, now, self.index.candidates(action), 0, state)
     }
 
     /// Runs the rules ordered after `place` (a released parked action continues there).
@@ -250,16 +394,17 @@ impl RuleSet {
         action: &Action,
         now: DateTime<Utc>,
         place: &RulePlace,
+        state: Option<&StateView>,
     ) -> Evaluation {
-        let first = self.rules.partition_point(|r| r.place() <= *place) as u32;
-        self.evaluate_candidates(action, now, self.index.candidates(action), first)
+        let first = self.first_after(place);
+        self.evaluate_candidates(action, now, self.index.candidates(action), first, state)
     }
 
     /// Like [`RuleSet::evaluate`] but looks at every rule: the reference the index is
     /// tested against.
     #[doc(hidden)]
     pub fn evaluate_without_index(&self, action: &Action, now: DateTime<Utc>) -> Evaluation {
-        self.evaluate_candidates(action, now, (0..self.rules.len() as u32).collect(), 0)
+        self.evaluate_candidates(action, now, (0..self.rules.len() as u32).collect(), 0, None)
     }
 
     fn evaluate_candidates(
@@ -268,6 +413,7 @@ impl RuleSet {
         now: DateTime<Utc>,
         candidates: index::Candidates,
         first: u32,
+        state: Option<&StateView>,
     ) -> Evaluation {
         let mut payload: Cow<'_, Value> = Cow::Borrowed(&action.payload);
         let mut eval = Evaluation {
@@ -293,6 +439,7 @@ impl RuleSet {
                 action,
                 payload: &payload,
                 now,
+                state,
             };
             let matched = match &rule.predicate {
                 Predicate::Condition(c) => c.eval(&input, rule.timezone),

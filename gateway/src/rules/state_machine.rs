@@ -151,6 +151,14 @@ impl Machines {
             .or_else(|| self.by_name.get(&(String::new(), name.to_owned())))
     }
 
+    /// Every machine called `name`, with its scope (`""` = shared).
+    pub fn named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = (&'a str, &'a Arc<Machine>)> {
+        self.by_name
+            .iter()
+            .filter(move |((_, n), _)| n == name)
+            .map(|((scope, _), m)| (scope.as_str(), m))
+    }
+
     /// A machine by its id (`namespace/name` or `name`).
     pub fn by_id(&self, id: &str) -> Option<&Arc<Machine>> {
         let (scope, name) = id.split_once('/').unwrap_or(("", id));
@@ -169,8 +177,9 @@ impl Machines {
 /// How long an event is remembered after its last change.
 pub const EVENT_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// What an event remembers of the action that last moved it (for `/v1/events` and the
-/// notifications of timeouts).
+/// What an event remembers of the action that last moved it (for `/v1/events`, the
+/// notifications of timeouts, and the inhibition sets of moves made without an action:
+/// timeouts and `PUT /v1/events/{fingerprint}/transition` compute them from the record).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EventRecord {
     pub namespace: String,
@@ -179,6 +188,44 @@ pub struct EventRecord {
     pub provider: String,
     pub action_type: String,
     pub payload: Value,
+    #[serde(default, skip_serializing_if = "HashMap::is_empty")]
+    pub metadata: HashMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup_key: Option<String>,
+}
+
+impl EventRecord {
+    /// What `action` leaves in the event it moves.
+    pub fn of(action: &Action, machine: &str) -> EventRecord {
+        EventRecord {
+            namespace: action.namespace.clone(),
+            tenant: action.tenant.clone(),
+            machine: machine.to_owned(),
+            provider: action.provider.clone(),
+            action_type: action.action_type.clone(),
+            payload: action.payload.clone(),
+            metadata: action.metadata.clone(),
+            dedup_key: action.dedup_key.clone(),
+        }
+    }
+
+    /// The recorded action's fields as an action (the fields an inhibition's `equal` may
+    /// list; the id and status are not kept).
+    pub fn action(&self, fingerprint: &str) -> Action {
+        Action {
+            id: String::new(),
+            namespace: self.namespace.clone(),
+            tenant: self.tenant.clone(),
+            provider: self.provider.clone(),
+            action_type: self.action_type.clone(),
+            payload: self.payload.clone(),
+            created_at: None,
+            metadata: self.metadata.clone(),
+            dedup_key: self.dedup_key.clone(),
+            status: None,
+            fingerprint: Some(fingerprint.to_owned()),
+        }
+    }
 }
 
 impl Machine {
@@ -193,17 +240,17 @@ impl Machine {
     }
 
     /// The move `action` asks for (to `target.to`), with the timeout of the state it
-    /// enters armed at `now_ms` + its delay.
-    pub fn transition(&self, action: &Action, target: &EventTarget, now_ms: u64) -> Transition {
+    /// enters armed at `now_ms` + its delay; `active_sets` are the inhibition sets of the
+    /// action's values (see [`super::state_read::Inhibitions::active_sets`]).
+    pub fn transition(
+        &self,
+        action: &Action,
+        target: &EventTarget,
+        now_ms: u64,
+        active_sets: Vec<String>,
+    ) -> Transition {
         let key = self.event_key(&action.namespace, &action.tenant, &target.fingerprint);
-        let record = EventRecord {
-            namespace: action.namespace.clone(),
-            tenant: action.tenant.clone(),
-            machine: self.id.clone(),
-            provider: action.provider.clone(),
-            action_type: action.action_type.clone(),
-            payload: action.payload.clone(),
-        };
+        let record = EventRecord::of(action, &self.id);
         self.moving(
             key,
             &target.fingerprint,
@@ -211,10 +258,13 @@ impl Machine {
             &record,
             &action.id,
             now_ms,
+            active_sets,
         )
     }
 
     /// A move of the event at `key` to `to`; `cause` makes the timeout timer's id unique.
+    /// The event joins `active_sets` unless `to` is terminal, which takes it out of them.
+    #[allow(clippy::too_many_arguments)]
     pub fn moving(
         &self,
         key: String,
@@ -223,6 +273,7 @@ impl Machine {
         record: &EventRecord,
         cause: &str,
         now_ms: u64,
+        active_sets: Vec<String>,
     ) -> Transition {
         let timeout = to.as_deref().and_then(|state| {
             let (after, next) = self.timeouts.get(state)?;
@@ -257,7 +308,7 @@ impl Machine {
             to,
             require_timer: None,
             timeout,
-            active_sets: Vec::new(),
+            active_sets,
             record: serde_json::to_vec(record).unwrap_or_default(),
             ttl: EVENT_TTL,
         }

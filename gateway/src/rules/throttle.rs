@@ -54,13 +54,12 @@ fn gate(
 ) -> (Gate, Option<EvalError>) {
     let a = input.action;
     let rendered = key.map(|t| render(t, input, tz));
-    // The common case (no key template) builds the key with a single allocation. A keyed
-    // window has one more part than the unkeyed one, so the two can never share a key.
+    // The common case (no key template) builds the key with a single allocation.
     let (key, error) = match &rendered {
-        None => (state_key("t", &[&a.namespace, &a.tenant, rule_id]), None),
-        Some(Some(k)) => (state_key("t", &[&a.namespace, &a.tenant, rule_id, k]), None),
+        None => (window_key(&a.namespace, &a.tenant, rule_id, None), None),
+        Some(Some(k)) => (window_key(&a.namespace, &a.tenant, rule_id, Some(k)), None),
         Some(None) => (
-            state_key("t", &[&a.namespace, &a.tenant, rule_id]),
+            window_key(&a.namespace, &a.tenant, rule_id, None),
             Some(EvalError::MissingKey(
                 "throttle key template has an absent field; counted in the rule's unkeyed window"
                     .into(),
@@ -73,4 +72,13 @@ fn gate(
         window: Duration::from_secs(window_seconds),
     };
     (gate, error)
+}
+
+/// The backend key of a throttle rule's window (what `stateCounter` reads too). A keyed
+/// window has one more part than the unkeyed one, so the two can never share a key.
+pub fn window_key(namespace: &str, tenant: &str, rule_id: &str, key: Option<&str>) -> String {
+    match key {
+        None => state_key("t", &[namespace, tenant, rule_id]),
+        Some(k) => state_key("t", &[namespace, tenant, rule_id, k]),
+    }
 }

@@ -22,14 +22,26 @@ pub(super) async fn fire(gateway: &Gateway, task: StateTimeout, timer_id: &str) 
         tracing::info!(machine = ?task.machine, "state timeout of a StateMachine that no longer exists: dropped");
         return Done::Complete;
     };
-    let record = EventRecord {
+    // The event keeps the record of the action that last moved it: the inhibition sets of
+    // this move (and of later ones) are computed from its fields.
+    let stored = match gateway.state_call(gateway.state.get_event(&task.key)).await {
+        Ok(info) => info.and_then(|e| serde_json::from_slice::<EventRecord>(&e.record).ok()),
+        Err(e) => return e.into(),
+    };
+    let record = stored.unwrap_or_else(|| EventRecord {
         namespace: task.namespace.clone(),
         tenant: task.tenant.clone(),
         machine: task.machine.clone(),
         provider: task.provider.clone(),
         action_type: task.action_type.clone(),
         payload: json!({"fingerprint": task.fingerprint, "timed_out": task.state}),
-    };
+        metadata: Default::default(),
+        dedup_key: None,
+    });
+    let sets = rt
+        .rules
+        .inhibitions()
+        .active_sets(&machine.id, &record.action(&task.fingerprint));
     let cause = format!("{timer_id}:fired");
     let t = machine.moving(
         task.key.clone(),
@@ -38,6 +50,7 @@ pub(super) async fn fire(gateway: &Gateway, task: StateTimeout, timer_id: &str) 
         &record,
         &cause,
         unix_ms(),
+        sets,
     );
     let t = for_timeout(t, timer_id, &task.state);
     let deferrals = [Deferral::Transition(t)];

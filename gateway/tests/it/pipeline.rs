@@ -452,9 +452,9 @@ async fn absent_values_never_fail_open() {
 
 #[tokio::test]
 async fn remaining_rule_errors_are_counted_and_shown_by_dry_runs() {
-    // A state predicate is not evaluated yet: the rule errs, does not match, is counted.
+    // `event_in_state` is not run: the rule errs, does not match, is counted.
     let gw = one_rule(
-        "{all: [{field: action.tenant, eq: t}, {stateSeen: seen-key}]}",
+        "{all: [{field: action.tenant, eq: t}, {call: event_in_state, args: [fp, firing]}]}",
         "{type: suppress}",
     );
     assert!(matches!(
@@ -475,7 +475,7 @@ async fn remaining_rule_errors_are_counted_and_shown_by_dry_runs() {
             assert_eq!(verdict, "allow");
             assert_eq!(errors.len(), 1, "{errors:?}");
             assert_eq!(errors[0].rule, "ns/r");
-            assert!(errors[0].error.contains("stateSeen"), "{errors:?}");
+            assert!(errors[0].error.contains("event_in_state"), "{errors:?}");
         }
         other => panic!("expected DryRun, got {other:?}"),
     }

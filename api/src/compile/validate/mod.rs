@@ -339,6 +339,7 @@ pub(super) fn compile(docs: &[Document], options: &CompileOptions) -> super::Com
 
     let rules = run.parse(&unique, Kind::Rule);
     let rules = run.keep(Kind::Rule, rules, |r, acc| rule::check(r, acc));
+    let rules = rule::check_counters(&mut run, rules);
 
     let mut snapshot = Snapshot {
         version: 1,

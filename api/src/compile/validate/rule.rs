@@ -1,12 +1,14 @@
-//! Rule validation: condition (field paths, regexes, operator values), CEL, time zone,
-//! key templates, and the objects the action refers to.
+//! Rule validation: condition (field paths, regexes, operator values, the StateMachines
+//! inhibitions name), CEL, time zone, key templates, and the objects the action refers to.
+//! The throttle Rules that `stateCounter` leaves read are checked once every Rule has been
+//! validated ([`check_counters`]).
 
 use serde_json::Value;
 
-use super::{Accepted, Parsed, Problem};
+use super::{Accepted, Parsed, Problem, Run};
 use crate::compile::error::Kind;
 use crate::compile::limits::{MAX_DELAY_SECONDS, MAX_GROUP_SIZE, MAX_KEY_FIELDS};
-use crate::condition::{Condition, FieldOp};
+use crate::condition::{Condition, FieldOp, HAS_ACTIVE_EVENT, Inhibition};
 use crate::crd::{RuleAction, RuleSpec};
 use crate::field::FieldPath;
 use crate::template::KeyTemplate;
@@ -14,7 +16,7 @@ use crate::template::KeyTemplate;
 pub(super) fn check(r: &Parsed<'_, RuleSpec>, accepted: &Accepted) -> Result<(), Problem> {
     let spec = &r.spec;
     match (&spec.condition, &spec.cel) {
-        (Some(c), None) => check_condition(c, "spec.condition")?,
+        (Some(c), None) => check_condition(c, "spec.condition", &r.scope, accepted)?,
         (None, Some(expr)) => check_cel(expr)?,
         (Some(_), Some(_)) => {
             return Err(Problem::new(
@@ -49,7 +51,211 @@ fn check_cel(expr: &str) -> Result<(), Problem> {
         .map_err(|e| Problem::new("spec.cel", "InvalidCel", format!("CEL does not parse: {e}")))
 }
 
-fn check_condition(cond: &Condition, at: &str) -> Result<(), Problem> {
+fn check_condition(
+    cond: &Condition,
+    at: &str,
+    scope: &Option<String>,
+    accepted: &Accepted,
+) -> Result<(), Problem> {
+    match cond {
+        Condition::All(items) | Condition::Any(items) => {
+            let key = if matches!(cond, Condition::All(_)) {
+                "all"
+            } else {
+                "any"
+            };
+            items.iter().enumerate().try_for_each(|(i, c)| {
+                check_condition(c, &format!("{at}.{key}[{i}]"), scope, accepted)
+            })
+        }
+        Condition::Not(inner) => check_condition(inner, &format!("{at}.not"), scope, accepted),
+        Condition::Field { field, op } => {
+            FieldPath::parse(field)
+                .map_err(|e| Problem::new(format!("{at}.field"), "InvalidFieldPath", e.0))?;
+            check_op(op, at)
+        }
+        Condition::StateSeen {
+            key,
+            within_seconds,
+        } => {
+            if within_seconds.is_some() {
+                return Err(Problem::new(
+                    format!("{at}.withinSeconds"),
+                    "InvalidCondition",
+                    "not supported: `stateSeen` reads the deduplication mark of the key, which lasts the deduplicate rule's ttlSeconds; set the window there",
+                ));
+            }
+            check_template(key, &format!("{at}.stateSeen"))
+        }
+        Condition::StateCounter {
+            rule,
+            key,
+            window_seconds,
+            op,
+        } => {
+            if rule.is_empty() {
+                return Err(Problem::new(
+                    format!("{at}.stateCounter"),
+                    "InvalidCondition",
+                    "names the throttle Rule whose window is counted",
+                ));
+            }
+            if let Some(k) = key {
+                check_template(k, &format!("{at}.key"))?;
+            }
+            if let Some(w) = window_seconds {
+                in_range(*w, 1, MAX_DELAY_SECONDS, &format!("{at}.windowSeconds")).map_err(
+                    |p| Problem {
+                        reason: "InvalidCondition",
+                        ..p
+                    },
+                )?;
+            }
+            check_count_op(op, at)
+        }
+        Condition::InhibitedBy(inhibition) => {
+            check_inhibition(inhibition, &format!("{at}.inhibitedBy"), scope, accepted)
+        }
+        Condition::Call { function, args } => {
+            check_call(function, args, at)?;
+            match cond.as_inhibition() {
+                Some(inhibition) if function == HAS_ACTIVE_EVENT => check_inhibition_parts(
+                    &inhibition,
+                    &format!("{at}.args[0]"),
+                    |_| format!("{at}.args[1]"),
+                    scope,
+                    accepted,
+                ),
+                None if function == HAS_ACTIVE_EVENT => Err(Problem::new(
+                    format!("{at}.args"),
+                    "InvalidCondition",
+                    "`has_active_event` takes a StateMachine name and a field path, both strings",
+                )),
+                _ => Ok(()),
+            }
+        }
+    }
+}
+
+/// A count compares with numbers.
+fn check_count_op(op: &FieldOp, at: &str) -> Result<(), Problem> {
+    let number = |v: &Value| v.is_number();
+    let ok = match op {
+        FieldOp::Eq(v)
+        | FieldOp::Ne(v)
+        | FieldOp::Gt(v)
+        | FieldOp::Gte(v)
+        | FieldOp::Lt(v)
+        | FieldOp::Lte(v) => number(v),
+        FieldOp::InList(items) => items.iter().all(number),
+        _ => false,
+    };
+    if ok {
+        return Ok(());
+    }
+    Err(Problem::new(
+        format!("{at}.{}", op.name()),
+        "InvalidCondition",
+        "a count compares with numbers: eq, ne, gt, gte, lt, lte or inList",
+    ))
+}
+
+fn check_inhibition(
+    inhibition: &Inhibition,
+    at: &str,
+    scope: &Option<String>,
+    accepted: &Accepted,
+) -> Result<(), Problem> {
+    check_inhibition_parts(
+        inhibition,
+        &format!("{at}.stateMachine"),
+        |i| format!("{at}.equal[{i}]"),
+        scope,
+        accepted,
+    )
+}
+
+/// The StateMachine must resolve in the rule's scope (as for a `stateMachine` rule); the
+/// `equal` fields (at most [`MAX_KEY_FIELDS`], each once) are action fields that the
+/// event's action and this action both have. An action's `id` and `status`, and its
+/// `fingerprint`, differ between an event and what it inhibits by nature: refused.
+fn check_inhibition_parts(
+    inhibition: &Inhibition,
+    machine_at: &str,
+    field_at: impl Fn(usize) -> String,
+    scope: &Option<String>,
+    accepted: &Accepted,
+) -> Result<(), Problem> {
+    accepted.need(
+        Kind::StateMachine,
+        scope,
+        &inhibition.state_machine,
+        machine_at,
+        "StateMachineNotFound",
+    )?;
+    if inhibition.equal.len() > MAX_KEY_FIELDS {
+        return Err(Problem::new(
+            field_at(MAX_KEY_FIELDS),
+            "InvalidCondition",
+            format!(
+                "`equal` has {} fields; at most {MAX_KEY_FIELDS}",
+                inhibition.equal.len()
+            ),
+        ));
+    }
+    let mut seen: Vec<FieldPath> = Vec::with_capacity(inhibition.equal.len());
+    for (i, f) in inhibition.equal.iter().enumerate() {
+        let path =
+            FieldPath::parse(f).map_err(|e| Problem::new(field_at(i), "InvalidFieldPath", e.0))?;
+        let problem = match &path {
+            FieldPath::Time(_) => Some(format!(
+                "`{f}` is the evaluation time, not a field of the action"
+            )),
+            FieldPath::Id | FieldPath::Status | FieldPath::Fingerprint => Some(format!(
+                "`{f}` differs between an event and the actions it inhibits by nature (use payload or metadata fields, tenant, provider, action_type or dedup_key)"
+            )),
+            _ if seen.contains(&path) => Some(format!("`{f}` is listed twice")),
+            _ => None,
+        };
+        if let Some(message) = problem {
+            return Err(Problem::new(field_at(i), "InvalidFieldPath", message));
+        }
+        seen.push(path);
+    }
+    Ok(())
+}
+
+/// Rejects, until none is left, Rules with a `stateCounter` leaf that names no throttle
+/// Rule in scope (its own namespace first, then shared, as the gateway resolves it), a
+/// `windowSeconds` longer than that throttle's window (its older passes are not kept), or
+/// a `key` where the throttle has none (and the other way round).
+pub(super) fn check_counters<'d>(
+    run: &mut Run<'_>,
+    mut rules: Vec<Parsed<'d, RuleSpec>>,
+) -> Vec<Parsed<'d, RuleSpec>> {
+    loop {
+        let mut found = None;
+        'rules: for (i, r) in rules.iter().enumerate() {
+            let Some(cond) = &r.spec.condition else {
+                continue;
+            };
+            for (at, leaf) in counter_leaves(cond, "spec.condition") {
+                if let Err(p) = check_counter(&rules, &run.accepted, &r.scope, &at, leaf) {
+                    found = Some((i, p));
+                    break 'rules;
+                }
+            }
+        }
+        let Some((i, problem)) = found else {
+            return rules;
+        };
+        let r = rules.remove(i);
+        run.accepted.remove(Kind::Rule, &r.scope, &r.doc.id.name);
+        run.reject(r.doc, problem);
+    }
+}
+
+fn counter_leaves<'c>(cond: &'c Condition, at: &str) -> Vec<(String, &'c Condition)> {
     match cond {
         Condition::All(items) | Condition::Any(items) => {
             let key = if matches!(cond, Condition::All(_)) {
@@ -60,20 +266,81 @@ fn check_condition(cond: &Condition, at: &str) -> Result<(), Problem> {
             items
                 .iter()
                 .enumerate()
-                .try_for_each(|(i, c)| check_condition(c, &format!("{at}.{key}[{i}]")))
+                .flat_map(|(i, c)| counter_leaves(c, &format!("{at}.{key}[{i}]")))
+                .collect()
         }
-        Condition::Not(inner) => check_condition(inner, &format!("{at}.not")),
-        Condition::Field { field, op } => {
-            FieldPath::parse(field)
-                .map_err(|e| Problem::new(format!("{at}.field"), "InvalidFieldPath", e.0))?;
-            check_op(op, at)
-        }
-        Condition::StateSeen { key, .. } => check_template(key, &format!("{at}.stateSeen")),
-        Condition::StateCounter { key, op } => {
-            check_template(key, &format!("{at}.stateCounter"))?;
-            check_op(op, at)
-        }
-        Condition::Call { function, args } => check_call(function, args, at),
+        Condition::Not(inner) => counter_leaves(inner, &format!("{at}.not")),
+        Condition::StateCounter { .. } => vec![(at.to_owned(), cond)],
+        _ => Vec::new(),
+    }
+}
+
+fn check_counter(
+    rules: &[Parsed<'_, RuleSpec>],
+    accepted: &Accepted,
+    scope: &Option<String>,
+    at: &str,
+    leaf: &Condition,
+) -> Result<(), Problem> {
+    let Condition::StateCounter {
+        rule,
+        key,
+        window_seconds,
+        ..
+    } = leaf
+    else {
+        return Ok(());
+    };
+    let named = |s: &Option<String>| {
+        rules
+            .iter()
+            .find(|r| r.scope == *s && r.doc.id.name == *rule)
+    };
+    let field = format!("{at}.stateCounter");
+    let Some(target) = named(scope).or_else(|| named(&None)) else {
+        // "not found", or "rejected" for a rule rejected (for its own counter, say).
+        accepted.need(Kind::Rule, scope, rule, field.clone(), "RuleNotFound")?;
+        return Err(Problem::new(
+            field,
+            "RuleNotFound",
+            format!("rule `{rule}` not found"),
+        ));
+    };
+    let RuleAction::Throttle {
+        window_seconds: throttle_window,
+        key: throttle_key,
+        ..
+    } = &target.spec.action
+    else {
+        return Err(Problem::new(
+            field,
+            "InvalidCondition",
+            format!("rule `{rule}` is not a throttle rule"),
+        ));
+    };
+    if let Some(w) = window_seconds
+        && w > throttle_window
+    {
+        return Err(Problem::new(
+            format!("{at}.windowSeconds"),
+            "InvalidCondition",
+            format!(
+                "must be at most the windowSeconds of throttle rule `{rule}` ({throttle_window}): older passes are not kept"
+            ),
+        ));
+    }
+    match (key, throttle_key) {
+        (None, Some(_)) => Err(Problem::new(
+            format!("{at}.key"),
+            "InvalidCondition",
+            format!("throttle rule `{rule}` counts per key: give the key to read"),
+        )),
+        (Some(_), None) => Err(Problem::new(
+            format!("{at}.key"),
+            "InvalidCondition",
+            format!("throttle rule `{rule}` has no key: leave `key` out"),
+        )),
+        _ => Ok(()),
     }
 }
 
