@@ -10,6 +10,7 @@ mod faults;
 mod follow;
 mod golden;
 mod http_api;
+mod inhibition;
 mod parked;
 mod pipeline;
 mod proxy_selftest;
