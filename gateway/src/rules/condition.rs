@@ -220,6 +220,29 @@ impl Cond {
         }
     }
 
+    /// The node's truth when it does not depend on state: `None` when it depends on a
+    /// state leaf (or on a function this gateway does not run). `all` is false as soon as
+    /// one part is, `any` true as soon as one part is, as [`Cond::eval`] decides them.
+    pub fn without_state(&self, input: &EvalInput<'_>, tz: Option<Tz>) -> Option<bool> {
+        match self {
+            Cond::All(items) | Cond::Any(items) => {
+                let decisive = matches!(self, Cond::Any(_));
+                let mut unknown = false;
+                for c in items {
+                    match c.without_state(input, tz) {
+                        Some(b) if b == decisive => return Some(decisive),
+                        Some(_) => {}
+                        None => unknown = true,
+                    }
+                }
+                (!unknown).then_some(!decisive)
+            }
+            Cond::Not(c) => c.without_state(input, tz).map(|b| !b),
+            Cond::Check { path, op } => Some(apply(op, &resolve(path, input, tz))),
+            Cond::State(_) | Cond::NeedsState { .. } => None,
+        }
+    }
+
     /// Visits every node.
     pub fn walk<'a>(&'a self, visit: &mut impl FnMut(&'a Cond)) {
         visit(self);

@@ -318,6 +318,9 @@ impl RuleSet {
             now,
             state: None,
         };
+        // Until a `modify` rule may have patched the payload, a condition whose other
+        // leaves already decide it (false, or true whatever the state) needs no read.
+        let mut patched = false;
         for pos in self
             .index
             .candidates(action)
@@ -329,12 +332,19 @@ impl RuleSet {
                 .namespace
                 .as_deref()
                 .is_some_and(|ns| ns != action.namespace);
-            if !rule.reads_state || other_namespace {
+            if other_namespace {
+                continue;
+            }
+            patched |= matches!(rule.effect, Effect::Modify(_));
+            if !rule.reads_state {
                 continue;
             }
             let Predicate::Condition(c) = &rule.predicate else {
                 continue;
             };
+            if !patched && c.without_state(&input, rule.timezone).is_some() {
+                continue;
+            }
             c.walk(&mut |n| {
                 if let Cond::State(leaf) = n
                     && let Ok(read) = leaf.read(&input, rule.timezone)

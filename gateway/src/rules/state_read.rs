@@ -420,6 +420,43 @@ mod tests {
     }
 
     #[test]
+    fn conditions_decided_without_state_need_no_read() {
+        use acteon_api::condition::Condition;
+
+        let machines = Machines::default();
+        let throttles = Throttles::default();
+        let ctx = LeafContext {
+            namespace: Some("ns"),
+            machines: &machines,
+            throttles: &throttles,
+        };
+        let cond = |v: serde_json::Value| {
+            let c: Condition = serde_json::from_value(v).unwrap();
+            super::super::condition::compile(&c, &ctx).unwrap()
+        };
+        let a = action(json!({"cluster": "c1", "up": true}));
+        let input = EvalInput {
+            action: &a,
+            payload: &a.payload,
+            now: chrono::Utc::now(),
+            state: None,
+        };
+        let seen = json!({"stateSeen": "k"});
+        let up = |eq: bool| json!({"field": "payload.up", "eq": eq});
+        let decided = |v| cond(v).without_state(&input, None);
+        assert_eq!(decided(json!({"all": [up(false), seen]})), Some(false));
+        assert_eq!(decided(json!({"all": [seen, up(true)]})), None);
+        assert_eq!(decided(json!({"any": [seen, up(true)]})), Some(true));
+        assert_eq!(decided(json!({"any": [up(false), seen]})), None);
+        assert_eq!(
+            decided(json!({"not": {"any": [seen, up(true)]}})),
+            Some(false)
+        );
+        assert_eq!(decided(json!({"all": [up(true), up(true)]})), Some(true));
+        assert_eq!(decided(json!({"any": [up(false)]})), Some(false));
+    }
+
+    #[test]
     fn views_answer_the_reads_they_were_given() {
         let r = StateRead::DedupSeen { key: "k".into() };
         let view = StateView::new(vec![r.clone()], vec![1]);
