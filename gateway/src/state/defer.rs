@@ -7,7 +7,16 @@
 //! [`super::StateStore::claim_due_timers`]) and uses the group and event operations below.
 //!
 //! Keys are built by the caller (escaped, scoped by namespace and tenant); payloads are
-//! opaque bytes to the backend (JSON written by the gateway).
+//! opaque bytes to the backend (JSON written by the gateway). Listings match keys by literal
+//! prefix (no wildcard of any backend applies) and answer in byte order of the keys.
+//!
+//! Times: "now" is the backend's clock (as for gates: one clock for every replica), except
+//! the due times of [`TimerWrite`]s, which are the caller's, as for
+//! [`super::StateStore::schedule_timer`]. A group's flush timer and a transition's timeout
+//! are ordinary timers: the worker claims them with the other timers.
+//!
+//! Expiry: a group or event whose time has passed reads as absent everywhere (not got, not
+//! listed, not counted in a set); the next append or transition starts it anew.
 
 use std::time::Duration;
 
@@ -37,11 +46,18 @@ pub enum Deferral {
 /// - A group with a timer armed (a notification is pending, or being sent) only gains the
 ///   event: `notify_at` is the armed time.
 /// - A group that exists but has no timer armed (it was flushed and nothing arrived since)
-///   arms the timer at max(now, last flush + `interval`).
+///   arms the timer at max(now, last flush + `interval`) (now + `wait` if it never flushed).
 ///
-/// The group keeps its newest `max_events` events (older ones are dropped, still counted in
-/// `event_count`). Every append refreshes the group's expiry to `idle_ttl` from now; a group
-/// whose timer is armed never expires before the timer completed.
+/// "Armed" means the group's flush timer exists: a group whose timer was removed other than
+/// by `group_flush_end` (say by `complete_timer`) counts as idle, so the next append arms a
+/// timer again rather than waiting forever. While a batch is in flight the timer is armed
+/// (claimed): an append then answers the armed time, and the event goes into the next
+/// notification, which `group_flush_end` arms at its end + `interval`.
+///
+/// The group keeps its newest `max_events` events (at least one; older ones are dropped,
+/// still counted in `event_count`). Every append refreshes the group's expiry to `idle_ttl`
+/// from now; a group whose timer is armed never expires before the timer completed, and a
+/// flush that leaves it idle gives it `idle_ttl` from that flush.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GroupAppend {
     pub key: String,
@@ -63,12 +79,18 @@ pub struct GroupAppend {
 /// - `to` is `None` or equal to the current state: nothing changes ([`TransitionResult::Unchanged`]);
 /// - `require_timer` is set and the event's armed timeout is not that timer id (the state was
 ///   left, or re-entered, since that timeout was armed): nothing changes (`Unchanged`);
-/// - the current state is not in `allowed_from`: nothing changes ([`TransitionResult::Refused`]);
+/// - the current state is not in `allowed_from` (an empty list allows nothing): nothing
+///   changes ([`TransitionResult::Refused`]);
 /// - otherwise the state becomes `to` ([`TransitionResult::Changed`]): the event's previous
-///   timeout timer, if any, is removed; `timeout`, if given, is registered and remembered as
+///   timeout timer, if any, is removed (except the `require_timer` one: the worker that
+///   claimed it completes it, so a lost claim still means what it says); `timeout`, if given, is registered and remembered as
 ///   the event's armed timeout; `record` replaces the stored record bytes; the fingerprint
 ///   joins every set in `active_sets` if `to_terminal` is false and leaves them if it is
-///   true; the event expires `ttl` after this change (a later change refreshes it).
+///   true; the event expires `ttl` after this change (a later change refreshes it), and its
+///   set memberships with it.
+///
+/// Several transitions of one key in one call apply in order, each seeing the one before.
+/// An expired event is absent: its state is `initial` again and it has no armed timeout.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Transition {
     pub key: String,
@@ -89,9 +111,11 @@ pub struct Transition {
 pub enum DeferResult {
     Timer,
     Grouped {
+        /// The group's id (the one given when it was created).
         group_id: String,
         /// Events pending in the group (this one included), before truncation.
         size: u64,
+        /// When the group's armed timer is due.
         notify_at_ms: u64,
     },
     Transition(TransitionResult),
@@ -115,7 +139,7 @@ pub struct GroupBatch {
     pub event_count: u64,
     /// The last notification sent again (see `repeat_at` of `group_flush_end`).
     pub repeat: bool,
-    /// Unix ms of the newest event of the group.
+    /// Unix ms of the newest event of this notification.
     pub last_event_ms: u64,
 }
 
@@ -148,11 +172,12 @@ pub struct EventInfo {
 /// A read for rule conditions, answered by [`super::StateStore::read_state`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StateRead {
-    /// Whether the set (an `active_sets` entry of [`Transition`]) has a member.
+    /// Whether the set (an `active_sets` entry of [`Transition`]) has a live member.
     SetNotEmpty { key: String },
-    /// Whether a dedup mark is present.
+    /// Whether a dedup mark is present (the marks of [`super::Gate::Dedup`]).
     DedupSeen { key: String },
-    /// Passes counted in a sliding window now.
+    /// Passes counted in a sliding window now (the windows of [`super::Gate::Throttle`],
+    /// as [`super::StateStore::window_count`] counts them).
     WindowCount { key: String, window: Duration },
 }
 

@@ -11,7 +11,8 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 
 use super::{
-    ClaimedTimer, DedupConfirm, Gate, GateMode, GateResult, StateError, StateStore, Versioned,
+    ClaimedTimer, DedupConfirm, DeferResult, Deferral, EventInfo, Gate, GateMode, GateResult,
+    GroupBatch, GroupInfo, StateAnswers, StateError, StateRead, StateStore, Versioned,
 };
 
 /// First and longest pause between connection attempts.
@@ -88,6 +89,62 @@ impl StateStore for LazyStore {
 
     async fn run_gates(&self, gates: &[Gate], mode: GateMode) -> Result<GateResult, StateError> {
         self.store()?.run_gates(gates, mode).await
+    }
+
+    async fn run_gates_and_defer(
+        &self,
+        gates: &[Gate],
+        mode: GateMode,
+        deferrals: &[Deferral],
+    ) -> Result<(GateResult, Vec<DeferResult>), StateError> {
+        self.store()?
+            .run_gates_and_defer(gates, mode, deferrals)
+            .await
+    }
+
+    async fn group_flush_begin(&self, key: &str) -> Result<Option<GroupBatch>, StateError> {
+        self.store()?.group_flush_begin(key).await
+    }
+
+    async fn group_flush_end(
+        &self,
+        key: &str,
+        timer_id: &str,
+        claim: &str,
+        interval: Duration,
+        repeat_at_ms: Option<u64>,
+    ) -> Result<bool, StateError> {
+        self.store()?
+            .group_flush_end(key, timer_id, claim, interval, repeat_at_ms)
+            .await
+    }
+
+    async fn get_group(&self, key: &str) -> Result<Option<GroupInfo>, StateError> {
+        self.store()?.get_group(key).await
+    }
+
+    async fn list_groups(&self, prefix: &str, limit: usize) -> Result<Vec<GroupInfo>, StateError> {
+        self.store()?.list_groups(prefix, limit).await
+    }
+
+    async fn get_event(&self, key: &str) -> Result<Option<EventInfo>, StateError> {
+        self.store()?.get_event(key).await
+    }
+
+    async fn list_events(&self, prefix: &str, limit: usize) -> Result<Vec<EventInfo>, StateError> {
+        self.store()?.list_events(prefix, limit).await
+    }
+
+    async fn read_state(&self, reads: &[StateRead]) -> Result<StateAnswers, StateError> {
+        self.store()?.read_state(reads).await
+    }
+
+    async fn pending_timers(&self) -> Result<u64, StateError> {
+        self.store()?.pending_timers().await
+    }
+
+    async fn release_timers(&self, claims: &[(String, String)]) -> Result<usize, StateError> {
+        self.store()?.release_timers(claims).await
     }
 
     async fn confirm_dedup(&self, marks: &[DedupConfirm]) -> Result<usize, StateError> {

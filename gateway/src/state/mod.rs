@@ -166,6 +166,10 @@ pub trait StateStore: Send + Sync + 'static {
     /// backend call: the deferrals are made only when every gate passed (the gates are then
     /// applied as `mode` says), and answered in order. When a gate stops, nothing is written
     /// and the result list is empty. A stopped gate never depends on the deferrals.
+    ///
+    /// With [`GateMode::Check`] the gates are checked and none is applied, and the deferrals
+    /// are still made when they all pass. Deferrals apply in order, each seeing the ones
+    /// before it (two transitions of one event in one call move it twice).
     async fn run_gates_and_defer(
         &self,
         gates: &[Gate],
@@ -184,7 +188,9 @@ pub trait StateStore: Send + Sync + 'static {
     /// Starts sending the group's notification: the batch already being sent (a worker
     /// died sending it) if there is one; else the pending events, which move out of the
     /// pending list into the batch being sent; else, if the group keeps a last
-    /// notification for repeating, that one with `repeat: true`; else `None`.
+    /// notification for repeating, that one with `repeat: true`; else `None` (also for a
+    /// group that does not exist or expired). Calling it again before
+    /// [`StateStore::group_flush_end`] answers the same batch: at least once.
     async fn group_flush_begin(&self, key: &str) -> Result<Option<GroupBatch>, StateError> {
         let _ = key;
         Err(self.unsupported("groups"))
@@ -196,7 +202,9 @@ pub trait StateStore: Send + Sync + 'static {
     /// then if events arrived meanwhile the timer is re-armed at now + `interval` (the claim
     /// ends), else if `repeat_at` is given at that time, else the timer is completed (the
     /// group stays, idle, until its `idle_ttl` passes). False, with nothing changed, when
-    /// the claim was lost.
+    /// the claim was lost (see [`StateStore::complete_timer`]). A repeat (`repeat: true`)
+    /// keeps the last notification when `repeat_at` is given again. When the group no
+    /// longer exists the timer is completed (true).
     async fn group_flush_end(
         &self,
         key: &str,
@@ -243,7 +251,8 @@ pub trait StateStore: Send + Sync + 'static {
     }
 
     /// Releases claims this process holds so other replicas may take the timers at once
-    /// (shutdown): each (timer id, claim) whose claim still holds becomes due again.
+    /// (shutdown): each (timer id, claim) whose claim still holds becomes due again (at its
+    /// due time, so claimable at once); the claim is then lost. Returns how many.
     async fn release_timers(&self, claims: &[(String, String)]) -> Result<usize, StateError> {
         let _ = claims;
         Ok(0)
@@ -251,7 +260,10 @@ pub trait StateStore: Send + Sync + 'static {
 
     #[doc(hidden)]
     fn unsupported(&self, what: &str) -> StateError {
-        StateError::Unavailable(format!("the {} backend does not support {what}", self.kind()))
+        StateError::Unavailable(format!(
+            "the {} backend does not support {what}",
+            self.kind()
+        ))
     }
 
     /// Extends the dedup marks of successful deliveries (see [`GateMode::Apply`]) in one
@@ -303,7 +315,9 @@ pub trait StateStore: Send + Sync + 'static {
     ) -> Result<(), StateError>;
 
     /// Claims up to `max` due timers for `lease`; a claimed timer goes to no one else until
-    /// the lease expires without [`StateStore::complete_timer`].
+    /// the lease expires without [`StateStore::complete_timer`]. Oldest due first (a timer
+    /// whose lease ran out may come in the order its lease ended). A poll costs what it
+    /// claims, not what is pending: one backend call on an index ordered by due time.
     async fn claim_due_timers(
         &self,
         now_unix_ms: u64,
@@ -311,7 +325,9 @@ pub trait StateStore: Send + Sync + 'static {
         lease: Duration,
     ) -> Result<Vec<ClaimedTimer>, StateError>;
 
-    /// Removes a claimed timer; false if the claim was lost.
+    /// Removes a claimed timer; false if the claim was lost. A claim holds until the timer
+    /// is claimed again (after the lease), released, replaced or removed: completing after
+    /// the lease, before anyone else claimed the timer, still succeeds.
     async fn complete_timer(&self, id: &str, claim: &str) -> Result<bool, StateError>;
 }
 

@@ -8,7 +8,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use acteon_gateway::outcome::ActionOutcome;
-use acteon_gateway::state::{Gate, GateResult, GateStop, MemoryStore, StateStore, Versioned};
+use acteon_gateway::state::{
+    Deferral, Gate, GateMode, GateResult, GateStop, GroupAppend, MemoryStore, StateRead,
+    StateStore, Transition, Versioned,
+};
 use serde_json::json;
 
 acteon_gateway::conformance_tests!(conformance, async { Arc::new(MemoryStore::new()) });
@@ -239,6 +242,77 @@ async fn timers_claimed_oldest_first() {
     );
 }
 
+/// A poll costs what it claims, not what is pending: with 100,000 timers not yet due, and
+/// then 100,000 claimed under a running lease, 2,000 empty polls take well under a second
+/// (a scan of every timer per poll takes seconds). The backlog still drains oldest first.
+#[tokio::test]
+async fn timer_polls_are_cheap_with_100k_pending() {
+    const TIMERS: u64 = 100_000;
+    const POLLS: u32 = 2_000;
+    let store = MemoryStore::new();
+    let lease = Duration::from_secs(60);
+    // Registered in a scrambled order, named by due time.
+    for i in 0..TIMERS {
+        let n = (i * 7_919) % TIMERS;
+        store
+            .schedule_timer(&format!("t{n:06}"), 1_000_000 + n, Vec::new())
+            .await
+            .unwrap();
+    }
+    let idle = |now: u64| {
+        let store = &store;
+        async move {
+            let started = Instant::now();
+            for _ in 0..POLLS {
+                assert!(
+                    store
+                        .claim_due_timers(now, 100, lease)
+                        .await
+                        .unwrap()
+                        .is_empty()
+                );
+            }
+            started.elapsed()
+        }
+    };
+    let before_due = idle(999_999).await;
+    assert!(
+        before_due < Duration::from_secs(1),
+        "{POLLS} polls over {TIMERS} timers not yet due took {before_due:?}"
+    );
+
+    let now = 2_000_000;
+    let mut last = None;
+    let mut claimed = 0;
+    loop {
+        let batch = store.claim_due_timers(now, 1_000, lease).await.unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        for t in &batch {
+            assert!(last.as_ref() < Some(&t.id), "claimed oldest first");
+            last = Some(t.id.clone());
+        }
+        claimed += batch.len() as u64;
+    }
+    assert_eq!(claimed, TIMERS);
+    assert_eq!(store.pending_timers().await.unwrap(), TIMERS);
+    let leased = idle(now + 1).await;
+    assert!(
+        leased < Duration::from_secs(1),
+        "{POLLS} polls over {TIMERS} claimed timers took {leased:?}"
+    );
+    assert_eq!(
+        store
+            .claim_due_timers(now + 60_000, 10, lease)
+            .await
+            .unwrap()
+            .len(),
+        10,
+        "claimable again when the lease ends"
+    );
+}
+
 /// Expired entries of every kind are dropped by a sweep; live ones and timers stay.
 #[tokio::test]
 async fn sweep_drops_expired_entries() {
@@ -289,6 +363,93 @@ async fn sweep_drops_expired_entries() {
         store.entry_count(),
         2,
         "only the value without TTL and the timer stay"
+    );
+}
+
+/// Groups, events and set members expire exactly (an idle group `idle_ttl` after its last
+/// flush, an event and its memberships `ttl` after its change, an armed group never) and
+/// the sweep drops them.
+#[tokio::test]
+async fn sweep_drops_expired_parked_state() {
+    let clock = ManualClock::at(1_000_000);
+    let store = clock.store();
+    let (short, long) = (Duration::from_secs(1), Duration::from_secs(3_600));
+    let append = |key: &str| {
+        Deferral::GroupAppend(GroupAppend {
+            key: key.into(),
+            group_id: key.into(),
+            meta: Vec::new(),
+            event: b"e".to_vec(),
+            max_events: 10,
+            wait: Duration::from_secs(10),
+            interval: Duration::from_secs(10),
+            idle_ttl: short,
+            timer_id: format!("{key}#t"),
+            timer_payload: Vec::new(),
+        })
+    };
+    let event = |key: &str, ttl: Duration| {
+        Deferral::Transition(Transition {
+            key: key.into(),
+            fingerprint: key.into(),
+            initial: "new".into(),
+            to: Some("on".into()),
+            allowed_from: vec!["new".into()],
+            require_timer: None,
+            timeout: None,
+            to_terminal: false,
+            active_sets: vec!["set".into()],
+            record: Vec::new(),
+            ttl,
+        })
+    };
+    let deferrals = [
+        append("idle"),
+        append("armed"),
+        event("short", short),
+        event("long", long),
+    ];
+    let (result, _) = store
+        .run_gates_and_defer(&[], GateMode::APPLY, &deferrals)
+        .await
+        .unwrap();
+    assert_eq!(result, GateResult::Passed);
+    let lease = Duration::from_secs(60);
+    let claimed = store.claim_due_timers(1_010_000, 10, lease).await.unwrap();
+    assert_eq!(claimed.len(), 2, "both flush timers are due after the wait");
+    for t in &claimed {
+        if t.id == "idle#t" {
+            assert!(store.group_flush_begin("idle").await.unwrap().is_some());
+            let ended = store.group_flush_end("idle", &t.id, &t.claim, short, None);
+            assert!(ended.await.unwrap());
+        } else {
+            let claim = [(t.id.clone(), t.claim.clone())];
+            assert_eq!(store.release_timers(&claim).await.unwrap(), 1);
+        }
+    }
+    // Two groups, two events, two members, the armed group's timer.
+    assert_eq!(store.entry_count(), 7);
+    let set = [StateRead::SetNotEmpty { key: "set".into() }];
+
+    clock.set(1_001_000);
+    store.sweep_now();
+    assert_eq!(
+        store.entry_count(),
+        4,
+        "the idle group, an event and its member"
+    );
+    assert!(store.get_group("idle").await.unwrap().is_none());
+    assert!(store.get_group("armed").await.unwrap().is_some());
+    assert!(store.get_event("short").await.unwrap().is_none());
+    assert_eq!(store.read_state(&set).await.unwrap(), [1]);
+
+    clock.set(1_000_000 + 3_600_000);
+    assert_eq!(store.read_state(&set).await.unwrap(), [0]);
+    store.sweep_now();
+    assert_eq!(
+        store.entry_count(),
+        2,
+        "an armed group never expires: it and its timer stay"
     );
 }
 
