@@ -23,6 +23,12 @@
 //! - **Isolation by schema.** Every connection starts with `search_path` set to the schema of
 //!   the installation (a startup parameter, no extra round trip), so installations and tests
 //!   share a database without sharing state.
+//! - **Parked actions.** Groups, state-machine events and their active sets are tables of
+//!   `migrations/postgres/0003_parked_actions.sql`, keyed by text compared byte by byte
+//!   (`COLLATE "C"`), so a listing by key prefix is an index range whatever the database's
+//!   collation, never a `LIKE` pattern. [`StateStore::run_gates_and_defer`] is one call of
+//!   `acteon_run_gates_and_defer`: the gates as above, then, only if all passed, the
+//!   deferrals (passed as one JSON array, bytes hex-encoded) in the same transaction.
 //! - **Bounded growth.** [`PostgresStore::start_sweeper`] deletes expired rows in batches.
 //!
 //! [`PostgresStore::connect`] does not touch the schema; [`PostgresStore::migrate`] creates it
@@ -44,8 +50,9 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use tracing::Instrument;
 
 use super::{
-    ClaimedTimer, DedupConfirm, Gate, GateMode, GateResult, GateStop, StateError, StateStore,
-    Versioned,
+    ClaimedTimer, DedupConfirm, DeferResult, Deferral, EventInfo, Gate, GateMode, GateResult,
+    GateStop, GroupAppend, GroupBatch, GroupInfo, StateAnswers, StateError, StateRead, StateStore,
+    TimerWrite, Transition, TransitionResult, Versioned,
 };
 
 /// Table that records the applied migrations (in the installation's schema).
@@ -356,7 +363,7 @@ impl PostgresStore {
         for round in 1..=SWEEP_MAX_BATCHES {
             let most: i32 = self
                 .run("sweep", async |conn: &mut PgConnection| {
-                    sqlx::query_scalar("SELECT acteon_sweep($1)")
+                    sqlx::query_scalar("SELECT greatest(acteon_sweep($1), acteon_sweep_parked($1))")
                         .bind(SWEEP_BATCH)
                         .fetch_one(conn)
                         .await
@@ -406,6 +413,310 @@ impl PostgresStore {
 
 fn unavailable_msg(redactor: &Redactor, op: &str, e: &sqlx::Error) -> StateError {
     StateError::Unavailable(redactor.clean(format!("postgres {op}: {}", db_message(e))))
+}
+
+/// Claims due timers: `$1` now (the caller's clock), `$2` max, `$3` lease ms. SKIP LOCKED:
+/// concurrent claimers take disjoint timers; a timer claimed and committed meanwhile fails
+/// the re-check of the WHERE clause on its new version. The due index
+/// (`acteon_timers_due`) is read in order and the scan stops after `$2` claimable rows, so
+/// an idle poll costs an index probe however many timers are pending. Public for the
+/// plan test only.
+#[doc(hidden)]
+pub const CLAIM_DUE_TIMERS_SQL: &str = "WITH c AS (SELECT acteon_now_ms() AS now), \
+     due AS ( \
+       SELECT t.id FROM acteon_timers t, c \
+       WHERE t.due_ms <= $1 AND (t.lease_until IS NULL OR t.lease_until <= c.now) \
+       ORDER BY t.due_ms, t.id LIMIT $2 \
+       FOR UPDATE OF t SKIP LOCKED), \
+     claimed AS ( \
+       UPDATE acteon_timers t \
+       SET claim = nextval('acteon_timer_claim')::text, \
+           lease_until = (SELECT now FROM c) + $3 \
+       FROM due WHERE t.id = due.id \
+       RETURNING t.id, t.due_ms, t.payload, t.claim) \
+     SELECT id, payload, claim FROM claimed ORDER BY due_ms, id";
+
+/// A group as `GroupInfo` reads it: notify_at only while armed, expired groups skipped.
+/// `$1` the key.
+const GET_GROUP: &str = "SELECT g.key, g.group_id, g.meta, g.pending_count, \
+       CASE WHEN a.armed THEN g.notify_at END, g.last_flush_ms, g.last_event_ms \
+     FROM acteon_groups g \
+     CROSS JOIN (SELECT acteon_now_ms() AS now) c \
+     CROSS JOIN LATERAL (SELECT acteon_group_armed(g) AS armed) a \
+     WHERE g.key = $1 AND (g.expires_at > c.now OR a.armed)";
+
+/// [`GET_GROUP`] for the keys from `$1` that start with `$1`, in key order, with an upper
+/// bound (`$bound`, so the index scan stops at the end of the prefix) and a limit.
+macro_rules! list_groups_sql {
+    ($bound:literal, $limit:literal) => {
+        concat!(
+            "SELECT g.key, g.group_id, g.meta, g.pending_count, \
+               CASE WHEN a.armed THEN g.notify_at END, g.last_flush_ms, g.last_event_ms \
+             FROM acteon_groups g \
+             CROSS JOIN (SELECT acteon_now_ms() AS now) c \
+             CROSS JOIN LATERAL (SELECT acteon_group_armed(g) AS armed) a \
+             WHERE g.key >= $1 AND starts_with(g.key, $1) ",
+            $bound,
+            " AND (g.expires_at > c.now OR a.armed) ORDER BY g.key LIMIT ",
+            $limit
+        )
+    };
+}
+
+/// Groups with keys in [`$1`, `$2`) that start with `$1`, at most `$3`.
+const LIST_GROUPS: &str = list_groups_sql!("AND g.key < $2", "$3");
+/// Groups with keys from `$1` that start with `$1` (a prefix without upper bound), at most `$2`.
+const LIST_GROUPS_FROM: &str = list_groups_sql!("", "$2");
+
+const GET_EVENT: &str = "SELECT e.key, e.fingerprint, e.state, e.record, e.changed_ms, \
+       e.timeout_id, e.timeout_due \
+     FROM acteon_events e CROSS JOIN (SELECT acteon_now_ms() AS now) c \
+     WHERE e.key = $1 AND e.expires_at > c.now";
+
+/// Events as `list_groups_sql` lists groups.
+macro_rules! list_events_sql {
+    ($bound:literal, $limit:literal) => {
+        concat!(
+            "SELECT e.key, e.fingerprint, e.state, e.record, e.changed_ms, \
+               e.timeout_id, e.timeout_due \
+             FROM acteon_events e CROSS JOIN (SELECT acteon_now_ms() AS now) c \
+             WHERE e.key >= $1 AND starts_with(e.key, $1) ",
+            $bound,
+            " AND e.expires_at > c.now ORDER BY e.key LIMIT ",
+            $limit
+        )
+    };
+}
+
+const LIST_EVENTS: &str = list_events_sql!("AND e.key < $2", "$3");
+const LIST_EVENTS_FROM: &str = list_events_sql!("", "$2");
+
+/// Answers reads (`$1` kinds: 0 set not empty, 1 dedup seen, 2 window count; `$2` keys;
+/// `$3` windows ms) in order, on one clock reading.
+const READ_STATE: &str = "SELECT coalesce(array_agg(CASE r.kind \
+       WHEN 0 THEN (SELECT count(*) FROM (SELECT 1 FROM acteon_set_members m \
+                    WHERE m.set_key = r.key AND m.expires_at > c.now LIMIT 1) x) \
+       WHEN 1 THEN (SELECT count(*) FROM acteon_dedup d \
+                    WHERE d.key = r.key AND d.expires_at > c.now) \
+       ELSE (SELECT count(*) FROM acteon_throttle t \
+             WHERE t.key = r.key AND t.at_ms > c.now - r.w) END ORDER BY r.n), '{}') \
+     FROM unnest($1::smallint[], $2::text[], $3::bigint[]) WITH ORDINALITY AS r(kind, key, w, n) \
+     CROSS JOIN (SELECT acteon_now_ms() AS now) c";
+
+/// The row of `acteon_run_gates_and_defer`.
+type DeferRow = (
+    i32,
+    Option<i16>,
+    Option<i64>,
+    Option<i64>,
+    Option<Vec<i16>>,
+    Option<Vec<Option<String>>>,
+    Option<Vec<Option<i64>>>,
+    Option<Vec<Option<i64>>>,
+);
+
+/// The row of `acteon_group_flush_begin` (all NULL: nothing to send).
+type BatchRow = (
+    Option<String>,
+    Option<Vec<u8>>,
+    Option<Vec<Vec<u8>>>,
+    Option<i64>,
+    Option<bool>,
+    Option<i64>,
+);
+
+type GroupRow = (String, String, Vec<u8>, i64, Option<i64>, Option<i64>, i64);
+
+type EventRow = (
+    String,
+    String,
+    String,
+    Vec<u8>,
+    i64,
+    Option<String>,
+    Option<i64>,
+);
+
+/// Reads the stop columns of the gate functions.
+fn gate_result(
+    op: &str,
+    index: i32,
+    kind: Option<i16>,
+    a: Option<i64>,
+    b: Option<i64>,
+) -> Result<GateResult, StateError> {
+    let Ok(index) = usize::try_from(index) else {
+        return Ok(GateResult::Passed);
+    };
+    let reason = match kind {
+        Some(0) => GateStop::Duplicate,
+        Some(1) => GateStop::Throttled {
+            retry_after: duration_ms(a),
+        },
+        Some(2) => GateStop::QuotaExceeded {
+            used: a.unwrap_or(0).max(0) as u64,
+            resets_in: duration_ms(b),
+        },
+        other => {
+            return Err(StateError::Unavailable(format!(
+                "postgres {op}: unexpected stop kind {other:?} (schema from a newer gateway?)"
+            )));
+        }
+    };
+    Ok(GateResult::Stopped { index, reason })
+}
+
+/// Reads the parallel result arrays of `acteon_run_gates_and_defer`.
+fn defer_results(
+    kinds: &Option<Vec<i16>>,
+    texts: &Option<Vec<Option<String>>>,
+    sizes: &Option<Vec<Option<i64>>>,
+    times: &Option<Vec<Option<i64>>>,
+) -> Result<Vec<DeferResult>, StateError> {
+    let kinds = kinds.as_deref().unwrap_or_default();
+    let text = |i: usize| -> String {
+        texts
+            .as_ref()
+            .and_then(|t| t.get(i).cloned().flatten())
+            .unwrap_or_default()
+    };
+    let num = |v: &Option<Vec<Option<i64>>>, i: usize| -> u64 {
+        v.as_ref()
+            .and_then(|v| v.get(i).copied().flatten())
+            .unwrap_or(0)
+            .max(0) as u64
+    };
+    kinds
+        .iter()
+        .enumerate()
+        .map(|(i, kind)| {
+            Ok(match kind {
+                0 => DeferResult::Timer,
+                1 => DeferResult::Grouped {
+                    group_id: text(i),
+                    size: num(sizes, i),
+                    notify_at_ms: num(times, i),
+                },
+                2 => DeferResult::Transition(TransitionResult::Changed { previous: text(i) }),
+                3 => DeferResult::Transition(TransitionResult::Unchanged { current: text(i) }),
+                4 => DeferResult::Transition(TransitionResult::Refused { current: text(i) }),
+                other => {
+                    return Err(StateError::Unavailable(format!(
+                        "postgres run_gates_and_defer: unexpected result kind {other}"
+                    )));
+                }
+            })
+        })
+        .collect()
+}
+
+fn group_info(row: GroupRow) -> GroupInfo {
+    let (key, group_id, meta, pending, notify_at, last_flush, last_event) = row;
+    GroupInfo {
+        key,
+        group_id,
+        meta,
+        pending: pending.max(0) as u64,
+        notify_at_ms: notify_at.map(|v| v.max(0) as u64),
+        last_flush_ms: last_flush.map(|v| v.max(0) as u64),
+        last_event_ms: last_event.max(0) as u64,
+    }
+}
+
+fn event_info(row: EventRow) -> EventInfo {
+    let (key, fingerprint, state, record, changed, timeout_id, timeout_due) = row;
+    EventInfo {
+        key,
+        fingerprint,
+        state,
+        record,
+        changed_ms: changed.max(0) as u64,
+        timeout: timeout_id.map(|id| (id, timeout_due.unwrap_or(0).max(0) as u64)),
+    }
+}
+
+/// The least string above every string that starts with `prefix` (`None`: no bound).
+/// Keys compare byte by byte (`COLLATE "C"`), and UTF-8 orders as code points do, so the
+/// bound is the prefix with its last character (not the highest) made the next one.
+fn prefix_end(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let next = match u32::from(last) + 1 {
+            0xD800 => Some('\u{E000}'),
+            n => char::from_u32(n),
+        };
+        if let Some(next) = next {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
+/// The deferrals as the JSON array `acteon_run_gates_and_defer` reads (bytes in hex).
+fn deferrals_json(deferrals: &[Deferral]) -> String {
+    let items: Vec<serde_json::Value> = deferrals
+        .iter()
+        .map(|d| match d {
+            Deferral::Timer(t) => timer_json(t, "t"),
+            Deferral::GroupAppend(a) => append_json(a),
+            Deferral::Transition(t) => transition_json(t),
+        })
+        .collect();
+    serde_json::Value::Array(items).to_string()
+}
+
+fn timer_json(t: &TimerWrite, kind: &str) -> serde_json::Value {
+    serde_json::json!({
+        "k": kind,
+        "id": t.id,
+        "due": clamp(t.due_unix_ms),
+        "p": hex(&t.payload),
+    })
+}
+
+fn append_json(a: &GroupAppend) -> serde_json::Value {
+    serde_json::json!({
+        "k": "g",
+        "key": a.key,
+        "gid": a.group_id,
+        "meta": hex(&a.meta),
+        "ev": hex(&a.event),
+        "max": a.max_events.clamp(1, i32::MAX as usize),
+        "wait": ms(a.wait),
+        "interval": ms(a.interval),
+        "idle": ms(a.idle_ttl),
+        "tid": a.timer_id,
+        "tp": hex(&a.timer_payload),
+    })
+}
+
+fn transition_json(t: &Transition) -> serde_json::Value {
+    serde_json::json!({
+        "k": "s",
+        "key": t.key,
+        "fp": t.fingerprint,
+        "initial": t.initial,
+        "to": t.to,
+        "from": t.allowed_from,
+        "req": t.require_timer,
+        "timeout": t.timeout.as_ref().map(|w| timer_json(w, "t")),
+        "terminal": t.to_terminal,
+        "sets": t.active_sets,
+        "record": hex(&t.record),
+        "ttl": ms(t.ttl),
+    })
+}
+
+/// Lowercase hex, as `decode(…, 'hex')` reads it.
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    out
 }
 
 /// The gates of one dispatch as the parallel arrays `acteon_apply_gates` takes.
@@ -483,25 +794,213 @@ impl StateStore for PostgresStore {
                     .await
             })
             .await?;
-        let Ok(index) = usize::try_from(index) else {
-            return Ok(GateResult::Passed);
-        };
-        let reason = match kind {
-            Some(0) => GateStop::Duplicate,
-            Some(1) => GateStop::Throttled {
-                retry_after: duration_ms(a),
-            },
-            Some(2) => GateStop::QuotaExceeded {
-                used: a.unwrap_or(0).max(0) as u64,
-                resets_in: duration_ms(b),
-            },
-            other => {
-                return Err(StateError::Unavailable(format!(
-                    "postgres {op}: unexpected stop kind {other:?} (schema from a newer gateway?)"
-                )));
-            }
-        };
-        Ok(GateResult::Stopped { index, reason })
+        gate_result(op, index, kind, a, b)
+    }
+
+    async fn run_gates_and_defer(
+        &self,
+        gates: &[Gate],
+        mode: GateMode,
+        deferrals: &[Deferral],
+    ) -> Result<(GateResult, Vec<DeferResult>), StateError> {
+        if deferrals.is_empty() {
+            return Ok((self.run_gates(gates, mode).await?, Vec::new()));
+        }
+        const OP: &str = "run_gates_and_defer";
+        let arrays = GateArrays::new(gates, mode);
+        let json = deferrals_json(deferrals);
+        let row: DeferRow = self
+            .run(OP, async |conn: &mut PgConnection| {
+                sqlx::query_as(
+                    "SELECT stop_index, stop_kind, stop_a, stop_b, \
+                            res_kind, res_text, res_a, res_b \
+                     FROM acteon_run_gates_and_defer($1, $2, $3, $4, $5, $6, $7::jsonb)",
+                )
+                .bind(&arrays.kinds[..])
+                .bind(&arrays.keys[..])
+                .bind(&arrays.spans[..])
+                .bind(&arrays.limits[..])
+                .bind(&arrays.tokens[..])
+                .bind(mode != GateMode::Check)
+                .bind(&json)
+                .fetch_one(conn)
+                .await
+            })
+            .await?;
+        let (index, kind, a, b, kinds, texts, sizes, times) = row;
+        let result = gate_result(OP, index, kind, a, b)?;
+        if result != GateResult::Passed {
+            return Ok((result, Vec::new()));
+        }
+        let results = defer_results(&kinds, &texts, &sizes, &times)?;
+        if results.len() != deferrals.len() {
+            return Err(StateError::Unavailable(format!(
+                "postgres {OP}: {} results for {} deferrals",
+                results.len(),
+                deferrals.len()
+            )));
+        }
+        Ok((result, results))
+    }
+
+    async fn group_flush_begin(&self, key: &str) -> Result<Option<GroupBatch>, StateError> {
+        let row: BatchRow = self
+            .run("group_flush_begin", async |conn: &mut PgConnection| {
+                sqlx::query_as(
+                    "SELECT b_group_id, b_meta, b_events, b_count, b_repeat, b_last_event \
+                     FROM acteon_group_flush_begin($1)",
+                )
+                .bind(key)
+                .fetch_one(conn)
+                .await
+            })
+            .await?;
+        let (group_id, meta, events, count, repeat, last) = row;
+        Ok(group_id.map(|group_id| GroupBatch {
+            group_id,
+            meta: meta.unwrap_or_default(),
+            events: events.unwrap_or_default(),
+            event_count: count.unwrap_or(0).max(0) as u64,
+            repeat: repeat.unwrap_or(false),
+            last_event_ms: last.unwrap_or(0).max(0) as u64,
+        }))
+    }
+
+    async fn group_flush_end(
+        &self,
+        key: &str,
+        timer_id: &str,
+        claim: &str,
+        interval: Duration,
+        repeat_at_ms: Option<u64>,
+    ) -> Result<bool, StateError> {
+        self.run("group_flush_end", async |conn: &mut PgConnection| {
+            sqlx::query_scalar("SELECT acteon_group_flush_end($1, $2, $3, $4, $5)")
+                .bind(key)
+                .bind(timer_id)
+                .bind(claim)
+                .bind(ms(interval))
+                .bind(repeat_at_ms.map(clamp))
+                .fetch_one(conn)
+                .await
+        })
+        .await
+    }
+
+    async fn get_group(&self, key: &str) -> Result<Option<GroupInfo>, StateError> {
+        let row: Option<GroupRow> = self
+            .run("get_group", async |conn: &mut PgConnection| {
+                sqlx::query_as(GET_GROUP)
+                    .bind(key)
+                    .fetch_optional(conn)
+                    .await
+            })
+            .await?;
+        Ok(row.map(group_info))
+    }
+
+    async fn list_groups(&self, prefix: &str, limit: usize) -> Result<Vec<GroupInfo>, StateError> {
+        let end = prefix_end(prefix);
+        let limit = clamp(limit as u64);
+        let rows: Vec<GroupRow> = self
+            .run("list_groups", async |conn: &mut PgConnection| {
+                let query = match &end {
+                    Some(end) => sqlx::query_as(LIST_GROUPS).bind(prefix).bind(end),
+                    None => sqlx::query_as(LIST_GROUPS_FROM).bind(prefix),
+                };
+                query.bind(limit).fetch_all(conn).await
+            })
+            .await?;
+        Ok(rows.into_iter().map(group_info).collect())
+    }
+
+    async fn get_event(&self, key: &str) -> Result<Option<EventInfo>, StateError> {
+        let row: Option<EventRow> = self
+            .run("get_event", async |conn: &mut PgConnection| {
+                sqlx::query_as(GET_EVENT)
+                    .bind(key)
+                    .fetch_optional(conn)
+                    .await
+            })
+            .await?;
+        Ok(row.map(event_info))
+    }
+
+    async fn list_events(&self, prefix: &str, limit: usize) -> Result<Vec<EventInfo>, StateError> {
+        let end = prefix_end(prefix);
+        let limit = clamp(limit as u64);
+        let rows: Vec<EventRow> = self
+            .run("list_events", async |conn: &mut PgConnection| {
+                let query = match &end {
+                    Some(end) => sqlx::query_as(LIST_EVENTS).bind(prefix).bind(end),
+                    None => sqlx::query_as(LIST_EVENTS_FROM).bind(prefix),
+                };
+                query.bind(limit).fetch_all(conn).await
+            })
+            .await?;
+        Ok(rows.into_iter().map(event_info).collect())
+    }
+
+    async fn read_state(&self, reads: &[StateRead]) -> Result<StateAnswers, StateError> {
+        if reads.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut kinds: Vec<i16> = Vec::with_capacity(reads.len());
+        let mut keys: Vec<&str> = Vec::with_capacity(reads.len());
+        let mut windows: Vec<i64> = Vec::with_capacity(reads.len());
+        for read in reads {
+            let (kind, key, window) = match read {
+                StateRead::SetNotEmpty { key } => (0, key, 0),
+                StateRead::DedupSeen { key } => (1, key, 0),
+                StateRead::WindowCount { key, window } => (2, key, ms(*window)),
+            };
+            kinds.push(kind);
+            keys.push(key);
+            windows.push(window);
+        }
+        let answers: Vec<i64> = self
+            .run("read_state", async |conn: &mut PgConnection| {
+                sqlx::query_scalar(READ_STATE)
+                    .bind(&kinds[..])
+                    .bind(&keys[..])
+                    .bind(&windows[..])
+                    .fetch_one(conn)
+                    .await
+            })
+            .await?;
+        Ok(answers.into_iter().map(|n| n.max(0) as u64).collect())
+    }
+
+    async fn pending_timers(&self) -> Result<u64, StateError> {
+        let n: i64 = self
+            .run("pending_timers", async |conn: &mut PgConnection| {
+                sqlx::query_scalar("SELECT count(*) FROM acteon_timers")
+                    .fetch_one(conn)
+                    .await
+            })
+            .await?;
+        Ok(n.max(0) as u64)
+    }
+
+    async fn release_timers(&self, claims: &[(String, String)]) -> Result<usize, StateError> {
+        if claims.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<&str> = claims.iter().map(|(id, _)| id.as_str()).collect();
+        let held: Vec<&str> = claims.iter().map(|(_, claim)| claim.as_str()).collect();
+        self.run("release_timers", async |conn: &mut PgConnection| {
+            sqlx::query(
+                "UPDATE acteon_timers t SET claim = NULL, lease_until = NULL \
+                 FROM unnest($1::text[], $2::text[]) AS r(id, claim) \
+                 WHERE t.id = r.id AND t.claim = r.claim",
+            )
+            .bind(&ids[..])
+            .bind(&held[..])
+            .execute(conn)
+            .await
+            .map(|r| r.rows_affected() as usize)
+        })
+        .await
     }
 
     async fn confirm_dedup(&self, marks: &[DedupConfirm]) -> Result<usize, StateError> {
@@ -750,26 +1249,12 @@ impl StateStore for PostgresStore {
             .run("claim_due_timers", async |conn: &mut PgConnection| {
                 // SKIP LOCKED: concurrent claimers take disjoint timers; a timer claimed and
                 // committed meanwhile fails the re-check of the WHERE clause on its new version.
-                sqlx::query_as(
-                    "WITH c AS (SELECT acteon_now_ms() AS now), \
-                     due AS ( \
-                       SELECT t.id FROM acteon_timers t, c \
-                       WHERE t.due_ms <= $1 AND (t.lease_until IS NULL OR t.lease_until <= c.now) \
-                       ORDER BY t.due_ms, t.id LIMIT $2 \
-                       FOR UPDATE OF t SKIP LOCKED), \
-                     claimed AS ( \
-                       UPDATE acteon_timers t \
-                       SET claim = nextval('acteon_timer_claim')::text, \
-                           lease_until = (SELECT now FROM c) + $3 \
-                       FROM due WHERE t.id = due.id \
-                       RETURNING t.id, t.due_ms, t.payload, t.claim) \
-                     SELECT id, payload, claim FROM claimed ORDER BY due_ms, id",
-                )
-                .bind(clamp(now_unix_ms))
-                .bind(clamp(max as u64))
-                .bind(ms(lease))
-                .fetch_all(conn)
-                .await
+                sqlx::query_as(CLAIM_DUE_TIMERS_SQL)
+                    .bind(clamp(now_unix_ms))
+                    .bind(clamp(max as u64))
+                    .bind(ms(lease))
+                    .fetch_all(conn)
+                    .await
             })
             .await?;
         Ok(rows

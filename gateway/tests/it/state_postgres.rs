@@ -9,10 +9,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use acteon_gateway::state::postgres::PostgresOptions;
+use acteon_gateway::state::postgres::{CLAIM_DUE_TIMERS_SQL, PostgresOptions};
 use acteon_gateway::state::{
-    ClaimedTimer, DedupConfirm, Gate, GateMode, GateResult, PostgresStore, StateError, StateStore,
-    Versioned,
+    ClaimedTimer, DedupConfirm, DeferResult, Deferral, EventInfo, Gate, GateMode, GateResult,
+    GroupAppend, GroupBatch, GroupInfo, PostgresStore, StateAnswers, StateError, StateRead,
+    StateStore, Transition, Versioned,
 };
 use async_trait::async_trait;
 use sqlx::Connection;
@@ -157,6 +158,50 @@ impl StateStore for Slotted {
     }
     async fn run_gates(&self, gates: &[Gate], mode: GateMode) -> Result<GateResult, StateError> {
         self.store.run_gates(gates, mode).await
+    }
+    async fn run_gates_and_defer(
+        &self,
+        gates: &[Gate],
+        mode: GateMode,
+        deferrals: &[Deferral],
+    ) -> Result<(GateResult, Vec<DeferResult>), StateError> {
+        self.store.run_gates_and_defer(gates, mode, deferrals).await
+    }
+    async fn group_flush_begin(&self, key: &str) -> Result<Option<GroupBatch>, StateError> {
+        self.store.group_flush_begin(key).await
+    }
+    async fn group_flush_end(
+        &self,
+        key: &str,
+        timer_id: &str,
+        claim: &str,
+        interval: Duration,
+        repeat_at_ms: Option<u64>,
+    ) -> Result<bool, StateError> {
+        self.store
+            .group_flush_end(key, timer_id, claim, interval, repeat_at_ms)
+            .await
+    }
+    async fn get_group(&self, key: &str) -> Result<Option<GroupInfo>, StateError> {
+        self.store.get_group(key).await
+    }
+    async fn list_groups(&self, prefix: &str, limit: usize) -> Result<Vec<GroupInfo>, StateError> {
+        self.store.list_groups(prefix, limit).await
+    }
+    async fn get_event(&self, key: &str) -> Result<Option<EventInfo>, StateError> {
+        self.store.get_event(key).await
+    }
+    async fn list_events(&self, prefix: &str, limit: usize) -> Result<Vec<EventInfo>, StateError> {
+        self.store.list_events(prefix, limit).await
+    }
+    async fn read_state(&self, reads: &[StateRead]) -> Result<StateAnswers, StateError> {
+        self.store.read_state(reads).await
+    }
+    async fn pending_timers(&self) -> Result<u64, StateError> {
+        self.store.pending_timers().await
+    }
+    async fn release_timers(&self, claims: &[(String, String)]) -> Result<usize, StateError> {
+        self.store.release_timers(claims).await
     }
     async fn confirm_dedup(&self, marks: &[DedupConfirm]) -> Result<usize, StateError> {
         self.store.confirm_dedup(marks).await
@@ -319,6 +364,135 @@ async fn sweep_deletes_expired_rows_in_batches() {
     assert!(store.dedup_exists("d-long").await.unwrap());
     assert_eq!(store.window_count("t-long", long).await.unwrap(), 1);
     assert_eq!(store.quota_usage("q-long", long).await.unwrap(), 1);
+    drop_schema(&store).await;
+}
+
+/// Expired parked rows are swept: an idle group past its `idle_ttl`, an event past its
+/// `ttl` and its set memberships. An armed group stays whatever its expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sweep_deletes_expired_parked_rows() {
+    let _slot = slot().await;
+    let store = fresh_store().await;
+    let (short, long) = (Duration::from_millis(300), Duration::from_secs(3_600));
+    let append = |key: &str| {
+        Deferral::GroupAppend(GroupAppend {
+            key: key.into(),
+            group_id: key.into(),
+            meta: Vec::new(),
+            event: b"e".to_vec(),
+            max_events: 10,
+            wait: Duration::from_secs(3_600),
+            interval: Duration::from_secs(3_600),
+            idle_ttl: short,
+            timer_id: format!("{key}#t"),
+            timer_payload: Vec::new(),
+        })
+    };
+    let event = |key: &str, ttl: Duration| {
+        Deferral::Transition(Transition {
+            key: key.into(),
+            fingerprint: key.into(),
+            initial: "new".into(),
+            to: Some("on".into()),
+            allowed_from: vec!["new".into()],
+            require_timer: None,
+            timeout: None,
+            to_terminal: false,
+            active_sets: vec!["set".into()],
+            record: Vec::new(),
+            ttl,
+        })
+    };
+    let deferrals = [
+        append("idle"),
+        append("armed"),
+        event("short", short),
+        event("long", long),
+    ];
+    let (result, _) = store
+        .run_gates_and_defer(&[], GateMode::APPLY, &deferrals)
+        .await
+        .unwrap();
+    assert_eq!(result, GateResult::Passed);
+    let later = acteon_gateway::state::unix_ms() + 7_200_000;
+    let claimed = store
+        .claim_due_timers(later, 10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let idle = claimed.iter().find(|t| t.id == "idle#t").expect("claimed");
+    assert!(store.group_flush_begin("idle").await.unwrap().is_some());
+    let ended = store.group_flush_end("idle", &idle.id, &idle.claim, short, None);
+    assert!(ended.await.unwrap());
+    assert_eq!(rows(&store, "acteon_groups").await, 2);
+    assert_eq!(rows(&store, "acteon_set_members").await, 2);
+
+    tokio::time::sleep(short + Duration::from_millis(100)).await;
+    store.sweep_now().await.unwrap();
+    assert_eq!(
+        rows(&store, "acteon_groups").await,
+        1,
+        "the armed group stays"
+    );
+    assert!(store.get_group("armed").await.unwrap().is_some());
+    assert_eq!(
+        rows(&store, "acteon_events").await,
+        1,
+        "the long-lived event stays"
+    );
+    assert_eq!(
+        rows(&store, "acteon_set_members").await,
+        1,
+        "its membership stays"
+    );
+    assert_eq!(
+        rows(&store, "acteon_timers").await,
+        1,
+        "the armed group's timer"
+    );
+    drop_schema(&store).await;
+}
+
+/// The claim poll reads the due index and stops: with 100,000 timers pending (none due) its
+/// plan is an index scan of `acteon_timers_due`, never a scan of the table, so an idle poll
+/// of every replica costs an index probe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_poll_reads_the_due_index() {
+    let _slot = slot().await;
+    let store = fresh_store().await;
+    let now = acteon_gateway::state::unix_ms();
+    let mut admin = sqlx::PgConnection::connect(&url()).await.unwrap();
+    let schema = store.schema();
+    let setup = format!(
+        "SET search_path = \"{schema}\"; \
+         INSERT INTO acteon_timers (id, due_ms, payload) \
+         SELECT 't' || i, {now} + 60000 + i, '' FROM generate_series(1, 100000) i; \
+         ANALYZE acteon_timers; \
+         PREPARE claim(bigint, bigint, bigint) AS {CLAIM_DUE_TIMERS_SQL};"
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(setup))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let explain = format!("EXPLAIN EXECUTE claim({now}, 64, 30000)");
+    let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(explain))
+        .fetch_all(&mut admin)
+        .await
+        .unwrap();
+    let plan = plan.join("\n");
+    assert!(
+        plan.contains("acteon_timers_due") && !plan.contains("Seq Scan on acteon_timers"),
+        "the claim must read the due index:\n{plan}"
+    );
+    assert_eq!(store.pending_timers().await.unwrap(), 100_000);
+    let started = std::time::Instant::now();
+    for _ in 0..200 {
+        let claimed = store.claim_due_timers(now, 64, Duration::from_secs(30));
+        assert!(claimed.await.unwrap().is_empty());
+    }
+    eprintln!(
+        "200 idle polls over 100,000 timers: {:?}",
+        started.elapsed()
+    );
     drop_schema(&store).await;
 }
 
