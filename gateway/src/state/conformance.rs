@@ -25,8 +25,9 @@ use tokio::sync::Barrier;
 use tokio::task::JoinSet;
 
 use super::{
-    ClaimedTimer, DedupConfirm, Gate, GateMode, GateResult, GateStop, StateError, StateStore,
-    Versioned, unix_ms,
+    ClaimedTimer, DedupConfirm, DeferResult, Deferral, Gate, GateMode, GateResult, GateStop,
+    GroupAppend, GroupBatch, GroupInfo, StateAnswers, StateError, StateRead, StateStore,
+    TimerWrite, Transition, TransitionResult, Versioned, unix_ms,
 };
 
 /// Margin for clock granularity, client/backend clock skew and round trips when a check
@@ -95,6 +96,26 @@ macro_rules! __state_conformance_checks {
             concurrent_lock_single_winner,
             timers_claim_lease_complete,
             timers_concurrent_claims_exactly_once,
+            defer_stopped_gate_writes_nothing,
+            defer_passing_gates_write_all,
+            defer_check_mode_makes_deferrals_only,
+            group_append_creates_waits_and_truncates,
+            group_flush_rearms_for_events_in_flight,
+            group_flush_end_needs_the_claim,
+            group_flush_redelivered_after_lease,
+            group_idle_arms_at_last_flush_plus_interval,
+            group_repeat_at_keeps_last_notification,
+            groups_listed_by_literal_prefix,
+            events_listed_by_literal_prefix,
+            transition_changed_unchanged_refused,
+            transition_require_timer,
+            transition_timeout_replaced_on_change,
+            transition_active_sets_and_read_state,
+            transition_ttl_expires_event_and_membership,
+            concurrent_transitions_single_winner,
+            concurrent_group_appends_count_all,
+            timers_pending_and_release,
+            timers_claimed_in_due_order,
         ] }
     };
 }
@@ -2276,5 +2297,1758 @@ pub async fn timers_concurrent_claims_exactly_once(store: Arc<dyn StateStore>, p
     assert!(
         ours(&left, prefix).is_empty(),
         "conformance[{C}]: completed timers must be gone"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Parked actions: deferrals, groups, state machines, state reads, timer backlog
+// ---------------------------------------------------------------------------------------
+
+/// A group waits this long before its first notification in the group checks.
+const WAIT: Duration = Duration::from_secs(3_600);
+/// Pause between a group's notifications in the group checks.
+const INTERVAL: Duration = Duration::from_secs(7_200);
+/// Events a group keeps in the group checks.
+const MAX_EVENTS: usize = 3;
+
+/// A claim time later than every timer the parked checks arm: claims the groups' timers
+/// without waiting for them (due-ness is the caller's clock).
+fn far_future() -> u64 {
+    unix_ms() + 2 * 86_400_000
+}
+
+/// An append to the group at `key` with the checks' defaults; its timer is `<key>#flush`.
+fn append(key: &str, event: &str) -> GroupAppend {
+    GroupAppend {
+        key: key.to_owned(),
+        group_id: format!("{key}#id"),
+        meta: b"meta".to_vec(),
+        event: event.as_bytes().to_vec(),
+        max_events: MAX_EVENTS,
+        wait: WAIT,
+        interval: INTERVAL,
+        idle_ttl: LONG,
+        timer_id: flush_timer(key),
+        timer_payload: format!("flush {key}").into_bytes(),
+    }
+}
+
+fn flush_timer(key: &str) -> String {
+    format!("{key}#flush")
+}
+
+/// A move of the event at `key` (fingerprint `<key>#fp`, initial state `new`) to `to`.
+fn transition(key: &str, to: Option<&str>, from: &[&str]) -> Transition {
+    Transition {
+        key: key.to_owned(),
+        fingerprint: format!("{key}#fp"),
+        initial: "new".to_owned(),
+        to: to.map(str::to_owned),
+        allowed_from: from.iter().map(|s| (*s).to_owned()).collect(),
+        require_timer: None,
+        timeout: None,
+        to_terminal: false,
+        active_sets: Vec::new(),
+        record: format!("{key} to {to:?}").into_bytes(),
+        ttl: LONG,
+    }
+}
+
+fn timer_write(id: &str, due_unix_ms: u64, payload: &str) -> TimerWrite {
+    TimerWrite {
+        id: id.to_owned(),
+        due_unix_ms,
+        payload: payload.as_bytes().to_vec(),
+    }
+}
+
+async fn defer(
+    store: &dyn StateStore,
+    check: &str,
+    gates: &[Gate],
+    mode: GateMode,
+    deferrals: &[Deferral],
+) -> (GateResult, Vec<DeferResult>) {
+    ok(
+        check,
+        "run_gates_and_defer",
+        store.run_gates_and_defer(gates, mode, deferrals).await,
+    )
+}
+
+/// Makes `deferrals` without gates; they must all be made.
+async fn defer_all(
+    store: &dyn StateStore,
+    check: &str,
+    deferrals: &[Deferral],
+) -> Vec<DeferResult> {
+    let (gates, results) = defer(store, check, &[], GateMode::APPLY, deferrals).await;
+    assert_passed(check, "deferrals without gates", &gates);
+    assert_eq!(
+        results.len(),
+        deferrals.len(),
+        "conformance[{check}]: one result per deferral"
+    );
+    results
+}
+
+/// Appends one event; returns (group id, size, notify_at).
+async fn append_one(store: &dyn StateStore, check: &str, a: GroupAppend) -> (String, u64, u64) {
+    match defer_all(store, check, &[Deferral::GroupAppend(a)])
+        .await
+        .remove(0)
+    {
+        DeferResult::Grouped {
+            group_id,
+            size,
+            notify_at_ms,
+        } => (group_id, size, notify_at_ms),
+        other => panic!("conformance[{check}]: a group append answered {other:?}"),
+    }
+}
+
+async fn move_event(store: &dyn StateStore, check: &str, t: Transition) -> TransitionResult {
+    match defer_all(store, check, &[Deferral::Transition(t)])
+        .await
+        .remove(0)
+    {
+        DeferResult::Transition(result) => result,
+        other => panic!("conformance[{check}]: a transition answered {other:?}"),
+    }
+}
+
+fn changed(previous: &str) -> TransitionResult {
+    TransitionResult::Changed {
+        previous: previous.to_owned(),
+    }
+}
+
+fn unchanged(current: &str) -> TransitionResult {
+    TransitionResult::Unchanged {
+        current: current.to_owned(),
+    }
+}
+
+fn refused(current: &str) -> TransitionResult {
+    TransitionResult::Refused {
+        current: current.to_owned(),
+    }
+}
+
+/// The claims at `now` of timers whose id starts with `prefix`. Other timers claimed on a
+/// shared backend are released at once (a claim far ahead would hold them for long).
+async fn claim_ours(
+    store: &dyn StateStore,
+    check: &str,
+    now: u64,
+    prefix: &str,
+) -> Vec<ClaimedTimer> {
+    let claimed = ok(
+        check,
+        "claim_due_timers",
+        store.claim_due_timers(now, 10_000, LONG).await,
+    );
+    let (ours, others): (Vec<_>, Vec<_>) =
+        claimed.into_iter().partition(|t| t.id.starts_with(prefix));
+    release_all(store, check, &others).await;
+    ours
+}
+
+async fn release_all(store: &dyn StateStore, check: &str, claimed: &[ClaimedTimer]) {
+    if claimed.is_empty() {
+        return;
+    }
+    let claims: Vec<(String, String)> = claimed
+        .iter()
+        .map(|t| (t.id.clone(), t.claim.clone()))
+        .collect();
+    ok(check, "release_timers", store.release_timers(&claims).await);
+}
+
+/// Claims the flush timer of the group at `key` (due or not); returns the claim.
+async fn claim_flush(store: &dyn StateStore, check: &str, key: &str) -> String {
+    let timer = flush_timer(key);
+    let claimed = claim_ours(store, check, far_future(), &timer).await;
+    match &claimed[..] {
+        [one] if one.id == timer => one.claim.clone(),
+        other => panic!("conformance[{check}]: expected a claim of {timer}, got {other:?}"),
+    }
+}
+
+async fn pending(store: &dyn StateStore, check: &str) -> u64 {
+    ok(check, "pending_timers", store.pending_timers().await)
+}
+
+async fn group(store: &dyn StateStore, check: &str, key: &str) -> GroupInfo {
+    ok(check, "get_group", store.get_group(key).await)
+        .unwrap_or_else(|| panic!("conformance[{check}]: the group {key} must exist"))
+}
+
+async fn begin(store: &dyn StateStore, check: &str, key: &str) -> Option<GroupBatch> {
+    ok(
+        check,
+        "group_flush_begin",
+        store.group_flush_begin(key).await,
+    )
+}
+
+async fn end(
+    store: &dyn StateStore,
+    check: &str,
+    key: &str,
+    claim: &str,
+    repeat_at_ms: Option<u64>,
+) -> bool {
+    ok(
+        check,
+        "group_flush_end",
+        store
+            .group_flush_end(key, &flush_timer(key), claim, INTERVAL, repeat_at_ms)
+            .await,
+    )
+}
+
+fn events(batch: &GroupBatch) -> Vec<String> {
+    batch
+        .events
+        .iter()
+        .map(|e| String::from_utf8_lossy(e).into_owned())
+        .collect()
+}
+
+/// Asserts `lo - SLACK <= value <= hi + SLACK` (times in Unix ms of backend and checker).
+#[track_caller]
+fn assert_ms_within(check: &str, what: &str, value: u64, lo: u64, hi: u64) {
+    let slack = ms(SLACK);
+    assert!(
+        lo.saturating_sub(slack) <= value && value <= hi + slack,
+        "conformance[{check}]: {what}: {value} is not within [{lo}, {hi}] (± {slack} ms)"
+    );
+}
+
+async fn read(store: &dyn StateStore, check: &str, reads: &[StateRead]) -> StateAnswers {
+    let answers = ok(check, "read_state", store.read_state(reads).await);
+    assert_eq!(
+        answers.len(),
+        reads.len(),
+        "conformance[{check}]: one answer per read"
+    );
+    answers
+}
+
+fn set_not_empty(key: &str) -> StateRead {
+    StateRead::SetNotEmpty {
+        key: key.to_owned(),
+    }
+}
+
+/// A dispatch whose gate stops writes none of its deferrals (and applies none of its
+/// gates), in either mode; the result list is empty.
+pub async fn defer_stopped_gate_writes_nothing(store: Arc<dyn StateStore>, prefix: &str) {
+    const C: &str = "defer_stopped_gate_writes_nothing";
+    let _serial = TIMER_CHECKS.lock().await;
+    let s = &*store;
+    let (d, t, g, e, set) = (
+        format!("{prefix}d"),
+        format!("{prefix}t"),
+        format!("{prefix}g"),
+        format!("{prefix}e"),
+        format!("{prefix}set"),
+    );
+    assert_passed(
+        C,
+        "marking the key",
+        &apply(s, C, &[dedup(&d, LONG, "x")]).await,
+    );
+    let base = pending(s, C).await;
+    let mut moved = transition(&e, Some("firing"), &["new"]);
+    moved.timeout = Some(timer_write(&format!("{prefix}timeout"), unix_ms(), "t"));
+    moved.active_sets = vec![set.clone()];
+    let deferrals = [
+        Deferral::Timer(timer_write(&format!("{prefix}timer"), unix_ms(), "timer")),
+        Deferral::GroupAppend(append(&g, "e1")),
+        Deferral::Transition(moved),
+    ];
+    let gates = [throttle(&t, 10, LONG), dedup(&d, LONG, "y")];
+    for mode in [GateMode::APPLY, leased(TTL), GateMode::Check] {
+        let (result, results) = defer(s, C, &gates, mode, &deferrals).await;
+        assert_duplicate(C, &format!("{mode:?}"), &result, 1);
+        assert!(
+            results.is_empty(),
+            "conformance[{C}]: {mode:?}: a stopped dispatch answers no deferral, got {results:?}"
+        );
+    }
+    assert_eq!(
+        ok(C, "window_count", s.window_count(&t, LONG).await),
+        0,
+        "conformance[{C}]: the passing throttle of a stopped dispatch must not count"
+    );
+    assert_eq!(
+        pending(s, C).await,
+        base,
+        "conformance[{C}]: a stopped dispatch must register no timer"
+    );
+    assert!(
+        claim_ours(s, C, far_future(), prefix).await.is_empty(),
+        "conformance[{C}]: a stopped dispatch must leave nothing to claim"
+    );
+    assert_eq!(
+        ok(C, "get_group", s.get_group(&g).await),
+        None,
+        "conformance[{C}]: a stopped dispatch must create no group"
+    );
+    assert_eq!(
+        ok(C, "get_event", s.get_event(&e).await),
+        None,
+        "conformance[{C}]: a stopped dispatch must move no event"
+    );
+    assert_eq!(
+        read(s, C, &[set_not_empty(&set)]).await,
+        vec![0],
+        "conformance[{C}]: a stopped dispatch must join no set"
+    );
+}
+
+/// A dispatch whose gates pass applies them and makes every deferral, answered in order:
+/// the timer, the group (and its flush timer), the event (and its timeout, and its sets).
+pub async fn defer_passing_gates_write_all(store: Arc<dyn StateStore>, prefix: &str) {
+    const C: &str = "defer_passing_gates_write_all";
+    let _serial = TIMER_CHECKS.lock().await;
+    let s = &*store;
+    let (d, t, q, g, e, set) = (
+        format!("{prefix}d"),
+        format!("{prefix}t"),
+        format!("{prefix}q"),
+        format!("{prefix}g"),
+        format!("{prefix}e"),
+        format!("{prefix}set"),
+    );
+    let base = pending(s, C).await;
+    let (timer, timeout) = (format!("{prefix}timer"), format!("{prefix}timeout"));
+    let timeout_due = unix_ms() + 60_000;
+    let mut moved = transition(&e, Some("firing"), &["new"]);
+    moved.timeout = Some(timer_write(&timeout, timeout_due, "timeout"));
+    moved.active_sets = vec![set.clone()];
+    let deferrals = [
+        Deferral::Timer(timer_write(&timer, unix_ms() - 1_000, "timer")),
+        Deferral::GroupAppend(append(&g, "e1")),
+        Deferral::Transition(moved),
+    ];
+    let gates = [
+        dedup(&d, LONG, "x"),
+        throttle(&t, 10, LONG),
+        quota(&q, 10, LONG),
+    ];
+    let t0 = unix_ms();
+    let (result, results) = defer(s, C, &gates, GateMode::APPLY, &deferrals).await;
+    let t1 = unix_ms();
+    assert_passed(C, "gates and deferrals", &result);
+    let [
+        DeferResult::Timer,
+        DeferResult::Grouped {
+            group_id,
+            size,
+            notify_at_ms,
+        },
+        DeferResult::Transition(moved),
+    ] = &results[..]
+    else {
+        panic!("conformance[{C}]: expected [Timer, Grouped, Transition], got {results:?}");
+    };
+    assert_eq!(group_id, &format!("{g}#id"), "conformance[{C}]: group id");
+    assert_eq!(*size, 1, "conformance[{C}]: the first event of a group");
+    assert_ms_within(
+        C,
+        "notify_at of a new group",
+        *notify_at_ms,
+        t0 + ms(WAIT),
+        t1 + ms(WAIT),
+    );
+    assert_eq!(moved, &changed("new"), "conformance[{C}]: the transition");
+
+    assert!(
+        ok(C, "dedup_exists", s.dedup_exists(&d).await),
+        "conformance[{C}]: dedup applied"
+    );
+    assert_eq!(
+        ok(C, "window_count", s.window_count(&t, LONG).await),
+        1,
+        "conformance[{C}]: throttle applied"
+    );
+    assert_eq!(
+        ok(C, "quota_usage", s.quota_usage(&q, LONG).await),
+        1,
+        "conformance[{C}]: quota applied"
+    );
+    assert_eq!(
+        pending(s, C).await,
+        base + 3,
+        "conformance[{C}]: the timer, the group's flush timer and the event's timeout"
+    );
+    let info = group(s, C, &g).await;
+    assert_eq!(
+        info.notify_at_ms,
+        Some(*notify_at_ms),
+        "conformance[{C}]: the group's armed time"
+    );
+    let event = ok(C, "get_event", s.get_event(&e).await)
+        .unwrap_or_else(|| panic!("conformance[{C}]: the event must exist"));
+    assert_eq!(event.state, "firing", "conformance[{C}]: the event's state");
+    assert_eq!(
+        event.timeout,
+        Some((timeout.clone(), timeout_due)),
+        "conformance[{C}]: the event's timeout"
+    );
+    assert_eq!(
+        read(s, C, &[set_not_empty(&set)]).await,
+        vec![1],
+        "conformance[{C}]: the event joined its set"
+    );
+
+    let mut claimed = claim_ours(s, C, far_future(), prefix).await;
+    claimed.sort_by(|a, b| a.id.cmp(&b.id));
+    let got: Vec<(&str, &[u8])> = claimed
+        .iter()
+        .map(|t| (t.id.as_str(), t.payload.as_slice()))
+        .collect();
+    let flush = flush_timer(&g);
+    let flush_payload = format!("flush {g}");
+    let mut expected: Vec<(&str, &[u8])> = vec![
+        (flush.as_str(), flush_payload.as_bytes()),
+        (timeout.as_str(), b"timeout"),
+        (timer.as_str(), b"timer"),
+    ];
+    expected.sort();
+    assert_eq!(
+        got, expected,
+        "conformance[{C}]: the armed timers and their payloads"
+    );
+    for t in &claimed {
+        assert!(
+            ok(C, "complete_timer", s.complete_timer(&t.id, &t.claim).await),
+            "conformance[{C}]: completing {}",
+            t.id
+        );
+    }
+}
+
+/// Check mode: the gates are checked, none is applied, and the deferrals are made when all
+/// pass; a leased Apply makes them too.
+pub async fn defer_check_mode_makes_deferrals_only(store: Arc<dyn StateStore>, prefix: &str) {
+    const C: &str = "defer_check_mode_makes_deferrals_only";
+    let _serial = TIMER_CHECKS.lock().await;
+    let s = &*store;
+    let (d, t, e) = (
+        format!("{prefix}d"),
+        format!("{prefix}t"),
+        format!("{prefix}e"),
+    );
+    let base = pending(s, C).await;
+    let gates = [dedup(&d, LONG, "x"), throttle(&t, 1, LONG)];
+    let deferrals = [
+        Deferral::Timer(timer_write(
+            &format!("{prefix}timer"),
+            unix_ms() + 60_000,
+            "timer",
+        )),
+        Deferral::Transition(transition(&e, Some("a"), &["new"])),
+    ];
+    let (result, results) = defer(s, C, &gates, GateMode::Check, &deferrals).await;
+    assert_passed(C, "checked gates", &result);
+    assert_eq!(
+        results,
+        vec![DeferResult::Timer, DeferResult::Transition(changed("new"))],
+        "conformance[{C}]: deferrals of a checked dispatch"
+    );
+    assert!(
+        !ok(C, "dedup_exists", s.dedup_exists(&d).await),
+        "conformance[{C}]: a check must not mark"
+    );
+    assert_eq!(
+        ok(C, "window_count", s.window_count(&t, LONG).await),
+        0,
+        "conformance[{C}]: a check must not count"
+    );
+    assert_eq!(
+        pending(s, C).await,
+        base + 1,
+        "conformance[{C}]: the timer of a checked dispatch"
+    );
+
+    let again = [Deferral::Transition(transition(&e, Some("b"), &["a"]))];
+    let (result, results) = defer(s, C, &gates, leased(TTL), &again).await;
+    assert_passed(C, "leased gates", &result);
+    assert_eq!(
+        results,
+        vec![DeferResult::Transition(changed("a"))],
+        "conformance[{C}]: leased dispatch"
+    );
+    assert!(
+        ok(C, "dedup_exists", s.dedup_exists(&d).await),
+        "conformance[{C}]: a leased apply marks"
+    );
+    let (result, results) = defer(s, C, &gates, GateMode::Check, &again).await;
+    assert_duplicate(C, "check of the marked key", &result, 0);
+    assert!(
+        results.is_empty(),
+        "conformance[{C}]: a stopped check makes no deferral"
+    );
+}
+
+/// A new group keeps its id and meta, arms its timer at now + wait; later appends only add
+/// events (the armed time stays); it keeps the newest `max_events` and counts them all.
+pub async fn group_append_creates_waits_and_truncates(store: Arc<dyn StateStore>, prefix: &str) {
+    const C: &str = "group_append_creates_waits_and_truncates";
+    let _serial = TIMER_CHECKS.lock().await;
+    let s = &*store;
+    let g = format!("{prefix}g");
+    let base = pending(s, C).await;
+    let t0 = unix_ms();
+    let (id, size, armed) = append_one(s, C, append(&g, "e1")).await;
+    let t1 = unix_ms();
+    assert_eq!(
+        (id.as_str(), size),
+        (format!("{g}#id").as_str(), 1),
+        "conformance[{C}]: first append"
+    );
+    assert_ms_within(
+        C,
+        "notify_at of a new group",
+        armed,
+        t0 + ms(WAIT),
+        t1 + ms(WAIT),
+    );
+
+    let mut other = append(&g, "e2");
+    other.group_id = "other".into();
+    other.meta = b"other".to_vec();
+    other.wait = Duration::from_secs(60);
+    other.timer_payload = b"other".to_vec();
+    assert_eq!(
+        append_one(s, C, other).await,
+        (format!("{g}#id"), 2, armed),
+        "conformance[{C}]: an append to an armed group keeps its id and armed time"
+    );
+    for (n, event) in ["e3", "e4", "e5"].into_iter().enumerate() {
+        let (_, size, at) = append_one(s, C, append(&g, event)).await;
+        assert_eq!(
+            (size, at),
+            (n as u64 + 3, armed),
+            "conformance[{C}]: append of {event}"
+        );
+    }
+    let t2 = unix_ms();
+    let info = group(s, C, &g).await;
+    assert_eq!(
+        (
+            info.key.as_str(),
+            info.group_id.as_str(),
+            info.meta.as_slice(),
+            info.pending,
+            info.notify_at_ms,
+            info.last_flush_ms
+        ),
+        (
+            g.as_str(),
+            format!("{g}#id").as_str(),
+            b"meta".as_slice(),
+            5,
+            Some(armed),
+            None
+        ),
+        "conformance[{C}]: the group after five appends"
+    );
+    assert_ms_within(C, "last_event_ms", info.last_event_ms, t0, t2);
+    assert_eq!(
+        pending(s, C).await,
+        base + 1,
+        "conformance[{C}]: one flush timer per group"
+    );
+    let claimed = claim_ours(s, C, far_future(), prefix).await;
+    assert_eq!(
+        claimed.len(),
+        1,
+        "conformance[{C}]: one flush timer, got {claimed:?}"
+    );
+    assert_eq!(
+        (claimed[0].id.as_str(), claimed[0].payload.as_slice()),
+        (flush_timer(&g).as_str(), format!("flush {g}").as_bytes()),
+        "conformance[{C}]: the flush timer keeps the payload of the append that armed it"
+    );
+    let batch = begin(s, C, &g)
+        .await
+        .unwrap_or_else(|| panic!("conformance[{C}]: a batch"));
+    assert_eq!(
+        events(&batch),
+        ["e3", "e4", "e5"],
+        "conformance[{C}]: the newest max_events events, oldest first"
+    );
+    assert_eq!(
+        (
+            batch.group_id.as_str(),
+            batch.meta.as_slice(),
+            batch.event_count,
+            batch.repeat
+        ),
+        (format!("{g}#id").as_str(), b"meta".as_slice(), 5, false),
+        "conformance[{C}]: the batch"
+    );
+    assert_ms_within(C, "batch last_event_ms", batch.last_event_ms, t0, t2);
+    assert_eq!(
+        group(s, C, &g).await.pending,
+        0,
+        "conformance[{C}]: the batch left the pending list"
+    );
+    assert!(
+        end(s, C, &g, &claimed[0].claim, None).await,
+        "conformance[{C}]: ending the flush"
+    );
+}
+
+/// Events that arrive while a batch is in flight wait for the next notification: a crashed
+/// flush gets the same batch again, and the end re-arms the timer at now + interval.
+pub async fn group_flush_rearms_for_events_in_flight(store: Arc<dyn StateStore>, prefix: &str) {
+    const C: &str = "group_flush_rearms_for_events_in_flight";
+    let _serial = TIMER_CHECKS.lock().await;
+    let s = &*store;
+    let g = format!("{prefix}g");
+    let base = pending(s, C).await;
+    let (_, _, armed) = append_one(s, C, append(&g, "e1")).await;
+    let claim = claim_flush(s, C, &g).await;
+    let first = begin(s, C, &g)
+        .await
+        .unwrap_or_else(|| panic!("conformance[{C}]: a batch"));
+    assert_eq!(events(&first), ["e1"], "conformance[{C}]: the first batch");
+    for (n, event) in ["e2", "e3"].into_iter().enumerate() {
+        assert_eq!(
+            append_one(s, C, append(&g, event)).await,
+            (format!("{g}#id"), n as u64 + 1, armed),
+            "conformance[{C}]: an event arriving in flight is pending, counted anew"
+        );
+    }
+    let info = group(s, C, &g).await;
+    assert_eq!(
+        (info.pending, info.notify_at_ms),
+        (2, Some(armed)),
+        "conformance[{C}]: in flight, the armed time stays"
+    );
+    assert_eq!(
+        begin(s, C, &g).await.as_ref(),
+        Some(&first),
+        "conformance[{C}]: a flush begun again before its end (a crashed worker) gets the same batch"
+    );
+    let t0 = unix_ms();
+    assert!(
+        end(s, C, &g, &claim, None).await,
+        "conformance[{C}]: ending the flush with its claim"
+    );
+    let t1 = unix_ms();
+    let info = group(s, C, &g).await;
+    assert_eq!(
+        info.pending, 2,
+        "conformance[{C}]: the events that arrived in flight stay pending"
+    );
+    let rearmed = info
+        .notify_at_ms
+        .unwrap_or_else(|| panic!("conformance[{C}]: the timer must be re-armed"));
+    assert_ms_within(
+        C,
+        "re-armed notify_at",
+        rearmed,
+        t0 + ms(INTERVAL),
+        t1 + ms(INTERVAL),
+    );
+    assert_ms_within(C, "last_flush_ms", info.last_flush_ms.unwrap_or(0), t0, t1);
+    assert_eq!(
+        pending(s, C).await,
+        base + 1,
+        "conformance[{C}]: still one flush timer"
+    );
+    assert!(
+        !end(s, C, &g, &claim, None).await,
+        "conformance[{C}]: re-arming ended the claim"
+    );
+    assert!(
+        claim_ours(s, C, rearmed - 1, prefix).await.is_empty(),
+        "conformance[{C}]: the re-armed timer is not due before now + interval"
+    );
+    let claim = claim_flush(s, C, &g).await;
+    let second = begin(s, C, &g)
+        .await
+        .unwrap_or_else(|| panic!("conformance[{C}]: a second batch"));
+    assert_eq!(
+        (events(&second), second.event_count),
+        (vec!["e2".to_owned(), "e3".to_owned()], 2),
+        "conformance[{C}]: the second batch"
+    );
+    assert!(
+        end(s, C, &g, &claim, None).await,
+        "conformance[{C}]: ending the second flush"
+    );
+    assert_eq!(
+        pending(s, C).await,
+        base,
+        "conformance[{C}]: nothing pending: the timer completed"
+    );
+    let info = group(s, C, &g).await;
+    assert_eq!(
+        (info.pending, info.notify_at_ms),
+        (0, None),
+        "conformance[{C}]: an idle group"
+    );
+    assert_eq!(
+        begin(s, C, &g).await,
+        None,
+        "conformance[{C}]: nothing to send"
+    );
+}
+
+/// The end of a flush is owner-checked: a claim that was released and taken again changes
+/// nothing; the current one ends it; a released claim is not released twice.
+pub async fn group_flush_end_needs_the_claim(store: Arc<dyn StateStore>, prefix: &str) {
+    const C: &str = "group_flush_end_needs_the_claim";
+    let _serial = TIMER_CHECKS.lock().await;
+    let s = &*store;
+    let g = format!("{prefix}g");
+    let (_, _, armed) = append_one(s, C, append(&g, "e1")).await;
+    let lost = claim_flush(s, C, &g).await;
+    let batch = begin(s, C, &g).await;
+    let released = ok(
+        C,
+        "release_timers",
+        s.release_timers(&[(flush_timer(&g), lost.clone())]).await,
+    );
+    assert_eq!(released, 1, "conformance[{C}]: releasing a held claim");
+    let current = claim_flush(s, C, &g).await;
+    assert_ne!(current, lost, "conformance[{C}]: a new claim differs");
+    assert!(
+        !end(s, C, &g, &lost, None).await,
+        "conformance[{C}]: a lost claim must not end the flush"
+    );
+    assert_eq!(
+        begin(s, C, &g).await,
+        batch,
+        "conformance[{C}]: a refused end changes nothing"
+    );
+    let info = group(s, C, &g).await;
+    assert_eq!(
+        info.notify_at_ms,
+        Some(armed),
+        "conformance[{C}]: a refused end keeps the timer"
+    );
+    assert_eq!(
+        ok(
+            C,
+            "release_timers",
+            s.release_timers(&[(flush_timer(&g), lost.clone())]).await
+        ),
+        0,
+        "conformance[{C}]: a lost claim releases nothing"
+    );
+    assert!(
+        end(s, C, &g, &current, None).await,
+        "conformance[{C}]: the current claim ends it"
+    );
+    assert!(
+        !end(s, C, &g, &current, None).await,
+        "conformance[{C}]: the timer completed"
+    );
+    assert_eq!(
+        begin(s, C, &g).await,
+        None,
+        "conformance[{C}]: the batch was delivered"
+    );
+}
+
+/// A worker that dies mid-flush: after the lease another claim gets the timer and the same
+/// batch; the dead worker's claim can no longer end it.
+pub async fn group_flush_redelivered_after_lease(store: Arc<dyn StateStore>, prefix: &str) {
+    const C: &str = "group_flush_redelivered_after_lease";
+    let _serial = TIMER_CHECKS.lock().await;
+    timed(C, prefix, |p| group_redelivery_once(&*store, p)).await;
+}
+
+async fn group_redelivery_once(s: &dyn StateStore, p: String) -> Attempt {
+    const C: &str = "group_flush_redelivered_after_lease";
+    let g = format!("{p}g");
+    let mut a = append(&g, "e1");
+    a.wait = Duration::ZERO;
+    append_one(s, C, a).await;
+    let timer = &flush_timer(&g);
+    // Claims a second ahead, so the timer armed on the backend's clock is surely due.
+    let claim = |what: &'static str| async move {
+        let claimed = ok(
+            C,
+            what,
+            s.claim_due_timers(unix_ms() + 1_000, 10_000, LEASE).await,
+        );
+        claimed
+            .into_iter()
+            .filter(|t| t.id == *timer)
+            .collect::<Vec<_>>()
+    };
+    let started = Instant::now();
+    let first = claim("first claim").await;
+    let claimed = Instant::now();
+    assert_eq!(
+        first.len(),
+        1,
+        "conformance[{C}]: the due flush timer is claimed"
+    );
+    let batch = begin(s, C, &g).await;
+    let during = claim("claim within the lease").await;
+    before(started + LEASE - SLACK, "claim within the lease")?;
+    assert!(
+        during.is_empty(),
+        "conformance[{C}]: the timer is held during the lease"
+    );
+    sleep_until(claimed + LEASE + SLACK).await;
+    let again = claim("claim after the lease").await;
+    assert_eq!(
+        again.len(),
+        1,
+        "conformance[{C}]: after the lease the timer is claimed again"
+    );
+    assert_eq!(
+        begin(s, C, &g).await,
+        batch,
+        "conformance[{C}]: the re-claim gets the same batch"
+    );
+    assert!(
+        !end(s, C, &g, &first[0].claim, None).await,
+        "conformance[{C}]: the dead worker's claim is lost"
+    );
+    assert!(
+        end(s, C, &g, &again[0].claim, None).await,
+        "conformance[{C}]: the new claim ends the flush"
+    );
+    Ok(())
+}
+
+/// A flushed group with nothing pending is idle (no timer, still listed); the next event
+/// arms its timer at last flush + interval, or now when that has passed.
+pub async fn group_idle_arms_at_last_flush_plus_interval(store: Arc<dyn StateStore>, prefix: &str) {
+    const C: &str = "group_idle_arms_at_last_flush_plus_interval";
+    let _serial = TIMER_CHECKS.lock().await;
+    let s = &*store;
+    let base = pending(s, C).await;
+    for (name, interval) in [("slow", INTERVAL), ("fast", Duration::ZERO)] {
+        let g = format!("{prefix}{name}");
+        let mut a = append(&g, "e1");
+        a.interval = interval;
+        append_one(s, C, a.clone()).await;
+        let claim = claim_flush(s, C, &g).await;
+        begin(s, C, &g).await;
+        let t0 = unix_ms();
+        assert!(
+            ok(
+                C,
+                "group_flush_end",
+                s.group_flush_end(&g, &flush_timer(&g), &claim, interval, None)
+                    .await
+            ),
+            "conformance[{C}]: {name}: ending the flush"
+        );
+        let t1 = unix_ms();
+        let info = group(s, C, &g).await;
+        assert_eq!(
+            (info.pending, info.notify_at_ms),
+            (0, None),
+            "conformance[{C}]: {name}: idle after the flush"
+        );
+        assert_eq!(
+            pending(s, C).await,
+            base,
+            "conformance[{C}]: {name}: the timer completed"
+        );
+        a.event = b"e2".to_vec();
+        let (_, size, at) = append_one(s, C, a).await;
+        let t2 = unix_ms();
+        assert_eq!(
+            size, 1,
+            "conformance[{C}]: {name}: a new notification starts"
+        );
+        if interval.is_zero() {
+            assert_ms_within(C, "an interval already passed arms now", at, t1, t2);
+        } else {
+            assert_ms_within(
+                C,
+                "notify_at = last flush + interval",
+                at,
+                t0 + ms(interval),
+                t1 + ms(interval),
+            );
+        }
+        assert_eq!(
+            group(s, C, &g).await.notify_at_ms,
+            Some(at),
+            "conformance[{C}]: {name}: armed"
+        );
+        let claim = claim_flush(s, C, &g).await;
+        let batch = begin(s, C, &g)
+            .await
+            .unwrap_or_else(|| panic!("conformance[{C}]: a batch"));
+        assert_eq!(
+            events(&batch),
+            ["e2"],
+            "conformance[{C}]: {name}: only the new event"
+        );
+        assert!(
+            end(s, C, &g, &claim, None).await,
+            "conformance[{C}]: {name}: ending"
+        );
+    }
+}
+
+/// `repeat_at` keeps the last notification and re-arms the timer at that exact time; a
+/// flush with nothing new sends it again (`repeat`); new events replace it.
+pub async fn group_repeat_at_keeps_last_notification(store: Arc<dyn StateStore>, prefix: &str) {
+    const C: &str = "group_repeat_at_keeps_last_notification";
+    let _serial = TIMER_CHECKS.lock().await;
+    let s = &*store;
+    let g = format!("{prefix}g");
+    append_one(s, C, append(&g, "e1")).await;
+    let claim = claim_flush(s, C, &g).await;
+    let first = begin(s, C, &g)
+        .await
+        .unwrap_or_else(|| panic!("conformance[{C}]: a batch"));
+    let repeat_at = unix_ms() + 3 * 3_600_000;
+    assert!(
+        end(s, C, &g, &claim, Some(repeat_at)).await,
+        "conformance[{C}]: ending with repeat_at"
+    );
+    assert_eq!(
+        group(s, C, &g).await.notify_at_ms,
+        Some(repeat_at),
+        "conformance[{C}]: armed at repeat_at"
+    );
+    assert!(
+        claim_ours(s, C, repeat_at - 1, prefix).await.is_empty(),
+        "conformance[{C}]: not due before repeat_at"
+    );
+    let claim = claim_flush(s, C, &g).await;
+    let expected = GroupBatch {
+        repeat: true,
+        ..first.clone()
+    };
+    for round in ["repeat", "repeat begun again"] {
+        assert_eq!(
+            begin(s, C, &g).await.as_ref(),
+            Some(&expected),
+            "conformance[{C}]: {round}"
+        );
+    }
+    let again_at = repeat_at + 1_000;
+    assert!(
+        end(s, C, &g, &claim, Some(again_at)).await,
+        "conformance[{C}]: ending the repeat"
+    );
+    let (_, size, at) = append_one(s, C, append(&g, "e2")).await;
+    assert_eq!(
+        (size, at),
+        (1, again_at),
+        "conformance[{C}]: an event waits for the armed repeat time"
+    );
+    let claim = claim_flush(s, C, &g).await;
+    let next = begin(s, C, &g)
+        .await
+        .unwrap_or_else(|| panic!("conformance[{C}]: a batch"));
+    assert_eq!(
+        (events(&next), next.repeat),
+        (vec!["e2".to_owned()], false),
+        "conformance[{C}]: new events, not the repeat"
+    );
+    assert!(
+        end(s, C, &g, &claim, None).await,
+        "conformance[{C}]: ending without repeat_at"
+    );
+    assert_eq!(
+        group(s, C, &g).await.notify_at_ms,
+        None,
+        "conformance[{C}]: no repeat armed"
+    );
+    assert_eq!(
+        begin(s, C, &g).await,
+        None,
+        "conformance[{C}]: without repeat_at nothing is kept"
+    );
+}
+
+/// Keys with characters that are wildcards elsewhere (`%`, `_`, `*`, `?`, `[`, `\`).
+const ODD_KEYS: [&str; 12] = [
+    "a", "a%b", "a*", "a*z", "a?", "a[1]", "a\\x", "a_b", "ab", "axb", "a:b", "b",
+];
+
+/// Listing by prefix is a literal string prefix, in key order, bounded by `limit`.
+async fn check_listing<F, Fut>(check: &str, prefix: &str, list: F)
+where
+    F: Fn(String, usize) -> Fut,
+    Fut: Future<Output = Vec<String>>,
+{
+    let mut all: Vec<String> = ODD_KEYS.iter().map(|k| format!("{prefix}{k}")).collect();
+    all.sort();
+    let cases: [(&str, &[&str]); 8] = [
+        ("a%", &["a%b"]),
+        ("a_", &["a_b"]),
+        ("a*", &["a*", "a*z"]),
+        ("a?", &["a?"]),
+        ("a[", &["a[1]"]),
+        ("a\\", &["a\\x"]),
+        ("a:", &["a:b"]),
+        ("zz", &[]),
+    ];
+    for (p, expected) in cases {
+        let expected: Vec<String> = expected.iter().map(|k| format!("{prefix}{k}")).collect();
+        assert_eq!(
+            list(format!("{prefix}{p}"), 100).await,
+            expected,
+            "conformance[{check}]: prefix {p:?} must match literally"
+        );
+    }
+    assert_eq!(
+        list(prefix.to_owned(), 100).await,
+        all,
+        "conformance[{check}]: every key, in order"
+    );
+    let starts_a = format!("{prefix}a");
+    let with_a: Vec<String> = all
+        .iter()
+        .filter(|k| k.starts_with(&starts_a))
+        .cloned()
+        .collect();
+    assert_eq!(
+        list(format!("{prefix}a"), 100).await,
+        with_a,
+        "conformance[{check}]: prefix a"
+    );
+    assert_eq!(
+        list(prefix.to_owned(), 4).await,
+        all[..4],
+        "conformance[{check}]: limit"
+    );
+    assert!(
+        list(prefix.to_owned(), 0).await.is_empty(),
+        "conformance[{check}]: limit 0"
+    );
+}
+
+/// Groups are listed by literal key prefix (see [`ODD_KEYS`]).
+pub async fn groups_listed_by_literal_prefix(store: Arc<dyn StateStore>, prefix: &str) {
+    const C: &str = "groups_listed_by_literal_prefix";
+    let _serial = TIMER_CHECKS.lock().await;
+    let s = &*store;
+    let appends: Vec<Deferral> = ODD_KEYS
+        .iter()
+        .map(|k| Deferral::GroupAppend(append(&format!("{prefix}{k}"), "e")))
+        .collect();
+    defer_all(s, C, &appends).await;
+    check_listing(C, prefix, |p, limit| async move {
+        let groups = ok(C, "list_groups", s.list_groups(&p, limit).await);
+        groups.into_iter().map(|g| g.key).collect()
+    })
+    .await;
+    let listed = ok(
+        C,
+        "list_groups",
+        s.list_groups(&format!("{prefix}a%b"), 10).await,
+    );
+    assert_eq!(
+        listed,
+        vec![group(s, C, &format!("{prefix}a%b")).await],
+        "conformance[{C}]: listed as read"
+    );
+}
+
+/// State-machine events are listed by literal key prefix (see [`ODD_KEYS`]).
+pub async fn events_listed_by_literal_prefix(store: Arc<dyn StateStore>, prefix: &str) {
+    const C: &str = "events_listed_by_literal_prefix";
+    let s = &*store;
+    let moves: Vec<Deferral> = ODD_KEYS
+        .iter()
+        .map(|k| Deferral::Transition(transition(&format!("{prefix}{k}"), Some("open"), &["new"])))
+        .collect();
+    defer_all(s, C, &moves).await;
+    check_listing(C, prefix, |p, limit| async move {
+        let events = ok(C, "list_events", s.list_events(&p, limit).await);
+        events.into_iter().map(|e| e.key).collect()
+    })
+    .await;
+    let key = format!("{prefix}a_b");
+    let listed = ok(C, "list_events", s.list_events(&key, 10).await);
+    let read = ok(C, "get_event", s.get_event(&key).await);
+    assert_eq!(
+        listed.first(),
+        read.as_ref(),
+        "conformance[{C}]: listed as read"
+    );
+}
+
+/// Transitions: changed (from an allowed state), unchanged (no target, or already there),
+/// refused (not from an allowed state; nothing written); several in one call apply in order.
+pub async fn transition_changed_unchanged_refused(store: Arc<dyn StateStore>, prefix: &str) {
+    const C: &str = "transition_changed_unchanged_refused";
+    let s = &*store;
+    let e = format!("{prefix}e");
+    let absent = format!("{prefix}absent");
+    assert_eq!(
+        move_event(s, C, transition(&absent, Some("x"), &["other"])).await,
+        refused("new"),
+        "conformance[{C}]: refused from the initial state"
+    );
+    assert_eq!(
+        move_event(s, C, transition(&absent, Some("new"), &["new"])).await,
+        unchanged("new"),
+        "conformance[{C}]: already in the initial state"
+    );
+    assert_eq!(
+        move_event(s, C, transition(&absent, None, &["new"])).await,
+        unchanged("new"),
+        "conformance[{C}]: no target"
+    );
+    assert_eq!(
+        ok(C, "get_event", s.get_event(&absent).await),
+        None,
+        "conformance[{C}]: refused and unchanged write nothing"
+    );
+
+    let t0 = unix_ms();
+    assert_eq!(
+        move_event(s, C, transition(&e, Some("firing"), &["new"])).await,
+        changed("new"),
+        "conformance[{C}]: first change"
+    );
+    let t1 = unix_ms();
+    let first = ok(C, "get_event", s.get_event(&e).await)
+        .unwrap_or_else(|| panic!("conformance[{C}]: the event"));
+    assert_eq!(
+        (
+            first.key.as_str(),
+            first.fingerprint.as_str(),
+            first.state.as_str(),
+            first.timeout.as_ref()
+        ),
+        (e.as_str(), format!("{e}#fp").as_str(), "firing", None),
+        "conformance[{C}]: the event after its first change"
+    );
+    assert_eq!(
+        first.record,
+        format!("{e} to {:?}", Some("firing")).into_bytes(),
+        "conformance[{C}]: record"
+    );
+    assert_ms_within(C, "changed_ms", first.changed_ms, t0, t1);
+    assert_eq!(
+        move_event(s, C, transition(&e, Some("firing"), &["new", "firing"])).await,
+        unchanged("firing"),
+        "conformance[{C}]: already there"
+    );
+    assert_eq!(
+        move_event(s, C, transition(&e, None, &["firing"])).await,
+        unchanged("firing"),
+        "conformance[{C}]: no target"
+    );
+    let mut bad = transition(&e, Some("resolved"), &["new"]);
+    bad.record = b"refused".to_vec();
+    assert_eq!(
+        move_event(s, C, bad).await,
+        refused("firing"),
+        "conformance[{C}]: not from an allowed state"
+    );
+    assert_eq!(
+        ok(C, "get_event", s.get_event(&e).await),
+        Some(first),
+        "conformance[{C}]: refused changes nothing"
+    );
+
+    let steps = [
+        Deferral::Transition(transition(&e, Some("resolved"), &["firing"])),
+        Deferral::Transition(transition(&e, Some("closed"), &["resolved"])),
+        Deferral::Transition(transition(&e, Some("x"), &["firing"])),
+    ];
+    assert_eq!(
+        defer_all(s, C, &steps).await,
+        vec![
+            DeferResult::Transition(changed("firing")),
+            DeferResult::Transition(changed("resolved")),
+            DeferResult::Transition(refused("closed")),
+        ],
+        "conformance[{C}]: transitions of one call apply in order"
+    );
+    let last = ok(C, "get_event", s.get_event(&e).await)
+        .unwrap_or_else(|| panic!("conformance[{C}]: the event"));
+    assert_eq!(
+        (last.state.as_str(), last.record),
+        (
+            "closed",
+            format!("{e} to {:?}", Some("closed")).into_bytes()
+        ),
+        "conformance[{C}]: the last change"
+    );
+}
+
+/// `require_timer`: a timeout moves the event only while the timer that fired is still
+/// its armed timeout (not after the state was left, nor re-entered with a new timeout).
+pub async fn transition_require_timer(store: Arc<dyn StateStore>, prefix: &str) {
+    const C: &str = "transition_require_timer";
+    let _serial = TIMER_CHECKS.lock().await;
+    let s = &*store;
+    let e = format!("{prefix}e");
+    let (t1, t2) = (format!("{prefix}t1"), format!("{prefix}t2"));
+    let due = unix_ms() + 60_000;
+    let timeout = |timer: &str| {
+        let mut t = transition(&e, Some("timed_out"), &["pending", "firing"]);
+        t.require_timer = Some(timer.to_owned());
+        t
+    };
+    let mut absent = timeout(&t1);
+    absent.key = format!("{prefix}absent");
+    assert_eq!(
+        move_event(s, C, absent.clone()).await,
+        unchanged("new"),
+        "conformance[{C}]: no event, no armed timeout"
+    );
+    assert_eq!(
+        ok(C, "get_event", s.get_event(&absent.key).await),
+        None,
+        "conformance[{C}]: nothing written"
+    );
+
+    let mut arm = transition(&e, Some("pending"), &["new", "firing"]);
+    arm.timeout = Some(timer_write(&t1, due, "t1"));
+    assert_eq!(
+        move_event(s, C, arm.clone()).await,
+        changed("new"),
+        "conformance[{C}]: armed"
+    );
+    assert_eq!(
+        move_event(s, C, transition(&e, Some("firing"), &["pending"])).await,
+        changed("pending"),
+        "conformance[{C}]: left"
+    );
+    assert_eq!(
+        move_event(s, C, timeout(&t1)).await,
+        unchanged("firing"),
+        "conformance[{C}]: a timeout whose state was left does nothing"
+    );
+    arm.timeout = Some(timer_write(&t2, due, "t2"));
+    assert_eq!(
+        move_event(s, C, arm).await,
+        changed("firing"),
+        "conformance[{C}]: re-entered"
+    );
+    assert_eq!(
+        move_event(s, C, timeout(&t1)).await,
+        unchanged("pending"),
+        "conformance[{C}]: an older timeout of a re-entered state does nothing"
+    );
+    // The worker claims the armed timeout, then moves the event with it.
+    let fired = claim_ours(s, C, far_future(), prefix).await;
+    assert_eq!(
+        fired.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
+        [t2.as_str()],
+        "conformance[{C}]: leaving a state removed its timeout; only the armed one exists"
+    );
+    assert_eq!(
+        move_event(s, C, timeout(&t2)).await,
+        changed("pending"),
+        "conformance[{C}]: the armed timeout moves it"
+    );
+    let event = ok(C, "get_event", s.get_event(&e).await)
+        .unwrap_or_else(|| panic!("conformance[{C}]: the event"));
+    assert_eq!(
+        (event.state.as_str(), event.timeout),
+        ("timed_out", None),
+        "conformance[{C}]: timed out, nothing armed"
+    );
+    assert!(
+        ok(
+            C,
+            "complete_timer",
+            s.complete_timer(&t2, &fired[0].claim).await
+        ),
+        "conformance[{C}]: the timer that fired is left for its claimant to complete"
+    );
+    assert_eq!(
+        move_event(s, C, timeout(&t2)).await,
+        unchanged("timed_out"),
+        "conformance[{C}]: a timeout runs once"
+    );
+}
+
+/// A change removes the event's armed timeout and registers the new one (or none);
+/// unchanged and refused transitions leave timers alone.
+pub async fn transition_timeout_replaced_on_change(store: Arc<dyn StateStore>, prefix: &str) {
+    const C: &str = "transition_timeout_replaced_on_change";
+    let _serial = TIMER_CHECKS.lock().await;
+    let s = &*store;
+    let e = format!("{prefix}e");
+    let base = pending(s, C).await;
+    let now = unix_ms();
+    let with_timeout = |to: &str, from: &str, timer: &str, due: u64| {
+        let mut t = transition(&e, Some(to), &[from]);
+        t.timeout = Some(timer_write(&format!("{prefix}{timer}"), due, timer));
+        t
+    };
+    move_event(s, C, with_timeout("a", "new", "t1", now + 60_000)).await;
+    assert_eq!(
+        pending(s, C).await,
+        base + 1,
+        "conformance[{C}]: one timeout"
+    );
+    assert_eq!(
+        move_event(s, C, with_timeout("b", "a", "t2", now + 120_000)).await,
+        changed("a"),
+        "conformance[{C}]: a → b"
+    );
+    assert_eq!(
+        pending(s, C).await,
+        base + 1,
+        "conformance[{C}]: the first timeout was replaced"
+    );
+    let event = ok(C, "get_event", s.get_event(&e).await)
+        .unwrap_or_else(|| panic!("conformance[{C}]: the event"));
+    assert_eq!(
+        event.timeout,
+        Some((format!("{prefix}t2"), now + 120_000)),
+        "conformance[{C}]: the armed timeout"
+    );
+    assert_eq!(
+        move_event(s, C, with_timeout("c", "a", "t3", now)).await,
+        refused("b"),
+        "conformance[{C}]: refused"
+    );
+    assert_eq!(
+        move_event(s, C, with_timeout("b", "b", "t4", now)).await,
+        unchanged("b"),
+        "conformance[{C}]: unchanged"
+    );
+    let claimed = claim_ours(s, C, far_future(), prefix).await;
+    let got: Vec<(&str, &[u8])> = claimed
+        .iter()
+        .map(|t| (t.id.as_str(), t.payload.as_slice()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![(format!("{prefix}t2").as_str(), b"t2".as_slice())],
+        "conformance[{C}]: only the armed timeout exists"
+    );
+    assert_eq!(
+        move_event(s, C, transition(&e, Some("c"), &["b"])).await,
+        changed("b"),
+        "conformance[{C}]: b → c without timeout"
+    );
+    assert_eq!(
+        pending(s, C).await,
+        base,
+        "conformance[{C}]: a change without timeout removes the armed one"
+    );
+    let event = ok(C, "get_event", s.get_event(&e).await)
+        .unwrap_or_else(|| panic!("conformance[{C}]: the event"));
+    assert_eq!(event.timeout, None, "conformance[{C}]: nothing armed");
+}
+
+/// Events join their active sets while not terminal and leave them when terminal;
+/// `read_state` answers set, dedup and window reads in one call.
+pub async fn transition_active_sets_and_read_state(store: Arc<dyn StateStore>, prefix: &str) {
+    const C: &str = "transition_active_sets_and_read_state";
+    let s = &*store;
+    let (s1, s2, s3) = (
+        format!("{prefix}s1"),
+        format!("{prefix}s2"),
+        format!("{prefix}s3"),
+    );
+    let (e1, e2) = (format!("{prefix}e1"), format!("{prefix}e2"));
+    let sets = [set_not_empty(&s1), set_not_empty(&s2), set_not_empty(&s3)];
+    assert_eq!(
+        read(s, C, &sets).await,
+        vec![0, 0, 0],
+        "conformance[{C}]: empty sets"
+    );
+    assert!(
+        read(s, C, &[]).await.is_empty(),
+        "conformance[{C}]: no reads"
+    );
+    let moved = |key: &str, to: &str, from: &str, terminal: bool, active: &[&String]| {
+        let mut t = transition(key, Some(to), &[from]);
+        t.to_terminal = terminal;
+        t.active_sets = active.iter().map(|s| (*s).clone()).collect();
+        Deferral::Transition(t)
+    };
+    defer_all(s, C, &[moved(&e1, "firing", "new", false, &[&s1, &s2])]).await;
+    assert_eq!(
+        read(s, C, &sets).await,
+        vec![1, 1, 0],
+        "conformance[{C}]: e1 joined s1 and s2"
+    );
+    defer_all(s, C, &[moved(&e2, "firing", "new", false, &[&s1])]).await;
+    defer_all(s, C, &[moved(&e1, "resolved", "firing", true, &[&s1, &s2])]).await;
+    assert_eq!(
+        read(s, C, &sets).await,
+        vec![1, 0, 0],
+        "conformance[{C}]: e1 left; e2 keeps s1"
+    );
+    defer_all(s, C, &[moved(&e2, "resolved", "firing", true, &[&s1])]).await;
+    assert_eq!(
+        read(s, C, &sets).await,
+        vec![0, 0, 0],
+        "conformance[{C}]: both left"
+    );
+
+    let (d, t) = (format!("{prefix}d"), format!("{prefix}t"));
+    assert_passed(
+        C,
+        "dedup and throttle",
+        &apply(s, C, &[dedup(&d, LONG, "x"), throttle(&t, 10, LONG)]).await,
+    );
+    assert_passed(C, "throttle", &apply(s, C, &[throttle(&t, 10, LONG)]).await);
+    run(s, C, &[throttle(&t, 10, LONG)], GateMode::Check).await;
+    defer_all(s, C, &[moved(&e1, "firing", "resolved", false, &[&s3])]).await;
+    let reads = [
+        StateRead::DedupSeen { key: d.clone() },
+        StateRead::DedupSeen {
+            key: format!("{prefix}other"),
+        },
+        StateRead::WindowCount {
+            key: t.clone(),
+            window: LONG,
+        },
+        StateRead::WindowCount {
+            key: format!("{prefix}other"),
+            window: LONG,
+        },
+        set_not_empty(&s3),
+    ];
+    assert_eq!(
+        read(s, C, &reads).await,
+        vec![1, 0, 2, 0, 1],
+        "conformance[{C}]: mixed reads in order"
+    );
+    assert!(
+        ok(C, "release_dedup", s.release_dedup(&d, "x").await),
+        "conformance[{C}]: releasing the mark"
+    );
+    assert_eq!(
+        read(s, C, &reads[..1]).await,
+        vec![0],
+        "conformance[{C}]: DedupSeen reads the gates' marks"
+    );
+}
+
+/// An event expires `ttl` after its last change: it reads as absent (its state the initial
+/// one again) and leaves its active sets.
+pub async fn transition_ttl_expires_event_and_membership(store: Arc<dyn StateStore>, prefix: &str) {
+    const C: &str = "transition_ttl_expires_event_and_membership";
+    timed(C, prefix, |p| transition_ttl_once(&*store, p)).await;
+}
+
+async fn transition_ttl_once(s: &dyn StateStore, p: String) -> Attempt {
+    const C: &str = "transition_ttl_expires_event_and_membership";
+    let (e, set) = (format!("{p}e"), format!("{p}set"));
+    let mut t = transition(&e, Some("firing"), &["new"]);
+    t.ttl = TTL;
+    t.active_sets = vec![set.clone()];
+    let started = Instant::now();
+    assert_eq!(
+        move_event(s, C, t.clone()).await,
+        changed("new"),
+        "conformance[{C}]: first change"
+    );
+    let changed_at = Instant::now();
+    let live = ok(C, "get_event", s.get_event(&e).await).is_some();
+    let member = read(s, C, &[set_not_empty(&set)]).await;
+    before(started + TTL - SLACK, "reads within the TTL")?;
+    assert!(live, "conformance[{C}]: the event lives within its TTL");
+    assert_eq!(
+        member,
+        vec![1],
+        "conformance[{C}]: the event is in its set within its TTL"
+    );
+    sleep_until(changed_at + TTL + SLACK).await;
+    assert_eq!(
+        ok(C, "get_event", s.get_event(&e).await),
+        None,
+        "conformance[{C}]: expired"
+    );
+    assert!(
+        ok(C, "list_events", s.list_events(&p, 10).await).is_empty(),
+        "conformance[{C}]: not listed"
+    );
+    assert_eq!(
+        read(s, C, &[set_not_empty(&set)]).await,
+        vec![0],
+        "conformance[{C}]: an expired event leaves its sets"
+    );
+    assert_eq!(
+        move_event(s, C, t).await,
+        changed("new"),
+        "conformance[{C}]: an expired event starts anew"
+    );
+    Ok(())
+}
+
+/// 200 concurrent transitions of one event from its initial state: exactly one changes it.
+pub async fn concurrent_transitions_single_winner(store: Arc<dyn StateStore>, prefix: &str) {
+    const C: &str = "concurrent_transitions_single_winner";
+    let e = format!("{prefix}e");
+    let results = race(&store, RACERS, |s, i| {
+        let t = Deferral::Transition(transition(&e, Some(&format!("s{i}")), &["new"]));
+        async move { s.run_gates_and_defer(&[], GateMode::APPLY, &[t]).await }
+    })
+    .await;
+    let mut winners = Vec::new();
+    let mut refusals = Vec::new();
+    for (i, r) in results.into_iter().enumerate() {
+        match ok(C, "run_gates_and_defer", r).1.pop() {
+            Some(DeferResult::Transition(TransitionResult::Changed { previous })) => {
+                assert_eq!(
+                    previous, "new",
+                    "conformance[{C}]: the winner moved from new"
+                );
+                winners.push(i);
+            }
+            Some(DeferResult::Transition(TransitionResult::Refused { current })) => {
+                refusals.push(current)
+            }
+            other => panic!("conformance[{C}]: racer {i} answered {other:?}"),
+        }
+    }
+    assert_eq!(
+        winners.len(),
+        1,
+        "conformance[{C}]: exactly one change, got {winners:?}"
+    );
+    let state = format!("s{}", winners[0]);
+    assert!(
+        refusals.iter().all(|c| *c == state),
+        "conformance[{C}]: the others see the winner's state"
+    );
+    let event = ok(C, "get_event", store.get_event(&e).await)
+        .unwrap_or_else(|| panic!("conformance[{C}]: the event"));
+    assert_eq!(
+        event.state, state,
+        "conformance[{C}]: the stored state is the winner's"
+    );
+}
+
+/// 200 concurrent appends to one group: each counted once, one timer armed, one time.
+pub async fn concurrent_group_appends_count_all(store: Arc<dyn StateStore>, prefix: &str) {
+    const C: &str = "concurrent_group_appends_count_all";
+    let _serial = TIMER_CHECKS.lock().await;
+    let base = pending(&*store, C).await;
+    let g = format!("{prefix}g");
+    let results = race(&store, RACERS, |s, i| {
+        let a = Deferral::GroupAppend(append(&g, &format!("e{i}")));
+        async move { s.run_gates_and_defer(&[], GateMode::APPLY, &[a]).await }
+    })
+    .await;
+    let mut sizes = Vec::new();
+    let mut times = HashSet::new();
+    for r in results {
+        match ok(C, "run_gates_and_defer", r).1.pop() {
+            Some(DeferResult::Grouped {
+                size, notify_at_ms, ..
+            }) => {
+                sizes.push(size);
+                times.insert(notify_at_ms);
+            }
+            other => panic!("conformance[{C}]: an append answered {other:?}"),
+        }
+    }
+    sizes.sort_unstable();
+    assert_eq!(
+        sizes,
+        (1..=RACERS as u64).collect::<Vec<_>>(),
+        "conformance[{C}]: sizes 1..={RACERS}"
+    );
+    assert_eq!(
+        times.len(),
+        1,
+        "conformance[{C}]: one armed time, got {times:?}"
+    );
+    assert_eq!(
+        group(&*store, C, &g).await.pending,
+        RACERS as u64,
+        "conformance[{C}]: every event counted"
+    );
+    assert_eq!(
+        pending(&*store, C).await,
+        base + 1,
+        "conformance[{C}]: one flush timer"
+    );
+}
+
+/// `pending_timers` counts registered timers, claimed or not; `release_timers` makes each
+/// held claim claimable at once, and a released (or stale) claim is lost.
+pub async fn timers_pending_and_release(store: Arc<dyn StateStore>, prefix: &str) {
+    const C: &str = "timers_pending_and_release";
+    let _serial = TIMER_CHECKS.lock().await;
+    let s = &*store;
+    let base = pending(s, C).await;
+    let now = unix_ms();
+    let (a, b, later) = (
+        format!("{prefix}a"),
+        format!("{prefix}b"),
+        format!("{prefix}later"),
+    );
+    for (id, due) in [
+        (&a, now - 2_000),
+        (&b, now - 1_000),
+        (&later, now + 600_000),
+    ] {
+        ok(
+            C,
+            "schedule_timer",
+            s.schedule_timer(id, due, id.clone().into_bytes()).await,
+        );
+    }
+    assert_eq!(
+        pending(s, C).await,
+        base + 3,
+        "conformance[{C}]: three registered"
+    );
+    let first = claim_ours(s, C, unix_ms(), prefix).await;
+    assert_eq!(
+        ids(&first.iter().collect::<Vec<_>>()),
+        vec![a.clone(), b.clone()],
+        "conformance[{C}]: the due ones"
+    );
+    assert_eq!(
+        pending(s, C).await,
+        base + 3,
+        "conformance[{C}]: claimed timers are pending"
+    );
+    let claim_of = |id: &str| {
+        first
+            .iter()
+            .find(|t| t.id == id)
+            .map(|t| t.claim.clone())
+            .unwrap_or_default()
+    };
+    let released = ok(
+        C,
+        "release_timers",
+        s.release_timers(&[
+            (a.clone(), claim_of(&a)),
+            (b.clone(), "not-the-claim".into()),
+            (format!("{prefix}unknown"), claim_of(&a)),
+        ])
+        .await,
+    );
+    assert_eq!(
+        released, 1,
+        "conformance[{C}]: only the held claim is released"
+    );
+    let again = claim_ours(s, C, unix_ms(), prefix).await;
+    assert_eq!(
+        ids(&again.iter().collect::<Vec<_>>()),
+        vec![a.clone()],
+        "conformance[{C}]: the released timer is claimable at once"
+    );
+    assert!(
+        !ok(
+            C,
+            "complete_timer",
+            s.complete_timer(&a, &claim_of(&a)).await
+        ),
+        "conformance[{C}]: a released claim is lost"
+    );
+    assert!(
+        ok(
+            C,
+            "complete_timer",
+            s.complete_timer(&a, &again[0].claim).await
+        ),
+        "conformance[{C}]: the new claim completes"
+    );
+    assert!(
+        ok(
+            C,
+            "complete_timer",
+            s.complete_timer(&b, &claim_of(&b)).await
+        ),
+        "conformance[{C}]: an unreleased claim holds"
+    );
+    assert_eq!(
+        pending(s, C).await,
+        base + 1,
+        "conformance[{C}]: completed timers leave the count"
+    );
+    ok(C, "release_timers", s.release_timers(&[]).await);
+}
+
+/// Claims take due timers oldest first, `max` at a time, and never one not yet due.
+pub async fn timers_claimed_in_due_order(store: Arc<dyn StateStore>, prefix: &str) {
+    const C: &str = "timers_claimed_in_due_order";
+    const DUE: u64 = 300;
+    const BATCH: usize = 40;
+    let _serial = TIMER_CHECKS.lock().await;
+    let s = &*store;
+    let base = pending(s, C).await;
+    let now = unix_ms();
+    // Registered in a scrambled order; due times all distinct.
+    for i in 0..DUE {
+        let n = (i * 7_919) % DUE;
+        let id = format!("{prefix}due{n:03}");
+        ok(
+            C,
+            "schedule_timer",
+            s.schedule_timer(&id, now - 100_000 + n * 13, Vec::new())
+                .await,
+        );
+    }
+    for i in 0..20 {
+        ok(
+            C,
+            "schedule_timer",
+            s.schedule_timer(&format!("{prefix}later{i}"), now + 600_000 + i, Vec::new())
+                .await,
+        );
+    }
+    assert_eq!(
+        pending(s, C).await,
+        base + DUE + 20,
+        "conformance[{C}]: all registered"
+    );
+    let mut order = Vec::new();
+    let mut others = Vec::new();
+    loop {
+        let claimed = ok(
+            C,
+            "claim_due_timers",
+            s.claim_due_timers(unix_ms(), BATCH, LONG).await,
+        );
+        assert!(
+            claimed.len() <= BATCH,
+            "conformance[{C}]: at most max per claim"
+        );
+        if claimed.is_empty() {
+            break;
+        }
+        for t in claimed {
+            if !t.id.starts_with(prefix) {
+                others.push(t);
+                continue;
+            }
+            assert!(
+                ok(C, "complete_timer", s.complete_timer(&t.id, &t.claim).await),
+                "conformance[{C}]: completing {}",
+                t.id
+            );
+            order.push(t.id);
+        }
+        assert!(
+            order.len() <= DUE as usize,
+            "conformance[{C}]: claimed more than the due timers: {order:?}"
+        );
+    }
+    release_all(s, C, &others).await;
+    let expected: Vec<String> = (0..DUE).map(|n| format!("{prefix}due{n:03}")).collect();
+    assert_eq!(
+        order, expected,
+        "conformance[{C}]: due timers claimed oldest first, none not yet due"
+    );
+    assert_eq!(
+        pending(s, C).await,
+        base + 20,
+        "conformance[{C}]: the timers not yet due stay"
     );
 }
