@@ -5,7 +5,7 @@ pub mod log;
 pub mod response;
 pub mod webhook;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
