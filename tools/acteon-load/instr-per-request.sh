@@ -3,14 +3,16 @@
 # unlike req/s on a shared 2-core machine (±25%). Runs the release gateway under callgrind
 # with bench-rules.yaml, warms up, zeroes the counters, sends exactly N dispatches over C
 # keep-alive connections (fixed-n.py, the body of wrk-mixed.lua's `ungated`), dumps and
-# divides the total by N. Kernel time (the TCP stack) is not counted; see the syscall line.
+# divides the total by N. Kernel time (the TCP stack) is not counted: STRACE=1 counts the
+# syscalls instead.
 #
 #   cargo build --release -p acteon-gateway && bash tools/acteon-load/instr-per-request.sh
 #
-# Environment: GATEWAY (default target/release/acteon-gateway), N (20000), C (connections,
-# 8), WARMUP (2000), TOP (print the N most expensive functions, inclusive of none: self
-# cost; default 0), KEEP (directory to keep the callgrind output in), STRACE=1 (also count
-# syscalls per request with strace -c, in a separate run without callgrind).
+# Compare figures taken with the same N and C only. Environment: GATEWAY (default
+# target/release/acteon-gateway), N (20000), C (connections, 8), WARMUP (2000), TOP (also
+# print the TOP functions with the most instructions of their own), KEEP (a directory to
+# keep the callgrind output in, for callgrind_annotate), STRACE=1 (also count syscalls per
+# dispatch with strace -c, in a second run without callgrind).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 GATEWAY="${GATEWAY:-target/release/acteon-gateway}"
@@ -44,9 +46,9 @@ start() { # command prefix…
 start valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out" \
     --dump-instr=no --dump-line=no
 python3 "$CLIENT" "$PORT" "$WARMUP" "$C" >/dev/null
-callgrind_control -z "$PID" >/dev/null
+callgrind_control -z "$PID" >/dev/null 2>&1
 python3 "$CLIENT" "$PORT" "$N" "$C" >/dev/null
-callgrind_control -d "$PID" >/dev/null
+callgrind_control -d "$PID" >/dev/null 2>&1
 kill "$PID"
 wait "$PID" 2>/dev/null || true
 PID=""
@@ -66,14 +68,14 @@ fi
 if [[ "${STRACE:-0}" == 1 ]]; then
     start
     python3 "$CLIENT" "$PORT" "$WARMUP" "$C" >/dev/null
-    strace -c -f -p "$PID" -o "$WORK/strace.txt" &
+    strace -c -f -p "$PID" -o "$WORK/strace.txt" 2>/dev/null &
     STRACE_PID=$!
     sleep 1
     python3 "$CLIENT" "$PORT" "$N" "$C" >/dev/null
     kill -INT "$STRACE_PID"
     wait "$STRACE_PID" 2>/dev/null || true
-    awk -v n="$N" '$NF ~ /^[a-z_0-9]+$/ && $(NF-1) ~ /^[0-9]+$/ && $NF != "total" && $(NF-1) + 0 > n / 10 {
-        printf "  %-16s %.2f per dispatch\n", $NF, $(NF-1) / n }
-        /total$/ { printf "syscalls per dispatch: %.2f\n", $(NF-1) / n }' "$WORK/strace.txt" |
-        sort -k2 -rn
+    # Columns: % time, seconds, usecs/call, calls, [errors], syscall.
+    awk -v n="$N" '$4 ~ /^[0-9]+$/ && $NF != "total" && $4 > n / 20 {
+        printf "  %-14s %.2f per dispatch\n", $NF, $4 / n }
+        $NF == "total" { printf "syscalls per dispatch: %.2f\n", $4 / n }' "$WORK/strace.txt"
 fi
