@@ -544,12 +544,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Duration::from_secs(args.state_check_seconds),
     );
     let registry = gateway.metrics.registry.clone();
-    let app = http::router(Arc::new(AppState {
+    let app = Arc::new(AppState {
         gateway,
         body_limit: args.body_limit,
         body_timeout: Duration::from_millis(args.http_body_timeout_ms),
-        lifecycle: lifecycle.clone(),
-    }));
+        lifecycle,
+    });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
@@ -563,15 +563,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         drain_timeout: Duration::from_secs(args.shutdown_timeout),
     };
     let delay = Duration::from_secs(args.shutdown_delay_seconds);
-    http::serve::serve(
-        listener,
-        app,
-        lifecycle,
-        &registry,
-        options,
-        shutdown_signal(delay),
-    )
-    .await;
+    http::serve::serve(listener, app, &registry, options, shutdown_signal(delay)).await;
     // After the HTTP drain: running tasks finish (bounded), unfinished claims are released.
     worker.stop().await;
     tracing::info!("stopped");

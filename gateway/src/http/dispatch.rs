@@ -2,11 +2,10 @@
 
 use std::sync::Arc;
 
-use axum::Json;
-use axum::body::Body;
+use axum::body::HttpBody;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
-use axum::http::HeaderMap;
+use axum::extract::{Query, Request, State};
+use bytes::Bytes;
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -14,7 +13,7 @@ use utoipa::IntoParams;
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody, ItemError};
-use super::json;
+use super::json::{self, JsonBody};
 use crate::action::{self, Action};
 use crate::outcome::ActionOutcome;
 
@@ -65,13 +64,30 @@ fn parse_action(bytes: &[u8], what: &str, app: &AppState) -> Result<Action, ApiE
 pub async fn dispatch(
     State(app): State<Arc<AppState>>,
     query: Result<Query<DispatchParams>, QueryRejection>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Json<ActionOutcome>, ApiError> {
+    request: Request,
+) -> Result<JsonBody<ActionOutcome>, ApiError> {
+    dispatch_request(&app, query, request).await
+}
+
+/// The handler above on a whole request. The server calls it directly for
+/// `POST /v1/dispatch`, without the router (see `serve.rs`), so it must keep to what the
+/// handler may see: the query (parsed as axum's `Query` does), the headers and the body.
+pub async fn dispatch_request<B>(
+    app: &AppState,
+    query: Result<Query<DispatchParams>, QueryRejection>,
+    request: Request<B>,
+) -> Result<JsonBody<ActionOutcome>, ApiError>
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let params = params(query)?;
-    let bytes = json::read_body(&headers, body, app.body_limit, app.body_timeout).await?;
-    let action = parse_action(&bytes, "action", &app)?;
-    Ok(Json(app.gateway.dispatch(action, params.dry_run).await?))
+    let (parts, body) = request.into_parts();
+    let bytes = json::read_body(&parts.headers, body, app.body_limit, app.body_timeout).await?;
+    let action = parse_action(&bytes, "action", app)?;
+    Ok(JsonBody(
+        app.gateway.dispatch(action, params.dry_run).await?,
+    ))
 }
 
 /// One batch result: an outcome, or `{"error": {"code", "message", "retryable"}}` for that
@@ -95,11 +111,11 @@ impl From<ApiError> for BatchItem {
 pub async fn dispatch_batch(
     State(app): State<Arc<AppState>>,
     query: Result<Query<DispatchParams>, QueryRejection>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Json<Vec<BatchItem>>, ApiError> {
+    request: Request,
+) -> Result<JsonBody<Vec<BatchItem>>, ApiError> {
     let params = params(query)?;
-    let bytes = json::read_body(&headers, body, app.body_limit, app.body_timeout).await?;
+    let (parts, body) = request.into_parts();
+    let bytes = json::read_body(&parts.headers, body, app.body_limit, app.body_timeout).await?;
     let items: Vec<Box<RawValue>> =
         json::parse(&bytes, "batch (expected a JSON array of actions)")?;
     if items.len() > MAX_BATCH {
@@ -129,5 +145,5 @@ pub async fn dispatch_batch(
         .buffered(BATCH_CONCURRENCY)
         .collect()
         .await;
-    Ok(Json(results))
+    Ok(JsonBody(results))
 }
