@@ -255,7 +255,10 @@ async fn state_timeouts(state_url: &str, replicas: usize) {
     let acked = cluster.send_all(vec![alert(0, "acked")]).await;
     assert_eq!(acked[0]["StateChanged"]["new_state"], "acked", "{acked:?}");
     let closed = cluster.send_all(vec![alert(0, "closed")]).await;
-    assert_eq!(closed[0]["StateChanged"]["new_state"], "closed", "{closed:?}");
+    assert_eq!(
+        closed[0]["StateChanged"]["new_state"], "closed",
+        "{closed:?}"
+    );
     let outcomes = cluster
         .send_all((1..500).map(|i| alert(i, "acked")).collect())
         .await;
@@ -274,7 +277,12 @@ async fn state_timeouts(state_url: &str, replicas: usize) {
     assert_eq!(got.len(), 499, "each timeout fired once");
     let fingerprints: BTreeSet<String> = got
         .iter()
-        .map(|r| r.body["fingerprint"].as_str().expect("fingerprint").to_owned())
+        .map(|r| {
+            r.body["fingerprint"]
+                .as_str()
+                .expect("fingerprint")
+                .to_owned()
+        })
         .collect();
     assert_eq!(fingerprints.len(), 499);
     assert!(got.iter().all(|r| r.body["new_state"] == "expired"));

@@ -146,14 +146,8 @@ async fn seed_003_iot_pipeline() {
         "normal",
         &["Failed:NOT_IMPLEMENTED:rule `chain-sensor-readings`: action type `chain`"; 3],
     );
-    expect(
-        "humidity",
-        &["Grouped:1", "Grouped:1", "Grouped:2"],
-    );
-    expect(
-        "energy",
-        &["Scheduled"; 2],
-    );
+    expect("humidity", &["Grouped:1", "Grouped:1", "Grouped:2"]);
+    expect("energy", &["Scheduled"; 2]);
     expect("duplicate", &["Rerouted:alert-fanout", "Deduplicated"]);
     expect(
         "test-device",
