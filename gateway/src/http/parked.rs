@@ -318,6 +318,6 @@ pub async fn transition(
         ));
     };
     let outcome = transition_outcome(&machine, &fingerprint, Some(&req.to), &result);
-    gw.count_transition(&machine, &req.to, &outcome);
+    gw.count_transition(&machine, &req.to, &result);
     Ok(Json(outcome))
 }

@@ -114,7 +114,7 @@ impl Gateway {
         };
         let to = target.to.clone();
         let outcome = transition_outcome(machine, &target.fingerprint, to.as_deref(), &result);
-        self.count_transition(machine, to.as_deref().unwrap_or_default(), &outcome);
+        self.count_transition(machine, to.as_deref().unwrap_or_default(), &result);
         if let ActionOutcome::StateChanged { notify: true, .. } = &outcome {
             let provider = machine.notify_target(&action.provider).to_owned();
             self.notify_move(rt, action, &provider).await;
@@ -122,16 +122,13 @@ impl Gateway {
         Ok(outcome)
     }
 
-    /// Counts a move by machine, requested state and result.
-    pub(crate) fn count_transition(&self, machine: &Machine, to: &str, outcome: &ActionOutcome) {
-        let result = match outcome {
-            ActionOutcome::StateChanged {
-                previous_state,
-                new_state,
-                ..
-            } if previous_state == new_state => "unchanged",
-            ActionOutcome::StateChanged { .. } => "changed",
-            _ => "refused",
+    /// Counts a move by machine, requested state and result (an event recorded in its
+    /// initial state counts as changed, though its previous and new states are the same).
+    pub(crate) fn count_transition(&self, machine: &Machine, to: &str, result: &TransitionResult) {
+        let result = match result {
+            TransitionResult::Changed { .. } => "changed",
+            TransitionResult::Unchanged { .. } => "unchanged",
+            TransitionResult::Refused { .. } => "refused",
         };
         // Bounded: machines and their states come from the configuration; an unknown
         // requested state is counted as such.
@@ -171,7 +168,8 @@ impl Gateway {
 }
 
 /// The outcome of a move: `StateChanged` for a change (and for staying put, with the same
-/// state on both sides and no notification), `Failed` with `TRANSITION_NOT_ALLOWED` for a
+/// state on both sides and no notification; an event recorded in its initial state answers
+/// the same, previous and new state both the initial one), `Failed` with `TRANSITION_NOT_ALLOWED` for a
 /// move the machine does not allow (the state is left as it was).
 pub fn transition_outcome(
     machine: &Machine,
@@ -186,7 +184,8 @@ pub fn transition_outcome(
                 fingerprint: fingerprint.to_owned(),
                 previous_state: previous.clone(),
                 new_state: to.to_owned(),
-                notify: machine.notifies(previous, to),
+                // Recorded in its initial state (previous == to): no move, no notification.
+                notify: previous != to && machine.notifies(previous, to),
             }
         }
         TransitionResult::Unchanged { current } => ActionOutcome::StateChanged {

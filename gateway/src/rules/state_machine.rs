@@ -302,6 +302,11 @@ impl Machine {
                 .map(|t| self.sources_of(t))
                 .unwrap_or_default(),
             to_terminal: to.as_deref().is_some_and(|t| self.terminal.contains(t)),
+            terminal: {
+                let mut terminal: Vec<String> = self.terminal.iter().cloned().collect();
+                terminal.sort();
+                terminal
+            },
             key,
             fingerprint: fingerprint.to_owned(),
             initial: self.initial.clone(),

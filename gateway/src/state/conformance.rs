@@ -112,6 +112,9 @@ macro_rules! __state_conformance_checks {
             transition_timeout_replaced_on_change,
             transition_active_sets_and_read_state,
             transition_ttl_expires_event_and_membership,
+            transition_initial_state_recorded,
+            transition_terminal_starts_new_lifecycle,
+            transition_set_members_are_event_keys,
             concurrent_transitions_single_winner,
             concurrent_group_appends_count_all,
             timers_pending_and_release,
@@ -2348,6 +2351,7 @@ fn transition(key: &str, to: Option<&str>, from: &[&str]) -> Transition {
         require_timer: None,
         timeout: None,
         to_terminal: false,
+        terminal: Vec::new(),
         active_sets: Vec::new(),
         record: format!("{key} to {to:?}").into_bytes(),
         ttl: LONG,
@@ -3396,11 +3400,6 @@ pub async fn transition_changed_unchanged_refused(store: Arc<dyn StateStore>, pr
         "conformance[{C}]: refused from the initial state"
     );
     assert_eq!(
-        move_event(s, C, transition(&absent, Some("new"), &["new"])).await,
-        unchanged("new"),
-        "conformance[{C}]: already in the initial state"
-    );
-    assert_eq!(
         move_event(s, C, transition(&absent, None, &["new"])).await,
         unchanged("new"),
         "conformance[{C}]: no target"
@@ -3546,6 +3545,10 @@ pub async fn transition_require_timer(store: Arc<dyn StateStore>, prefix: &str) 
         fired.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
         [t2.as_str()],
         "conformance[{C}]: leaving a state removed its timeout; only the armed one exists"
+    );
+    assert_eq!(
+        fired[0].due_ms, due,
+        "conformance[{C}]: a claimed timeout carries its due time"
     );
     assert_eq!(
         move_event(s, C, timeout(&t2)).await,
@@ -3730,6 +3733,199 @@ pub async fn transition_active_sets_and_read_state(store: Arc<dyn StateStore>, p
         read(s, C, &reads[..1]).await,
         vec![0],
         "conformance[{C}]: DedupSeen reads the gates' marks"
+    );
+}
+
+/// An event with no record (never seen, or finished) asked into its initial state is
+/// recorded there: changed (previous = the initial state), its timeout armed, its sets
+/// joined; a live event asked into its current state is unchanged.
+pub async fn transition_initial_state_recorded(store: Arc<dyn StateStore>, prefix: &str) {
+    const C: &str = "transition_initial_state_recorded";
+    let _serial = TIMER_CHECKS.lock().await;
+    let s = &*store;
+    let (e, set, timer) = (
+        format!("{prefix}e"),
+        format!("{prefix}set"),
+        format!("{prefix}t"),
+    );
+    let due = unix_ms() + 60_000;
+    let t0 = unix_ms();
+    let mut first = transition(&e, Some("new"), &[]);
+    first.timeout = Some(timer_write(&timer, due, "t"));
+    first.active_sets = vec![set.clone()];
+    assert_eq!(
+        move_event(s, C, first).await,
+        changed("new"),
+        "conformance[{C}]: a never-seen event is recorded in its initial state"
+    );
+    let t1 = unix_ms();
+    let event = ok(C, "get_event", s.get_event(&e).await)
+        .unwrap_or_else(|| panic!("conformance[{C}]: the event must be recorded"));
+    assert_eq!(
+        (event.state.as_str(), event.timeout.clone()),
+        ("new", Some((timer.clone(), due))),
+        "conformance[{C}]: in the initial state, its timeout armed"
+    );
+    assert_ms_within(C, "changed_ms", event.changed_ms, t0, t1);
+    assert_eq!(
+        read(s, C, &[set_not_empty(&set)]).await,
+        vec![1],
+        "conformance[{C}]: it joined its set"
+    );
+    let listed = ok(C, "list_events", s.list_events(prefix, 10).await);
+    assert_eq!(
+        listed.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(),
+        [e.as_str()],
+        "conformance[{C}]: it is listed"
+    );
+    let mut again = transition(&e, Some("new"), &["new"]);
+    again.timeout = Some(timer_write(&format!("{prefix}t2"), due, "t2"));
+    assert_eq!(
+        move_event(s, C, again).await,
+        unchanged("new"),
+        "conformance[{C}]: a recorded event stays put"
+    );
+    let claimed = claim_ours(s, C, far_future(), prefix).await;
+    assert_eq!(
+        claimed
+            .iter()
+            .map(|t| (t.id.as_str(), t.due_ms))
+            .collect::<Vec<_>>(),
+        [(timer.as_str(), due)],
+        "conformance[{C}]: the first timeout only"
+    );
+    for t in &claimed {
+        ok(C, "complete_timer", s.complete_timer(&t.id, &t.claim).await);
+    }
+    assert_eq!(
+        move_event(s, C, transition(&e, Some("firing"), &["new"])).await,
+        changed("new"),
+        "conformance[{C}]: it moves on from its initial state"
+    );
+}
+
+/// An event in a terminal state is finished: the next move starts a new lifecycle from the
+/// initial state (allowed from it, the record replaced); a refused one keeps the record.
+pub async fn transition_terminal_starts_new_lifecycle(store: Arc<dyn StateStore>, prefix: &str) {
+    const C: &str = "transition_terminal_starts_new_lifecycle";
+    let s = &*store;
+    let (e, f, set) = (
+        format!("{prefix}e"),
+        format!("{prefix}f"),
+        format!("{prefix}set"),
+    );
+    let step = |key: &str, to: &str, from: &[&str]| {
+        let mut t = transition(key, Some(to), from);
+        t.terminal = vec!["closed".to_owned(), "resolved".to_owned()];
+        t.to_terminal = t.terminal.iter().any(|x| x == to);
+        t.active_sets = vec![set.clone()];
+        t
+    };
+    for key in [&e, &f] {
+        assert_eq!(
+            move_event(s, C, step(key, "firing", &["new"])).await,
+            changed("new"),
+            "conformance[{C}]: new → firing"
+        );
+        assert_eq!(
+            move_event(s, C, step(key, "resolved", &["firing"])).await,
+            changed("firing"),
+            "conformance[{C}]: firing → resolved (terminal)"
+        );
+    }
+    assert_eq!(
+        read(s, C, &[set_not_empty(&set)]).await,
+        vec![0],
+        "conformance[{C}]: finished events left the set"
+    );
+    assert_eq!(
+        move_event(s, C, step(&e, "resolved", &["firing"])).await,
+        refused("new"),
+        "conformance[{C}]: a finished event counts as in its initial state"
+    );
+    let kept = ok(C, "get_event", s.get_event(&e).await)
+        .unwrap_or_else(|| panic!("conformance[{C}]: the event"));
+    assert_eq!(
+        kept.state, "resolved",
+        "conformance[{C}]: a refused move keeps the finished record"
+    );
+    assert_eq!(
+        move_event(s, C, step(&e, "firing", &["new"])).await,
+        changed("new"),
+        "conformance[{C}]: firing again after resolved starts a new lifecycle"
+    );
+    let event = ok(C, "get_event", s.get_event(&e).await)
+        .unwrap_or_else(|| panic!("conformance[{C}]: the event"));
+    assert_eq!(
+        (event.state.as_str(), event.record),
+        (
+            "firing",
+            format!("{e} to {:?}", Some("firing")).into_bytes()
+        ),
+        "conformance[{C}]: the record replaced"
+    );
+    assert_eq!(
+        read(s, C, &[set_not_empty(&set)]).await,
+        vec![1],
+        "conformance[{C}]: the new lifecycle joined the set"
+    );
+    assert_eq!(
+        move_event(s, C, step(&e, "resolved", &["firing"])).await,
+        changed("firing"),
+        "conformance[{C}]: the new lifecycle moves on"
+    );
+    assert_eq!(
+        move_event(s, C, step(&f, "new", &[])).await,
+        changed("new"),
+        "conformance[{C}]: a finished event asked into its initial state is recorded there"
+    );
+    let event = ok(C, "get_event", s.get_event(&f).await)
+        .unwrap_or_else(|| panic!("conformance[{C}]: the event"));
+    assert_eq!(event.state, "new", "conformance[{C}]: back in `new`");
+    assert_eq!(
+        move_event(s, C, step(&f, "new", &["new"])).await,
+        unchanged("new"),
+        "conformance[{C}]: and stays there"
+    );
+    let mut plain = transition(&e, Some("firing"), &["new"]);
+    plain.terminal = Vec::new();
+    assert_eq!(
+        move_event(s, C, plain).await,
+        refused("resolved"),
+        "conformance[{C}]: a state not listed as terminal is an ordinary one"
+    );
+}
+
+/// Set members are events (their keys), not fingerprints: two events sharing a fingerprint
+/// (say of two tenants) are two members, and one leaving does not take the other out.
+pub async fn transition_set_members_are_event_keys(store: Arc<dyn StateStore>, prefix: &str) {
+    const C: &str = "transition_set_members_are_event_keys";
+    let s = &*store;
+    let (e1, e2, set) = (
+        format!("{prefix}e1"),
+        format!("{prefix}e2"),
+        format!("{prefix}set"),
+    );
+    let step = |key: &str, to: &str, from: &str, terminal: bool| {
+        let mut t = transition(key, Some(to), &[from]);
+        t.fingerprint = format!("{prefix}shared-fp");
+        t.to_terminal = terminal;
+        t.active_sets = vec![set.clone()];
+        Deferral::Transition(t)
+    };
+    defer_all(s, C, &[step(&e1, "firing", "new", false)]).await;
+    defer_all(s, C, &[step(&e2, "firing", "new", false)]).await;
+    defer_all(s, C, &[step(&e1, "resolved", "firing", true)]).await;
+    assert_eq!(
+        read(s, C, &[set_not_empty(&set)]).await,
+        vec![1],
+        "conformance[{C}]: e2 (same fingerprint) is still a member"
+    );
+    defer_all(s, C, &[step(&e2, "resolved", "firing", true)]).await;
+    assert_eq!(
+        read(s, C, &[set_not_empty(&set)]).await,
+        vec![0],
+        "conformance[{C}]: both left"
     );
 }
 
@@ -4028,6 +4224,13 @@ pub async fn timers_claimed_in_due_order(store: Arc<dyn StateStore>, prefix: &st
                 others.push(t);
                 continue;
             }
+            let n: u64 = t.id[prefix.len() + 3..].parse().unwrap_or(u64::MAX);
+            assert_eq!(
+                t.due_ms,
+                now - 100_000 + n * 13,
+                "conformance[{C}]: the due time of {} as registered",
+                t.id
+            );
             assert!(
                 ok(C, "complete_timer", s.complete_timer(&t.id, &t.claim).await),
                 "conformance[{C}]: completing {}",

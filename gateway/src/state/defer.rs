@@ -75,19 +75,28 @@ pub struct GroupAppend {
 
 /// Move the state-machine event at `key` to `to`.
 ///
-/// The current state is the stored one, or `initial` for an event never seen. Then:
-/// - `to` is `None` or equal to the current state: nothing changes ([`TransitionResult::Unchanged`]);
+/// The current state is the stored one, or `initial` for an event never seen (or expired)
+/// or finished: an event whose stored state is one of `terminal` has ended its lifecycle,
+/// so a move starts a new one from `initial` (its old record is replaced by the change, if
+/// any, and kept by a refusal). Then:
+/// - `to` is `None`: nothing changes ([`TransitionResult::Unchanged`]);
 /// - `require_timer` is set and the event's armed timeout is not that timer id (the state was
-///   left, or re-entered, since that timeout was armed): nothing changes (`Unchanged`);
+///   left, or re-entered, since that timeout was armed; an absent or finished event has none):
+///   nothing changes (`Unchanged`);
+/// - `to` equals the current state: nothing changes (`Unchanged`) for a live event; an event
+///   with no record (never seen, expired or finished) is recorded in `initial` as a change
+///   would record it, `allowed_from` not consulted, and the answer is
+///   [`TransitionResult::Changed`] with `previous` = `initial` (= `to`: the one answer whose
+///   previous state is the new one);
 /// - the current state is not in `allowed_from` (an empty list allows nothing): nothing
 ///   changes ([`TransitionResult::Refused`]);
 /// - otherwise the state becomes `to` ([`TransitionResult::Changed`]): the event's previous
 ///   timeout timer, if any, is removed (except the `require_timer` one: the worker that
 ///   claimed it completes it, so a lost claim still means what it says); `timeout`, if given, is registered and remembered as
-///   the event's armed timeout; `record` replaces the stored record bytes; the fingerprint
-///   joins every set in `active_sets` if `to_terminal` is false and leaves them if it is
-///   true; the event expires `ttl` after this change (a later change refreshes it), and its
-///   set memberships with it.
+///   the event's armed timeout; `record` replaces the stored record bytes; the event (its
+///   `key`: fingerprints may repeat across tenants) joins every set in `active_sets` if
+///   `to_terminal` is false and leaves them if it is true; the event expires `ttl` after
+///   this change (a later change refreshes it), and its set memberships with it.
 ///
 /// Several transitions of one key in one call apply in order, each seeing the one before.
 /// An expired event is absent: its state is `initial` again and it has no armed timeout.
@@ -101,6 +110,8 @@ pub struct Transition {
     pub require_timer: Option<String>,
     pub timeout: Option<TimerWrite>,
     pub to_terminal: bool,
+    /// The machine's terminal states: an event stored in one of them is finished.
+    pub terminal: Vec<String>,
     pub active_sets: Vec<String>,
     pub record: Vec<u8>,
     pub ttl: Duration,
@@ -123,9 +134,16 @@ pub enum DeferResult {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TransitionResult {
-    Changed { previous: String },
-    Unchanged { current: String },
-    Refused { current: String },
+    /// Moved from `previous` (or, `previous` being the target, recorded in `initial`).
+    Changed {
+        previous: String,
+    },
+    Unchanged {
+        current: String,
+    },
+    Refused {
+        current: String,
+    },
 }
 
 /// A group's notification, handed to the worker by [`super::StateStore::group_flush_begin`].
@@ -172,7 +190,8 @@ pub struct EventInfo {
 /// A read for rule conditions, answered by [`super::StateStore::read_state`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StateRead {
-    /// Whether the set (an `active_sets` entry of [`Transition`]) has a live member.
+    /// Whether the set (an `active_sets` entry of [`Transition`]) has a live member (an
+    /// event key).
     SetNotEmpty { key: String },
     /// Whether a dedup mark is present (the marks of [`super::Gate::Dedup`]).
     DedupSeen { key: String },

@@ -179,7 +179,12 @@ impl Timers {
             let claim = format!("c{}", self.claims);
             let until = now.saturating_add(lease_ms);
             self.update(&id, due, Some((claim.clone(), until)));
-            out.push(ClaimedTimer { id, payload, claim });
+            out.push(ClaimedTimer {
+                id,
+                payload,
+                claim,
+                due_ms: due,
+            });
         }
         out
     }
@@ -272,7 +277,7 @@ type ParkedDue = Reverse<(u64, ParkedKind, String, String)>;
 struct Parked {
     groups: BTreeMap<String, Group>,
     events: BTreeMap<String, Event>,
-    /// set key → member (fingerprint) → expiry (its event's).
+    /// set key → member (event key) → expiry (its event's).
     sets: HashMap<String, HashMap<String, u64>>,
     expiry: BinaryHeap<ParkedDue>,
 }
@@ -573,17 +578,24 @@ impl Parked {
 
     fn transition(&mut self, t: &Transition, now: u64, timers: &mut Timers) -> TransitionResult {
         let stored = self.events.get(&t.key).filter(|e| e.expires_at > now);
-        let current = stored.map_or_else(|| t.initial.clone(), |e| e.state.clone());
-        let Some(to) = t.to.as_ref().filter(|to| **to != current) else {
+        // An event in a terminal state is finished: a move starts a new lifecycle.
+        let live = stored.filter(|e| !t.terminal.contains(&e.state));
+        let current = live.map_or_else(|| t.initial.clone(), |e| e.state.clone());
+        let Some(to) = t.to.as_ref() else {
             return TransitionResult::Unchanged { current };
         };
         if let Some(required) = &t.require_timer {
-            let armed = stored.and_then(|e| e.timeout.as_ref()).map(|(id, _)| id);
+            let armed = live.and_then(|e| e.timeout.as_ref()).map(|(id, _)| id);
             if armed != Some(required) {
                 return TransitionResult::Unchanged { current };
             }
         }
-        if !t.allowed_from.contains(&current) {
+        if *to == current {
+            // Recorded in the initial state only when it has no record (or a finished one).
+            if live.is_some() {
+                return TransitionResult::Unchanged { current };
+            }
+        } else if !t.allowed_from.contains(&current) {
             return TransitionResult::Refused { current };
         }
         let previous_timeout = stored
@@ -616,7 +628,7 @@ impl Parked {
             self.queue(expires_at, ParkedKind::Event, &t.key, "");
         }
         for set in &t.active_sets {
-            self.set_member(set, &t.fingerprint, (!t.to_terminal).then_some(expires_at));
+            self.set_member(set, &t.key, (!t.to_terminal).then_some(expires_at));
         }
         TransitionResult::Changed { previous: current }
     }

@@ -134,6 +134,8 @@ pub struct ClaimedTimer {
     pub payload: Vec<u8>,
     /// Proof of the claim, required to complete the timer.
     pub claim: String,
+    /// When the timer was due, as registered (Unix ms, the caller's clock).
+    pub due_ms: u64,
 }
 
 /// The state contract. Memory, Redis and Postgres implement it; one conformance suite

@@ -434,7 +434,7 @@ pub const CLAIM_DUE_TIMERS_SQL: &str = "WITH c AS (SELECT acteon_now_ms() AS now
            lease_until = (SELECT now FROM c) + $3 \
        FROM due WHERE t.id = due.id \
        RETURNING t.id, t.due_ms, t.payload, t.claim) \
-     SELECT id, payload, claim FROM claimed ORDER BY due_ms, id";
+     SELECT id, payload, claim, due_ms FROM claimed ORDER BY due_ms, id";
 
 /// A group as `GroupInfo` reads it: notify_at only while armed, expired groups skipped.
 /// `$1` the key.
@@ -702,6 +702,7 @@ fn transition_json(t: &Transition) -> serde_json::Value {
         "req": t.require_timer,
         "timeout": t.timeout.as_ref().map(|w| timer_json(w, "t")),
         "terminal": t.to_terminal,
+        "finals": t.terminal,
         "sets": t.active_sets,
         "record": hex(&t.record),
         "ttl": ms(t.ttl),
@@ -1245,7 +1246,7 @@ impl StateStore for PostgresStore {
         if max == 0 {
             return Ok(Vec::new());
         }
-        let rows: Vec<(String, Vec<u8>, String)> = self
+        let rows: Vec<(String, Vec<u8>, String, i64)> = self
             .run("claim_due_timers", async |conn: &mut PgConnection| {
                 // SKIP LOCKED: concurrent claimers take disjoint timers; a timer claimed and
                 // committed meanwhile fails the re-check of the WHERE clause on its new version.
@@ -1259,7 +1260,12 @@ impl StateStore for PostgresStore {
             .await?;
         Ok(rows
             .into_iter()
-            .map(|(id, payload, claim)| ClaimedTimer { id, payload, claim })
+            .map(|(id, payload, claim, due)| ClaimedTimer {
+                id,
+                payload,
+                claim,
+                due_ms: due.max(0) as u64,
+            })
             .collect())
     }
 

@@ -247,8 +247,8 @@ redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 return 1
 ";
 
-/// KEYS: timer set. ARGV: now, max, lease ms, hash prefix, claim token base. Claimed
-/// timers are scored at the end of their lease, so the next poll skips them by index.
+/// KEYS: timer set. ARGV: now, max, lease ms, hash prefix, claim token base. Returns
+/// (id, claim, payload, due ms) per timer. Claimed timers are scored at the end of their lease, so the next poll skips them by index.
 const CLAIM_TIMERS: &str = r"
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 local until_ms = tonumber(ARGV[1]) + tonumber(ARGV[3])
@@ -260,7 +260,9 @@ for i, id in ipairs(ids) do
   redis.call('ZADD', KEYS[1], until_ms, id)
   out[#out + 1] = id
   out[#out + 1] = claim
-  out[#out + 1] = redis.call('HGET', h, 'p') or ''
+  local f = redis.call('HMGET', h, 'p', 'd')
+  out[#out + 1] = f[1] or ''
+  out[#out + 1] = f[2] or '0'
 end
 return out
 ";
@@ -378,21 +380,32 @@ local function transition()
   local allowed = take_list()
   local has_req, req, has_timeout, tid, tdue, tpayload, terminal = take(7)
   local sets = take_list()
+  local finals = take_list()
   local record, ttl = take(2)
   has_to, has_req, has_timeout, terminal = has_to == '1', has_req == '1', has_timeout == '1', terminal == '1'
   ttl = tonumber(ttl)
   local h = pk('sm', key)
   local f = redis.call('HMGET', h, 's', 'ti')
-  local live = event_live(key)
+  local stored = event_live(key)
+  -- An event in a terminal state is finished: a move starts a new lifecycle.
+  local live = stored
+  if live then
+    for _, s in ipairs(finals) do if s == f[1] then live = false end end
+  end
   local current = initial
   if live then current = f[1] end
-  if not has_to or to == current then return {'S', 'u', current} end
+  if not has_to then return {'S', 'u', current} end
   if has_req and (not live or f[2] ~= req) then return {'S', 'u', current} end
-  local ok = false
-  for _, s in ipairs(allowed) do if s == current then ok = true end end
-  if not ok then return {'S', 'r', current} end
+  if to == current then
+    -- Recorded in the initial state only when it has no record (or a finished one).
+    if live then return {'S', 'u', current} end
+  else
+    local ok = false
+    for _, s in ipairs(allowed) do if s == current then ok = true end end
+    if not ok then return {'S', 'r', current} end
+  end
   -- The timer that fired (require_timer) is its claimant's to complete.
-  if live and f[2] and not has_req then timer_del(f[2]) end
+  if stored and f[2] and not has_req then timer_del(f[2]) end
   local ex = now + ttl
   redis.call('DEL', h)
   redis.call('HSET', h, 'f', fp, 's', to, 'r', record, 'c', now, 'ex', ex)
@@ -405,12 +418,13 @@ local function transition()
   redis.call('ZADD', SY, ex, key)
   for _, set in ipairs(sets) do
     local sk = pk('as', set)
+    -- Members are event keys (fingerprints may repeat across tenants).
     if terminal then
-      redis.call('ZREM', sk, fp)
+      redis.call('ZREM', sk, key)
     else
       -- Members are scored by their event's expiry; the set lives as long as its last.
       redis.call('ZREMRANGEBYSCORE', sk, '-inf', now)
-      redis.call('ZADD', sk, ex, fp)
+      redis.call('ZADD', sk, ex, key)
       local last = redis.call('ZRANGE', sk, -1, -1, 'WITHSCORES')
       redis.call('PEXPIREAT', sk, last[2])
     end
@@ -1190,13 +1204,16 @@ impl StateStore for RedisStore {
             .invoke_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
-        let mut out = Vec::with_capacity(reply.len() / 3);
+        let mut out = Vec::with_capacity(reply.len() / 4);
         let mut it = reply.into_iter();
-        while let (Some(id), Some(claim), Some(payload)) = (it.next(), it.next(), it.next()) {
+        while let (Some(id), Some(claim), Some(payload), Some(due)) =
+            (it.next(), it.next(), it.next(), it.next())
+        {
             out.push(ClaimedTimer {
                 id: text(&id),
                 claim: text(&claim),
                 payload: bytes(payload),
+                due_ms: text(&due).parse().unwrap_or(0),
             });
         }
         Ok(out)
@@ -1269,6 +1286,10 @@ fn push_transition(inv: &mut ScriptInvocation<'_>, t: &Transition) {
     inv.arg(flag(t.to_terminal)).arg(t.active_sets.len());
     for set in &t.active_sets {
         inv.arg(set.as_str());
+    }
+    inv.arg(t.terminal.len());
+    for state in &t.terminal {
+        inv.arg(state.as_str());
     }
     inv.arg(t.record.as_slice()).arg(span_ms(t.ttl));
 }

@@ -6,14 +6,15 @@
 
 use serde_json::{Value, json};
 
-use super::Done;
 use super::task::FlushGroup;
+use super::{Done, observe_lateness};
 use crate::action::Action;
 use crate::pipeline::Gateway;
 use crate::rules::group::GroupMeta;
 use crate::state::{ClaimedTimer, GroupBatch, unix_ms};
 
 pub(super) async fn flush(gateway: &Gateway, task: FlushGroup, timer: &ClaimedTimer) -> Done {
+    observe_lateness(gateway, "flush_group", timer.due_ms);
     let state = &gateway.state;
     let batch = match gateway.state_call(state.group_flush_begin(&task.key)).await {
         Ok(Some(batch)) => batch,

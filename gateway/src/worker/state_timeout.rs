@@ -65,7 +65,7 @@ pub(super) async fn fire(gateway: &Gateway, task: StateTimeout, timer_id: &str) 
         return Done::Retry(format!("unexpected answer {result:?}"));
     };
     let outcome = transition_outcome(machine, &task.fingerprint, Some(&task.to), &result);
-    gateway.count_transition(machine, &task.to, &outcome);
+    gateway.count_transition(machine, &task.to, &result);
     if let ActionOutcome::StateChanged { notify: true, .. } = outcome {
         let action = timeout_notification(&task);
         gateway.notify_move(&rt, &action, &task.provider).await;

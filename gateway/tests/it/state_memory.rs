@@ -398,6 +398,7 @@ async fn sweep_drops_expired_parked_state() {
             require_timer: None,
             timeout: None,
             to_terminal: false,
+            terminal: Vec::new(),
             active_sets: vec!["set".into()],
             record: Vec::new(),
             ttl,

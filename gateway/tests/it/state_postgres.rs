@@ -398,6 +398,7 @@ async fn sweep_deletes_expired_parked_rows() {
             require_timer: None,
             timeout: None,
             to_terminal: false,
+            terminal: Vec::new(),
             active_sets: vec!["set".into()],
             record: Vec::new(),
             ttl,

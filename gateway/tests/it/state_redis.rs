@@ -60,6 +60,7 @@ async fn parked_indexes_drop_expired_keys() {
             require_timer: None,
             timeout: None,
             to_terminal: false,
+            terminal: Vec::new(),
             active_sets: vec!["set".into()],
             record: Vec::new(),
             ttl,

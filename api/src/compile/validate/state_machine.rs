@@ -2,8 +2,9 @@
 //! notification provider.
 //!
 //! Every state named anywhere must be one of `states`. Terminal states are final: no
-//! transition and no timeout may leave one, and the initial state cannot be one (an event
-//! would start out finished). Sizes are bounded ([`limits`]).
+//! transition and no timeout may leave one (an event in one is finished: its next action
+//! starts a new lifecycle from the initial state), and the initial state cannot be one (an
+//! event would start out finished). Sizes are bounded ([`limits`]).
 
 use std::collections::HashMap;
 
@@ -58,7 +59,7 @@ pub(super) fn check(m: &Parsed<'_, StateMachineSpec>, accepted: &Accepted) -> Re
             Err(invalid(
                 field,
                 format!(
-                    "`{state}` is terminal (spec.terminalStates): no {what} may leave it; remove it from terminalStates to allow reopening"
+                    "`{state}` is terminal (spec.terminalStates): no {what} may leave it (a terminal event starts over from spec.initialState on its next action)"
                 ),
             ))
         } else {
