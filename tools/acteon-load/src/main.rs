@@ -44,7 +44,10 @@ struct Args {
     #[arg(long, short = 'r')]
     rate: Option<f64>,
     /// `mixed`: executed, dedup, throttled, suppressed and rerouted actions in equal parts
-    /// (for bench-rules.yaml); `noop`: executed actions only.
+    /// (for bench-rules.yaml); `noop`: executed actions only. With gated-rules.yaml as well:
+    /// `gated-dedup` (fresh ids, each `dedup_key` sent exactly twice in a row by one
+    /// connection, so half are `Deduplicated`), `grouped` (grouped by `payload.k`, 256
+    /// groups), `scheduled` (parked 3600 s), `scheduled-soon` (parked 5 s).
     #[arg(long, value_enum, default_value_t = Scenario::Mixed)]
     scenario: Scenario,
     /// Tenant of the actions. With `--tenants N` above 1 the tenants are `<prefix>0` …
@@ -60,6 +63,9 @@ struct Args {
     /// Distinct dedup keys of the `dedup` actions (the first of each executes, the rest are duplicates).
     #[arg(long, default_value_t = 16)]
     dedup_keys: u64,
+    /// Stop after this many requests in total (default: only `--duration` limits the run).
+    #[arg(long, short = 'n')]
+    requests: Option<u64>,
     /// Runtime worker threads (default: one per CPU).
     #[arg(long)]
     threads: Option<usize>,
@@ -69,6 +75,34 @@ struct Args {
 enum Scenario {
     Mixed,
     Noop,
+    GatedDedup,
+    Grouped,
+    Scheduled,
+    ScheduledSoon,
+}
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::Mixed => "mixed",
+            Scenario::Noop => "noop",
+            Scenario::GatedDedup => "gated-dedup",
+            Scenario::Grouped => "grouped",
+            Scenario::Scheduled => "scheduled",
+            Scenario::ScheduledSoon => "scheduled-soon",
+        }
+    }
+
+    fn kinds(self) -> &'static [Kind] {
+        match self {
+            Scenario::Mixed => &MIXED,
+            Scenario::Noop => std::slice::from_ref(&EXECUTED),
+            Scenario::GatedDedup => std::slice::from_ref(&GATED),
+            Scenario::Grouped => std::slice::from_ref(&GROUPED),
+            Scenario::Scheduled => std::slice::from_ref(&SCHEDULED),
+            Scenario::ScheduledSoon => std::slice::from_ref(&SCHEDULED_SOON),
+        }
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -92,40 +126,71 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-/// What a request is for: action type, provider, and whether it carries a dedup key.
+/// How a request's `dedup_key` is chosen.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dedup {
+    /// None.
+    No,
+    /// From a pool of `--dedup-keys` shared by the whole run.
+    Pool,
+    /// Unique to the connection and `seq / 2`: each key is sent exactly twice, in a row.
+    Pairs,
+}
+
+/// What a request is for: action type, provider, and how it carries a dedup key.
 #[derive(Clone, Copy)]
 struct Kind {
     action_type: &'static str,
     provider: &'static str,
-    dedup: bool,
+    dedup: Dedup,
 }
 
 const EXECUTED: Kind = Kind {
     action_type: "executed",
     provider: "noop-a",
-    dedup: false,
+    dedup: Dedup::No,
+};
+const GATED: Kind = Kind {
+    action_type: "gated",
+    provider: "noop-a",
+    dedup: Dedup::Pairs,
+};
+const GROUPED: Kind = Kind {
+    action_type: "grouped",
+    provider: "noop-a",
+    dedup: Dedup::No,
+};
+const SCHEDULED: Kind = Kind {
+    action_type: "scheduled",
+    provider: "noop-a",
+    dedup: Dedup::No,
+};
+const SCHEDULED_SOON: Kind = Kind {
+    action_type: "scheduled-soon",
+    provider: "noop-a",
+    dedup: Dedup::No,
 };
 const MIXED: [Kind; 5] = [
     EXECUTED,
     Kind {
         action_type: "dedup",
         provider: "noop-a",
-        dedup: true,
+        dedup: Dedup::Pool,
     },
     Kind {
         action_type: "throttled",
         provider: "noop-a",
-        dedup: false,
+        dedup: Dedup::No,
     },
     Kind {
         action_type: "suppressed",
         provider: "noop-a",
-        dedup: false,
+        dedup: Dedup::No,
     },
     Kind {
         action_type: "rerouted",
         provider: "noop-a",
-        dedup: false,
+        dedup: Dedup::No,
     },
 ];
 
@@ -140,6 +205,8 @@ struct Plan {
     namespace: String,
     dedup_keys: u64,
     run: String,
+    /// Requests left to send with `--requests`.
+    budget: Option<std::sync::atomic::AtomicU64>,
     deadline: Instant,
     /// Seconds between two requests of one connection, in `--rate` mode.
     interval: Option<Duration>,
@@ -221,18 +288,25 @@ fn body(plan: &Plan, worker: usize, seq: u64, buf: &mut String) {
     buf.clear();
     let _ = write!(
         buf,
-        r#"{{"id":"{run}-{worker}-{seq}","namespace":{ns},"tenant":{tenant},"provider":"{provider}","action_type":"{action_type}","payload":{{"severity":4,"message":"acteon-load","seq":{seq}}}"#,
+        r#"{{"id":"{run}-{worker}-{seq}","namespace":{ns},"tenant":{tenant},"provider":"{provider}","action_type":"{action_type}","payload":{{"severity":4,"message":"acteon-load","seq":{seq},"k":{k}}}"#,
         run = plan.run,
         ns = plan.namespace,
         provider = kind.provider,
         action_type = kind.action_type,
+        k = (seq + worker as u64) % 256,
     );
-    if kind.dedup {
-        let _ = write!(
-            buf,
-            r#","dedup_key":"key-{}""#,
-            seq % plan.dedup_keys.max(1)
-        );
+    match kind.dedup {
+        Dedup::No => {}
+        Dedup::Pool => {
+            let _ = write!(
+                buf,
+                r#","dedup_key":"key-{}""#,
+                seq % plan.dedup_keys.max(1)
+            );
+        }
+        Dedup::Pairs => {
+            let _ = write!(buf, r#","dedup_key":"{}-{worker}-{}""#, plan.run, seq / 2);
+        }
     }
     buf.push('}');
 }
@@ -286,6 +360,15 @@ async fn worker(plan: Arc<Plan>, id: usize) -> Tally {
                 now
             }
         };
+        if let Some(budget) = &plan.budget {
+            use std::sync::atomic::Ordering;
+            if budget
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_err()
+            {
+                break;
+            }
+        }
         let s = match sender.as_mut() {
             Some(s) => s,
             None => match connect(&plan).await {
@@ -381,10 +464,7 @@ fn print_report(args: &Args, plan: &Plan, tally: &Tally, elapsed: Duration) {
         Some(r) => format!("paced at {r} req/s (late sends timed from their schedule)"),
         None => "closed loop".to_owned(),
     };
-    let scenario = match args.scenario {
-        Scenario::Mixed => "mixed",
-        Scenario::Noop => "noop",
-    };
+    let scenario = args.scenario.name();
     println!(
         "acteon-load: POST http://{}{} ({}), scenario {scenario}, {} connections, {:.1} s, {mode}",
         plan.authority,
@@ -456,14 +536,12 @@ async fn run(args: &Args) -> Result<bool, String> {
         addr,
         authority,
         path,
-        kinds: match args.scenario {
-            Scenario::Mixed => &MIXED,
-            Scenario::Noop => std::slice::from_ref(&EXECUTED),
-        },
+        kinds: args.scenario.kinds(),
         tenants,
         namespace: quote(&args.namespace),
         dedup_keys: args.dedup_keys,
         run: format!("load-{:x}", nanos as u64),
+        budget: args.requests.map(std::sync::atomic::AtomicU64::new),
         deadline: start + args.duration,
         interval,
         concurrency: args.concurrency,
@@ -560,6 +638,7 @@ mod tests {
             namespace: r#""bench""#.into(),
             dedup_keys: 4,
             run: "r".into(),
+            budget: None,
             deadline: Instant::now(),
             interval: None,
             concurrency: 1,
@@ -580,5 +659,42 @@ mod tests {
             types,
             ["dedup", "executed", "rerouted", "suppressed", "throttled"]
         );
+    }
+
+    #[test]
+    fn gated_dedup_keys_come_in_pairs() {
+        let plan = Plan {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            authority: "127.0.0.1:1".into(),
+            path: "/v1/dispatch".into(),
+            kinds: Scenario::GatedDedup.kinds(),
+            tenants: vec![r#""load""#.into()],
+            namespace: r#""bench""#.into(),
+            dedup_keys: 4,
+            run: "r".into(),
+            budget: None,
+            deadline: Instant::now(),
+            interval: None,
+            concurrency: 1,
+            start: Instant::now(),
+        };
+        let mut buf = String::new();
+        let mut keys = Vec::new();
+        let mut ids = std::collections::HashSet::new();
+        for worker in 0..2 {
+            for seq in 0..6 {
+                body(&plan, worker, seq, &mut buf);
+                let v: serde_json::Value = serde_json::from_str(&buf).unwrap();
+                assert_eq!(v["action_type"], "gated");
+                assert!(ids.insert(v["id"].as_str().unwrap().to_owned()));
+                keys.push(v["dedup_key"].as_str().unwrap().to_owned());
+            }
+        }
+        for pair in keys.chunks(2) {
+            assert_eq!(pair[0], pair[1]);
+        }
+        keys.dedup();
+        let distinct: std::collections::HashSet<_> = keys.iter().collect();
+        assert_eq!(distinct.len(), 6);
     }
 }
