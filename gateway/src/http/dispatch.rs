@@ -31,9 +31,8 @@ pub struct DispatchParams {
 }
 
 /// Query parameters, or the JSON error naming the bad one (`?dry_run=maybe`).
-fn params(
-    query: Result<Query<DispatchParams>, QueryRejection>,
-) -> Result<DispatchParams, ApiError> {
+/// A query string, or a 400 naming what is wrong with it.
+pub(super) fn params<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     query
         .map(|Query(p)| p)
         .map_err(|r| ApiError::invalid(format!("invalid query: {}", r.body_text())))

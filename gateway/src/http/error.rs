@@ -8,6 +8,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::pipeline::DispatchError;
+use crate::state::StateError;
 
 /// Body of every error response.
 #[derive(Debug, Serialize, ToSchema)]
@@ -96,10 +97,16 @@ impl ApiError {
     }
 }
 
+impl From<StateError> for ApiError {
+    fn from(e: StateError) -> ApiError {
+        ApiError::unavailable(e.to_string())
+    }
+}
+
 impl From<DispatchError> for ApiError {
     fn from(e: DispatchError) -> ApiError {
         match e {
-            DispatchError::State(e) => ApiError::unavailable(e.to_string()),
+            DispatchError::State(e) => e.into(),
             DispatchError::NotLoaded => ApiError::unavailable(e.to_string()),
         }
     }

@@ -12,13 +12,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
+use super::dispatch::params;
 use super::error::ApiError;
 use super::{AppState, json};
 use crate::outcome::ActionOutcome;
 use crate::pipeline::park::transition_outcome;
 use crate::rules::group::{self, GroupMeta};
 use crate::rules::state_machine::EventRecord;
-use crate::state::{DeferResult, Deferral, EventInfo, GateMode, GroupInfo, unix_ms};
+use crate::state::{EventInfo, GroupInfo, unix_ms};
 use crate::worker::task::{FlushGroup, Task};
 
 /// Most entries one listing returns.
@@ -68,11 +69,6 @@ fn group_view(info: GroupInfo) -> GroupView {
     }
 }
 
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
-    q.map(|Query(v)| v)
-        .map_err(|r| ApiError::invalid(format!("invalid query: {}", r.body_text())))
-}
-
 fn namespace_ok(ns: &str) -> Result<(), ApiError> {
     crate::action::check_namespace(ns).map_err(|e| ApiError::invalid(format!("namespace: {e}")))
 }
@@ -83,14 +79,13 @@ pub async fn list_groups(
     State(app): State<Arc<AppState>>,
     scope: Result<Query<Scope>, QueryRejection>,
 ) -> Result<Json<Vec<GroupView>>, ApiError> {
-    let scope = query(scope)?;
+    let scope = params(scope)?;
     namespace_ok(&scope.namespace)?;
     let gw = &app.gateway;
     let prefix = group::key_prefix(&scope.namespace, scope.tenant.as_deref());
     let groups = gw
         .state_call(gw.state.list_groups(&prefix, LIST_LIMIT))
-        .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+        .await?;
     Ok(Json(groups.into_iter().map(group_view).collect()))
 }
 
@@ -104,7 +99,7 @@ pub async fn get_group(
     match gw.state_call(gw.state.get_group(&key)).await {
         Ok(Some(info)) => Ok(Json(group_view(info))),
         Ok(None) => Err(ApiError::not_found()),
-        Err(e) => Err(ApiError::unavailable(e.to_string())),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -118,7 +113,7 @@ pub async fn flush_group(
     let info = match gw.state_call(gw.state.get_group(&key)).await {
         Ok(Some(info)) => info,
         Ok(None) => return Err(ApiError::not_found()),
-        Err(e) => return Err(ApiError::unavailable(e.to_string())),
+        Err(e) => return Err(e.into()),
     };
     let meta: GroupMeta = serde_json::from_slice(&info.meta)
         .map_err(|_| ApiError::unavailable("group metadata unreadable"))?;
@@ -129,9 +124,7 @@ pub async fn flush_group(
     });
     let timer_id = group::timer_id(&key);
     let call = gw.state.schedule_timer(&timer_id, unix_ms(), task.encode());
-    gw.state_call(call)
-        .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    gw.state_call(call).await?;
     Ok(Json(group_view(info)))
 }
 
@@ -177,14 +170,13 @@ pub async fn list_events(
     State(app): State<Arc<AppState>>,
     scope: Result<Query<Scope>, QueryRejection>,
 ) -> Result<Json<Vec<EventView>>, ApiError> {
-    let scope = query(scope)?;
+    let scope = params(scope)?;
     namespace_ok(&scope.namespace)?;
     let gw = &app.gateway;
     let prefix = crate::rules::state_machine::key_prefix(&scope.namespace, scope.tenant.as_deref());
     let events = gw
         .state_call(gw.state.list_events(&prefix, LIST_LIMIT))
-        .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+        .await?;
     Ok(Json(
         events
             .into_iter()
@@ -232,13 +224,13 @@ pub async fn get_event(
     Path(fingerprint): Path<String>,
     r: Result<Query<EventRef>, QueryRejection>,
 ) -> Result<Json<EventView>, ApiError> {
-    let r = query(r)?;
+    let r = params(r)?;
     let (key, _) = event_key(&app, &r, &fingerprint)?;
     let gw = &app.gateway;
     match gw.state_call(gw.state.get_event(&key)).await {
         Ok(Some(info)) => Ok(Json(event_view(info))),
         Ok(None) => Err(ApiError::not_found()),
-        Err(e) => Err(ApiError::unavailable(e.to_string())),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -270,10 +262,7 @@ pub async fn transition(
     };
     let (key, machine) = event_key(&app, &r, &fingerprint)?;
     let gw = &app.gateway;
-    let current = gw
-        .state_call(gw.state.get_event(&key))
-        .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    let current = gw.state_call(gw.state.get_event(&key)).await?;
     let record = current
         .as_ref()
         .and_then(|e| serde_json::from_slice::<EventRecord>(&e.record).ok())
@@ -304,19 +293,7 @@ pub async fn transition(
         unix_ms(),
         sets,
     );
-    let deferrals = [Deferral::Transition(t)];
-    let call = gw
-        .state
-        .run_gates_and_defer(&[], GateMode::APPLY, &deferrals);
-    let (_, mut results) = gw
-        .state_call(call)
-        .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))?;
-    let Some(DeferResult::Transition(result)) = results.pop() else {
-        return Err(ApiError::unavailable(
-            "state backend gave no transition result",
-        ));
-    };
+    let result = gw.move_event(t).await?;
     let outcome = transition_outcome(&machine, &fingerprint, Some(&req.to), &result);
     gw.count_transition(&machine, &req.to, &result);
     Ok(Json(outcome))

@@ -12,7 +12,9 @@ use crate::config::Runtime;
 use crate::outcome::ActionOutcome;
 use crate::rules::state_machine::{EventTarget, Machine};
 use crate::rules::{CompiledRule, Effect, Evaluation, Park};
-use crate::state::{DeferResult, Deferral, GateMode, Transition, TransitionResult, unix_ms};
+use crate::state::{
+    DeferResult, Deferral, GateMode, StateError, Transition, TransitionResult, unix_ms,
+};
 
 impl Gateway {
     pub(super) async fn park(
@@ -78,7 +80,7 @@ impl Gateway {
                 }
                 self.moved(rt, action, machine, target, result).await
             }
-            _ => Err(DispatchError::State(crate::state::StateError::Unavailable(
+            _ => Err(DispatchError::State(StateError::Unavailable(
                 "parking decision does not match its rule".into(),
             ))),
         }
@@ -120,6 +122,21 @@ impl Gateway {
             self.notify_move(rt, action, &provider).await;
         }
         Ok(outcome)
+    }
+
+    /// Makes one state-machine move outside a dispatch (a timeout, a move by hand): one
+    /// backend call, bounded by the state timeout.
+    pub async fn move_event(&self, t: Transition) -> Result<TransitionResult, StateError> {
+        let deferrals = [Deferral::Transition(t)];
+        let call = self
+            .state
+            .run_gates_and_defer(&[], GateMode::APPLY, &deferrals);
+        match self.state_call(call).await?.1.pop() {
+            Some(DeferResult::Transition(result)) => Ok(result),
+            other => Err(StateError::Unavailable(format!(
+                "state backend answered a move with {other:?}"
+            ))),
+        }
     }
 
     /// Counts a move by machine, requested state and result (an event recorded in its
@@ -214,7 +231,7 @@ fn time_of(ms: u64) -> chrono::DateTime<Utc> {
 }
 
 fn unexpected(result: Option<DeferResult>) -> DispatchError {
-    DispatchError::State(crate::state::StateError::Unavailable(format!(
+    DispatchError::State(StateError::Unavailable(format!(
         "state backend answered a deferral with {result:?}"
     )))
 }

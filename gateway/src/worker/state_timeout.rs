@@ -10,7 +10,7 @@ use crate::outcome::ActionOutcome;
 use crate::pipeline::Gateway;
 use crate::pipeline::park::{for_timeout, transition_outcome};
 use crate::rules::state_machine::EventRecord;
-use crate::state::{DeferResult, Deferral, GateMode, unix_ms};
+use crate::state::unix_ms;
 
 pub(super) async fn fire(gateway: &Gateway, task: StateTimeout, timer_id: &str) -> Done {
     observe_lateness(gateway, "state_timeout", task.due_ms);
@@ -53,16 +53,9 @@ pub(super) async fn fire(gateway: &Gateway, task: StateTimeout, timer_id: &str) 
         sets,
     );
     let t = for_timeout(t, timer_id, &task.state);
-    let deferrals = [Deferral::Transition(t)];
-    let call = gateway
-        .state
-        .run_gates_and_defer(&[], GateMode::APPLY, &deferrals);
-    let result = match gateway.state_call(call).await {
-        Ok((_, mut results)) => results.pop(),
+    let result = match gateway.move_event(t).await {
+        Ok(result) => result,
         Err(e) => return e.into(),
-    };
-    let Some(DeferResult::Transition(result)) = result else {
-        return Done::Retry(format!("unexpected answer {result:?}"));
     };
     let outcome = transition_outcome(machine, &task.fingerprint, Some(&task.to), &result);
     gateway.count_transition(machine, &task.to, &result);

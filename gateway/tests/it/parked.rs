@@ -6,12 +6,10 @@
 use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{Recorded, Recorder, Server};
 use serde_json::{Value, json};
-use tokio::sync::Semaphore;
 
 /// The worker's claim batch (`WorkerOptions::batch`): the most tasks a killed gateway can
 /// have claimed and not completed, so the most that may run twice.
@@ -123,26 +121,13 @@ impl Cluster {
 
     /// Sends every action round-robin over the live gateways (at most 128 in flight).
     async fn send_all(&self, actions: Vec<Value>) -> Vec<Value> {
-        let limit = Arc::new(Semaphore::new(128));
-        let mut tasks = Vec::with_capacity(actions.len());
-        for (i, a) in actions.into_iter().enumerate() {
-            let url = self.url(i, "/v1/dispatch");
-            let client = self.client.clone();
-            let permit = limit.clone().acquire_owned().await.expect("semaphore");
-            tasks.push(tokio::spawn(async move {
-                let r = client.post(url).json(&a).send().await.expect("sent");
-                let status = r.status().as_u16();
-                let body: Value = r.json().await.expect("json");
-                drop(permit);
-                assert_eq!(status, 200, "{body}");
-                body
-            }));
-        }
-        let mut out = Vec::with_capacity(tasks.len());
-        for t in tasks {
-            out.push(t.await.expect("task"));
-        }
-        out
+        let bases = self
+            .servers
+            .iter()
+            .flatten()
+            .map(|s| s.base.clone())
+            .collect::<Vec<_>>();
+        common::send_round_robin(&self.client, &bases, actions).await
     }
 
     fn received(&self, path: &str) -> Vec<Recorded> {

@@ -204,3 +204,32 @@ impl Recorder {
         self.requests.lock().len()
     }
 }
+
+/// Sends every action to `/v1/dispatch` of the gateways at `bases`, round-robin, at most
+/// 128 in flight; each must answer 200. Returns the outcomes in order.
+pub async fn send_round_robin(
+    client: &reqwest::Client,
+    bases: &[String],
+    actions: Vec<Value>,
+) -> Vec<Value> {
+    let limit = Arc::new(tokio::sync::Semaphore::new(128));
+    let mut tasks = Vec::with_capacity(actions.len());
+    for (i, a) in actions.into_iter().enumerate() {
+        let url = format!("{}/v1/dispatch", bases[i % bases.len()]);
+        let client = client.clone();
+        let permit = limit.clone().acquire_owned().await.expect("semaphore");
+        tasks.push(tokio::spawn(async move {
+            let r = client.post(url).json(&a).send().await.expect("sent");
+            let status = r.status().as_u16();
+            let body: Value = r.json().await.expect("json");
+            drop(permit);
+            assert_eq!(status, 200, "{body}");
+            body
+        }));
+    }
+    let mut out = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        out.push(t.await.expect("task"));
+    }
+    out
+}
