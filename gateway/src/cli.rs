@@ -19,7 +19,7 @@ use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::pipeline::{Gateway, GatewayOptions};
 use crate::state::lazy::LazyStore;
-use crate::state::postgres::PostgresOptions;
+use crate::state::postgres::{GateBatches, PostgresOptions};
 use crate::state::{MemoryStore, PostgresStore, RedisStore, StateStore};
 
 #[derive(Parser, Debug)]
@@ -87,6 +87,11 @@ pub struct ServeArgs {
     /// Bound on each state backend call, in milliseconds.
     #[arg(long, env = "ACTEON_STATE_TIMEOUT_MS", default_value_t = 2000)]
     pub state_timeout_ms: u64,
+    /// Postgres: gate calls of concurrent dispatches are sent together, one transaction per
+    /// batch (group commit); this many batches run at once. 0: each call in a transaction
+    /// of its own.
+    #[arg(long, env = "ACTEON_POSTGRES_GATE_BATCHES", default_value_t = GateBatches::default().in_flight)]
+    pub postgres_gate_batches: usize,
     /// Deny actions that no terminal rule matched (default: execute them).
     #[arg(long, env = "ACTEON_DEFAULT_DENY")]
     pub default_deny: bool,
@@ -330,10 +335,10 @@ fn backend_kind(url: &str) -> anyhow::Result<&'static str> {
 pub async fn state_backend(
     url: &str,
     prefix: &str,
-    timeout: Duration,
+    tuning: StateTuning,
 ) -> anyhow::Result<Arc<dyn StateStore>> {
     let kind = backend_kind(url)?;
-    match connect_state_backend(url, prefix, timeout).await {
+    match connect_state_backend(url, prefix, tuning).await {
         Ok(store) => Ok(store),
         Err(e) if kind == "memory" => Err(e),
         Err(e) => {
@@ -341,7 +346,7 @@ pub async fn state_backend(
             tracing::warn!(backend = kind, error = ?first, "state backend unreachable at start; serving 503 until it is reached");
             let lazy = LazyStore::new(kind, first);
             let (url, prefix) = (url.to_owned(), prefix.to_owned());
-            lazy.connect_in_background(move || reconnect(url.clone(), prefix.clone(), timeout));
+            lazy.connect_in_background(move || reconnect(url.clone(), prefix.clone(), tuning));
             Ok(lazy)
         }
     }
@@ -353,11 +358,11 @@ type Reconnect = std::pin::Pin<
 
 /// A connection attempt of [`LazyStore`]. It runs on a blocking thread driving the runtime:
 /// sqlx's migration future is not `Send` for every lifetime, so it cannot be a task itself.
-fn reconnect(url: String, prefix: String, timeout: Duration) -> Reconnect {
+fn reconnect(url: String, prefix: String, tuning: StateTuning) -> Reconnect {
     Box::pin(async move {
         let handle = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
-            handle.block_on(connect_state_backend(&url, &prefix, timeout))
+            handle.block_on(connect_state_backend(&url, &prefix, tuning))
         })
         .await
         .map_err(|e| format!("connection attempt failed: {e}"))?
@@ -365,11 +370,19 @@ fn reconnect(url: String, prefix: String, timeout: Duration) -> Reconnect {
     })
 }
 
+/// How state backend calls are bounded and combined (from the `serve` flags).
+#[derive(Clone, Copy, Debug)]
+pub struct StateTuning {
+    pub timeout: Duration,
+    pub postgres_gate_batches: usize,
+}
+
 async fn connect_state_backend(
     url: &str,
     prefix: &str,
-    timeout: Duration,
+    tuning: StateTuning,
 ) -> anyhow::Result<Arc<dyn StateStore>> {
+    let timeout = tuning.timeout;
     match url {
         "memory" | "memory://" => {
             let store = Arc::new(MemoryStore::new());
@@ -389,6 +402,10 @@ async fn connect_state_backend(
         u if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
             let options = PostgresOptions {
                 op_timeout: timeout,
+                gate_batches: GateBatches {
+                    in_flight: tuning.postgres_gate_batches,
+                    ..GateBatches::default()
+                },
                 ..PostgresOptions::default()
             };
             let store = Arc::new(
@@ -482,7 +499,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if follows && args.allow_unsigned_snapshots {
         tracing::warn!("--allow-unsigned-snapshots: snapshots without a MAC are accepted");
     }
-    let state = state_backend(&args.state, &args.state_prefix, timeout).await?;
+    let tuning = StateTuning {
+        timeout,
+        postgres_gate_batches: args.postgres_gate_batches,
+    };
+    let state = state_backend(&args.state, &args.state_prefix, tuning).await?;
     let mut follower = None;
     let config = match files_runtime {
         Some(runtime) => LiveConfig::new(runtime),

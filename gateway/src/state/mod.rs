@@ -30,7 +30,7 @@ pub use postgres::PostgresStore;
 pub use redis::RedisStore;
 
 /// Errors of a state backend. Every one of them means "unavailable": callers answer 503.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StateError {
     #[error("state backend unavailable: {0}")]
     Unavailable(String),

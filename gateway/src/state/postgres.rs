@@ -49,6 +49,11 @@ use sqlx::{ConnectOptions, Connection};
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tracing::Instrument;
 
+mod batch;
+
+pub use batch::{GateBatchCounts, GateBatches};
+use batch::GateBatcher;
+
 use super::{
     ClaimedTimer, DedupConfirm, DeferResult, Deferral, EventInfo, Gate, GateMode, GateResult,
     GateStop, GroupAppend, GroupBatch, GroupInfo, StateAnswers, StateError, StateRead, StateStore,
@@ -86,6 +91,8 @@ pub struct PostgresOptions {
     /// applied in its last few hundred ms, in exchange for shorter calls (calls on one hot
     /// key run one after the other, each holding the key's lock until its commit).
     pub synchronous_commit: bool,
+    /// Group commit of concurrent gate calls (see [`GateBatches`]).
+    pub gate_batches: GateBatches,
 }
 
 impl Default for PostgresOptions {
@@ -97,16 +104,25 @@ impl Default for PostgresOptions {
             max_lifetime: Duration::from_secs(30 * 60),
             application_name: "acteon-gateway".to_owned(),
             synchronous_commit: true,
+            gate_batches: GateBatches::default(),
         }
     }
 }
 
 /// The Postgres [`StateStore`].
 pub struct PostgresStore {
-    pool: Pool,
+    db: Arc<Db>,
     schema: String,
     /// Connection options of [`PostgresStore::migrate`] (no statement timeout).
     migrate_options: PgConnectOptions,
+    /// Combines concurrent gate calls into one transaction.
+    gates: GateBatcher,
+}
+
+/// The pool and how operations on it are bounded and reported; shared with the
+/// [`GateBatcher`]'s task.
+struct Db {
+    pool: Pool,
     op_timeout: Duration,
     /// Keeps the URL's password out of errors.
     redactor: Redactor,
@@ -272,12 +288,16 @@ impl PostgresStore {
             ping_idle_after: options.ping_idle_after,
             max_lifetime: options.max_lifetime,
         };
-        let store = PostgresStore {
+        let db = Arc::new(Db {
             pool,
-            schema: schema.to_owned(),
-            migrate_options,
             op_timeout: options.op_timeout,
             redactor,
+        });
+        let store = PostgresStore {
+            gates: GateBatcher::start(db.clone(), options.gate_batches),
+            db,
+            schema: schema.to_owned(),
+            migrate_options,
         };
         store
             .run("connect", async |conn: &mut PgConnection| conn.ping().await)
@@ -288,6 +308,11 @@ impl PostgresStore {
     /// The schema holding this installation's state.
     pub fn schema(&self) -> &str {
         &self.schema
+    }
+
+    /// What the group commit of gate calls did so far.
+    pub fn gate_batch_counts(&self) -> GateBatchCounts {
+        self.gates.counts()
     }
 
     /// Creates the schema if missing and applies the embedded migrations
@@ -376,6 +401,21 @@ impl PostgresStore {
         Ok(SWEEP_MAX_BATCHES)
     }
 
+    fn unavailable(&self, op: &str, e: &sqlx::Error) -> StateError {
+        self.db.unavailable(op, e)
+    }
+
+    /// Runs one operation on a pooled connection within the operation deadline.
+    async fn run<T>(
+        &self,
+        op: &'static str,
+        f: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
+    ) -> Result<T, StateError> {
+        self.db.run(op, f).await
+    }
+}
+
+impl Db {
     fn unavailable(&self, op: &str, e: &sqlx::Error) -> StateError {
         unavailable_msg(&self.redactor, op, e)
     }
@@ -749,6 +789,49 @@ impl<'a> GateArrays<'a> {
         }
         a
     }
+
+    /// Appends the gates of another call (for a batch).
+    fn extend(&mut self, other: GateArrays<'a>) {
+        self.kinds.extend(other.kinds);
+        self.keys.extend(other.keys);
+        self.spans.extend(other.spans);
+        self.limits.extend(other.limits);
+        self.tokens.extend(other.tokens);
+    }
+}
+
+/// One gate call in a transaction of its own: `acteon_apply_gates` or
+/// `acteon_check_gates`.
+async fn run_gates_once(
+    db: &Db,
+    arrays: &GateArrays<'_>,
+    mode: GateMode,
+) -> Result<GateResult, StateError> {
+    let (op, sql) = match mode {
+        GateMode::Apply { .. } => (
+            "apply_gates",
+            "SELECT stop_index, stop_kind, stop_a, stop_b \
+             FROM acteon_apply_gates($1, $2, $3, $4, $5)",
+        ),
+        GateMode::Check => (
+            "check_gates",
+            "SELECT stop_index, stop_kind, stop_a, stop_b \
+             FROM acteon_check_gates($1, $2, $3, $4, $5)",
+        ),
+    };
+    let (index, kind, a, b): (i32, Option<i16>, Option<i64>, Option<i64>) = db
+        .run(op, async |conn: &mut PgConnection| {
+            sqlx::query_as(sql)
+                .bind(&arrays.kinds[..])
+                .bind(&arrays.keys[..])
+                .bind(&arrays.spans[..])
+                .bind(&arrays.limits[..])
+                .bind(&arrays.tokens[..])
+                .fetch_one(conn)
+                .await
+        })
+        .await?;
+    gate_result(op, index, kind, a, b)
 }
 
 #[async_trait]
@@ -770,32 +853,10 @@ impl StateStore for PostgresStore {
         if gates.is_empty() {
             return Ok(GateResult::Passed);
         }
-        let arrays = GateArrays::new(gates, mode);
-        let (op, sql) = match mode {
-            GateMode::Apply { .. } => (
-                "apply_gates",
-                "SELECT stop_index, stop_kind, stop_a, stop_b \
-                 FROM acteon_apply_gates($1, $2, $3, $4, $5)",
-            ),
-            GateMode::Check => (
-                "check_gates",
-                "SELECT stop_index, stop_kind, stop_a, stop_b \
-                 FROM acteon_check_gates($1, $2, $3, $4, $5)",
-            ),
-        };
-        let (index, kind, a, b): (i32, Option<i16>, Option<i64>, Option<i64>) = self
-            .run(op, async |conn: &mut PgConnection| {
-                sqlx::query_as(sql)
-                    .bind(&arrays.kinds[..])
-                    .bind(&arrays.keys[..])
-                    .bind(&arrays.spans[..])
-                    .bind(&arrays.limits[..])
-                    .bind(&arrays.tokens[..])
-                    .fetch_one(conn)
-                    .await
-            })
-            .await?;
-        gate_result(op, index, kind, a, b)
+        match mode {
+            GateMode::Apply { .. } => self.gates.apply(gates, mode).await,
+            GateMode::Check => run_gates_once(&self.db, &GateArrays::new(gates, mode), mode).await,
+        }
     }
 
     async fn run_gates_and_defer(

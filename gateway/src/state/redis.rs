@@ -739,6 +739,50 @@ impl RedisStore {
         format!("{}:", self.prefix)
     }
 
+    /// A lone dedup gate needs no script: `SET NX PX` checks and writes the mark in one
+    /// native command, `EXISTS` checks it — the same answers as `APPLY_GATES` /
+    /// `CHECK_GATES` at a fraction of a script's cost on the server (the most common gated
+    /// dispatch carries exactly this gate).
+    async fn run_dedup_gate(
+        &self,
+        key: &str,
+        ttl: Duration,
+        token: &str,
+        mode: GateMode,
+    ) -> Result<GateResult, StateError> {
+        let key = self.key("g:d", key);
+        let duplicate = match mode {
+            GateMode::Apply { .. } => {
+                let set: Option<String> = redis::cmd("SET")
+                    .arg(&key)
+                    .arg(token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ms(mode.mark_ttl(ttl)))
+                    .query_async(&mut self.conn())
+                    .await
+                    .map_err(unavailable)?;
+                set.is_none()
+            }
+            GateMode::Check => {
+                let exists: bool = redis::cmd("EXISTS")
+                    .arg(&key)
+                    .query_async(&mut self.conn())
+                    .await
+                    .map_err(unavailable)?;
+                exists
+            }
+        };
+        Ok(if duplicate {
+            GateResult::Stopped {
+                index: 0,
+                reason: GateStop::Duplicate,
+            }
+        } else {
+            GateResult::Passed
+        })
+    }
+
     /// Adds the gates to a call of `APPLY_GATES`, `CHECK_GATES` or `DEFER`.
     fn push_gates(&self, inv: &mut ScriptInvocation<'_>, gates: &[Gate], mode: GateMode) {
         for gate in gates {
@@ -882,6 +926,9 @@ impl StateStore for RedisStore {
 
     #[tracing::instrument(level = "debug", skip_all, fields(gates = gates.len()))]
     async fn run_gates(&self, gates: &[Gate], mode: GateMode) -> Result<GateResult, StateError> {
+        if let [Gate::Dedup { key, ttl, token }] = gates {
+            return self.run_dedup_gate(key, *ttl, token, mode).await;
+        }
         let script = match mode {
             GateMode::Apply { .. } => &self.scripts.apply_gates,
             GateMode::Check => &self.scripts.check_gates,

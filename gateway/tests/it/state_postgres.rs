@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use acteon_gateway::state::postgres::{CLAIM_DUE_TIMERS_SQL, PostgresOptions};
+use acteon_gateway::state::postgres::{CLAIM_DUE_TIMERS_SQL, GateBatches, PostgresOptions};
 use acteon_gateway::state::{
     ClaimedTimer, DedupConfirm, DeferResult, Deferral, EventInfo, Gate, GateMode, GateResult,
     GroupAppend, GroupBatch, GroupInfo, PostgresStore, StateAnswers, StateError, StateRead,
@@ -768,4 +768,103 @@ async fn same_answers_as_the_memory_store() {
         }
     }
     drop_schema(&pg).await;
+}
+
+/// A store whose gate calls run one batch at a time, so that concurrent calls queue up
+/// behind it and are sent together.
+async fn batching_store() -> Slotted {
+    let permit = slot().await;
+    let url = url();
+    let options = PostgresOptions {
+        max_connections: CONNECTIONS,
+        gate_batches: GateBatches {
+            in_flight: 1,
+            max_calls: 64,
+        },
+        ..PostgresOptions::default()
+    };
+    let store = PostgresStore::connect_with(&url, &test_schema_name(), options)
+        .await
+        .expect("postgres server");
+    store.migrate().await.expect("migrate");
+    Slotted {
+        store,
+        _slot: permit,
+    }
+}
+
+fn dedup(key: &str) -> Gate {
+    Gate::Dedup {
+        key: key.to_owned(),
+        ttl: Duration::from_secs(60),
+        token: uuid::Uuid::new_v4().to_string(),
+    }
+}
+
+/// Group commit: 300 dedup calls over 50 keys and 100 throttled calls (limit 20), all at
+/// once, share transactions and still answer exactly as one call at a time would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_gate_calls_share_transactions_and_stay_exact() {
+    let s = batching_store().await;
+    let store = &s.store;
+    let throttle = Gate::Throttle {
+        key: "t".to_owned(),
+        limit: 20,
+        window: Duration::from_secs(60),
+    };
+    let calls = (0..400).map(|i| {
+        let gate = if i % 4 == 3 {
+            throttle.clone()
+        } else {
+            dedup(&format!("k{}", i % 50))
+        };
+        async move { (i % 4 == 3, store.apply_gates(&[gate]).await) }
+    });
+    let (mut dedup_passed, mut throttle_passed) = (0, 0);
+    for (throttled, answer) in futures::future::join_all(calls).await {
+        match answer.expect("no call fails") {
+            GateResult::Passed if throttled => throttle_passed += 1,
+            GateResult::Passed => dedup_passed += 1,
+            GateResult::Stopped { .. } => {}
+        }
+    }
+    assert_eq!(dedup_passed, 50, "one pass per dedup key");
+    assert_eq!(throttle_passed, 20, "the throttle's limit");
+    let counts = store.gate_batch_counts();
+    assert!(
+        counts.batches > 0 && counts.calls_together > counts.batches,
+        "concurrent calls were sent together: {counts:?}"
+    );
+    assert!(
+        counts.calls_together >= 200,
+        "most of 400 calls queued behind one batch at a time went together: {counts:?}"
+    );
+}
+
+/// A call the server refuses (a NUL byte in a key) fails alone: the other calls of its
+/// batch are retried one by one and answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_call_does_not_fail_its_batch() {
+    let s = batching_store().await;
+    let store = &s.store;
+    let calls = (0..100).map(|i| {
+        let key = if i == 50 {
+            "bad\0key".to_owned()
+        } else {
+            format!("ok{i}")
+        };
+        async move { (i, store.apply_gates(&[dedup(&key)]).await) }
+    });
+    for (i, answer) in futures::future::join_all(calls).await {
+        if i == 50 {
+            assert!(answer.is_err(), "the NUL key is refused: {answer:?}");
+        } else {
+            assert_eq!(answer.expect("a good call is answered"), GateResult::Passed);
+        }
+    }
+    let counts = store.gate_batch_counts();
+    assert!(
+        counts.retried_alone >= 2,
+        "the refused call's batch was retried alone: {counts:?}"
+    );
 }
