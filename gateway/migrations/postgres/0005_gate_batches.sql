@@ -46,3 +46,41 @@ BEGIN
     END LOOP;
 END;
 $$;
+
+-- The most common batch, every call one dedup gate, as set operations: one statement locks
+-- the keys (ascending ids, as above), one reads which keys hold a live mark and writes the
+-- others. The same answers as acteon_apply_gates_batch: of the calls with one key, only the
+-- first can pass, and only if the key holds no live mark. Returns one row per call.
+CREATE FUNCTION acteon_apply_dedup_batch(keys text[], spans bigint[], tokens text[])
+RETURNS TABLE (call integer, passed boolean)
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    now_ms bigint;
+BEGIN
+    PERFORM pg_advisory_xact_lock(l.id)
+    FROM (SELECT DISTINCT hashtextextended(k, 0) AS id FROM unnest(keys) AS k ORDER BY 1) l;
+    now_ms := acteon_now_ms();
+    RETURN QUERY
+    WITH calls AS (
+        SELECT u.k, u.s, u.t, u.n::integer AS n
+        FROM unnest(keys, spans, tokens) WITH ORDINALITY AS u(k, s, t, n)
+    ), firsts AS (
+        SELECT DISTINCT ON (c.k) c.k, c.s, c.t, c.n FROM calls c ORDER BY c.k, c.n
+    ), live AS (
+        SELECT d.key FROM acteon_dedup d
+        WHERE d.key = ANY (keys) AND d.expires_at > now_ms
+    ), marked AS (
+        INSERT INTO acteon_dedup AS d (key, token, expires_at)
+        SELECT f.k, f.t, now_ms + f.s FROM firsts f
+        WHERE NOT EXISTS (SELECT 1 FROM live l WHERE l.key = f.k)
+        ON CONFLICT (key) DO UPDATE
+            SET token = EXCLUDED.token, expires_at = EXCLUDED.expires_at
+    )
+    SELECT c.n - 1, f.n IS NOT NULL AND l.key IS NULL
+    FROM calls c
+    LEFT JOIN firsts f ON f.n = c.n
+    LEFT JOIN live l ON l.key = c.k
+    ORDER BY c.n;
+END;
+$$;

@@ -51,8 +51,8 @@ use tracing::Instrument;
 
 mod batch;
 
-pub use batch::{GateBatchCounts, GateBatches};
 use batch::GateBatcher;
+pub use batch::{GateBatchCounts, GateBatches};
 
 use super::{
     ClaimedTimer, DedupConfirm, DeferResult, Deferral, EventInfo, Gate, GateMode, GateResult,

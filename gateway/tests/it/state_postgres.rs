@@ -868,3 +868,60 @@ async fn a_refused_call_does_not_fail_its_batch() {
         "the refused call's batch was retried alone: {counts:?}"
     );
 }
+
+/// Batches of lone dedup gates take the set-based path: with repeats inside one batch,
+/// live marks, expired marks and the in-flight lease, each key passes exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lone_dedup_batches_answer_like_one_call_at_a_time() {
+    let s = batching_store().await;
+    let store = &s.store;
+    // k0..k9 hold live marks, e0..e9 expired ones.
+    for i in 0..10 {
+        assert_eq!(
+            store.apply_gates(&[dedup(&format!("k{i}"))]).await.unwrap(),
+            GateResult::Passed
+        );
+        let short = Gate::Dedup {
+            key: format!("e{i}"),
+            ttl: Duration::from_millis(1),
+            token: "t".to_owned(),
+        };
+        assert_eq!(
+            store.apply_gates(&[short]).await.unwrap(),
+            GateResult::Passed
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let lease = GateMode::Apply {
+        dedup_lease: Some(Duration::from_secs(30)),
+    };
+    let keys: Vec<String> = (0..600)
+        .map(|i| match i % 3 {
+            0 => format!("k{}", i % 10),
+            1 => format!("e{}", i % 10),
+            _ => format!("n{}", i % 40),
+        })
+        .collect();
+    let calls = keys.iter().map(|key| async move {
+        let answer = store.run_gates(&[dedup(key)], lease).await;
+        (key, answer.expect("no call fails"))
+    });
+    let mut passed: std::collections::HashMap<&String, u32> = Default::default();
+    for (key, answer) in futures::future::join_all(calls).await {
+        if answer == GateResult::Passed {
+            *passed.entry(key).or_default() += 1;
+        }
+    }
+    assert!(
+        passed.keys().all(|k| !k.starts_with('k')),
+        "live marks stop: {passed:?}"
+    );
+    assert_eq!(
+        passed.len(),
+        50,
+        "each expired and new key passes: {passed:?}"
+    );
+    assert!(passed.values().all(|&n| n == 1), "exactly once: {passed:?}");
+    let counts = store.gate_batch_counts();
+    assert!(counts.calls_together >= 300, "{counts:?}");
+}

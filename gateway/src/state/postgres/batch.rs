@@ -25,7 +25,7 @@ use sqlx::postgres::PgConnection;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::{Db, GateArrays, gate_result, run_gates_once};
-use crate::state::{Gate, GateMode, GateResult, StateError};
+use crate::state::{Gate, GateMode, GateResult, GateStop, StateError};
 
 /// Tuning of the group commit.
 #[derive(Clone, Copy, Debug)]
@@ -207,7 +207,9 @@ async fn run_batch(db: &Db, counters: &Counters, batch: Vec<Call>) {
             }
             for call in calls {
                 let arrays = GateArrays::new(&call.gates, call.mode);
-                let _ = call.reply.send(run_gates_once(db, &arrays, call.mode).await);
+                let _ = call
+                    .reply
+                    .send(run_gates_once(db, &arrays, call.mode).await);
             }
         }
         Err(e) => {
@@ -218,8 +220,8 @@ async fn run_batch(db: &Db, counters: &Counters, batch: Vec<Call>) {
     }
 }
 
-fn bad_reply(what: &str) -> StateError {
-    StateError::Unavailable(format!("postgres apply_gates_batch: {what}"))
+fn bad_reply(op: &str) -> StateError {
+    StateError::Unavailable(format!("postgres {op}: one answer per call expected"))
 }
 
 type BatchRow = (i32, i32, Option<i16>, Option<i64>, Option<i64>);
@@ -230,7 +232,6 @@ async fn run_together(
     db: &Db,
     calls: &[Call],
 ) -> Result<Option<Vec<Result<GateResult, StateError>>>, StateError> {
-    const OP: &str = "apply_gates_batch";
     let mut counts = Vec::with_capacity(calls.len());
     let mut all = GateArrays::default();
     for call in calls {
@@ -238,14 +239,35 @@ async fn run_together(
         counts.push(arrays.kinds.len() as i32);
         all.extend(arrays);
     }
-    tracing::debug!(calls = calls.len(), gates = all.kinds.len(), "postgres gate batch");
+    tracing::debug!(
+        calls = calls.len(),
+        gates = all.kinds.len(),
+        "postgres gate batch"
+    );
+    let lone_dedups = calls
+        .iter()
+        .all(|call| matches!(call.gates[..], [Gate::Dedup { .. }]));
+    if lone_dedups {
+        run_dedups(db, &all).await
+    } else {
+        run_mixed(db, &counts, &all).await
+    }
+}
+
+/// A batch of calls of every kind: `acteon_apply_gates_batch`.
+async fn run_mixed(
+    db: &Db,
+    counts: &[i32],
+    all: &GateArrays<'_>,
+) -> Result<Option<Vec<Result<GateResult, StateError>>>, StateError> {
+    const OP: &str = "apply_gates_batch";
     let rows: Option<Vec<BatchRow>> = db
         .run(OP, async |conn: &mut PgConnection| {
             let rows = sqlx::query_as(
                 "SELECT call, stop_index, stop_kind, stop_a, stop_b \
                  FROM acteon_apply_gates_batch($1, $2, $3, $4, $5, $6)",
             )
-            .bind(&counts[..])
+            .bind(counts)
             .bind(&all.kinds[..])
             .bind(&all.keys[..])
             .bind(&all.spans[..])
@@ -253,21 +275,14 @@ async fn run_together(
             .bind(&all.tokens[..])
             .fetch_all(conn)
             .await;
-            match rows {
-                Ok(rows) => Ok(Some(rows)),
-                Err(sqlx::Error::Database(e)) => {
-                    tracing::debug!(error = %e, calls = calls.len(), "postgres gate batch refused; retrying its calls alone");
-                    Ok(None)
-                }
-                Err(e) => Err(e),
-            }
+            refused_as_none(rows, counts.len())
         })
         .await?;
     let Some(mut rows) = rows else {
         return Ok(None);
     };
-    if rows.len() != calls.len() {
-        return Err(bad_reply("one answer per call expected"));
+    if rows.len() != counts.len() {
+        return Err(bad_reply(OP));
     }
     rows.sort_unstable_by_key(|row| row.0);
     Ok(Some(
@@ -275,4 +290,62 @@ async fn run_together(
             .map(|(_, index, kind, a, b)| gate_result(OP, index, kind, a, b))
             .collect(),
     ))
+}
+
+/// A batch whose every call is one dedup gate (the most common gated dispatch):
+/// `acteon_apply_dedup_batch`, set operations instead of a function call per gate.
+async fn run_dedups(
+    db: &Db,
+    all: &GateArrays<'_>,
+) -> Result<Option<Vec<Result<GateResult, StateError>>>, StateError> {
+    const OP: &str = "apply_dedup_batch";
+    let rows: Option<Vec<(i32, bool)>> = db
+        .run(OP, async |conn: &mut PgConnection| {
+            let rows =
+                sqlx::query_as("SELECT call, passed FROM acteon_apply_dedup_batch($1, $2, $3)")
+                    .bind(&all.keys[..])
+                    .bind(&all.spans[..])
+                    .bind(&all.tokens[..])
+                    .fetch_all(conn)
+                    .await;
+            refused_as_none(rows, all.keys.len())
+        })
+        .await?;
+    let Some(mut rows) = rows else {
+        return Ok(None);
+    };
+    if rows.len() != all.keys.len() {
+        return Err(bad_reply(OP));
+    }
+    rows.sort_unstable_by_key(|row| row.0);
+    Ok(Some(
+        rows.into_iter()
+            .map(|(_, passed)| {
+                Ok(if passed {
+                    GateResult::Passed
+                } else {
+                    GateResult::Stopped {
+                        index: 0,
+                        reason: GateStop::Duplicate,
+                    }
+                })
+            })
+            .collect(),
+    ))
+}
+
+/// An error of the server (the statement was refused, the connection is fine) becomes
+/// `None`: the calls are then retried alone, so that one bad call fails alone.
+fn refused_as_none<T>(
+    rows: Result<Vec<T>, sqlx::Error>,
+    calls: usize,
+) -> Result<Option<Vec<T>>, sqlx::Error> {
+    match rows {
+        Ok(rows) => Ok(Some(rows)),
+        Err(sqlx::Error::Database(e)) => {
+            tracing::debug!(error = %e, calls, "postgres gate batch refused; retrying its calls alone");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
