@@ -68,8 +68,14 @@ BEGIN
     ), firsts AS (
         SELECT DISTINCT ON (c.k) c.k, c.s, c.t, c.n FROM calls c ORDER BY c.k, c.n
     ), live AS (
-        SELECT d.key FROM acteon_dedup d
-        WHERE d.key = ANY (keys) AND d.expires_at > now_ms
+        -- One index probe per key. As a join or `key = ANY (keys)`, the cached plan of
+        -- this statement could be a scan of the whole table (planned while it was small).
+        SELECT f.k AS key FROM firsts f
+        CROSS JOIN LATERAL (
+            SELECT 1 FROM acteon_dedup d
+            WHERE d.key = f.k AND d.expires_at > now_ms
+            OFFSET 0
+        ) mark
     ), marked AS (
         INSERT INTO acteon_dedup AS d (key, token, expires_at)
         SELECT f.k, f.t, now_ms + f.s FROM firsts f
