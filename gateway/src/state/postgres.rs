@@ -8,7 +8,8 @@
 //!   function `acteon_apply_gates` (see `migrations/postgres/0001_state.sql`), which locks the
 //!   gate keys with transaction-scoped advisory locks in sorted order, checks every gate,
 //!   reports the first that stops and applies them all only if all pass. Every other
-//!   operation is one statement too.
+//!   operation is one statement too. Under load the gate calls of concurrent dispatches
+//!   share one transaction (group commit, see [`batch`]).
 //! - **One connection per operation, one round trip per statement.** A small pool of our own
 //!   (not `sqlx::Pool`, whose check-in always pings the server, an extra round trip per
 //!   operation): an operation takes an idle connection (LIFO), runs its statement (prepared
