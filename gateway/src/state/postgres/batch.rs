@@ -37,10 +37,14 @@ pub struct GateBatches {
     pub max_calls: usize,
 }
 
+/// One batch at a time per gateway: the calls that arrive meanwhile form the next one. On
+/// 2 cores (gateway, load and Postgres together) `gated.sh` measured 13.4k dispatches/s
+/// with one batch in flight, 11.3–11.9k with two, 9.7k with four, 8.1k with eight: more
+/// batches in flight means smaller batches and more transactions for the same work.
 impl Default for GateBatches {
     fn default() -> Self {
         GateBatches {
-            in_flight: 4,
+            in_flight: 1,
             max_calls: 128,
         }
     }
