@@ -284,15 +284,23 @@ pub async fn transition(
         .inhibitions()
         .active_sets(&machine.id, &record.action(&fingerprint));
     let cause = uuid::Uuid::now_v7().to_string();
+    let now_ms = unix_ms();
     let t = machine.moving(
         key,
         &fingerprint,
         Some(req.to.clone()),
         &record,
         &cause,
-        unix_ms(),
+        now_ms,
         sets,
     );
+    // A notifying move by hand notifies like a dispatch: the event's recorded action, with
+    // the requested state as its status (no recorded provider and no notifyProvider: none).
+    let mut notification = record.action(&fingerprint);
+    notification.id = cause.clone();
+    notification.status = Some(req.to.clone());
+    let provider = machine.notify_target(&record.provider).to_owned();
+    let t = machine.with_notice(t, notification, &provider, &cause, now_ms);
     let result = gw.move_event(t).await?;
     let outcome = transition_outcome(&machine, &fingerprint, Some(&req.to), &result);
     gw.count_transition(&machine, &req.to, &result);

@@ -72,13 +72,17 @@ impl Gateway {
                 };
                 let sets = rt.rules.inhibitions().active_sets(&machine.id, action);
                 let transition = machine.transition(action, target, now_ms, sets);
+                // The notification is the moving action itself, sent by the worker.
+                let provider = machine.notify_target(&action.provider).to_owned();
+                let transition =
+                    machine.with_notice(transition, action.clone(), &provider, &action.id, now_ms);
                 let (check, result) = self
                     .gates_and(eval, Deferral::Transition(transition))
                     .await?;
                 if let Some(stop) = check {
                     return Ok(stop);
                 }
-                self.moved(rt, action, machine, target, result).await
+                self.moved(machine, target, result).await
             }
             _ => Err(DispatchError::State(StateError::Unavailable(
                 "parking decision does not match its rule".into(),
@@ -105,8 +109,6 @@ impl Gateway {
     /// The answer to a state-machine move, and its notification when the move notifies.
     async fn moved(
         &self,
-        rt: &Runtime,
-        action: &Action,
         machine: &Machine,
         target: &EventTarget,
         result: Option<DeferResult>,
@@ -117,10 +119,6 @@ impl Gateway {
         let to = target.to.clone();
         let outcome = transition_outcome(machine, &target.fingerprint, to.as_deref(), &result);
         self.count_transition(machine, to.as_deref().unwrap_or_default(), &result);
-        if let ActionOutcome::StateChanged { notify: true, .. } = &outcome {
-            let provider = machine.notify_target(&action.provider).to_owned();
-            self.notify_move(rt, action, &provider).await;
-        }
         Ok(outcome)
     }
 
@@ -158,29 +156,6 @@ impl Gateway {
             .transitions
             .with_label_values(&[&machine.id, state, result])
             .inc();
-    }
-
-    /// Delivers a `notify` move's notification: the moving action itself, sent to the
-    /// machine's notify provider (or its own). A failure is counted and logged; the move
-    /// stands.
-    pub(crate) async fn notify_move(&self, rt: &Runtime, action: &Action, provider: &str) {
-        let Some(handle) = rt.providers.get(&action.namespace, provider) else {
-            self.metrics
-                .transition_notifications
-                .with_label_values(&["provider_not_found"])
-                .inc();
-            tracing::warn!(provider = ?provider, "state machine notification: provider not found");
-            return;
-        };
-        let result = handle.provider.execute(action).await;
-        let label = if result.is_ok() { "sent" } else { "failed" };
-        self.metrics
-            .transition_notifications
-            .with_label_values(&[label])
-            .inc();
-        if let Err(e) = result {
-            tracing::warn!(provider = %handle.name, code = %e.code, "state machine notification failed");
-        }
     }
 }
 

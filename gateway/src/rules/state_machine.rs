@@ -18,8 +18,8 @@ use super::EvalInput;
 use super::field::resolve;
 use super::key::state_key;
 use crate::action::Action;
-use crate::state::{TimerWrite, Transition};
-use crate::worker::task::{StateTimeout, Task};
+use crate::state::{MoveNotice, TimerWrite, Transition};
+use crate::worker::task::{NotifyMove, StateTimeout, Task};
 
 /// A compiled `stateMachine` rule.
 #[derive(Debug)]
@@ -316,7 +316,47 @@ impl Machine {
             active_sets,
             record: serde_json::to_vec(record).unwrap_or_default(),
             ttl: EVENT_TTL,
+            notice: None,
         }
+    }
+
+    /// The move `t` with its notification, if a move into its target notifies from some
+    /// state: `notification` sent to `provider` by the worker, registered by the backend
+    /// only if the move happens from such a state. `cause` makes the timer's id unique.
+    pub fn with_notice(
+        &self,
+        mut t: Transition,
+        notification: Action,
+        provider: &str,
+        cause: &str,
+        now_ms: u64,
+    ) -> Transition {
+        let Some(to) = t.to.as_deref() else {
+            return t;
+        };
+        let from: Vec<String> = self
+            .sources_of(to)
+            .into_iter()
+            .filter(|from| from != to && self.notifies(from, to))
+            .collect();
+        if from.is_empty() || provider.is_empty() {
+            return t;
+        }
+        let task = Task::NotifyMove(NotifyMove {
+            machine: self.id.clone(),
+            provider: provider.to_owned(),
+            action: notification,
+            moved_ms: now_ms,
+        });
+        t.notice = Some(MoveNotice {
+            from,
+            timer: TimerWrite {
+                id: format!("notify:{}:{}", t.key, state_key("c", &[cause, to])),
+                due_unix_ms: now_ms,
+                payload: task.encode(),
+            },
+        });
+        t
     }
 }
 

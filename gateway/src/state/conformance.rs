@@ -26,8 +26,8 @@ use tokio::task::JoinSet;
 
 use super::{
     ClaimedTimer, DedupConfirm, DeferResult, Deferral, Gate, GateMode, GateResult, GateStop,
-    GroupAppend, GroupBatch, GroupInfo, StateAnswers, StateError, StateRead, StateStore,
-    TimerWrite, Transition, TransitionResult, Versioned, unix_ms,
+    GroupAppend, GroupBatch, GroupInfo, MoveNotice, StateAnswers, StateError, StateRead,
+    StateStore, TimerWrite, Transition, TransitionResult, Versioned, unix_ms,
 };
 
 /// Margin for clock granularity, client/backend clock skew and round trips when a check
@@ -110,6 +110,7 @@ macro_rules! __state_conformance_checks {
             transition_changed_unchanged_refused,
             transition_require_timer,
             transition_timeout_replaced_on_change,
+            transition_notice_registered_only_for_notifying_changes,
             transition_active_sets_and_read_state,
             transition_ttl_expires_event_and_membership,
             transition_initial_state_recorded,
@@ -2355,6 +2356,7 @@ fn transition(key: &str, to: Option<&str>, from: &[&str]) -> Transition {
         active_sets: Vec::new(),
         record: format!("{key} to {to:?}").into_bytes(),
         ttl: LONG,
+        notice: None,
     }
 }
 
@@ -3579,6 +3581,66 @@ pub async fn transition_require_timer(store: Arc<dyn StateStore>, prefix: &str) 
 
 /// A change removes the event's armed timeout and registers the new one (or none);
 /// unchanged and refused transitions leave timers alone.
+/// A move's notice becomes a timer only when the move changes the state from one of the
+/// notice's states: not for a move from another state, a refused or unchanged move, or an
+/// event recorded in its initial state.
+pub async fn transition_notice_registered_only_for_notifying_changes(
+    store: Arc<dyn StateStore>,
+    prefix: &str,
+) {
+    const C: &str = "transition_notice_registered_only_for_notifying_changes";
+    let _serial = TIMER_CHECKS.lock().await;
+    let s = &*store;
+    let e = format!("{prefix}e");
+    let now = unix_ms();
+    let noticed = |to: &str, allowed: &[&str], notify_from: &[&str], timer: &str| {
+        let mut t = transition(&e, Some(to), allowed);
+        t.notice = Some(MoveNotice {
+            from: notify_from.iter().map(|s| (*s).to_owned()).collect(),
+            timer: timer_write(&format!("{prefix}{timer}"), now, timer),
+        });
+        t
+    };
+    assert_eq!(
+        move_event(s, C, noticed("new", &[], &["new"], "n0")).await,
+        changed("new"),
+        "conformance[{C}]: recorded in the initial state"
+    );
+    assert_eq!(
+        move_event(s, C, noticed("open", &["new"], &["new"], "n1")).await,
+        changed("new"),
+        "conformance[{C}]: new → open"
+    );
+    assert_eq!(
+        move_event(s, C, noticed("ack", &["open"], &["other"], "n2")).await,
+        changed("open"),
+        "conformance[{C}]: open → ack"
+    );
+    assert_eq!(
+        move_event(s, C, noticed("closed", &["open"], &["ack"], "n3")).await,
+        refused("ack"),
+        "conformance[{C}]: refused"
+    );
+    assert_eq!(
+        move_event(s, C, noticed("ack", &["ack"], &["ack"], "n4")).await,
+        unchanged("ack"),
+        "conformance[{C}]: unchanged"
+    );
+    let claimed = claim_ours(s, C, far_future(), prefix).await;
+    let got: Vec<(&str, &[u8])> = claimed
+        .iter()
+        .map(|t| (t.id.as_str(), t.payload.as_slice()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![(format!("{prefix}n1").as_str(), b"n1".as_slice())],
+        "conformance[{C}]: only the notifying change registered its notice"
+    );
+    for t in &claimed {
+        ok(C, "complete_timer", s.complete_timer(&t.id, &t.claim).await);
+    }
+}
+
 pub async fn transition_timeout_replaced_on_change(store: Arc<dyn StateStore>, prefix: &str) {
     const C: &str = "transition_timeout_replaced_on_change";
     let _serial = TIMER_CHECKS.lock().await;

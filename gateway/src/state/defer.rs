@@ -96,7 +96,9 @@ pub struct GroupAppend {
 ///   the event's armed timeout; `record` replaces the stored record bytes; the event (its
 ///   `key`: fingerprints may repeat across tenants) joins every set in `active_sets` if
 ///   `to_terminal` is false and leaves them if it is true; the event expires `ttl` after
-///   this change (a later change refreshes it), and its set memberships with it.
+///   this change (a later change refreshes it), and its set memberships with it. When the
+///   move changes the state from one of `notice.from` (to another state), `notice.timer`
+///   is registered in the same call: the move's notification, sent by the worker.
 ///
 /// Several transitions of one key in one call apply in order, each seeing the one before.
 /// An expired event is absent: its state is `initial` again and it has no armed timeout.
@@ -115,6 +117,14 @@ pub struct Transition {
     pub active_sets: Vec<String>,
     pub record: Vec<u8>,
     pub ttl: Duration,
+    pub notice: Option<MoveNotice>,
+}
+
+/// The notification of a move, registered only if the move happens from one of `from`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MoveNotice {
+    pub from: Vec<String>,
+    pub timer: TimerWrite,
 }
 
 /// What a deferral did, in the order given.

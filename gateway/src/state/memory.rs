@@ -611,6 +611,12 @@ impl Parked {
         if let Some(w) = &t.timeout {
             timers.put(&w.id, w.due_unix_ms, w.payload.clone());
         }
+        if let Some(n) = &t.notice
+            && *to != current
+            && n.from.contains(&current)
+        {
+            timers.put(&n.timer.id, n.timer.due_unix_ms, n.timer.payload.clone());
+        }
         let expires_at = now.saturating_add(ms(t.ttl));
         self.events.insert(
             t.key.clone(),

@@ -22,8 +22,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub use defer::{
-    DeferResult, Deferral, EventInfo, GroupAppend, GroupBatch, GroupInfo, StateAnswers, StateRead,
-    TimerWrite, Transition, TransitionResult,
+    DeferResult, Deferral, EventInfo, GroupAppend, GroupBatch, GroupInfo, MoveNotice, StateAnswers,
+    StateRead, TimerWrite, Transition, TransitionResult,
 };
 pub use memory::MemoryStore;
 pub use postgres::PostgresStore;

@@ -747,6 +747,12 @@ fn transition_json(t: &Transition) -> serde_json::Value {
         "sets": t.active_sets,
         "record": hex(&t.record),
         "ttl": ms(t.ttl),
+        "notice": t.notice.as_ref().map(|n| serde_json::json!({
+            "from": n.from,
+            "id": n.timer.id,
+            "due": clamp(n.timer.due_unix_ms),
+            "p": hex(&n.timer.payload),
+        })),
     })
 }
 

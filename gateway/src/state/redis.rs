@@ -382,6 +382,8 @@ local function transition()
   local sets = take_list()
   local finals = take_list()
   local record, ttl = take(2)
+  local notify_from = take_list()
+  local nid, ndue, npayload = take(3)
   has_to, has_req, has_timeout, terminal = has_to == '1', has_req == '1', has_timeout == '1', terminal == '1'
   ttl = tonumber(ttl)
   local h = pk('sm', key)
@@ -412,6 +414,11 @@ local function transition()
   if has_timeout then
     timer_put(tid, tdue, tpayload)
     redis.call('HSET', h, 'ti', tid, 'td', tdue)
+  end
+  if to ~= current then
+    for _, s in ipairs(notify_from) do
+      if s == current then timer_put(nid, ndue, npayload) end
+    end
   end
   redis.call('PEXPIREAT', h, ex)
   redis.call('ZADD', SX, 0, key)
@@ -1339,6 +1346,20 @@ fn push_transition(inv: &mut ScriptInvocation<'_>, t: &Transition) {
         inv.arg(state.as_str());
     }
     inv.arg(t.record.as_slice()).arg(span_ms(t.ttl));
+    match &t.notice {
+        Some(n) => {
+            inv.arg(n.from.len());
+            for state in &n.from {
+                inv.arg(state.as_str());
+            }
+            inv.arg(n.timer.id.as_str())
+                .arg(n.timer.due_unix_ms)
+                .arg(n.timer.payload.as_slice());
+        }
+        None => {
+            inv.arg(0).arg("").arg(0).arg("");
+        }
+    }
 }
 
 /// The elements of an array reply (anything else reads as empty).

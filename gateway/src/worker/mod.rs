@@ -11,6 +11,7 @@
 pub mod task;
 
 mod group;
+mod notify_move;
 mod schedule;
 mod state_timeout;
 
@@ -224,6 +225,7 @@ impl Worker {
             Task::FireSchedule(t) => schedule::fire(&self.gateway, t).await,
             Task::FlushGroup(t) => group::flush(&self.gateway, t, timer).await,
             Task::StateTimeout(t) => state_timeout::fire(&self.gateway, t, &timer.id).await,
+            Task::NotifyMove(t) => notify_move::send(&self.gateway, t).await,
         }
     }
 

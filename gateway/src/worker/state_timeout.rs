@@ -6,9 +6,8 @@ use serde_json::json;
 use super::task::StateTimeout;
 use super::{Done, observe_lateness};
 use crate::action::Action;
-use crate::outcome::ActionOutcome;
 use crate::pipeline::Gateway;
-use crate::pipeline::park::{for_timeout, transition_outcome};
+use crate::pipeline::park::for_timeout;
 use crate::rules::state_machine::EventRecord;
 use crate::state::unix_ms;
 
@@ -53,16 +52,18 @@ pub(super) async fn fire(gateway: &Gateway, task: StateTimeout, timer_id: &str) 
         sets,
     );
     let t = for_timeout(t, timer_id, &task.state);
+    let t = machine.with_notice(
+        t,
+        timeout_notification(&task),
+        &task.provider,
+        &cause,
+        unix_ms(),
+    );
     let result = match gateway.move_event(t).await {
         Ok(result) => result,
         Err(e) => return e.into(),
     };
-    let outcome = transition_outcome(machine, &task.fingerprint, Some(&task.to), &result);
     gateway.count_transition(machine, &task.to, &result);
-    if let ActionOutcome::StateChanged { notify: true, .. } = outcome {
-        let action = timeout_notification(&task);
-        gateway.notify_move(&rt, &action, &task.provider).await;
-    }
     Done::Complete
 }
 

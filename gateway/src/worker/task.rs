@@ -15,6 +15,24 @@ pub enum Task {
     FireSchedule(FireSchedule),
     /// Move a state-machine event whose state timed out.
     StateTimeout(StateTimeout),
+    /// Send the notification of a state-machine move (registered with the move).
+    NotifyMove(NotifyMove),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NotifyMove {
+    /// `namespace/name` of the StateMachine (or `name` when shared), for logs.
+    pub machine: String,
+    pub provider: String,
+    /// The notification: the action that made the move, or one describing it.
+    pub action: Action,
+    /// When the move was made: a notification that could not be sent for
+    /// [`NotifyMove::GIVE_UP_AFTER_MS`] is dropped (counted and logged).
+    pub moved_ms: u64,
+}
+
+impl NotifyMove {
+    pub const GIVE_UP_AFTER_MS: u64 = 24 * 3_600_000;
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -67,6 +85,7 @@ impl Task {
             Task::FlushGroup(_) => "flush_group",
             Task::FireSchedule(_) => "fire_schedule",
             Task::StateTimeout(_) => "state_timeout",
+            Task::NotifyMove(_) => "notify_move",
         }
     }
 }

@@ -402,6 +402,7 @@ async fn sweep_drops_expired_parked_state() {
             active_sets: vec!["set".into()],
             record: Vec::new(),
             ttl,
+            notice: None,
         })
     };
     let deferrals = [

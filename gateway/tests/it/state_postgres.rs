@@ -402,6 +402,7 @@ async fn sweep_deletes_expired_parked_rows() {
             active_sets: vec!["set".into()],
             record: Vec::new(),
             ttl,
+            notice: None,
         })
     };
     let deferrals = [

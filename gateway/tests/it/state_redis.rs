@@ -64,6 +64,7 @@ async fn parked_indexes_drop_expired_keys() {
             active_sets: vec!["set".into()],
             record: Vec::new(),
             ttl,
+            notice: None,
         })
     };
     let defer = |deferrals: Vec<Deferral>| {

@@ -1,0 +1,43 @@
+//! The notification of a state-machine move: registered by the backend in the move's own
+//! call, sent here, at least once. A retryable failure leaves the claim to expire, so the
+//! notification is tried again after the lease (by any replica) until it is sent, fails
+//! for good, or is older than [`NotifyMove::GIVE_UP_AFTER_MS`].
+
+use super::Done;
+use super::task::NotifyMove;
+use crate::pipeline::Gateway;
+use crate::state::unix_ms;
+
+pub(super) async fn send(gateway: &Gateway, task: NotifyMove) -> Done {
+    let rt = gateway.config.load();
+    if !rt.loaded {
+        return Done::Retry("no configuration snapshot yet".into());
+    }
+    let counted = |label: &str| {
+        gateway
+            .metrics
+            .transition_notifications
+            .with_label_values(&[label])
+            .inc();
+    };
+    let Some(handle) = rt.providers.get(&task.action.namespace, &task.provider) else {
+        counted("provider_not_found");
+        tracing::warn!(machine = ?task.machine, provider = ?task.provider, "state machine notification: provider not found; dropped");
+        return Done::Complete;
+    };
+    let Err(e) = handle.provider.execute(&task.action).await else {
+        counted("sent");
+        return Done::Complete;
+    };
+    let too_old = unix_ms().saturating_sub(task.moved_ms) > NotifyMove::GIVE_UP_AFTER_MS;
+    if e.retryable && !too_old {
+        counted("retry");
+        return Done::Retry(format!(
+            "state machine notification to `{}` failed: {}",
+            handle.name, e.code
+        ));
+    }
+    counted("failed");
+    tracing::warn!(machine = ?task.machine, provider = %handle.name, code = %e.code, too_old, "state machine notification failed; dropped");
+    Done::Complete
+}
