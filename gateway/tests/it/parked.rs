@@ -39,6 +39,7 @@ fn config(hook: &Recorder) -> String {
     [
         provider("hook", "/deliver"),
         provider("notify", "/notify"),
+        provider("pager", "/paged"),
         rule(
             "grouped",
             "{field: action.action_type, eq: ev}",
@@ -52,6 +53,12 @@ fn config(hook: &Recorder) -> String {
             "{field: action.action_type, eq: alert}",
             "{type: stateMachine, stateMachine: acks, fingerprintFields: [payload.id]}",
         ),
+        rule(
+            "pages",
+            "{field: action.action_type, eq: page}",
+            "{type: stateMachine, stateMachine: pages, fingerprintFields: [payload.id]}",
+        ),
+        "---\napiVersion: acteon.dev/v1alpha1\nkind: StateMachine\nmetadata: {name: pages, namespace: park}\nspec:\n  states: [open, paged, resolved]\n  initialState: open\n  terminalStates: [resolved]\n  notifyProvider: pager\n  transitions:\n    - {from: open, to: paged, notify: true}\n    - {from: paged, to: resolved, notify: true}\n".to_owned(),
         // The group notification continues after the group rule: this rule (later in the
         // order) sees it and adds a mark, so the test can tell it went through the rules.
         "---\napiVersion: acteon.dev/v1alpha1\nkind: Rule\nmetadata: {name: mark-notifications, namespace: park}\nspec:\n  priority: 5\n  condition: {field: action.payload.event_count, exists: true}\n  action: {type: modify, changes: {continued: true}}\n".to_owned(),
@@ -314,6 +321,62 @@ async fn state_timeouts(state_url: &str, replicas: usize) {
     );
 }
 
+/// Notifying moves made by dispatches and by hand reach the machine's provider through the
+/// worker, at least once: the first two attempts fail (503) and are sent again after the
+/// claim's lease; every other notification is sent exactly once.
+async fn move_notifications(state_url: &str, replicas: usize) {
+    let cluster = Cluster::start(state_url, replicas).await;
+    cluster.hook.script.lock().extend([503, 503]);
+    let page = |id: u32| json!({"namespace": "park", "tenant": "t", "provider": "hook", "action_type": "page", "status": "paged", "payload": {"id": id}});
+    let outcomes = cluster.send_all((0..20).map(page).collect()).await;
+    for o in &outcomes {
+        assert_eq!(o["StateChanged"]["new_state"], "paged", "{o}");
+        assert_eq!(o["StateChanged"]["notify"], true, "{o}");
+    }
+    // 20 notifications, 2 of them failed once and sent again after the 3 s lease.
+    let got = cluster
+        .wait_for("/paged", 22, Duration::from_secs(30))
+        .await;
+    assert_eq!(got.len(), 22, "each sent once, the two failures twice");
+    let mut sends: BTreeMap<u64, usize> = BTreeMap::new();
+    for r in &got {
+        *sends
+            .entry(r.body["id"].as_u64().expect("the moving action's payload"))
+            .or_default() += 1;
+    }
+    assert_eq!(sends.len(), 20, "every move notified: {sends:?}");
+    assert_eq!(
+        sends.values().filter(|&&n| n == 2).count(),
+        2,
+        "only the failed ones were sent again: {sends:?}"
+    );
+
+    // A notifying move by hand notifies too.
+    let fingerprint = outcomes[0]["StateChanged"]["fingerprint"]
+        .as_str()
+        .expect("fingerprint");
+    let moved: Value = cluster
+        .client
+        .put(cluster.url(0, &format!("/v1/events/{fingerprint}/transition")))
+        .json(&json!({"namespace": "park", "tenant": "t", "machine": "pages", "to": "resolved"}))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(moved["StateChanged"]["notify"], true, "{moved}");
+    let got = cluster
+        .wait_for("/paged", 23, Duration::from_secs(30))
+        .await;
+    let event0 = got.iter().filter(|r| r.body["id"] == 0).count();
+    assert_eq!(
+        event0,
+        sends[&0] + 1,
+        "the move by hand notified with event 0's record"
+    );
+}
+
 fn redis_url() -> String {
     std::env::var("ACTEON_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
@@ -328,6 +391,7 @@ async fn memory_groups_schedules_and_timeouts() {
     groups("memory", 1, false).await;
     schedules("memory", 1, false).await;
     state_timeouts("memory", 1).await;
+    move_notifications("memory", 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -344,6 +408,7 @@ async fn redis_schedules_survive_a_killed_gateway() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_state_timeouts_fire_once() {
     state_timeouts(&redis_url(), 3).await;
+    move_notifications(&redis_url(), 3).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -360,4 +425,5 @@ async fn postgres_schedules_survive_a_killed_gateway() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_state_timeouts_fire_once() {
     state_timeouts(&postgres_url(), 3).await;
+    move_notifications(&postgres_url(), 3).await;
 }
