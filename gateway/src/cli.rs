@@ -504,6 +504,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         postgres_gate_batches: args.postgres_gate_batches,
     };
     let state = state_backend(&args.state, &args.state_prefix, tuning).await?;
+    crate::metrics::GateBatchCollector::register(&metrics.registry, state.clone());
     let mut follower = None;
     let config = match files_runtime {
         Some(runtime) => LiveConfig::new(runtime),

@@ -279,3 +279,53 @@ impl Metrics {
         String::from_utf8(buf).unwrap_or_default()
     }
 }
+
+/// `acteon_state_gate_batches_total{what}`: what the Postgres group commit did, read from
+/// the state backend at each scrape (`batches`: statements that ran two calls or more;
+/// `calls_together`: the calls they answered; `retried_alone`: calls run alone after the
+/// server refused their batch). Absent on other backends.
+pub struct GateBatchCollector {
+    state: std::sync::Arc<dyn crate::state::StateStore>,
+    template: IntCounterVec,
+}
+
+impl GateBatchCollector {
+    pub fn register(registry: &Registry, state: std::sync::Arc<dyn crate::state::StateStore>) {
+        let template = Self::family();
+        // A second registration on one registry (tests) is left out.
+        let _ = registry.register(Box::new(GateBatchCollector { state, template }));
+    }
+
+    fn family() -> IntCounterVec {
+        IntCounterVec::new(
+            Opts::new(
+                "acteon_state_gate_batches_total",
+                "Postgres group commit of gate calls: batches, calls sent together, calls retried alone",
+            ),
+            &["what"],
+        )
+        .expect("static metric definition")
+    }
+}
+
+impl prometheus::core::Collector for GateBatchCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.template.desc()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let Some(counts) = self.state.gate_batch_counts() else {
+            return Vec::new();
+        };
+        // A fresh family per scrape: concurrent scrapes never see each other's values.
+        let metric = Self::family();
+        for (what, n) in [
+            ("batches", counts.batches),
+            ("calls_together", counts.calls_together),
+            ("retried_alone", counts.retried_alone),
+        ] {
+            metric.with_label_values(&[what]).inc_by(n);
+        }
+        metric.collect()
+    }
+}

@@ -83,6 +83,10 @@ impl StateStore for LazyStore {
         self.store()?.ping().await
     }
 
+    fn gate_batch_counts(&self) -> Option<super::postgres::GateBatchCounts> {
+        self.inner.get()?.gate_batch_counts()
+    }
+
     async fn apply_gates(&self, gates: &[Gate]) -> Result<GateResult, StateError> {
         self.store()?.apply_gates(gates).await
     }

@@ -148,6 +148,11 @@ pub trait StateStore: Send + Sync + 'static {
     /// Checks reachability (for `/readyz`).
     async fn ping(&self) -> Result<(), StateError>;
 
+    /// What the group commit of gate calls did so far (Postgres; `None` elsewhere).
+    fn gate_batch_counts(&self) -> Option<postgres::GateBatchCounts> {
+        None
+    }
+
     /// Checks every gate and, only if all pass, applies them all, atomically.
     async fn apply_gates(&self, gates: &[Gate]) -> Result<GateResult, StateError>;
 

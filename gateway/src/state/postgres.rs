@@ -311,11 +311,6 @@ impl PostgresStore {
         &self.schema
     }
 
-    /// What the group commit of gate calls did so far.
-    pub fn gate_batch_counts(&self) -> GateBatchCounts {
-        self.gates.counts()
-    }
-
     /// Creates the schema if missing and applies the embedded migrations
     /// (`gateway/migrations/postgres/`). Idempotent; concurrent calls (replicas starting
     /// together) are serialized by an advisory lock per schema. `serve` calls it at start.
@@ -850,6 +845,10 @@ impl StateStore for PostgresStore {
     async fn ping(&self) -> Result<(), StateError> {
         self.run("ping", async |conn: &mut PgConnection| conn.ping().await)
             .await
+    }
+
+    fn gate_batch_counts(&self) -> Option<GateBatchCounts> {
+        Some(self.gates.counts())
     }
 
     async fn apply_gates(&self, gates: &[Gate]) -> Result<GateResult, StateError> {

@@ -87,6 +87,27 @@ impl Cluster {
         }
     }
 
+    /// The sum over the gateways of the Prometheus sample `series` (0 where absent).
+    async fn metric_sum(&self, series: &str) -> u64 {
+        let mut sum = 0;
+        for server in &self.servers {
+            let text = self
+                .client
+                .get(server.url("/metrics"))
+                .send()
+                .await
+                .expect("sent")
+                .text()
+                .await
+                .expect("text");
+            sum += text
+                .lines()
+                .filter_map(|l| l.strip_prefix(series)?.trim().parse::<u64>().ok())
+                .sum::<u64>();
+        }
+        sum
+    }
+
     /// Sends every action (spread over the three gateways, at most 128 in flight) and
     /// returns the outcomes in order.
     async fn send_all(&self, actions: Vec<Value>) -> Vec<Value> {
@@ -146,6 +167,13 @@ async fn exact_across_replicas(state_url: &str) {
     assert_eq!(count(&outcomes, "Executed"), 1000);
     assert_eq!(count(&outcomes, "Deduplicated"), 9000);
     assert_eq!(deliveries(&cluster.hook, "/dedup"), 1000);
+    if state_url.starts_with("postgres") {
+        // Exact with group commit: concurrent gate calls went out together.
+        let together = cluster
+            .metric_sum(r#"acteon_state_gate_batches_total{what="calls_together"}"#)
+            .await;
+        assert!(together > 0, "Postgres gate calls were sent in batches");
+    }
 
     // A throttle of 100 per 10 s hammered through all three → exactly 100 pass; every
     // rejection says how long until the oldest pass leaves the window.

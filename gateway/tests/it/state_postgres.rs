@@ -831,7 +831,9 @@ async fn concurrent_gate_calls_share_transactions_and_stay_exact() {
     }
     assert_eq!(dedup_passed, 50, "one pass per dedup key");
     assert_eq!(throttle_passed, 20, "the throttle's limit");
-    let counts = store.gate_batch_counts();
+    let counts = store
+        .gate_batch_counts()
+        .expect("a Postgres store counts its batches");
     assert!(
         counts.batches > 0 && counts.calls_together > counts.batches,
         "concurrent calls were sent together: {counts:?}"
@@ -863,7 +865,9 @@ async fn a_refused_call_does_not_fail_its_batch() {
             assert_eq!(answer.expect("a good call is answered"), GateResult::Passed);
         }
     }
-    let counts = store.gate_batch_counts();
+    let counts = store
+        .gate_batch_counts()
+        .expect("a Postgres store counts its batches");
     assert!(
         counts.retried_alone >= 2,
         "the refused call's batch was retried alone: {counts:?}"
@@ -923,6 +927,8 @@ async fn lone_dedup_batches_answer_like_one_call_at_a_time() {
         "each expired and new key passes: {passed:?}"
     );
     assert!(passed.values().all(|&n| n == 1), "exactly once: {passed:?}");
-    let counts = store.gate_batch_counts();
+    let counts = store
+        .gate_batch_counts()
+        .expect("a Postgres store counts its batches");
     assert!(counts.calls_together >= 300, "{counts:?}");
 }
