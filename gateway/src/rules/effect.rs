@@ -77,6 +77,7 @@ impl Effect {
                 group_by,
                 group_wait_seconds,
                 group_interval_seconds,
+                repeat_interval_seconds,
                 max_group_size,
                 notify_provider,
                 ..
@@ -84,6 +85,7 @@ impl Effect {
                 group_by: paths(group_by)?,
                 wait: Duration::from_secs(*group_wait_seconds),
                 interval: Duration::from_secs((*group_interval_seconds).max(1)),
+                repeat: repeat_interval_seconds.map(|r| Duration::from_secs(r.max(1))),
                 max_size: (*max_group_size).clamp(1, super::group::MAX_GROUP_SIZE) as usize,
                 notify_provider: notify_provider.clone(),
             }),

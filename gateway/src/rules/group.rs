@@ -1,6 +1,12 @@
 //! `group`: park the action in a group of actions sharing the `groupBy` values; the worker
 //! sends one notification per group after `groupWait`, then at most one per `groupInterval`
 //! (Alertmanager's semantics). The notification runs on through the rules after this one.
+//!
+//! With `repeatIntervalSeconds` the group tells events apart by their `fingerprint`: a
+//! known one arriving again is not news but a sign the group is still active, and keeps
+//! the last notification repeated every `repeatInterval` (see `GroupAppend`). Events without
+//! a fingerprint are always news; a group whose known events stop arriving goes quiet and
+//! expires.
 
 use std::time::Duration;
 
@@ -26,6 +32,8 @@ pub struct Group {
     pub group_by: Vec<(String, FieldPath)>,
     pub wait: Duration,
     pub interval: Duration,
+    /// `repeatIntervalSeconds`: re-send the last notification while the group is active.
+    pub repeat: Option<Duration>,
     pub max_size: usize,
     pub notify_provider: Option<String>,
 }
@@ -103,7 +111,7 @@ impl Group {
         let task = Task::FlushGroup(FlushGroup {
             key: key.clone(),
             interval_ms: self.interval.as_millis() as u64,
-            repeat_ms: None,
+            repeat_ms: self.repeat.map(|r| r.as_millis() as u64),
         });
         GroupAppend {
             timer_id: timer_id(&key),
@@ -114,8 +122,11 @@ impl Group {
             max_events: self.max_size,
             wait: self.wait,
             interval: self.interval,
-            idle_ttl: self.wait + self.interval,
+            // Long enough for a refresh to find the group until its next repeat.
+            idle_ttl: self.wait + self.interval.max(self.repeat.unwrap_or_default()),
             timer_payload: task.encode(),
+            fingerprint: action.fingerprint.clone(),
+            repeat: self.repeat,
         }
     }
 }

@@ -2334,6 +2334,20 @@ fn append(key: &str, event: &str) -> GroupAppend {
         idle_ttl: LONG,
         timer_id: flush_timer(key),
         timer_payload: format!("flush {key}").into_bytes(),
+        fingerprint: None,
+        repeat: None,
+    }
+}
+
+/// Repeat interval of the repeating group checks.
+const REPEAT: Duration = Duration::from_secs(3 * 3_600);
+
+/// An append to the repeating group at `key` of an event with fingerprint `fp`.
+fn repeating(key: &str, event: &str, fp: &str) -> GroupAppend {
+    GroupAppend {
+        fingerprint: Some(fp.to_owned()),
+        repeat: Some(REPEAT),
+        ..append(key, event)
     }
 }
 
@@ -3206,19 +3220,22 @@ pub async fn group_idle_arms_at_last_flush_plus_interval(store: Arc<dyn StateSto
     }
 }
 
-/// `repeat_at` keeps the last notification and re-arms the timer at that exact time; a
-/// flush with nothing new sends it again (`repeat`); new events replace it.
+/// `repeat_at` keeps the last notification and re-arms the timer at that exact time; it is
+/// sent again (`repeat`) only if a known event refreshed the group since the last flush; a
+/// refresh of an idle group arms it at last flush + repeat; news bring a repeat timer
+/// forward to last flush + interval (not while it is claimed); new events replace the
+/// last notification.
 pub async fn group_repeat_at_keeps_last_notification(store: Arc<dyn StateStore>, prefix: &str) {
     const C: &str = "group_repeat_at_keeps_last_notification";
     let _serial = TIMER_CHECKS.lock().await;
     let s = &*store;
     let g = format!("{prefix}g");
-    append_one(s, C, append(&g, "e1")).await;
+    append_one(s, C, repeating(&g, "e1", "f1")).await;
     let claim = claim_flush(s, C, &g).await;
     let first = begin(s, C, &g)
         .await
         .unwrap_or_else(|| panic!("conformance[{C}]: a batch"));
-    let repeat_at = unix_ms() + 3 * 3_600_000;
+    let repeat_at = unix_ms() + ms(REPEAT);
     assert!(
         end(s, C, &g, &claim, Some(repeat_at)).await,
         "conformance[{C}]: ending with repeat_at"
@@ -3227,6 +3244,12 @@ pub async fn group_repeat_at_keeps_last_notification(store: Arc<dyn StateStore>,
         group(s, C, &g).await.notify_at_ms,
         Some(repeat_at),
         "conformance[{C}]: armed at repeat_at"
+    );
+    let (_, size, at) = append_one(s, C, repeating(&g, "e1 again", "f1")).await;
+    assert_eq!(
+        (size, at),
+        (0, repeat_at),
+        "conformance[{C}]: a known event is a refresh, not pending; the repeat stays armed"
     );
     assert!(
         claim_ours(s, C, repeat_at - 1, prefix).await.is_empty(),
@@ -3241,21 +3264,47 @@ pub async fn group_repeat_at_keeps_last_notification(store: Arc<dyn StateStore>,
         assert_eq!(
             begin(s, C, &g).await.as_ref(),
             Some(&expected),
-            "conformance[{C}]: {round}"
+            "conformance[{C}]: {round}: refreshed since the flush"
         );
     }
-    let again_at = repeat_at + 1_000;
+    let again_at = unix_ms() + ms(REPEAT);
     assert!(
         end(s, C, &g, &claim, Some(again_at)).await,
         "conformance[{C}]: ending the repeat"
     );
-    let (_, size, at) = append_one(s, C, append(&g, "e2")).await;
-    assert_eq!(
-        (size, at),
-        (1, again_at),
-        "conformance[{C}]: an event waits for the armed repeat time"
-    );
+    let last_flush = unix_ms();
     let claim = claim_flush(s, C, &g).await;
+    assert_eq!(
+        begin(s, C, &g).await,
+        None,
+        "conformance[{C}]: no refresh since the repeat: nothing to send"
+    );
+    assert!(
+        ok(
+            C,
+            "complete_timer",
+            s.complete_timer(&flush_timer(&g), &claim).await
+        ),
+        "conformance[{C}]: completing the quiet repeat"
+    );
+    let before = unix_ms();
+    let (_, size, at) = append_one(s, C, repeating(&g, "e1 later", "f1")).await;
+    assert_eq!(size, 0, "conformance[{C}]: a refresh of an idle group");
+    assert_ms_within(
+        C,
+        "refresh arms at last flush + repeat",
+        at,
+        last_flush + ms(REPEAT) - 1_000,
+        before + ms(REPEAT),
+    );
+    // A claimed timer stays as it is; once released by a flush, news bring it forward.
+    let claim = claim_flush(s, C, &g).await;
+    let (_, size, claimed_at) = append_one(s, C, repeating(&g, "e2", "f2")).await;
+    assert_eq!(
+        (size, claimed_at),
+        (1, at),
+        "conformance[{C}]: news do not move a claimed timer"
+    );
     let next = begin(s, C, &g)
         .await
         .unwrap_or_else(|| panic!("conformance[{C}]: a batch"));
@@ -3264,6 +3313,37 @@ pub async fn group_repeat_at_keeps_last_notification(store: Arc<dyn StateStore>,
         (vec!["e2".to_owned()], false),
         "conformance[{C}]: new events, not the repeat"
     );
+    let later = unix_ms() + ms(REPEAT);
+    assert!(
+        end(s, C, &g, &claim, Some(later)).await,
+        "conformance[{C}]: ending"
+    );
+    let flushed = unix_ms();
+    let (_, size, at) = append_one(s, C, repeating(&g, "e3", "f3")).await;
+    assert_eq!(size, 1, "conformance[{C}]: news");
+    assert_ms_within(
+        C,
+        "news bring the repeat timer forward to last flush + interval",
+        at,
+        flushed - 1_000 + ms(INTERVAL),
+        unix_ms() + ms(INTERVAL),
+    );
+    assert_eq!(
+        group(s, C, &g).await.notify_at_ms,
+        Some(at),
+        "conformance[{C}]: the group's armed time"
+    );
+    let claimed = claim_ours(s, C, at, prefix).await;
+    assert_eq!(
+        claimed.iter().map(|t| t.id.clone()).collect::<Vec<_>>(),
+        [flush_timer(&g)],
+        "conformance[{C}]: the timer itself was brought forward"
+    );
+    let claim = claimed[0].claim.clone();
+    let next = begin(s, C, &g)
+        .await
+        .unwrap_or_else(|| panic!("conformance[{C}]: a batch"));
+    assert_eq!(events(&next), ["e3"], "conformance[{C}]: the news");
     assert!(
         end(s, C, &g, &claim, None).await,
         "conformance[{C}]: ending without repeat_at"

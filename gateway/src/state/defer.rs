@@ -58,6 +58,17 @@ pub enum Deferral {
 /// still counted in `event_count`). Every append refreshes the group's expiry to `idle_ttl`
 /// from now; a group whose timer is armed never expires before the timer completed, and a
 /// flush that leaves it idle gives it `idle_ttl` from that flush.
+///
+/// **Repeating groups** (`repeat` set, Alertmanager's `repeat_interval`): events are told
+/// apart by their `fingerprint` (events without one are always new). The group remembers
+/// the fingerprints of its events (at most [`MAX_GROUP_FINGERPRINTS`]; later ones are not
+/// remembered, so they always count as new). An event whose fingerprint the group already
+/// holds is a *refresh*: it is not pending (no notification for it, `size` unchanged); it
+/// marks the group as still active, so the worker repeats the last notification at its
+/// armed time (see [`super::StateStore::group_flush_begin`]); an idle group it finds is
+/// armed at max(now, last flush + `repeat`). A new event of a group whose timer waits
+/// (armed, neither claimed nor sending) for a later time than max(now, last flush +
+/// `interval`) brings the timer forward to that time: a repeat timer never delays news.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GroupAppend {
     pub key: String,
@@ -71,6 +82,22 @@ pub struct GroupAppend {
     pub timer_id: String,
     /// Payload of the flush timer when this append arms it.
     pub timer_payload: Vec<u8>,
+    /// The event's identity, for repeating groups.
+    pub fingerprint: Option<String>,
+    /// The group's repeat interval: set for repeating groups only.
+    pub repeat: Option<Duration>,
+}
+
+/// Most fingerprints a repeating group remembers (see [`GroupAppend`]).
+pub const MAX_GROUP_FINGERPRINTS: usize = 1000;
+
+impl GroupAppend {
+    /// The fingerprint to tell this event apart by, when its group repeats.
+    pub fn identity(&self) -> Option<&str> {
+        self.repeat
+            .and(self.fingerprint.as_deref())
+            .filter(|f| !f.is_empty())
+    }
 }
 
 /// Move the state-machine event at `key` to `to`.

@@ -21,7 +21,7 @@
 //! state, timers.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::hash::BuildHasher;
 use std::ops::Bound;
 use std::sync::Arc;
@@ -34,8 +34,8 @@ use smallvec::SmallVec;
 
 use super::{
     ClaimedTimer, DedupConfirm, DeferResult, Deferral, EventInfo, Gate, GateMode, GateResult,
-    GateStop, GroupAppend, GroupBatch, GroupInfo, StateAnswers, StateError, StateRead, StateStore,
-    Transition, TransitionResult, Versioned, unix_ms,
+    GateStop, GroupAppend, GroupBatch, GroupInfo, MAX_GROUP_FINGERPRINTS, StateAnswers, StateError,
+    StateRead, StateStore, Transition, TransitionResult, Versioned, unix_ms,
 };
 
 /// Source of "now" in Unix milliseconds; tests inject a manual clock.
@@ -121,6 +121,10 @@ impl Timers {
 
     fn exists(&self, id: &str) -> bool {
         self.timers.contains_key(id)
+    }
+
+    fn claimed(&self, id: &str) -> bool {
+        self.timers.get(id).is_some_and(|t| t.claim.is_some())
     }
 
     fn claimed_by(&self, id: &str, claim: &str) -> bool {
@@ -214,6 +218,10 @@ struct Group {
     idle_ttl_ms: u64,
     /// Idle expiry; an armed group never expires.
     expires_at: u64,
+    /// Fingerprints of the events of a repeating group, and its last refresh.
+    seen: HashSet<String>,
+    /// A refresh arrived since the last flush ended.
+    refreshed: bool,
 }
 
 impl Group {
@@ -223,6 +231,61 @@ impl Group {
 
     fn live(&self, now: u64, timers: &Timers) -> bool {
         self.expires_at > now || self.armed(timers)
+    }
+
+    /// Whether the event is a refresh of one the repeating group holds; else remembers it
+    /// (bounded: a fingerprint over the limit is not remembered).
+    fn known(&mut self, a: &GroupAppend) -> bool {
+        let Some(fp) = a.identity() else {
+            return false;
+        };
+        if self.seen.contains(fp) {
+            return true;
+        }
+        if self.seen.len() < MAX_GROUP_FINGERPRINTS {
+            self.seen.insert(fp.to_owned());
+        }
+        false
+    }
+
+    /// Arms (or brings forward) the flush timer for a new event: `wait` after the group
+    /// started, else `interval` after the last notification.
+    fn arm_for_news(&mut self, a: &GroupAppend, now: u64, timers: &mut Timers) {
+        let due = match self.last_flush_ms {
+            Some(last) => now.max(last.saturating_add(ms(a.interval))),
+            None => now.saturating_add(ms(a.wait)),
+        };
+        if !self.armed(timers) {
+            // New, flushed since, or its timer vanished.
+            self.arm(a, due, timers);
+        } else if self.last_flush_ms.is_some()
+            && self.notify_at.is_some_and(|at| at > due)
+            && self.in_flight.is_none()
+            && !timers.claimed(&self.timer_id)
+        {
+            // Waiting for a repeat: news go out after `interval`.
+            timers.rearm(&self.timer_id, due);
+            self.notify_at = Some(due);
+        }
+    }
+
+    /// A repeating group's known event arrived again: the group is still active.
+    fn refresh(&mut self, a: &GroupAppend, now: u64, timers: &mut Timers) {
+        self.refreshed = true;
+        if !self.armed(timers) {
+            let due = match (self.last_flush_ms, a.repeat) {
+                (Some(last), Some(repeat)) => now.max(last.saturating_add(ms(repeat))),
+                // Not flushed yet (its timer vanished): as for news.
+                _ => now.saturating_add(ms(a.wait)),
+            };
+            self.arm(a, due, timers);
+        }
+    }
+
+    fn arm(&mut self, a: &GroupAppend, due: u64, timers: &mut Timers) {
+        timers.put(&a.timer_id, due, a.timer_payload.clone());
+        self.timer_id = a.timer_id.clone();
+        self.notify_at = Some(due);
     }
 
     fn info(&self, key: &str, timers: &Timers) -> GroupInfo {
@@ -497,22 +560,16 @@ impl Parked {
             *group = new_group(a);
             created = true;
         }
-        if !group.armed(timers) {
-            // New, flushed since, or its timer vanished: the next notification waits for
-            // `wait` (new) or for `interval` after the last one.
-            let due = match group.last_flush_ms {
-                Some(last) => now.max(last.saturating_add(ms(a.interval))),
-                None => now.saturating_add(ms(a.wait)),
-            };
-            timers.put(&a.timer_id, due, a.timer_payload.clone());
-            group.timer_id = a.timer_id.clone();
-            group.notify_at = Some(due);
+        if group.known(a) {
+            group.refresh(a, now, timers);
+        } else {
+            group.arm_for_news(a, now, timers);
+            group.pending.push_back(a.event.clone());
+            while group.pending.len() > a.max_events.max(1) {
+                group.pending.pop_front();
+            }
+            group.pending_count += 1;
         }
-        group.pending.push_back(a.event.clone());
-        while group.pending.len() > a.max_events.max(1) {
-            group.pending.pop_front();
-        }
-        group.pending_count += 1;
         group.last_event_ms = now;
         group.idle_ttl_ms = ms(a.idle_ttl);
         group.expires_at = now.saturating_add(group.idle_ttl_ms);
@@ -544,7 +601,9 @@ impl Parked {
             group.in_flight = Some(batch);
             return Some(out);
         }
-        group.last.as_ref().map(|last| last.to_batch(group, true))
+        // A repeat only while the group is still active: refreshed since its last flush.
+        let last = group.last.as_ref().filter(|_| group.refreshed)?;
+        Some(last.to_batch(group, true))
     }
 
     fn flush_end(&mut self, key: &str, end: &FlushEnd<'_>, now: u64, timers: &mut Timers) {
@@ -559,6 +618,7 @@ impl Parked {
             None => None,
         };
         group.last_flush_ms = Some(now);
+        group.refreshed = false;
         group.timer_id = end.timer_id.to_owned();
         let next = if group.pending_count > 0 {
             Some(now.saturating_add(ms(end.interval)))
@@ -750,6 +810,8 @@ fn new_group(a: &GroupAppend) -> Group {
         last_event_ms: 0,
         idle_ttl_ms: ms(a.idle_ttl),
         expires_at: 0,
+        seen: HashSet::new(),
+        refreshed: false,
     }
 }
 

@@ -22,8 +22,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub use defer::{
-    DeferResult, Deferral, EventInfo, GroupAppend, GroupBatch, GroupInfo, MoveNotice, StateAnswers,
-    StateRead, TimerWrite, Transition, TransitionResult,
+    DeferResult, Deferral, EventInfo, GroupAppend, GroupBatch, GroupInfo, MAX_GROUP_FINGERPRINTS,
+    MoveNotice, StateAnswers, StateRead, TimerWrite, Transition, TransitionResult,
 };
 pub use memory::MemoryStore;
 pub use postgres::PostgresStore;
@@ -195,7 +195,8 @@ pub trait StateStore: Send + Sync + 'static {
     /// Starts sending the group's notification: the batch already being sent (a worker
     /// died sending it) if there is one; else the pending events, which move out of the
     /// pending list into the batch being sent; else, if the group keeps a last
-    /// notification for repeating, that one with `repeat: true`; else `None` (also for a
+    /// notification for repeating and a refresh (see [`GroupAppend`]) arrived since its last
+    /// flush, that one with `repeat: true`; else `None` (also for a
     /// group that does not exist or expired). Calling it again before
     /// [`StateStore::group_flush_end`] answers the same batch: at least once.
     async fn group_flush_begin(&self, key: &str) -> Result<Option<GroupBatch>, StateError> {

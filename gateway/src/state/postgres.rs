@@ -724,6 +724,8 @@ fn append_json(a: &GroupAppend) -> serde_json::Value {
         "idle": ms(a.idle_ttl),
         "tid": a.timer_id,
         "tp": hex(&a.timer_payload),
+        "fp": a.identity(),
+        "rep": a.repeat.map(ms),
     })
 }
 

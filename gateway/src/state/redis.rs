@@ -177,6 +177,8 @@ macro_rules! parked_lua {
     () => {
         r"
 local TZ = P .. 'tm:due'
+-- Most fingerprints a repeating group remembers (MAX_GROUP_FINGERPRINTS).
+local MAX_FPS = 1000
 local GX, GY, SX, SY = P .. 'gx:', P .. 'gy:', P .. 'sx:', P .. 'sy:'
 local function th(id) return P .. 'tm:p:' .. id end
 local function pk(kind, key) return P .. kind .. ':' .. key end
@@ -212,7 +214,7 @@ local function group_live(key)
   return tonumber(ex) > now or group_armed(h)
 end
 local function group_keys(key)
-  return pk('gh', key), pk('ge', key), pk('gf', key), pk('gl', key)
+  return pk('gh', key), pk('ge', key), pk('gf', key), pk('gl', key), pk('gs', key)
 end
 local function group_drop(key)
   redis.call('DEL', group_keys(key))
@@ -345,30 +347,55 @@ local function prune_events()
 end
 
 local function group_append()
-  local key, gid, meta, event, max_events, wait, interval, idle, tid, tpayload = take(10)
+  local key, gid, meta, event, max_events, wait, interval, idle, tid, tpayload, fp, rep = take(12)
   wait, interval, idle = tonumber(wait), tonumber(interval), tonumber(idle)
-  local h, pending = pk('gh', key), pk('ge', key)
+  local h, pending, _, _, seen = group_keys(key)
   if not group_live(key) then
     group_drop(key)
     redis.call('HSET', h, 'id', gid, 'm', meta, 'n', 0)
     redis.call('ZADD', GX, 0, key)
   end
-  local at
-  if group_armed(h) then
-    at = tonumber(redis.call('HGET', h, 'at'))
-  else
-    local last = redis.call('HGET', h, 'lf')
-    if last then at = math.max(now, tonumber(last) + interval) else at = now + wait end
-    timer_put(tid, at, tpayload)
-    redis.call('HSET', h, 'tid', tid, 'at', at)
+  local function arm(due)
+    timer_put(tid, due, tpayload)
+    redis.call('HSET', h, 'tid', tid, 'at', due)
     for _, k in ipairs({group_keys(key)}) do redis.call('PERSIST', k) end
+    return due
   end
-  redis.call('RPUSH', pending, event)
-  redis.call('LTRIM', pending, -tonumber(max_events), -1)
-  local size = redis.call('HINCRBY', h, 'n', 1)
+  local last = redis.call('HGET', h, 'lf')
+  local armed = group_armed(h)
+  local at
+  if armed then at = tonumber(redis.call('HGET', h, 'at')) end
+  -- A repeating group's known event is a refresh: the group is still active.
+  local known = false
+  if fp ~= '' then
+    known = redis.call('SISMEMBER', seen, fp) == 1
+    if not known and redis.call('SCARD', seen) < MAX_FPS then redis.call('SADD', seen, fp) end
+  end
+  if known then
+    redis.call('HSET', h, 'rf', 1)
+    if not armed then
+      if last then at = arm(math.max(now, tonumber(last) + tonumber(rep))) else at = arm(now + wait) end
+    end
+  else
+    local due
+    if last then due = math.max(now, tonumber(last) + interval) else due = now + wait end
+    if not armed then
+      at = arm(due)
+    elseif last and at > due and redis.call('HEXISTS', h, 'fn') == 0
+        and redis.call('HEXISTS', th(redis.call('HGET', h, 'tid')), 'c') == 0 then
+      -- Waiting for a repeat: news go out after `interval`.
+      timer_rearm(redis.call('HGET', h, 'tid'), due)
+      redis.call('HSET', h, 'at', due)
+      at = due
+    end
+    redis.call('RPUSH', pending, event)
+    redis.call('LTRIM', pending, -tonumber(max_events), -1)
+    redis.call('HINCRBY', h, 'n', 1)
+  end
+  local size = redis.call('HGET', h, 'n')
   redis.call('HSET', h, 'le', now, 'it', idle, 'ex', now + idle)
   redis.call('ZADD', GY, now + idle, key)
-  return {'G', redis.call('HGET', h, 'id'), size, at}
+  return {'G', redis.call('HGET', h, 'id'), tonumber(size), at}
 end
 
 local function take_list()
@@ -485,7 +512,8 @@ if tonumber(f[3]) > 0 then
   redis.call('HSET', h, 'fn', f[3], 'fl', le, 'n', 0)
   return batch(flight, f[3], le, 0)
 end
-if f[5] then
+-- A repeat only while the group is still active: refreshed since its last flush.
+if f[5] and redis.call('HEXISTS', h, 'rf') == 1 then
   return batch(last, f[5], redis.call('HGET', h, 'll'), 1)
 end
 return {}
@@ -518,6 +546,7 @@ elseif redis.call('HEXISTS', h, 'fn') == 1 then
   redis.call('HDEL', h, 'fn', 'fl')
 end
 redis.call('HSET', h, 'lf', now, 'tid', tid)
+redis.call('HDEL', h, 'rf')
 local next_at
 if tonumber(redis.call('HGET', h, 'n')) > 0 then
   next_at = now + interval
@@ -1313,7 +1342,9 @@ fn push_append(inv: &mut ScriptInvocation<'_>, a: &GroupAppend) {
         .arg(span_ms(a.interval))
         .arg(span_ms(a.idle_ttl))
         .arg(a.timer_id.as_str())
-        .arg(a.timer_payload.as_slice());
+        .arg(a.timer_payload.as_slice())
+        .arg(a.identity().unwrap_or(""))
+        .arg(a.repeat.map(span_ms).unwrap_or_default());
 }
 
 fn push_transition(inv: &mut ScriptInvocation<'_>, t: &Transition) {
@@ -1448,5 +1479,17 @@ fn event_info(f: Vec<Value>) -> EventInfo {
         record: bytes(get(3)),
         changed_ms: int(&get(4)).max(0) as u64,
         timeout: (!timeout_id.is_empty()).then(|| (timeout_id, opt_ms(&get(6)).unwrap_or(0))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::MAX_GROUP_FINGERPRINTS;
+
+    #[test]
+    fn scripts_bound_group_fingerprints_like_the_other_backends() {
+        let line = format!("local MAX_FPS = {MAX_GROUP_FINGERPRINTS}\n");
+        assert!(DEFER.contains(&line), "DEFER must declare {line:?}");
     }
 }

@@ -40,6 +40,12 @@ fn config(hook: &Recorder) -> String {
         provider("hook", "/deliver"),
         provider("notify", "/notify"),
         provider("pager", "/paged"),
+        provider("alerts", "/repeated"),
+        rule(
+            "repeating",
+            "{field: action.action_type, eq: firing}",
+            "{type: group, groupBy: [payload.alertname], groupWaitSeconds: 1, groupIntervalSeconds: 1, repeatIntervalSeconds: 2}",
+        ),
         rule(
             "grouped",
             "{field: action.action_type, eq: ev}",
@@ -206,6 +212,69 @@ async fn groups(state_url: &str, replicas: usize, kill: bool) {
         }
     }
     assert_eq!(keys.len(), 200);
+}
+
+/// A group with `repeatIntervalSeconds` (wait 1 s, interval 1 s, repeat 2 s): while its
+/// two alerts (fingerprints) keep arriving, one notification and then repeats of it every
+/// 2 s; when they stop, the repeats stop; an alert with a new fingerprint is news.
+async fn repeating_groups(state_url: &str, replicas: usize) {
+    let cluster = Cluster::start(state_url, replicas).await;
+    let alert = |fp: &str| json!({"namespace": "park", "tenant": "t", "provider": "alerts", "action_type": "firing", "fingerprint": fp, "payload": {"alertname": "disk", "fp": fp}});
+    let started = Instant::now();
+    // Prometheus-style: the firing alerts are sent again every 500 ms for 6.5 s.
+    while started.elapsed() < Duration::from_millis(6500) {
+        let outcomes = cluster.send_all(vec![alert("f1"), alert("f2")]).await;
+        assert_eq!(tagged(&outcomes, "Grouped"), 2, "{outcomes:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Refreshes stopped: at most one repeat is still due (≈7 s), then quiet.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let got = cluster.received("/repeated");
+    let repeat = |r: &Recorded| r.body["repeat"] == true;
+    let (repeats, news): (Vec<&Recorded>, Vec<&Recorded>) = got.iter().partition(|r| repeat(r));
+    assert_eq!(
+        news.len(),
+        1,
+        "one notification for the two alerts: {got:?}"
+    );
+    let first = &news[0].body;
+    assert_eq!(
+        first["event_count"], 2,
+        "known alerts are not counted again: {first}"
+    );
+    assert!(
+        (2..=4).contains(&repeats.len()),
+        "repeats every 2 s while the alerts keep arriving (≈3 s, 5 s, 7 s): {} in {got:?}",
+        repeats.len()
+    );
+    for r in &repeats {
+        assert_eq!(
+            r.body["events"], first["events"],
+            "a repeat re-sends the notification"
+        );
+        assert_eq!(r.body["group_id"], first["group_id"]);
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        cluster.received("/repeated").len(),
+        got.len(),
+        "no repeat once the alerts stopped arriving"
+    );
+    let outcomes = cluster.send_all(vec![alert("f3")]).await;
+    assert_eq!(tagged(&outcomes, "Grouped"), 1, "{outcomes:?}");
+    let got = cluster
+        .wait_for("/repeated", got.len() + 1, Duration::from_secs(10))
+        .await;
+    let last = &got[got.len() - 1].body;
+    assert_eq!(
+        (
+            last["repeat"].clone(),
+            last["event_count"].clone(),
+            last["events"][0]["fp"].clone()
+        ),
+        (json!(false), json!(1), json!("f3")),
+        "a new alert is news: {last}"
+    );
 }
 
 /// 1,000 actions scheduled 1–3 s ahead; with `kill`, a gateway is SIGKILLed midway.
@@ -389,6 +458,7 @@ fn postgres_url() -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn memory_groups_schedules_and_timeouts() {
     groups("memory", 1, false).await;
+    repeating_groups("memory", 1).await;
     schedules("memory", 1, false).await;
     state_timeouts("memory", 1).await;
     move_notifications("memory", 1).await;
@@ -398,6 +468,7 @@ async fn memory_groups_schedules_and_timeouts() {
 async fn redis_groups_exactly_once_across_replicas() {
     groups(&redis_url(), 3, false).await;
     groups(&redis_url(), 3, true).await;
+    repeating_groups(&redis_url(), 3).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -415,6 +486,7 @@ async fn redis_state_timeouts_fire_once() {
 async fn postgres_groups_exactly_once_across_replicas() {
     groups(&postgres_url(), 3, false).await;
     groups(&postgres_url(), 3, true).await;
+    repeating_groups(&postgres_url(), 3).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

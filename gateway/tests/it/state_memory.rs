@@ -386,6 +386,8 @@ async fn sweep_drops_expired_parked_state() {
             idle_ttl: short,
             timer_id: format!("{key}#t"),
             timer_payload: Vec::new(),
+            fingerprint: None,
+            repeat: None,
         })
     };
     let event = |key: &str, ttl: Duration| {

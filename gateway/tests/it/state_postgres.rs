@@ -386,6 +386,8 @@ async fn sweep_deletes_expired_parked_rows() {
             idle_ttl: short,
             timer_id: format!("{key}#t"),
             timer_payload: Vec::new(),
+            fingerprint: None,
+            repeat: None,
         })
     };
     let event = |key: &str, ttl: Duration| {

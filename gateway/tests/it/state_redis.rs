@@ -48,6 +48,8 @@ async fn parked_indexes_drop_expired_keys() {
             idle_ttl,
             timer_id: format!("{key}#t"),
             timer_payload: Vec::new(),
+            fingerprint: None,
+            repeat: None,
         })
     };
     let event = |key: &str, ttl: Duration| {
