@@ -3,7 +3,8 @@
 //! A condition is a tree: `all` / `any` / `not` combine nodes; leaves check a field
 //! (`field: action.payload.x` plus exactly one operator), look at shared state
 //! (`stateSeen`, `stateCounter`), hold while an event of a StateMachine is active
-//! (`inhibitedBy`), or call an inhibition function (`call` + `args`).
+//! (`inhibitedBy`), or call a state function (`call` + `args`: `has_active_event`,
+//! `event_in_state`).
 //! Acteon rule files spell operators in snake_case; [`crate::compile::acteon`] rewrites
 //! them to this form before deserializing, so both formats share one type.
 
@@ -57,6 +58,31 @@ pub struct Inhibition {
 
 /// The inhibition function that reads as an `inhibitedBy` leaf.
 pub const HAS_ACTIVE_EVENT: &str = "has_active_event";
+
+/// `event_in_state([machine,] fingerprint, state)`: whether an event is in a state.
+pub const EVENT_IN_STATE: &str = "event_in_state";
+
+/// A call `event_in_state(fingerprint, state)` or `event_in_state(machine, fingerprint,
+/// state)`: holds while the event with that fingerprint (of the action's namespace and
+/// tenant) of the StateMachine — of any StateMachine the action's namespace sees, when
+/// none is named — is recorded in `state` (and has not expired).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventInState {
+    pub state_machine: Option<String>,
+    /// A field path starting with `action.` (the fingerprint is that field's value), or a
+    /// literal fingerprint.
+    pub fingerprint: String,
+    pub state: String,
+}
+
+impl EventInState {
+    /// The field path the fingerprint is read from, when it is one.
+    pub fn fingerprint_path(&self) -> Option<&str> {
+        self.fingerprint
+            .starts_with("action.")
+            .then_some(self.fingerprint.as_str())
+    }
+}
 
 /// A comparison applied to a field or counter value.
 #[derive(Clone, Debug, PartialEq)]
@@ -417,6 +443,31 @@ impl Condition {
         }
     }
 
+    /// The event check this leaf makes: a call `event_in_state` with two or three
+    /// string arguments. `None` for other nodes and malformed calls.
+    pub fn as_event_in_state(&self) -> Option<EventInState> {
+        let Condition::Call { function, args } = self else {
+            return None;
+        };
+        if function != EVENT_IN_STATE {
+            return None;
+        }
+        let text = |v: &Value| v.as_str().map(str::to_owned);
+        match args.as_slice() {
+            [fp, state] => Some(EventInState {
+                state_machine: None,
+                fingerprint: text(fp)?,
+                state: text(state)?,
+            }),
+            [machine, fp, state] => Some(EventInState {
+                state_machine: Some(text(machine)?),
+                fingerprint: text(fp)?,
+                state: text(state)?,
+            }),
+            _ => None,
+        }
+    }
+
     /// Whether this node, or one below it, reads shared state.
     pub fn reads_state(&self) -> bool {
         let mut found = false;
@@ -426,7 +477,8 @@ impl Condition {
                 Condition::StateSeen { .. }
                     | Condition::StateCounter { .. }
                     | Condition::InhibitedBy(_)
-            ) || c.as_inhibition().is_some();
+            ) || c.as_inhibition().is_some()
+                || c.as_event_in_state().is_some();
         });
         found
     }
@@ -526,7 +578,22 @@ mod tests {
         );
         let other = parse(json!({"call": "event_in_state", "args": ["f", "s"]})).unwrap();
         assert_eq!(other.as_inhibition(), None);
-        assert!(!other.reads_state(), "event_in_state is not run");
+        assert!(other.reads_state(), "event_in_state reads an event");
+        assert_eq!(
+            other.as_event_in_state(),
+            Some(EventInState {
+                state_machine: None,
+                fingerprint: "f".into(),
+                state: "s".into()
+            })
+        );
+        let named =
+            parse(json!({"call": "event_in_state", "args": ["m", "action.fingerprint", "s"]}));
+        let named = named.unwrap().as_event_in_state().unwrap();
+        assert_eq!(named.state_machine.as_deref(), Some("m"));
+        assert_eq!(named.fingerprint_path(), Some("action.fingerprint"));
+        let bad = parse(json!({"call": "event_in_state", "args": ["f", 1]})).unwrap();
+        assert_eq!(bad.as_event_in_state(), None);
         let nested = parse(json!({"all": [{"field": "x", "eq": 1}, {"not": {"stateSeen": "k"}}]}));
         assert!(nested.unwrap().reads_state());
         assert!(!parse(json!({"field": "x", "eq": 1})).unwrap().reads_state());

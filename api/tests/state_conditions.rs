@@ -75,10 +75,11 @@ fn inhibitions_name_an_accepted_machine_in_scope_and_action_fields() {
             "call",
             "{all: [{field: action.action_type, startsWith: pod_}, {call: has_active_event, args: [cluster-events, action.metadata.cluster]}]}",
         ),
+        rule("a", "in-state", "{call: event_in_state, args: [fp, firing]}"),
         rule(
             "a",
-            "still-unsupported",
-            "{call: event_in_state, args: [fp, firing]}",
+            "in-state-of",
+            "{call: event_in_state, args: [cluster-events, action.fingerprint, firing]}",
         ),
         // Rejected.
         rule("a", "missing", "{inhibitedBy: {stateMachine: nothing}}"),
@@ -119,6 +120,23 @@ fn inhibitions_name_an_accepted_machine_in_scope_and_action_fields() {
             "twice",
             "{inhibitedBy: {stateMachine: cluster-events, equal: [payload.c, action.payload.c]}}",
         ),
+        rule(
+            "a",
+            "in-state-missing",
+            "{call: event_in_state, args: [nothing, action.fingerprint, firing]}",
+        ),
+        rule(
+            "a",
+            "in-state-bad-path",
+            "{call: event_in_state, args: [action.nosuch, firing]}",
+        ),
+        rule(
+            "a",
+            "in-state-time",
+            "{call: event_in_state, args: [action.time.hour, firing]}",
+        ),
+        rule("a", "in-state-empty", "{call: event_in_state, args: [fp, \"\"]}"),
+        rule("a", "in-state-arity", "{call: event_in_state, args: [fp]}"),
         rule(
             "a",
             "unknown-key",
@@ -189,6 +207,36 @@ fn inhibitions_name_an_accepted_machine_in_scope_and_action_fields() {
             "listed twice",
         ),
         (
+            "in-state-missing",
+            "StateMachineNotFound",
+            "spec.condition.args[0]",
+            "state machine `nothing` not found",
+        ),
+        (
+            "in-state-bad-path",
+            "InvalidFieldPath",
+            "spec.condition.args[0]",
+            "",
+        ),
+        (
+            "in-state-time",
+            "InvalidFieldPath",
+            "spec.condition.args[0]",
+            "",
+        ),
+        (
+            "in-state-empty",
+            "InvalidCondition",
+            "spec.condition.args[1]",
+            "state is empty",
+        ),
+        (
+            "in-state-arity",
+            "InvalidCondition",
+            "spec.condition.args",
+            "takes 2 or 3 arguments, got 1",
+        ),
+        (
             "unknown-key",
             "InvalidSpec",
             "spec.condition.inhibitedBy.labels",
@@ -208,7 +256,10 @@ fn inhibitions_name_an_accepted_machine_in_scope_and_action_fields() {
         "{:#?}",
         c.rejections
     );
-    assert_eq!(kept(&c), ["call", "own", "shared", "still-unsupported"]);
+    assert_eq!(
+        kept(&c),
+        ["call", "in-state", "in-state-of", "own", "shared"]
+    );
 }
 
 #[test]

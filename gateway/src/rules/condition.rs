@@ -4,7 +4,7 @@
 //! path through a non-object, reads as null; `eq`/`ne`/`inList` compare with null; ordering
 //! and string operators on null or across types are false; `exists` tests presence. A field
 //! check therefore never errs. What still can (a state leaf whose key cannot be formed or
-//! whose state was not read, `event_in_state`, which this gateway does not run) propagates
+//! whose state was not read, a leaf validation rejects) propagates
 //! like CEL's errors: `all` is false if any part is false, else an error; `any` is true if
 //! any part is true, else an error. The engine treats an erring rule as not matching,
 //! counts it per rule and shows it in dry runs. State leaves are in [`super::state_read`].
@@ -21,7 +21,7 @@ use serde_json::Value;
 
 use super::EvalInput;
 use super::field::{FieldValue, resolve};
-use super::state_read::{LeafContext, StateLeaf};
+use super::state_read::{Fingerprint, LeafContext, StateLeaf};
 
 /// Why a condition could not be evaluated.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -51,7 +51,8 @@ pub enum Cond {
     },
     /// A leaf answered by the state read before evaluation.
     State(StateLeaf),
-    /// A function this gateway does not run (`event_in_state`): a rule error.
+    /// A leaf this gateway does not run (validation rejects them: `stateSeen` with
+    /// `withinSeconds`, unknown calls): a rule error.
     NeedsState {
         what: String,
     },
@@ -142,9 +143,18 @@ pub fn compile(c: &Condition, ctx: &LeafContext<'_>) -> Result<Cond, CompileErro
         )),
         Condition::InhibitedBy(i) => inhibited(i)?,
         // `has_active_event(machine, field)` is an inhibition on that one field.
-        Condition::Call { function, .. } => match c.as_inhibition() {
-            Some(i) => inhibited(&i)?,
-            None => Cond::NeedsState {
+        Condition::Call { function, .. } => match (c.as_inhibition(), c.as_event_in_state()) {
+            (Some(i), _) => inhibited(&i)?,
+            (None, Some(check)) => {
+                let fingerprint = match check.fingerprint_path() {
+                    Some(path) => {
+                        Fingerprint::Field(FieldPath::parse(path).map_err(|e| CompileError(e.0))?)
+                    }
+                    None => Fingerprint::Literal(check.fingerprint.clone()),
+                };
+                Cond::State(StateLeaf::event_in(&check, fingerprint, ctx))
+            }
+            (None, None) => Cond::NeedsState {
                 what: format!("`{function}`"),
             },
         },

@@ -347,10 +347,13 @@ impl RuleSet {
             }
             c.walk(&mut |n| {
                 if let Cond::State(leaf) = n
-                    && let Ok(read) = leaf.read(&input, rule.timezone)
-                    && !reads.contains(&read)
+                    && let Ok(leaf_reads) = leaf.reads(&input, rule.timezone)
                 {
-                    reads.push(read);
+                    for read in leaf_reads {
+                        if !reads.contains(&read) {
+                            reads.push(read);
+                        }
+                    }
                 }
             });
         }

@@ -159,6 +159,14 @@ impl Machines {
             .map(|((scope, _), m)| (scope.as_str(), m))
     }
 
+    /// The names of all machines (each once, whatever its scopes).
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        let mut names: Vec<&str> = self.by_name.keys().map(|(_, n)| n.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        names.into_iter()
+    }
+
     /// A machine by its id (`namespace/name` or `name`).
     pub fn by_id(&self, id: &str) -> Option<&Arc<Machine>> {
         let (scope, name) = id.split_once('/').unwrap_or(("", id));
@@ -231,7 +239,7 @@ impl EventRecord {
 impl Machine {
     /// The backend key of an event.
     pub fn event_key(&self, namespace: &str, tenant: &str, fingerprint: &str) -> String {
-        state_key("e", &[namespace, tenant, &self.id, fingerprint])
+        event_key(namespace, tenant, &self.id, fingerprint)
     }
 
     /// Where notifications of this machine go for an action of `provider`.
@@ -361,6 +369,11 @@ impl Machine {
 }
 
 /// Key prefix of the events of a namespace (and tenant), for listing.
+/// The backend key of an event of the machine `machine_id`.
+pub fn event_key(namespace: &str, tenant: &str, machine_id: &str, fingerprint: &str) -> String {
+    state_key("e", &[namespace, tenant, machine_id, fingerprint])
+}
+
 pub fn key_prefix(namespace: &str, tenant: Option<&str>) -> String {
     let mut prefix = match tenant {
         Some(t) => state_key("e", &[namespace, t]),

@@ -21,21 +21,27 @@
 //!   key a `deduplicate` rule with that template builds (namespace and tenant scoped).
 //! - **`stateCounter: <throttle rule>`** (+ `key`, `windowSeconds`) counts the passes in
 //!   that throttle rule's sliding window for the key (by default over the rule's own window).
+//! - **`event_in_state([machine,] fingerprint, state)`** holds while the event with that
+//!   fingerprint (a literal, or the value of an `action.` field path; the action's namespace
+//!   and tenant) of the machine is recorded in `state`. Without a machine, any machine the
+//!   action's namespace sees (one read each); an absent fingerprint field holds for none.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use acteon_api::condition::EventInState;
 use acteon_api::field::FieldPath;
 use acteon_api::template::KeyTemplate;
 use chrono_tz::Tz;
+use smallvec::SmallVec;
 
 use super::EvalInput;
 use super::condition::{EvalError, Op};
 use super::dedup;
 use super::field::resolve;
 use super::key::state_key;
-use super::state_machine::Machines;
+use super::state_machine::{Machines, event_key};
 use super::template::render;
 use super::throttle;
 use crate::action::Action;
@@ -174,6 +180,19 @@ pub enum StateLeaf {
         window: Option<Duration>,
         op: Op,
     },
+    EventIn {
+        /// Machine ids by the action's namespace, one entry per machine name looked at.
+        machines: Vec<Scoped<String>>,
+        fingerprint: Fingerprint,
+        state: String,
+    },
+}
+
+/// Where `event_in_state` takes its fingerprint from.
+#[derive(Debug)]
+pub enum Fingerprint {
+    Literal(String),
+    Field(FieldPath),
 }
 
 impl StateLeaf {
@@ -214,10 +233,74 @@ impl StateLeaf {
         }
     }
 
-    /// The read this leaf needs for `input`, or why none can be formed.
-    pub fn read(&self, input: &EvalInput<'_>, tz: Option<Tz>) -> Result<StateRead, EvalError> {
+    /// `event_in_state`: of the named machine, or of every machine.
+    pub fn event_in(
+        check: &EventInState,
+        fingerprint: Fingerprint,
+        ctx: &LeafContext<'_>,
+    ) -> StateLeaf {
+        let names: Vec<&str> = match &check.state_machine {
+            Some(name) => vec![name.as_str()],
+            None => ctx.machines.names().collect(),
+        };
+        let machines = names
+            .into_iter()
+            .map(|name| {
+                Scoped::build(
+                    ctx.namespace,
+                    ctx.machines
+                        .named(name)
+                        .map(|(scope, m)| (scope, m.id.clone())),
+                )
+            })
+            .collect();
+        StateLeaf::EventIn {
+            machines,
+            fingerprint,
+            state: check.state.clone(),
+        }
+    }
+
+    /// The reads this leaf needs for `input` (in order), or why none can be formed.
+    pub fn reads(
+        &self,
+        input: &EvalInput<'_>,
+        tz: Option<Tz>,
+    ) -> Result<SmallVec<[StateRead; 1]>, EvalError> {
+        let StateLeaf::EventIn {
+            machines,
+            fingerprint,
+            state,
+        } = self
+        else {
+            return Ok(smallvec::smallvec![self.read(input, tz)?]);
+        };
+        let a = input.action;
+        let fp = match fingerprint {
+            Fingerprint::Literal(fp) => fp.clone(),
+            Fingerprint::Field(path) => match resolve(path, input, tz).to_key_text() {
+                Some(text) => text.into_owned(),
+                // No fingerprint: no event has it.
+                None => return Ok(SmallVec::new()),
+            },
+        };
+        Ok(machines
+            .iter()
+            .filter_map(|m| m.get(&a.namespace))
+            .map(|id| StateRead::EventInState {
+                key: event_key(&a.namespace, &a.tenant, id, &fp),
+                state: state.clone(),
+            })
+            .collect())
+    }
+
+    /// The read of a leaf that makes exactly one.
+    fn read(&self, input: &EvalInput<'_>, tz: Option<Tz>) -> Result<StateRead, EvalError> {
         let a = input.action;
         match self {
+            StateLeaf::EventIn { .. } => Err(EvalError::State(
+                "event_in_state makes one read per machine".into(),
+            )),
             StateLeaf::Inhibited {
                 machine,
                 ids,
@@ -272,21 +355,28 @@ impl StateLeaf {
 
     /// The leaf's truth, from the answers read before evaluation.
     pub fn eval(&self, input: &EvalInput<'_>, tz: Option<Tz>) -> Result<bool, EvalError> {
-        let read = self.read(input, tz)?;
-        let answer = input
-            .state
-            .and_then(|view| view.answer(&read))
-            .ok_or_else(|| {
+        let answer = |read: &StateRead| {
+            input.state.and_then(|view| view.answer(read)).ok_or_else(|| {
                 EvalError::State(format!(
                     "{}: its state was not read before evaluation (a modify rule before it changed a field its key uses?)",
                     self.name()
                 ))
-            })?;
+            })
+        };
         Ok(match self {
-            StateLeaf::Inhibited { .. } | StateLeaf::Seen { .. } => answer > 0,
+            StateLeaf::Inhibited { .. } | StateLeaf::Seen { .. } => {
+                answer(&self.read(input, tz)?)? > 0
+            }
             StateLeaf::Counter { op, .. } => {
-                let count = i64::try_from(answer).unwrap_or(i64::MAX);
+                let count = i64::try_from(answer(&self.read(input, tz)?)?).unwrap_or(i64::MAX);
                 super::condition::apply(op, &super::field::FieldValue::Int(count))
+            }
+            StateLeaf::EventIn { .. } => {
+                let mut found = false;
+                for read in self.reads(input, tz)? {
+                    found |= answer(&read)? > 0;
+                }
+                found
             }
         })
     }
@@ -296,6 +386,7 @@ impl StateLeaf {
             StateLeaf::Inhibited { .. } => "inhibitedBy",
             StateLeaf::Seen { .. } => "stateSeen",
             StateLeaf::Counter { .. } => "stateCounter",
+            StateLeaf::EventIn { .. } => "event_in_state",
         }
     }
 }

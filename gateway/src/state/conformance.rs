@@ -3792,7 +3792,14 @@ pub async fn transition_timeout_replaced_on_change(store: Arc<dyn StateStore>, p
 }
 
 /// Events join their active sets while not terminal and leave them when terminal;
-/// `read_state` answers set, dedup and window reads in one call.
+fn in_state(key: &str, state: &str) -> StateRead {
+    StateRead::EventInState {
+        key: key.to_owned(),
+        state: state.to_owned(),
+    }
+}
+
+/// `read_state` answers set, dedup, window and event-state reads in one call.
 pub async fn transition_active_sets_and_read_state(store: Arc<dyn StateStore>, prefix: &str) {
     const C: &str = "transition_active_sets_and_read_state";
     let s = &*store;
@@ -3861,11 +3868,15 @@ pub async fn transition_active_sets_and_read_state(store: Arc<dyn StateStore>, p
             window: LONG,
         },
         set_not_empty(&s3),
+        in_state(&e1, "firing"),
+        in_state(&e1, "resolved"),
+        in_state(&e2, "resolved"),
+        in_state(&format!("{prefix}never"), "new"),
     ];
     assert_eq!(
         read(s, C, &reads).await,
-        vec![1, 0, 2, 0, 1],
-        "conformance[{C}]: mixed reads in order"
+        vec![1, 0, 2, 0, 1, 1, 0, 1, 0],
+        "conformance[{C}]: mixed reads in order (e1 firing again, e2 resolved)"
     );
     assert!(
         ok(C, "release_dedup", s.release_dedup(&d, "x").await),
@@ -4092,13 +4103,13 @@ async fn transition_ttl_once(s: &dyn StateStore, p: String) -> Attempt {
     );
     let changed_at = Instant::now();
     let live = ok(C, "get_event", s.get_event(&e).await).is_some();
-    let member = read(s, C, &[set_not_empty(&set)]).await;
+    let member = read(s, C, &[set_not_empty(&set), in_state(&e, "firing")]).await;
     before(started + TTL - SLACK, "reads within the TTL")?;
     assert!(live, "conformance[{C}]: the event lives within its TTL");
     assert_eq!(
         member,
-        vec![1],
-        "conformance[{C}]: the event is in its set within its TTL"
+        vec![1, 1],
+        "conformance[{C}]: the event is in its set and its state within its TTL"
     );
     sleep_until(changed_at + TTL + SLACK).await;
     assert_eq!(
@@ -4111,9 +4122,9 @@ async fn transition_ttl_once(s: &dyn StateStore, p: String) -> Attempt {
         "conformance[{C}]: not listed"
     );
     assert_eq!(
-        read(s, C, &[set_not_empty(&set)]).await,
-        vec![0],
-        "conformance[{C}]: an expired event leaves its sets"
+        read(s, C, &[set_not_empty(&set), in_state(&e, "firing")]).await,
+        vec![0, 0],
+        "conformance[{C}]: an expired event leaves its sets and its state"
     );
     assert_eq!(
         move_event(s, C, t).await,

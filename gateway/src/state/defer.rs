@@ -235,6 +235,8 @@ pub enum StateRead {
     /// Passes counted in a sliding window now (the windows of [`super::Gate::Throttle`],
     /// as [`super::StateStore::window_count`] counts them).
     WindowCount { key: String, window: Duration },
+    /// Whether the state-machine event at `key` is live and recorded in `state`.
+    EventInState { key: String, state: String },
 }
 
 /// Answers to [`StateRead`]s, in order: 1/0 for the yes/no reads, the count for counts.

@@ -544,6 +544,12 @@ impl Parked {
         }
     }
 
+    fn event_in_state(&self, key: &str, state: &str, now: u64) -> bool {
+        self.events
+            .get(key)
+            .is_some_and(|e| e.expires_at > now && e.state == state)
+    }
+
     /// The live group at `key` (an expired one is as good as absent).
     fn live_group(&mut self, key: &str, now: u64, timers: &Timers) -> Option<&mut Group> {
         self.groups.get_mut(key).filter(|g| g.live(now, timers))
@@ -1065,6 +1071,9 @@ impl StateStore for MemoryStore {
                     u64::from(self.parked.lock().set_not_empty(key, now))
                 }
                 StateRead::DedupSeen { key } => u64::from(self.shard(key).dedup_live(key, now)),
+                StateRead::EventInState { key, state } => {
+                    u64::from(self.parked.lock().event_in_state(key, state, now))
+                }
                 StateRead::WindowCount { key, window } => {
                     self.shard(key).window_count(key, *window, now)
                 }

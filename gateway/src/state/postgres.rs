@@ -534,9 +534,12 @@ const READ_STATE: &str = "SELECT coalesce(array_agg(CASE r.kind \
                     WHERE m.set_key = r.key AND m.expires_at > c.now LIMIT 1) x) \
        WHEN 1 THEN (SELECT count(*) FROM acteon_dedup d \
                     WHERE d.key = r.key AND d.expires_at > c.now) \
+       WHEN 3 THEN (SELECT count(*) FROM acteon_events e \
+                    WHERE e.key = r.key AND e.state = r.st AND e.expires_at > c.now) \
        ELSE (SELECT count(*) FROM acteon_throttle t \
              WHERE t.key = r.key AND t.at_ms > c.now - r.w) END ORDER BY r.n), '{}') \
-     FROM unnest($1::smallint[], $2::text[], $3::bigint[]) WITH ORDINALITY AS r(kind, key, w, n) \
+     FROM unnest($1::smallint[], $2::text[], $3::bigint[], $4::text[]) \
+          WITH ORDINALITY AS r(kind, key, w, st, n) \
      CROSS JOIN (SELECT acteon_now_ms() AS now) c";
 
 /// The row of `acteon_run_gates_and_defer`.
@@ -1018,15 +1021,18 @@ impl StateStore for PostgresStore {
         let mut kinds: Vec<i16> = Vec::with_capacity(reads.len());
         let mut keys: Vec<&str> = Vec::with_capacity(reads.len());
         let mut windows: Vec<i64> = Vec::with_capacity(reads.len());
+        let mut states: Vec<&str> = Vec::with_capacity(reads.len());
         for read in reads {
-            let (kind, key, window) = match read {
-                StateRead::SetNotEmpty { key } => (0, key, 0),
-                StateRead::DedupSeen { key } => (1, key, 0),
-                StateRead::WindowCount { key, window } => (2, key, ms(*window)),
+            let (kind, key, window, state) = match read {
+                StateRead::SetNotEmpty { key } => (0, key, 0, ""),
+                StateRead::DedupSeen { key } => (1, key, 0, ""),
+                StateRead::WindowCount { key, window } => (2, key, ms(*window), ""),
+                StateRead::EventInState { key, state } => (3, key, 0, state.as_str()),
             };
             kinds.push(kind);
             keys.push(key);
             windows.push(window);
+            states.push(state);
         }
         let answers: Vec<i64> = self
             .run("read_state", async |conn: &mut PgConnection| {
@@ -1034,6 +1040,7 @@ impl StateStore for PostgresStore {
                     .bind(&kinds[..])
                     .bind(&keys[..])
                     .bind(&windows[..])
+                    .bind(&states[..])
                     .fetch_one(conn)
                     .await
             })

@@ -628,6 +628,10 @@ for i = 1, #KEYS do
     out[i] = math.min(redis.call('ZCOUNT', KEYS[i], '(' .. now, '+inf'), 1)
   elseif kind == 'd' then
     out[i] = redis.call('EXISTS', KEYS[i])
+  elseif kind == 'e' then
+    local f = redis.call('HMGET', KEYS[i], 's', 'ex')
+    out[i] = 0
+    if f[1] == ARGV[i * 2] and f[2] and tonumber(f[2]) > now then out[i] = 1 end
   else
     out[i] = redis.call('ZCOUNT', KEYS[i], '(' .. (now - tonumber(ARGV[i * 2])), '+inf')
   end
@@ -1080,6 +1084,9 @@ impl StateStore for RedisStore {
                 StateRead::DedupSeen { key } => inv.key(self.key("g:d", key)).arg("d").arg(0),
                 StateRead::WindowCount { key, window } => {
                     inv.key(self.key("g:t", key)).arg("w").arg(ms(*window))
+                }
+                StateRead::EventInState { key, state } => {
+                    inv.key(self.key("sm", key)).arg("e").arg(state.as_str())
                 }
             };
         }

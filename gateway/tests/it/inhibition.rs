@@ -377,9 +377,93 @@ async fn inhibition_flow(state: Arc<dyn StateStore>) {
     );
 }
 
+/// Deploys hold while their incident (an event with that fingerprint, any machine) is
+/// `firing`; releases hold while the `freeze` event of `cluster-events` is firing (the
+/// three-argument form, with a literal fingerprint). Per tenant, like the events.
+const HOLD_WHILE_FIRING: &str = "---
+apiVersion: acteon.dev/v1alpha1
+kind: Rule
+metadata: {name: hold-deploys, namespace: ns}
+spec:
+  priority: 2
+  condition:
+    all:
+      - {field: action.action_type, eq: deploy}
+      - {call: event_in_state, args: [action.payload.incident, firing]}
+  action: {type: suppress}
+---
+apiVersion: acteon.dev/v1alpha1
+kind: Rule
+metadata: {name: hold-releases, namespace: ns}
+spec:
+  priority: 3
+  condition:
+    all:
+      - {field: action.action_type, eq: release}
+      - {call: event_in_state, args: [cluster-events, freeze, firing]}
+  action: {type: suppress}
+";
+
+async fn event_in_state_flow(state: Arc<dyn StateStore>) {
+    let config = format!("{PROVIDERS}{}{HOLD_WHILE_FIRING}", cluster_events(None));
+    let gw = gateway_on(&config, state);
+    let deploy =
+        |tenant: &str, incident: Value| act(tenant, "deploy", json!({"incident": incident}), None);
+    let incident = |fp: &str, status: &str| {
+        let mut a = act("t", "cluster_down", json!({"cluster": fp}), Some(status));
+        a["fingerprint"] = json!(fp);
+        a
+    };
+    assert!(executed(&send(&gw, deploy("t", json!("inc-1"))).await));
+    moved(
+        &send(&gw, incident("inc-1", "firing")).await,
+        "pending",
+        "firing",
+    );
+    assert!(suppressed_by(
+        &send(&gw, deploy("t", json!("inc-1"))).await,
+        "hold-deploys"
+    ));
+    assert!(
+        executed(&send(&gw, deploy("t", json!("inc-2"))).await),
+        "another incident"
+    );
+    assert!(
+        executed(&send(&gw, deploy("t", Value::Null)).await),
+        "no incident field"
+    );
+    assert!(
+        executed(&send(&gw, deploy("u", json!("inc-1"))).await),
+        "another tenant"
+    );
+    let release = || act("t", "release", json!({}), None);
+    assert!(executed(&send(&gw, release()).await));
+    moved(
+        &send(&gw, incident("freeze", "firing")).await,
+        "pending",
+        "firing",
+    );
+    assert!(suppressed_by(&send(&gw, release()).await, "hold-releases"));
+    moved(
+        &send(&gw, incident("inc-1", "resolved")).await,
+        "firing",
+        "resolved",
+    );
+    assert!(
+        executed(&send(&gw, deploy("t", json!("inc-1"))).await),
+        "resolved: no longer firing"
+    );
+    assert!(suppressed_by(&send(&gw, release()).await, "hold-releases"));
+}
+
 #[tokio::test]
 async fn pod_alerts_are_inhibited_while_their_cluster_event_is_active() {
     inhibition_flow(Arc::new(MemoryStore::new())).await;
+}
+
+#[tokio::test]
+async fn event_in_state_holds_while_the_event_is_in_that_state() {
+    event_in_state_flow(Arc::new(MemoryStore::new())).await;
 }
 
 #[tokio::test]
@@ -390,7 +474,9 @@ async fn redis_inhibition() {
     let store = acteon_gateway::state::RedisStore::connect(&url, &prefix, Duration::from_secs(2))
         .await
         .unwrap_or_else(|e| panic!("Redis at {url} is needed (set ACTEON_TEST_REDIS_URL): {e}"));
-    inhibition_flow(Arc::new(store)).await;
+    let store: Arc<dyn StateStore> = Arc::new(store);
+    inhibition_flow(store.clone()).await;
+    event_in_state_flow(store).await;
 }
 
 #[tokio::test]
@@ -411,7 +497,9 @@ async fn postgres_inhibition() {
             panic!("Postgres at {url} is needed (set ACTEON_TEST_POSTGRES_URL): {e}")
         });
     store.migrate().await.expect("migrates");
-    inhibition_flow(Arc::new(store)).await;
+    let store: Arc<dyn StateStore> = Arc::new(store);
+    inhibition_flow(store.clone()).await;
+    event_in_state_flow(store).await;
     let mut conn = sqlx::PgConnection::connect(&url).await.expect("connects");
     let sql = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
     sqlx::raw_sql(sqlx::AssertSqlSafe(sql))

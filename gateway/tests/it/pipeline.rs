@@ -452,9 +452,10 @@ async fn absent_values_never_fail_open() {
 
 #[tokio::test]
 async fn remaining_rule_errors_are_counted_and_shown_by_dry_runs() {
-    // `event_in_state` is not run: the rule errs, does not match, is counted.
+    // A `stateSeen` key from an absent field cannot be formed: the rule errs, does not
+    // match, is counted.
     let gw = one_rule(
-        "{all: [{field: action.tenant, eq: t}, {call: event_in_state, args: [fp, firing]}]}",
+        "{all: [{field: action.tenant, eq: t}, {stateSeen: \"{{action.payload.absent}}\"}]}",
         "{type: suppress}",
     );
     assert!(matches!(
@@ -464,7 +465,7 @@ async fn remaining_rule_errors_are_counted_and_shown_by_dry_runs() {
     assert_eq!(
         metric(
             &gw,
-            "acteon_rule_errors_total{reason=\"unsupported\",rule=\"ns/r\"}"
+            "acteon_rule_errors_total{reason=\"missing_key\",rule=\"ns/r\"}"
         ),
         1.0
     );
@@ -475,7 +476,7 @@ async fn remaining_rule_errors_are_counted_and_shown_by_dry_runs() {
             assert_eq!(verdict, "allow");
             assert_eq!(errors.len(), 1, "{errors:?}");
             assert_eq!(errors[0].rule, "ns/r");
-            assert!(errors[0].error.contains("event_in_state"), "{errors:?}");
+            assert!(errors[0].error.contains("absent field"), "{errors:?}");
         }
         other => panic!("expected DryRun, got {other:?}"),
     }

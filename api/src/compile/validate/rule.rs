@@ -8,7 +8,9 @@ use serde_json::Value;
 use super::{Accepted, Parsed, Problem, Run};
 use crate::compile::error::Kind;
 use crate::compile::limits::{MAX_DELAY_SECONDS, MAX_GROUP_SIZE, MAX_KEY_FIELDS};
-use crate::condition::{Condition, FieldOp, HAS_ACTIVE_EVENT, Inhibition};
+use crate::condition::{
+    Condition, EVENT_IN_STATE, EventInState, FieldOp, HAS_ACTIVE_EVENT, Inhibition,
+};
 use crate::crd::{RuleAction, RuleSpec};
 use crate::field::FieldPath;
 use crate::template::KeyTemplate;
@@ -131,10 +133,66 @@ fn check_condition(
                     "InvalidCondition",
                     "`has_active_event` takes a StateMachine name and a field path, both strings",
                 )),
-                _ => Ok(()),
+                _ => match cond.as_event_in_state() {
+                    Some(check) => check_event_in_state(&check, at, scope, accepted),
+                    None => Err(Problem::new(
+                        format!("{at}.args"),
+                        "InvalidCondition",
+                        "`event_in_state` takes [stateMachine,] fingerprint and state, all strings",
+                    )),
+                },
             }
         }
     }
+}
+
+/// `event_in_state([machine,] fingerprint, state)`: the machine exists, the fingerprint
+/// is a literal or a field path of the action, the state is named.
+fn check_event_in_state(
+    check: &EventInState,
+    at: &str,
+    scope: &Option<String>,
+    accepted: &Accepted,
+) -> Result<(), Problem> {
+    let first = usize::from(check.state_machine.is_some());
+    if let Some(machine) = &check.state_machine {
+        accepted.need(
+            Kind::StateMachine,
+            scope,
+            machine,
+            &format!("{at}.args[0]"),
+            "StateMachineNotFound",
+        )?;
+    }
+    let fp_at = format!("{at}.args[{first}]");
+    if check.fingerprint.is_empty() {
+        return Err(Problem::new(
+            fp_at,
+            "InvalidCondition",
+            "the fingerprint is empty",
+        ));
+    }
+    if let Some(path) = check.fingerprint_path() {
+        match FieldPath::parse(path) {
+            Ok(FieldPath::Time(_)) => {
+                return Err(Problem::new(
+                    fp_at,
+                    "InvalidFieldPath",
+                    format!("`{path}` is the evaluation time, not a field of the action"),
+                ));
+            }
+            Ok(_) => {}
+            Err(e) => return Err(Problem::new(fp_at, "InvalidFieldPath", e.0)),
+        }
+    }
+    if check.state.is_empty() {
+        return Err(Problem::new(
+            format!("{at}.args[{}]", first + 1),
+            "InvalidCondition",
+            "the state is empty",
+        ));
+    }
+    Ok(())
 }
 
 /// A count compares with numbers.
@@ -374,21 +432,27 @@ fn check_op(op: &FieldOp, at: &str) -> Result<(), Problem> {
     }
 }
 
-const FUNCTIONS: &[(&str, usize)] = &[("has_active_event", 2), ("event_in_state", 2)];
+/// Functions a `call` leaf may name, with the argument counts they take.
+const FUNCTIONS: &[(&str, &[usize])] = &[(HAS_ACTIVE_EVENT, &[2]), (EVENT_IN_STATE, &[2, 3])];
 
 fn check_call(function: &str, args: &[Value], at: &str) -> Result<(), Problem> {
-    let Some((_, arity)) = FUNCTIONS.iter().find(|(name, _)| *name == function) else {
+    let Some((_, arities)) = FUNCTIONS.iter().find(|(name, _)| *name == function) else {
         return Err(Problem::new(
             format!("{at}.call"),
             "InvalidCondition",
             format!("unknown function `{function}` (known: has_active_event, event_in_state)"),
         ));
     };
-    if args.len() != *arity {
+    if !arities.contains(&args.len()) {
+        let takes = arities
+            .iter()
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join(" or ");
         return Err(Problem::new(
             format!("{at}.args"),
             "InvalidCondition",
-            format!("`{function}` takes {arity} arguments, got {}", args.len()),
+            format!("`{function}` takes {takes} arguments, got {}", args.len()),
         ));
     }
     Ok(())
