@@ -4,6 +4,7 @@
 // Compile errors carry file, object and field for the user; they are on the cold path.
 #![allow(clippy::result_large_err)]
 
+pub mod cel;
 pub mod compile;
 pub mod condition;
 pub mod crd;

@@ -1,5 +1,5 @@
 //! Condition leaves that read shared state: `inhibitedBy` (and `has_active_event`),
-//! `stateSeen`, `stateCounter`. Each rejection names its reason and field; the other
+//! `event_in_state`, `stateSeen`, `stateCounter`, and the same calls in CEL rules. Each rejection names its reason and field; the other
 //! objects still compile.
 
 use acteon_api::compile::{CompileError, CompileOptions, Compiled, Kind, compile, parse_text};
@@ -445,4 +445,66 @@ fn acteon_files_spell_the_leaves_in_snake_case() {
         spec("busy"),
         serde_json::json!({"stateCounter": "pager", "windowSeconds": 30, "gt": 5})
     );
+}
+
+/// A CEL rule's state calls are checked like condition leaves, named `spec.cel`.
+#[test]
+fn cel_state_calls_are_checked_like_leaves() {
+    let cel_rule = |name: &str, expr: &str| {
+        manifest(
+            "Rule",
+            "a",
+            name,
+            &format!("cel: '{expr}'\naction: {{type: suppress}}"),
+        )
+    };
+    let text = [
+        manifest(
+            "StateMachine",
+            "a",
+            "cluster-events",
+            "states: [open, firing]\ninitialState: open\ntransitions: [{from: open, to: firing}]",
+        ),
+        cel_rule(
+            "ok",
+            r#"has_active_event("cluster-events", action.metadata.cluster) || event_in_state(action.fingerprint, "firing") || state.seen(action.payload.k)"#,
+        ),
+        cel_rule("no-state", r#"action.payload.x > 1"#),
+        cel_rule(
+            "missing-machine",
+            r#"has_active_event("nothing", action.metadata.cluster)"#,
+        ),
+        cel_rule(
+            "computed-argument",
+            r#"event_in_state(action.payload.a + "x", "firing")"#,
+        ),
+        cel_rule(
+            "bad-field",
+            r#"has_active_event("cluster-events", action.nosuch)"#,
+        ),
+        cel_rule("arity", r#"event_in_state("fp")"#),
+    ]
+    .concat();
+    let c = compile_yaml(&text);
+    for (name, reason, message) in [
+        (
+            "missing-machine",
+            "StateMachineNotFound",
+            "`nothing` not found",
+        ),
+        (
+            "computed-argument",
+            "InvalidCel",
+            "string literals or action fields",
+        ),
+        ("bad-field", "InvalidFieldPath", "has_active_event"),
+        ("arity", "InvalidCel", "event_in_state"),
+    ] {
+        let e = rejection_of(&c, "a", name);
+        assert_eq!(e.reason, reason, "{name}: {e}");
+        assert_eq!(e.field.as_deref(), Some("spec.cel"), "{name}: {e}");
+        assert!(e.message.contains(message), "{name}: {e}");
+    }
+    assert_eq!(c.rejections.len(), 4, "{:#?}", c.rejections);
+    assert_eq!(kept(&c), ["no-state", "ok"]);
 }

@@ -41,7 +41,7 @@ pub use self::effect::Effect;
 use self::group::GroupTarget;
 use self::index::RuleIndex;
 use self::state_machine::{EventTarget, Machines};
-use self::state_read::{Inhibitions, LeafContext, StateView, ThrottleRef, Throttles};
+use self::state_read::{Inhibitions, LeafContext, StateLeaf, StateView, ThrottleRef, Throttles};
 use crate::action::Action;
 use crate::state::{Gate, StateRead};
 
@@ -174,7 +174,9 @@ fn compile_rule(
     };
     let predicate = match (&spec.condition, &spec.cel) {
         (Some(c), _) => Predicate::Condition(condition::compile(c, &ctx).map_err(|e| fail(e.0))?),
-        (None, Some(src)) => Predicate::Cel(CelCondition::compile(src).map_err(|e| fail(e.0))?),
+        (None, Some(src)) => {
+            Predicate::Cel(CelCondition::compile(src, &ctx).map_err(|e| fail(e.0))?)
+        }
         (None, None) => return Err(fail("no condition".into())),
     };
     let timezone = match &spec.timezone {
@@ -186,8 +188,9 @@ fn compile_rule(
     };
     let effect = Effect::compile(&spec.action).map_err(fail)?;
     let mut reads_state = false;
-    if let Predicate::Condition(c) = &predicate {
-        c.walk(&mut |n| reads_state |= matches!(n, Cond::State(_)));
+    match &predicate {
+        Predicate::Condition(c) => c.walk(&mut |n| reads_state |= matches!(n, Cond::State(_))),
+        Predicate::Cel(c) => reads_state = c.state_leaves().next().is_some(),
     }
     Ok(CompiledRule {
         id,
@@ -261,12 +264,13 @@ impl RuleSet {
             .collect::<Result<Vec<_>, _>>()?;
         let mut inhibitions = Inhibitions::default();
         for r in &rules {
-            if let Predicate::Condition(c) = &r.predicate {
-                c.walk(&mut |n| {
+            match &r.predicate {
+                Predicate::Condition(c) => c.walk(&mut |n| {
                     if let Cond::State(leaf) = n {
                         inhibitions.register(leaf);
                     }
-                });
+                }),
+                Predicate::Cel(c) => c.state_leaves().for_each(|l| inhibitions.register(l)),
             }
         }
         let constraints: Vec<_> = rules
@@ -339,23 +343,28 @@ impl RuleSet {
             if !rule.reads_state {
                 continue;
             }
-            let Predicate::Condition(c) = &rule.predicate else {
-                continue;
-            };
-            if !patched && c.without_state(&input, rule.timezone).is_some() {
-                continue;
-            }
-            c.walk(&mut |n| {
-                if let Cond::State(leaf) = n
-                    && let Ok(leaf_reads) = leaf.reads(&input, rule.timezone)
-                {
+            let mut add = |leaf: &StateLeaf| {
+                if let Ok(leaf_reads) = leaf.reads(&input, rule.timezone) {
                     for read in leaf_reads {
                         if !reads.contains(&read) {
                             reads.push(read);
                         }
                     }
                 }
-            });
+            };
+            match &rule.predicate {
+                Predicate::Condition(c) => {
+                    if !patched && c.without_state(&input, rule.timezone).is_some() {
+                        continue;
+                    }
+                    c.walk(&mut |n| {
+                        if let Cond::State(leaf) = n {
+                            add(leaf);
+                        }
+                    });
+                }
+                Predicate::Cel(c) => c.state_leaves().for_each(add),
+            }
         }
         reads
     }

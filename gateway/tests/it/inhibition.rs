@@ -456,6 +456,119 @@ async fn event_in_state_flow(state: Arc<dyn StateStore>) {
     assert!(suppressed_by(&send(&gw, release()).await, "hold-releases"));
 }
 
+/// CEL expressions read state through the same leaves: `has_active_event` (an inhibition,
+/// which moves of the machine's events maintain), `event_in_state` and `state.seen`, with
+/// literals and action fields as arguments.
+const CEL_STATE_RULES: &str = "---
+apiVersion: acteon.dev/v1alpha1
+kind: Rule
+metadata: {name: cel-inhibit, namespace: ns}
+spec:
+  priority: 2
+  cel: 'action.action_type.startsWith(\"pod_\") && has_active_event(\"cluster-events\", action.payload.cluster)'
+  action: {type: suppress}
+---
+apiVersion: acteon.dev/v1alpha1
+kind: Rule
+metadata: {name: cel-hold, namespace: ns}
+spec:
+  priority: 3
+  cel: 'action.action_type == \"deploy\" && (event_in_state(action.payload.incident, \"firing\") || event_in_state(\"cluster-events\", \"cel-freeze\", \"firing\"))'
+  action: {type: suppress}
+---
+apiVersion: acteon.dev/v1alpha1
+kind: Rule
+metadata: {name: cel-seen, namespace: ns}
+spec:
+  priority: 4
+  cel: 'action.action_type == \"email\" && state.seen(action.payload.to)'
+  action: {type: suppress}
+---
+apiVersion: acteon.dev/v1alpha1
+kind: Rule
+metadata: {name: one-email, namespace: ns}
+spec:
+  priority: 5
+  condition: {field: action.action_type, eq: email}
+  action: {type: deduplicate, ttlSeconds: 60, key: \"{{action.payload.to}}\"}
+";
+
+async fn cel_state_flow(state: Arc<dyn StateStore>) {
+    let config = format!("{PROVIDERS}{}{CEL_STATE_RULES}", cluster_events(None));
+    let gw = gateway_on(&config, state);
+    let pod = |cluster: &str| act("t", "pod_crash", json!({"cluster": cluster}), None);
+    let deploy = |incident: &str| act("t", "deploy", json!({"incident": incident}), None);
+    let email = |to: &str| act("t", "email", json!({"to": to}), None);
+    let event = |fp: Option<&str>, cluster: &str, status: &str| {
+        let mut a = act(
+            "infra",
+            "cluster_down",
+            json!({"cluster": cluster}),
+            Some(status),
+        );
+        if let Some(fp) = fp {
+            a["tenant"] = json!("t");
+            a["fingerprint"] = json!(fp);
+        }
+        a
+    };
+    assert!(executed(&send(&gw, pod("k1")).await));
+    moved(
+        &send(&gw, event(None, "k1", "firing")).await,
+        "pending",
+        "firing",
+    );
+    assert!(suppressed_by(&send(&gw, pod("k1")).await, "cel-inhibit"));
+    assert!(executed(&send(&gw, pod("k2")).await), "another cluster");
+    moved(
+        &send(&gw, event(None, "k1", "resolved")).await,
+        "firing",
+        "resolved",
+    );
+    assert!(executed(&send(&gw, pod("k1")).await), "resolved");
+
+    assert!(executed(&send(&gw, deploy("cel-inc-1")).await));
+    moved(
+        &send(&gw, event(Some("cel-inc-1"), "x", "firing")).await,
+        "pending",
+        "firing",
+    );
+    assert!(suppressed_by(
+        &send(&gw, deploy("cel-inc-1")).await,
+        "cel-hold"
+    ));
+    assert!(executed(&send(&gw, deploy("cel-inc-2")).await));
+    moved(
+        &send(&gw, event(Some("cel-freeze"), "y", "firing")).await,
+        "pending",
+        "firing",
+    );
+    assert!(
+        suppressed_by(&send(&gw, deploy("cel-inc-2")).await, "cel-hold"),
+        "the freeze"
+    );
+
+    assert!(executed(&send(&gw, email("cel-a@x")).await), "never seen");
+    assert!(suppressed_by(
+        &send(&gw, email("cel-a@x")).await,
+        "cel-seen"
+    ));
+    assert!(executed(&send(&gw, email("cel-b@x")).await), "another key");
+    let errors = gw
+        .metrics
+        .render()
+        .lines()
+        .filter(|l| l.starts_with("acteon_rule_errors_total"))
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+    assert!(errors.is_empty(), "no rule errors: {errors:?}");
+}
+
+#[tokio::test]
+async fn cel_expressions_read_state_like_condition_leaves() {
+    cel_state_flow(Arc::new(MemoryStore::new())).await;
+}
+
 #[tokio::test]
 async fn pod_alerts_are_inhibited_while_their_cluster_event_is_active() {
     inhibition_flow(Arc::new(MemoryStore::new())).await;
@@ -476,7 +589,8 @@ async fn redis_inhibition() {
         .unwrap_or_else(|e| panic!("Redis at {url} is needed (set ACTEON_TEST_REDIS_URL): {e}"));
     let store: Arc<dyn StateStore> = Arc::new(store);
     inhibition_flow(store.clone()).await;
-    event_in_state_flow(store).await;
+    event_in_state_flow(store.clone()).await;
+    cel_state_flow(store).await;
 }
 
 #[tokio::test]
@@ -499,7 +613,8 @@ async fn postgres_inhibition() {
     store.migrate().await.expect("migrates");
     let store: Arc<dyn StateStore> = Arc::new(store);
     inhibition_flow(store.clone()).await;
-    event_in_state_flow(store).await;
+    event_in_state_flow(store.clone()).await;
+    cel_state_flow(store).await;
     let mut conn = sqlx::PgConnection::connect(&url).await.expect("connects");
     let sql = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
     sqlx::raw_sql(sqlx::AssertSqlSafe(sql))

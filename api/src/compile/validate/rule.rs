@@ -19,7 +19,7 @@ pub(super) fn check(r: &Parsed<'_, RuleSpec>, accepted: &Accepted) -> Result<(),
     let spec = &r.spec;
     match (&spec.condition, &spec.cel) {
         (Some(c), None) => check_condition(c, "spec.condition", &r.scope, accepted)?,
-        (None, Some(expr)) => check_cel(expr)?,
+        (None, Some(expr)) => check_cel(expr, &r.scope, accepted)?,
         (Some(_), Some(_)) => {
             return Err(Problem::new(
                 "spec.cel",
@@ -47,10 +47,20 @@ pub(super) fn check(r: &Parsed<'_, RuleSpec>, accepted: &Accepted) -> Result<(),
     check_action(&spec.action, &r.scope, accepted)
 }
 
-fn check_cel(expr: &str) -> Result<(), Problem> {
-    cel::Program::compile(expr)
-        .map(|_| ())
-        .map_err(|e| Problem::new("spec.cel", "InvalidCel", format!("CEL does not parse: {e}")))
+/// The expression parses, and its state calls read what a condition leaf may read.
+fn check_cel(expr: &str, scope: &Option<String>, accepted: &Accepted) -> Result<(), Problem> {
+    let program = cel::Program::compile(expr)
+        .map_err(|e| Problem::new("spec.cel", "InvalidCel", format!("CEL does not parse: {e}")))?;
+    let calls = crate::cel::state_calls(&program)
+        .map_err(|message| Problem::new("spec.cel", "InvalidCel", message))?;
+    for call in calls {
+        check_condition(&call.leaf, "spec.cel", scope, accepted).map_err(|p| Problem {
+            field: "spec.cel".into(),
+            message: format!("`{}`: {}", call.function, p.message),
+            ..p
+        })?;
+    }
+    Ok(())
 }
 
 fn check_condition(
