@@ -143,6 +143,35 @@ fn bench_evaluate(c: &mut Criterion) {
     group.finish();
 }
 
+/// One CEL rule (`severity >= 3 && host.startsWith("db")`), matching: the cost of a CEL
+/// evaluation (the action converted to CEL values, the expression run).
+fn bench_cel(c: &mut Criterion) {
+    let entry = Entry {
+        namespace: Some("bench".into()),
+        name: "cel".into(),
+        generation: None,
+        source: "bench".into(),
+        spec: RuleSpec {
+            priority: 1,
+            description: None,
+            enabled: true,
+            condition: None,
+            cel: Some(
+                r#"action.payload.severity >= 3 && action.payload.host.startsWith("db")"#.into(),
+            ),
+            timezone: None,
+            action: RuleAction::Suppress,
+        },
+    };
+    let set = RuleSet::build(&[entry]).expect("CEL rule compiles");
+    let now = Utc::now();
+    let matching = action("tenant-0", "type-0");
+    assert_eq!(set.evaluate(&matching, now).matched.len(), 1);
+    c.bench_function("evaluate_cel", |b| {
+        b.iter(|| set.evaluate(black_box(&matching), now));
+    });
+}
+
 criterion_group! {
     name = benches;
     // Short runs: the whole bench finishes in well under a minute.
@@ -150,6 +179,6 @@ criterion_group! {
         .sample_size(30)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    targets = bench_evaluate
+    targets = bench_evaluate, bench_cel
 }
 criterion_main!(benches);
