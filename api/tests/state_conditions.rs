@@ -263,7 +263,7 @@ fn inhibitions_name_an_accepted_machine_in_scope_and_action_fields() {
 }
 
 #[test]
-fn state_seen_reads_a_dedup_key_template_without_a_window_of_its_own() {
+fn state_seen_reads_a_dedup_key_template_within_an_optional_window() {
     let text = [
         rule("a", "literal", "{stateSeen: my-key}"),
         rule(
@@ -273,6 +273,8 @@ fn state_seen_reads_a_dedup_key_template_without_a_window_of_its_own() {
         ),
         rule("a", "bad-template", "{stateSeen: \"{{action.nope}}\"}"),
         rule("a", "within", "{stateSeen: k, withinSeconds: 30}"),
+        rule("a", "within-zero", "{stateSeen: k, withinSeconds: 0}"),
+        rule("a", "within-long", "{stateSeen: k, withinSeconds: 604801}"),
     ]
     .concat();
     let c = compile_yaml(&text);
@@ -281,14 +283,16 @@ fn state_seen_reads_a_dedup_key_template_without_a_window_of_its_own() {
         (bad.reason, bad.field.as_deref()),
         ("InvalidTemplate", Some("spec.condition.stateSeen"))
     );
-    let within = rejection_of(&c, "a", "within");
-    assert_eq!(
-        (within.reason, within.field.as_deref()),
-        ("InvalidCondition", Some("spec.condition.withinSeconds"))
-    );
-    assert!(within.message.contains("ttlSeconds"), "{within}");
-    assert_eq!(c.rejections.len(), 2, "{:#?}", c.rejections);
-    assert_eq!(kept(&c), ["literal", "template"]);
+    for name in ["within-zero", "within-long"] {
+        let within = rejection_of(&c, "a", name);
+        assert_eq!(
+            (within.reason, within.field.as_deref()),
+            ("InvalidCondition", Some("spec.condition.withinSeconds")),
+            "{within}"
+        );
+    }
+    assert_eq!(c.rejections.len(), 3, "{:#?}", c.rejections);
+    assert_eq!(kept(&c), ["literal", "template", "within"]);
 }
 
 #[test]

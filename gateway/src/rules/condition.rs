@@ -51,8 +51,8 @@ pub enum Cond {
     },
     /// A leaf answered by the state read before evaluation.
     State(StateLeaf),
-    /// A leaf this gateway does not run (validation rejects them: `stateSeen` with
-    /// `withinSeconds`, unknown calls): a rule error.
+    /// A leaf this gateway does not run (validation rejects them: unknown calls): a rule
+    /// error.
     NeedsState {
         what: String,
     },
@@ -122,13 +122,11 @@ pub fn compile(c: &Condition, ctx: &LeafContext<'_>) -> Result<Cond, CompileErro
         },
         Condition::StateSeen {
             key,
-            within_seconds: None,
+            within_seconds,
         } => Cond::State(StateLeaf::Seen {
             key: template(key)?,
+            within: within_seconds.map(Duration::from_secs),
         }),
-        Condition::StateSeen { key, .. } => Cond::NeedsState {
-            what: format!("stateSeen `{key}` with withinSeconds"),
-        },
         Condition::StateCounter {
             rule,
             key,

@@ -5,7 +5,8 @@
 //! same key share it). A template that cannot be rendered (a placeholder's field is absent)
 //! falls back to the `id` and is reported as a rule error: the action is still delivered
 //! once and a retry of it is still deduplicated, never silently dropped. The mark carries a
-//! token so only the dispatch that set it can release it when delivery fails.
+//! token (when it was set, and by which action) so only the dispatch that set it can
+//! release it when delivery fails, and `stateSeen` with `withinSeconds` can read its age.
 
 use std::time::Duration;
 
@@ -65,7 +66,7 @@ fn gate(
     let gate = Gate::Dedup {
         key: mark_key(&a.namespace, &a.tenant, raw),
         ttl,
-        token: a.id.clone(),
+        token: crate::state::dedup_token(input.now.timestamp_millis().max(0) as u64, &a.id),
     };
     (gate, error)
 }

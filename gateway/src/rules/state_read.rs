@@ -18,7 +18,8 @@
 //!   of the namespace inhibits (list `action.tenant` in `equal` to stay within a tenant). A
 //!   field absent on both sides agrees (as in Alertmanager).
 //! - **`stateSeen: <key template>`** holds while the dedup mark of that key is set: the same
-//!   key a `deduplicate` rule with that template builds (namespace and tenant scoped).
+//!   key a `deduplicate` rule with that template builds (namespace and tenant scoped); with
+//!   `withinSeconds`, only while the mark was set at most that long ago.
 //! - **`stateCounter: <throttle rule>`** (+ `key`, `windowSeconds`) counts the passes in
 //!   that throttle rule's sliding window for the key (by default over the rule's own window).
 //! - **`event_in_state([machine,] fingerprint, state)`** holds while the event with that
@@ -172,6 +173,8 @@ pub enum StateLeaf {
     },
     Seen {
         key: KeyTemplate,
+        /// `withinSeconds`: only a mark set this recently.
+        within: Option<Duration>,
     },
     Counter {
         rule: String,
@@ -316,12 +319,17 @@ impl StateLeaf {
                     key: equal.set_key(id, input),
                 })
             }
-            StateLeaf::Seen { key } => {
+            StateLeaf::Seen { key, within } => {
                 let raw = render(key, input, tz).ok_or_else(|| {
                     EvalError::MissingKey("stateSeen key template has an absent field".into())
                 })?;
-                Ok(StateRead::DedupSeen {
-                    key: dedup::mark_key(&a.namespace, &a.tenant, &raw),
+                let key = dedup::mark_key(&a.namespace, &a.tenant, &raw);
+                Ok(match within {
+                    Some(within) => StateRead::DedupSeenWithin {
+                        key,
+                        within: *within,
+                    },
+                    None => StateRead::DedupSeen { key },
                 })
             }
             StateLeaf::Counter {

@@ -3878,6 +3878,33 @@ pub async fn transition_active_sets_and_read_state(store: Arc<dyn StateStore>, p
         vec![1, 0, 2, 0, 1, 1, 0, 1, 0],
         "conformance[{C}]: mixed reads in order (e1 firing again, e2 resolved)"
     );
+    // A mark's age is its token's time; a token without one counts as just set.
+    let old = format!("{prefix}old");
+    let aged = super::dedup_token(unix_ms() - 10_000, "a");
+    assert_passed(
+        C,
+        "aged mark",
+        &apply(s, C, &[dedup(&old, LONG, &aged)]).await,
+    );
+    let within = |key: &str, secs: u64| StateRead::DedupSeenWithin {
+        key: key.to_owned(),
+        within: Duration::from_secs(secs),
+    };
+    assert_eq!(
+        read(
+            s,
+            C,
+            &[
+                within(&old, 5),
+                within(&old, 60),
+                within(&d, 5),
+                within(&format!("{prefix}none"), 60)
+            ]
+        )
+        .await,
+        vec![0, 1, 1, 0],
+        "conformance[{C}]: DedupSeenWithin reads the mark's age"
+    );
     assert!(
         ok(C, "release_dedup", s.release_dedup(&d, "x").await),
         "conformance[{C}]: releasing the mark"

@@ -232,11 +232,25 @@ pub enum StateRead {
     SetNotEmpty { key: String },
     /// Whether a dedup mark is present (the marks of [`super::Gate::Dedup`]).
     DedupSeen { key: String },
+    /// Whether a dedup mark is present and was set within `within` of now: by its token's
+    /// time ([`dedup_token`]; a token without one counts as just set).
+    DedupSeenWithin { key: String, within: Duration },
     /// Passes counted in a sliding window now (the windows of [`super::Gate::Throttle`],
     /// as [`super::StateStore::window_count`] counts them).
     WindowCount { key: String, window: Duration },
     /// Whether the state-machine event at `key` is live and recorded in `state`.
     EventInState { key: String, state: String },
+}
+
+/// The token of a dedup mark: when it was set (Unix ms, the setting gateway's clock) and by
+/// which action, so `stateSeen` with `withinSeconds` can tell how long ago it was set.
+pub fn dedup_token(set_ms: u64, action_id: &str) -> String {
+    format!("{set_ms}:{action_id}")
+}
+
+/// When the dedup mark with this token was set, if its token says.
+pub fn dedup_token_time(token: &str) -> Option<u64> {
+    token.split_once(':')?.0.parse().ok()
 }
 
 /// Answers to [`StateRead`]s, in order: 1/0 for the yes/no reads, the count for counts.

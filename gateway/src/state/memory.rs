@@ -35,7 +35,7 @@ use smallvec::SmallVec;
 use super::{
     ClaimedTimer, DedupConfirm, DeferResult, Deferral, EventInfo, Gate, GateMode, GateResult,
     GateStop, GroupAppend, GroupBatch, GroupInfo, MAX_GROUP_FINGERPRINTS, StateAnswers, StateError,
-    StateRead, StateStore, Transition, TransitionResult, Versioned, unix_ms,
+    StateRead, StateStore, Transition, TransitionResult, Versioned, dedup_token_time, unix_ms,
 };
 
 /// Source of "now" in Unix milliseconds; tests inject a manual clock.
@@ -519,6 +519,12 @@ impl Shard {
 
     fn dedup_live(&self, key: &str, now: u64) -> bool {
         self.dedup.get(key).is_some_and(|(_, exp)| *exp > now)
+    }
+
+    fn dedup_set_within(&self, key: &str, within: u64, now: u64) -> bool {
+        self.dedup.get(key).is_some_and(|(token, exp)| {
+            *exp > now && dedup_token_time(token).is_none_or(|set| set.saturating_add(within) > now)
+        })
     }
 
     fn window_count(&self, key: &str, window: Duration, now: u64) -> u64 {
@@ -1071,6 +1077,9 @@ impl StateStore for MemoryStore {
                     u64::from(self.parked.lock().set_not_empty(key, now))
                 }
                 StateRead::DedupSeen { key } => u64::from(self.shard(key).dedup_live(key, now)),
+                StateRead::DedupSeenWithin { key, within } => {
+                    u64::from(self.shard(key).dedup_set_within(key, ms(*within), now))
+                }
                 StateRead::EventInState { key, state } => {
                     u64::from(self.parked.lock().event_in_state(key, state, now))
                 }

@@ -23,7 +23,8 @@ use async_trait::async_trait;
 
 pub use defer::{
     DeferResult, Deferral, EventInfo, GroupAppend, GroupBatch, GroupInfo, MAX_GROUP_FINGERPRINTS,
-    MoveNotice, StateAnswers, StateRead, TimerWrite, Transition, TransitionResult,
+    MoveNotice, StateAnswers, StateRead, TimerWrite, Transition, TransitionResult, dedup_token,
+    dedup_token_time,
 };
 pub use memory::MemoryStore;
 pub use postgres::PostgresStore;

@@ -534,6 +534,10 @@ const READ_STATE: &str = "SELECT coalesce(array_agg(CASE r.kind \
                     WHERE m.set_key = r.key AND m.expires_at > c.now LIMIT 1) x) \
        WHEN 1 THEN (SELECT count(*) FROM acteon_dedup d \
                     WHERE d.key = r.key AND d.expires_at > c.now) \
+       WHEN 4 THEN (SELECT count(*) FROM acteon_dedup d \
+                    WHERE d.key = r.key AND d.expires_at > c.now \
+                      AND (d.token !~ '^[0-9]+:' \
+                           OR split_part(d.token, ':', 1)::bigint > c.now - r.w)) \
        WHEN 3 THEN (SELECT count(*) FROM acteon_events e \
                     WHERE e.key = r.key AND e.state = r.st AND e.expires_at > c.now) \
        ELSE (SELECT count(*) FROM acteon_throttle t \
@@ -1026,6 +1030,7 @@ impl StateStore for PostgresStore {
             let (kind, key, window, state) = match read {
                 StateRead::SetNotEmpty { key } => (0, key, 0, ""),
                 StateRead::DedupSeen { key } => (1, key, 0, ""),
+                StateRead::DedupSeenWithin { key, within } => (4, key, ms(*within), ""),
                 StateRead::WindowCount { key, window } => (2, key, ms(*window), ""),
                 StateRead::EventInState { key, state } => (3, key, 0, state.as_str()),
             };

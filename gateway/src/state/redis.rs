@@ -628,6 +628,14 @@ for i = 1, #KEYS do
     out[i] = math.min(redis.call('ZCOUNT', KEYS[i], '(' .. now, '+inf'), 1)
   elseif kind == 'd' then
     out[i] = redis.call('EXISTS', KEYS[i])
+  elseif kind == 'D' then
+    -- Set within the window, by the time its token carries (none: just set).
+    local token = redis.call('GET', KEYS[i])
+    out[i] = 0
+    if token then
+      local set = tonumber(string.match(token, '^(%d+):'))
+      if not set or set + tonumber(ARGV[i * 2]) > now then out[i] = 1 end
+    end
   elseif kind == 'e' then
     local f = redis.call('HMGET', KEYS[i], 's', 'ex')
     out[i] = 0
@@ -1082,6 +1090,9 @@ impl StateStore for RedisStore {
             match read {
                 StateRead::SetNotEmpty { key } => inv.key(self.key("as", key)).arg("s").arg(0),
                 StateRead::DedupSeen { key } => inv.key(self.key("g:d", key)).arg("d").arg(0),
+                StateRead::DedupSeenWithin { key, within } => {
+                    inv.key(self.key("g:d", key)).arg("D").arg(ms(*within))
+                }
                 StateRead::WindowCount { key, window } => {
                     inv.key(self.key("g:t", key)).arg("w").arg(ms(*window))
                 }

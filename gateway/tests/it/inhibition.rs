@@ -975,3 +975,41 @@ spec:
     }
     worker.stop().await;
 }
+
+/// `stateSeen` with `withinSeconds` holds only while the mark is that young: a repeat at
+/// once is suppressed by it, a repeat after the window falls through to the deduplicate
+/// rule (the mark still lives).
+#[tokio::test]
+async fn state_seen_within_reads_the_age_of_the_mark() {
+    let config = format!(
+        "{PROVIDERS}---
+apiVersion: acteon.dev/v1alpha1
+kind: Rule
+metadata: {{name: just-sent, namespace: ns}}
+spec:
+  priority: 1
+  condition:
+    all:
+      - {{field: action.action_type, eq: email}}
+      - {{stateSeen: \"{{{{action.payload.to}}}}\", withinSeconds: 1}}
+  action: {{type: suppress}}
+---
+apiVersion: acteon.dev/v1alpha1
+kind: Rule
+metadata: {{name: one-email, namespace: ns}}
+spec:
+  priority: 2
+  condition: {{field: action.action_type, eq: email}}
+  action: {{type: deduplicate, ttlSeconds: 60, key: \"{{{{action.payload.to}}}}\"}}
+"
+    );
+    let gw = gateway_on(&config, Arc::new(MemoryStore::new()));
+    let email = || act("t", "email", json!({"to": "a@x"}), None);
+    assert!(executed(&send(&gw, email()).await));
+    assert!(suppressed_by(&send(&gw, email()).await, "just-sent"));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    match send(&gw, email()).await {
+        ActionOutcome::Deduplicated => {}
+        other => panic!("older than the window: deduplicated, got {other:?}"),
+    }
+}

@@ -90,12 +90,13 @@ fn check_condition(
             key,
             within_seconds,
         } => {
-            if within_seconds.is_some() {
-                return Err(Problem::new(
-                    format!("{at}.withinSeconds"),
-                    "InvalidCondition",
-                    "not supported: `stateSeen` reads the deduplication mark of the key, which lasts the deduplicate rule's ttlSeconds; set the window there",
-                ));
+            if let Some(w) = within_seconds {
+                in_range(*w, 1, MAX_DELAY_SECONDS, &format!("{at}.withinSeconds")).map_err(
+                    |p| Problem {
+                        reason: "InvalidCondition",
+                        ..p
+                    },
+                )?;
             }
             check_template(key, &format!("{at}.stateSeen"))
         }
