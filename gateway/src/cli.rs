@@ -17,7 +17,7 @@ use crate::http::lifecycle::Lifecycle;
 use crate::http::serve::ServeOptions;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
-use crate::pipeline::{Gateway, GatewayOptions};
+use crate::pipeline::{DeliveredMarks, Gateway, GatewayOptions};
 use crate::state::lazy::LazyStore;
 use crate::state::postgres::{GateBatches, PostgresOptions};
 use crate::state::{MemoryStore, PostgresStore, RedisStore, StateStore};
@@ -92,6 +92,11 @@ pub struct ServeArgs {
     /// of its own.
     #[arg(long, env = "ACTEON_POSTGRES_GATE_BATCHES", default_value_t = GateBatches::default().in_flight)]
     pub postgres_gate_batches: usize,
+    /// Redis / Postgres: dedup marks of this gateway's own successful deliveries
+    /// remembered (until they expire), so a repeat of one is answered `Deduplicated`
+    /// without a backend call. 0: none.
+    #[arg(long, env = "ACTEON_DEDUP_CACHE_ENTRIES", default_value_t = 100_000)]
+    pub dedup_cache_entries: usize,
     /// Deny actions that no terminal rule matched (default: execute them).
     #[arg(long, env = "ACTEON_DEFAULT_DENY")]
     pub default_deny: bool,
@@ -546,6 +551,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             default_deny: args.default_deny,
         },
         confirmer: Default::default(),
+        // In process already for the memory backend.
+        delivered: DeliveredMarks::new(if is_memory(&args.state) {
+            0
+        } else {
+            args.dedup_cache_entries
+        }),
     });
     if let Some(((url, prefix, timeout), options)) = follower {
         crate::follow::spawn_when_connected(url, prefix, timeout, gateway.clone(), options);

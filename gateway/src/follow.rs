@@ -392,6 +392,7 @@ spec: {type: noop}
             metrics: Arc::new(Metrics::new()),
             options: GatewayOptions::default(),
             confirmer: Default::default(),
+            delivered: Default::default(),
         });
         let follower = Follower::new(
             channel.clone(),

@@ -24,6 +24,8 @@ pub struct Metrics {
     /// (expired or changed hands first), `failed` (their batch's call failed), `dropped`
     /// (queue full).
     pub dedup_confirmations: IntCounterVec,
+    /// Dispatches answered `Deduplicated` from this gateway's own delivered marks.
+    pub dedup_local: IntCounter,
     pub config_version: IntGauge,
     pub config_rules: IntGauge,
     /// Snapshots applied from the config channel (the first one included).
@@ -183,6 +185,11 @@ impl Metrics {
                 "acteon_dedup_confirmations_total",
                 "Dedup marks of successful deliveries to extend to their full TTL, by result",
                 &["result"],
+            ),
+            dedup_local: int_counter(
+                &r,
+                "acteon_dedup_local_total",
+                "Dispatches answered Deduplicated from this gateway's own delivered marks, without a backend call",
             ),
             config_version: gauge(
                 &r,

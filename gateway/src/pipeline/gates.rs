@@ -14,6 +14,7 @@ use crate::providers::ProviderHandle;
 use crate::rules::{Evaluation, scoped_key};
 use crate::state::{
     DedupConfirm, DeferResult, Deferral, Gate, GateMode, GateResult, GateStop, StateError,
+    dedup_token_time,
 };
 
 /// The result of checking a dispatch's gates.
@@ -143,6 +144,17 @@ impl Gateway {
         mode: GateMode,
         deferrals: &[Deferral],
     ) -> Result<(GateResult, Vec<DeferResult>), StateError> {
+        if let Some(Gate::Dedup { key, .. }) = gates.first()
+            && self.delivered.holds(key, crate::state::unix_ms())
+        {
+            // Our own delivered mark: the backend would answer the same, and apply nothing.
+            self.metrics.dedup_local.inc();
+            let stop = GateResult::Stopped {
+                index: 0,
+                reason: GateStop::Duplicate,
+            };
+            return Ok((stop, Vec::new()));
+        }
         let started = Instant::now();
         let call = self.state.run_gates_and_defer(gates, mode, deferrals);
         let result = match tokio::time::timeout(self.options.state_timeout, call).await {
@@ -200,6 +212,11 @@ impl Gateway {
     /// marks, set for the in-flight lease, last their full TTL. Never waits on the backend.
     pub(super) fn confirm_dedup(&self, eval: &Evaluation, lease: Duration) {
         for g in &eval.gates {
+            if let Gate::Dedup { key, ttl, token } = g
+                && let Some(set_ms) = dedup_token_time(token)
+            {
+                self.delivered.remember(key, set_ms, *ttl);
+            }
             if let Gate::Dedup { key, ttl, token } = g
                 && *ttl > lease
             {

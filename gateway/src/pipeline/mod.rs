@@ -1,6 +1,7 @@
 //! The dispatch pipeline: rules → gates (one atomic backend call) → provider → outcome.
 
 mod deliver;
+pub mod delivered;
 mod dry_run;
 mod gates;
 pub mod park;
@@ -20,6 +21,7 @@ use crate::rules::state_read::StateView;
 use crate::rules::{Decision, Evaluation, RulePlace};
 use crate::state::confirm::DedupConfirmer;
 use crate::state::{StateError, StateStore};
+pub use delivered::DeliveredMarks;
 
 /// Settings of the pipeline.
 #[derive(Debug, Clone)]
@@ -66,6 +68,8 @@ pub struct Gateway {
     pub options: GatewayOptions,
     /// Extends the dedup marks of successful deliveries, batched in the background.
     pub confirmer: DedupConfirmer,
+    /// The dedup marks of this gateway's successful deliveries (off by default).
+    pub delivered: DeliveredMarks,
 }
 
 /// Where an action will be delivered, once the verdict is known.

@@ -365,3 +365,89 @@ async fn killed_gateway_loses_no_action_to_a_dedup_mark() {
     );
     assert_eq!(delivered(&hook, "done"), 1);
 }
+
+/// A gateway remembers the dedup marks of its own successful deliveries: a repeat is
+/// answered `Deduplicated` with the backend cut off (no backend call), counted in
+/// `acteon_dedup_local_total`; a key whose delivery failed is not remembered (its repeat
+/// needs the backend), nor is one delivered by another gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn delivered_marks_answer_repeats_without_the_backend() {
+    let url = std::env::var("ACTEON_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let host_port = url.trim_start_matches("redis://").trim_end_matches('/');
+    let proxy = FaultProxy::start(socket_addr(host_port));
+    let hook = Recorder::start().await;
+    let dir = std::env::temp_dir().join(format!("acteon-local-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("config.yaml");
+    std::fs::write(&file, kill_config(&hook)).expect("config");
+    let prefix = format!(
+        "acteon_l{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let state = format!("redis://{}", proxy.addr());
+    let args = [
+        "--config",
+        file.to_str().expect("utf-8"),
+        "--state",
+        &state,
+        "--state-prefix",
+        &prefix,
+        "--state-timeout-ms",
+        "1000",
+    ];
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    let (one, other) = (Server::start(&args), Server::start(&args));
+    assert!(
+        dispatch_key(&client, &one, "ok")
+            .await
+            .get("Executed")
+            .is_some()
+    );
+    *hook.script.lock() = vec![500, 500, 500];
+    let failed = dispatch_key(&client, &one, "failed").await;
+    assert!(failed.get("Failed").is_some(), "{failed}");
+    assert!(
+        dispatch_key(&client, &other, "elsewhere")
+            .await
+            .get("Executed")
+            .is_some()
+    );
+
+    proxy.cut();
+    assert_eq!(
+        dispatch_key(&client, &one, "ok").await,
+        json!("Deduplicated")
+    );
+    for (server, key) in [(&one, "failed"), (&one, "elsewhere"), (&one, "new")] {
+        let r = client
+            .post(server.url("/v1/dispatch"))
+            .json(&json!({"namespace": "f", "tenant": "t", "provider": "hook", "action_type": "x", "payload": {"key": key}, "dedup_key": key}))
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(r.status().as_u16(), 503, "{key} needs the backend");
+    }
+    proxy.restore();
+    let metrics = client
+        .get(one.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.lines().any(|l| l == "acteon_dedup_local_total 1"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("dedup_local"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(delivered(&hook, "ok"), 1);
+}

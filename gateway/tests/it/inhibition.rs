@@ -179,6 +179,7 @@ fn gateway_on(yaml: &str, state: Arc<dyn StateStore>) -> Arc<Gateway> {
         metrics: Arc::new(Metrics::new()),
         options: GatewayOptions::default(),
         confirmer: Default::default(),
+        delivered: Default::default(),
     })
 }
 

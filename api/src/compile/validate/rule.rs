@@ -91,12 +91,7 @@ fn check_condition(
             within_seconds,
         } => {
             if let Some(w) = within_seconds {
-                in_range(*w, 1, MAX_DELAY_SECONDS, &format!("{at}.withinSeconds")).map_err(
-                    |p| Problem {
-                        reason: "InvalidCondition",
-                        ..p
-                    },
-                )?;
+                condition_seconds(*w, &format!("{at}.withinSeconds"))?;
             }
             check_template(key, &format!("{at}.stateSeen"))
         }
@@ -117,12 +112,7 @@ fn check_condition(
                 check_template(k, &format!("{at}.key"))?;
             }
             if let Some(w) = window_seconds {
-                in_range(*w, 1, MAX_DELAY_SECONDS, &format!("{at}.windowSeconds")).map_err(
-                    |p| Problem {
-                        reason: "InvalidCondition",
-                        ..p
-                    },
-                )?;
+                condition_seconds(*w, &format!("{at}.windowSeconds"))?;
             }
             check_count_op(op, at)
         }
@@ -204,6 +194,14 @@ fn check_event_in_state(
         ));
     }
     Ok(())
+}
+
+/// A duration of a condition leaf: 1 s to 7 days.
+fn condition_seconds(seconds: u64, field: &str) -> Result<(), Problem> {
+    in_range(seconds, 1, MAX_DELAY_SECONDS, field).map_err(|p| Problem {
+        reason: "InvalidCondition",
+        ..p
+    })
 }
 
 /// A count compares with numbers.

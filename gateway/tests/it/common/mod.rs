@@ -41,6 +41,7 @@ pub fn gateway(yaml: &str) -> Gateway {
         metrics: Arc::new(Metrics::new()),
         options: GatewayOptions::default(),
         confirmer: Default::default(),
+        delivered: Default::default(),
     }
 }
 
