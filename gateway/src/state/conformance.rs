@@ -96,6 +96,7 @@ macro_rules! __state_conformance_checks {
             concurrent_lock_single_winner,
             timers_claim_lease_complete,
             timers_concurrent_claims_exactly_once,
+            timers_advance_under_the_claim,
             defer_stopped_gate_writes_nothing,
             defer_passing_gates_write_all,
             defer_check_mode_makes_deferrals_only,
@@ -2337,6 +2338,73 @@ fn append(key: &str, event: &str) -> GroupAppend {
         fingerprint: None,
         repeat: None,
     }
+}
+
+/// `advance_timer` replaces a claimed timer's payload and due time and ends the claim; a
+/// wrong or ended claim changes nothing.
+pub async fn timers_advance_under_the_claim(store: Arc<dyn StateStore>, prefix: &str) {
+    const C: &str = "timers_advance_under_the_claim";
+    let _serial = TIMER_CHECKS.lock().await;
+    let s = &*store;
+    let id = format!("{prefix}step");
+    let advance = |claim: String, due: u64, payload: &'static str| {
+        let id = id.clone();
+        async move {
+            s.advance_timer(&id, &claim, due, payload.as_bytes().to_vec())
+                .await
+        }
+    };
+    ok(
+        C,
+        "schedule_timer",
+        s.schedule_timer(&id, unix_ms(), b"one".to_vec()).await,
+    );
+    let claimed = claim_ours(s, C, unix_ms() + 1_000, prefix).await;
+    assert_eq!(claimed.len(), 1, "conformance[{C}]: the timer is due");
+    let claim = claimed[0].claim.clone();
+    let later = unix_ms() + 3_600_000;
+    assert!(
+        !ok(
+            C,
+            "advance_timer",
+            advance("not-the-claim".into(), later, "x").await
+        ),
+        "conformance[{C}]: another claim changes nothing"
+    );
+    assert!(
+        ok(
+            C,
+            "advance_timer",
+            advance(claim.clone(), later, "two").await
+        ),
+        "conformance[{C}]: advanced under the claim"
+    );
+    assert!(
+        !ok(
+            C,
+            "advance_timer",
+            advance(claim.clone(), later, "three").await
+        ),
+        "conformance[{C}]: advancing ended the claim"
+    );
+    assert!(
+        claim_ours(s, C, later - 1, prefix).await.is_empty(),
+        "conformance[{C}]: not due before its new time"
+    );
+    let again = claim_ours(s, C, later, prefix).await;
+    assert_eq!(
+        again
+            .iter()
+            .map(|t| (t.payload.clone(), t.due_ms))
+            .collect::<Vec<_>>(),
+        [(b"two".to_vec(), later)],
+        "conformance[{C}]: the new payload at the new time"
+    );
+    assert!(ok(
+        C,
+        "complete_timer",
+        s.complete_timer(&id, &again[0].claim).await
+    ));
 }
 
 /// Repeat interval of the repeating group checks.

@@ -1258,4 +1258,19 @@ impl StateStore for MemoryStore {
         }
         Ok(owned)
     }
+
+    async fn advance_timer(
+        &self,
+        id: &str,
+        claim: &str,
+        due_unix_ms: u64,
+        payload: Vec<u8>,
+    ) -> Result<bool, StateError> {
+        let mut timers = self.timers.lock();
+        let owned = timers.claimed_by(id, claim);
+        if owned {
+            timers.put(id, due_unix_ms, payload);
+        }
+        Ok(owned)
+    }
 }

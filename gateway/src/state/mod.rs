@@ -267,6 +267,20 @@ pub trait StateStore: Send + Sync + 'static {
         Ok(0)
     }
 
+    /// Replaces a claimed timer's payload and due time in one step, the claim ending (the
+    /// next step of a task that moves on: a chain's next step); false, with nothing
+    /// changed, if the claim was lost (as for [`StateStore::complete_timer`]).
+    async fn advance_timer(
+        &self,
+        id: &str,
+        claim: &str,
+        due_unix_ms: u64,
+        payload: Vec<u8>,
+    ) -> Result<bool, StateError> {
+        let _ = (id, claim, due_unix_ms, payload);
+        Err(self.unsupported("advancing timers"))
+    }
+
     #[doc(hidden)]
     fn unsupported(&self, what: &str) -> StateError {
         StateError::Unavailable(format!(

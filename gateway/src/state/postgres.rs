@@ -1361,4 +1361,28 @@ impl StateStore for PostgresStore {
         })
         .await
     }
+
+    async fn advance_timer(
+        &self,
+        id: &str,
+        claim: &str,
+        due_unix_ms: u64,
+        payload: Vec<u8>,
+    ) -> Result<bool, StateError> {
+        let due = i64::try_from(due_unix_ms).unwrap_or(i64::MAX);
+        self.run("advance_timer", async |conn: &mut PgConnection| {
+            sqlx::query(
+                "UPDATE acteon_timers SET due_ms = $3, payload = $4, claim = NULL, lease_until = NULL \
+                 WHERE id = $1 AND claim = $2",
+            )
+            .bind(id)
+            .bind(claim)
+            .bind(due)
+            .bind(&payload)
+            .execute(conn)
+            .await
+            .map(|r| r.rows_affected() > 0)
+        })
+        .await
+    }
 }

@@ -277,6 +277,16 @@ redis.call('DEL', KEYS[2])
 return 1
 ";
 
+/// KEYS: timer set, timer hash. ARGV: id, claim, due, payload. The claimed timer gets the
+/// new due time and payload, unclaimed.
+const ADVANCE_TIMER: &str = r"
+if redis.call('HGET', KEYS[2], 'c') ~= ARGV[2] then return 0 end
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[2], 'p', ARGV[4], 'd', ARGV[3])
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+return 1
+";
+
 /// KEYS: timer set. ARGV: hash prefix, then (id, claim) pairs. Each held claim ends and
 /// its timer is scored at its due time again (claimable at once: it was due when claimed).
 const RELEASE_TIMERS: &str = r"
@@ -661,6 +671,7 @@ struct Scripts {
     schedule_timer: Script,
     claim_timers: Script,
     complete_timer: Script,
+    advance_timer: Script,
     release_timers: Script,
     defer: Script,
     flush_begin: Script,
@@ -747,6 +758,7 @@ impl RedisStore {
                 schedule_timer: Script::new(SCHEDULE_TIMER),
                 claim_timers: Script::new(CLAIM_TIMERS),
                 complete_timer: Script::new(COMPLETE_TIMER),
+                advance_timer: Script::new(ADVANCE_TIMER),
                 release_timers: Script::new(RELEASE_TIMERS),
                 defer: Script::new(DEFER),
                 flush_begin: Script::new(FLUSH_BEGIN),
@@ -1318,6 +1330,28 @@ impl StateStore for RedisStore {
             });
         }
         Ok(out)
+    }
+
+    async fn advance_timer(
+        &self,
+        id: &str,
+        claim: &str,
+        due_unix_ms: u64,
+        payload: Vec<u8>,
+    ) -> Result<bool, StateError> {
+        let n: i64 = self
+            .scripts
+            .advance_timer
+            .key(self.key("tm", "due"))
+            .key(self.key("tm:p", id))
+            .arg(id)
+            .arg(claim)
+            .arg(due_unix_ms)
+            .arg(payload)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(n > 0)
     }
 
     async fn complete_timer(&self, id: &str, claim: &str) -> Result<bool, StateError> {

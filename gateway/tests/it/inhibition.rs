@@ -159,6 +159,17 @@ impl StateStore for Counting {
     async fn complete_timer(&self, id: &str, claim: &str) -> Result<bool, StateError> {
         self.inner.complete_timer(id, claim).await
     }
+    async fn advance_timer(
+        &self,
+        id: &str,
+        claim: &str,
+        due_unix_ms: u64,
+        payload: Vec<u8>,
+    ) -> Result<bool, StateError> {
+        self.inner
+            .advance_timer(id, claim, due_unix_ms, payload)
+            .await
+    }
 }
 
 /// A gateway compiled from YAML on `state`.

@@ -258,6 +258,17 @@ impl StateStore for Slotted {
     async fn complete_timer(&self, id: &str, claim: &str) -> Result<bool, StateError> {
         self.store.complete_timer(id, claim).await
     }
+    async fn advance_timer(
+        &self,
+        id: &str,
+        claim: &str,
+        due_unix_ms: u64,
+        payload: Vec<u8>,
+    ) -> Result<bool, StateError> {
+        self.store
+            .advance_timer(id, claim, due_unix_ms, payload)
+            .await
+    }
 }
 
 acteon_gateway::conformance_tests!(conformance, async {
