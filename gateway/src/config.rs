@@ -18,6 +18,7 @@ use parking_lot::Mutex;
 use crate::action::Action;
 use crate::providers::{ProviderBuildError, ProviderRegistry, Secrets, qualified_name};
 use crate::rules::RuleSet;
+use crate::rules::chain::Chains;
 use crate::rules::state_machine::Machines;
 
 /// A compiled snapshot, ready to serve.
@@ -27,6 +28,8 @@ pub struct Runtime {
     pub rules: RuleSet,
     /// StateMachines, for `stateMachine` rules, the worker's timeouts and `/v1/events`.
     pub machines: Machines,
+    /// Chains, for `chain` rules (a run keeps the definition it started with).
+    pub chains: Chains,
     pub providers: ProviderRegistry,
     pub quotas: Vec<QuotaRule>,
     /// False only for the placeholder served before the first snapshot arrives.
@@ -122,6 +125,7 @@ impl Runtime {
             providers: ProviderRegistry::build(&snapshot.providers, http, secrets)?,
             quotas: quota_rules(&snapshot.quotas),
             machines,
+            chains: Chains::build(&snapshot.chains),
             snapshot: Arc::new(snapshot),
             loaded: true,
         })
@@ -136,6 +140,7 @@ impl Runtime {
             providers: ProviderRegistry::default(),
             quotas: Vec::new(),
             machines: Machines::default(),
+            chains: Chains::default(),
             loaded: false,
         }
     }

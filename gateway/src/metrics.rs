@@ -46,6 +46,11 @@ pub struct Metrics {
     pub group_flushes: IntCounterVec,
     pub transitions: IntCounterVec,
     pub transition_notifications: IntCounterVec,
+    /// Chain runs by chain and event: started, completed, failed, timed_out.
+    pub chains: IntCounterVec,
+    /// Chain steps by chain and result: ok, failed, retry.
+    pub chain_steps: IntCounterVec,
+    pub chain_step_seconds: HistogramVec,
 }
 
 /// Timer lateness buckets from 10 ms to 5 min.
@@ -268,6 +273,24 @@ impl Metrics {
                 "acteon_state_transitions_total",
                 "State machine moves by machine, requested state and result (changed, unchanged, refused)",
                 &["machine", "state", "result"],
+            ),
+            chains: counter(
+                &r,
+                "acteon_chains_total",
+                "Chain runs by chain and event (started, completed, failed, timed_out)",
+                &["chain", "event"],
+            ),
+            chain_steps: counter(
+                &r,
+                "acteon_chain_steps_total",
+                "Chain steps run by chain and result (ok, failed, retry)",
+                &["chain", "result"],
+            ),
+            chain_step_seconds: histogram(
+                &r,
+                "acteon_chain_step_duration_seconds",
+                "Time to deliver one chain step (the provider call, its own retries included)",
+                &["chain"],
             ),
             transition_notifications: counter(
                 &r,

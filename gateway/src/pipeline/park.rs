@@ -84,6 +84,37 @@ impl Gateway {
                 }
                 self.moved(machine, target, result).await
             }
+            (Park::Chain, Effect::Chain(c)) => {
+                let Some(def) = rt.chains.resolve(&action.namespace, &c.chain) else {
+                    return Ok(ActionOutcome::failed(
+                        "CHAIN_NOT_FOUND",
+                        format!("rule `{}`: no Chain `{}`", rule.name, c.chain),
+                        false,
+                        0,
+                    ));
+                };
+                let chain_id = uuid::Uuid::now_v7().to_string();
+                let timer = def.start(action, &chain_id, now_ms);
+                let (check, _) = self.gates_and(eval, Deferral::Timer(timer)).await?;
+                Ok(check.unwrap_or_else(|| {
+                    self.metrics.parked.with_label_values(&["chain"]).inc();
+                    self.metrics
+                        .chains
+                        .with_label_values(&[&def.id, "started"])
+                        .inc();
+                    ActionOutcome::ChainStarted {
+                        chain_id,
+                        chain_name: def.name.clone(),
+                        total_steps: def.spec.steps.len(),
+                        first_step: def
+                            .spec
+                            .steps
+                            .first()
+                            .map(|s| s.name.clone())
+                            .unwrap_or_default(),
+                    }
+                }))
+            }
             _ => Err(DispatchError::State(StateError::Unavailable(
                 "parking decision does not match its rule".into(),
             ))),

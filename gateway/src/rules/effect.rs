@@ -6,6 +6,7 @@ use acteon_api::crd::RuleAction;
 use acteon_api::field::FieldPath;
 use acteon_api::template::KeyTemplate;
 
+use super::chain::ChainRule;
 use super::dedup::Dedup;
 use super::group::Group;
 use super::modify::Modify;
@@ -27,7 +28,8 @@ pub enum Effect {
     Group(Group),
     Schedule(Schedule),
     StateMachine(StateMachineRule),
-    /// Parsed and validated, run by later work (chain, approval): `NOT_IMPLEMENTED`.
+    Chain(ChainRule),
+    /// Parsed and validated, run by later work (approval): `NOT_IMPLEMENTED`.
     NotImplemented {
         kind: &'static str,
     },
@@ -102,6 +104,9 @@ impl Effect {
                     .map(|(_, p)| p)
                     .collect(),
             }),
+            RuleAction::Chain { chain } => Effect::Chain(ChainRule {
+                chain: chain.clone(),
+            }),
             other => Effect::NotImplemented {
                 kind: other.type_name(),
             },
@@ -121,6 +126,7 @@ impl Effect {
             Effect::Group(_) => "group",
             Effect::Schedule(_) => "schedule",
             Effect::StateMachine(_) => "state_machine",
+            Effect::Chain(_) => "chain",
             Effect::NotImplemented { kind } => match *kind {
                 "requestApproval" => "request_approval",
                 other => other,

@@ -9,6 +9,7 @@
 //! own file; [`effect::Effect`] lists them.
 
 pub mod cel;
+pub mod chain;
 pub mod condition;
 pub mod dedup;
 pub mod effect;
@@ -137,6 +138,7 @@ pub enum Park {
     Group(GroupTarget),
     Schedule,
     StateMachine(EventTarget),
+    Chain,
 }
 
 /// The result of evaluating one action.
@@ -532,6 +534,12 @@ fn on_match(
             return Some(Decision::Park {
                 rule: pos,
                 park: Park::StateMachine(m.target(input, tz)),
+            });
+        }
+        Effect::Chain(_) => {
+            return Some(Decision::Park {
+                rule: pos,
+                park: Park::Chain,
             });
         }
         Effect::NotImplemented { kind } => {

@@ -10,6 +10,8 @@
 
 pub mod task;
 
+mod chain;
+mod chain_step;
 mod group;
 mod notify_move;
 mod schedule;
@@ -226,6 +228,7 @@ impl Worker {
             Task::FlushGroup(t) => group::flush(&self.gateway, t, timer).await,
             Task::StateTimeout(t) => state_timeout::fire(&self.gateway, t, &timer.id).await,
             Task::NotifyMove(t) => notify_move::send(&self.gateway, t).await,
+            Task::AdvanceChain(run) => chain::advance(&self.gateway, run, timer).await,
         }
     }
 

@@ -17,6 +17,59 @@ pub enum Task {
     StateTimeout(StateTimeout),
     /// Send the notification of a state-machine move (registered with the move).
     NotifyMove(NotifyMove),
+    /// Run the current step of a chain (the payload is the whole run).
+    AdvanceChain(Box<ChainRun>),
+}
+
+/// A running chain, as its timer carries it from step to step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChainRun {
+    pub chain_id: String,
+    /// `namespace/name` of the Chain (or `name` when shared).
+    pub chain: String,
+    /// The definition's version when the run started (its generation, if known).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+    /// The definition the run started with: edits and deletions meanwhile do not touch it.
+    pub definition: acteon_api::crd::ChainSpec,
+    /// The action that started the chain.
+    pub origin: Action,
+    /// Index of the step to run next.
+    pub step: usize,
+    /// Failed attempts of that step so far.
+    #[serde(default)]
+    pub attempt: u32,
+    /// Results of the steps run so far, in order.
+    pub results: Vec<StepResult>,
+    pub started_ms: u64,
+    pub deadline_ms: u64,
+    /// The chains whose `subChain` step is running, outermost first: each resumes after
+    /// that step when the sub-chain ends.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parents: Vec<ParentChain>,
+}
+
+/// A chain waiting for its `subChain` step, at index `step`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ParentChain {
+    pub chain: String,
+    pub definition: acteon_api::crd::ChainSpec,
+    pub step: usize,
+    /// Results recorded before the sub-chain started.
+    pub results_before: usize,
+}
+
+/// What one step did.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepResult {
+    pub name: String,
+    pub success: bool,
+    /// The provider's answer body (or the error, for a failed step).
+    pub body: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub attempts: u32,
+    pub finished_ms: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -86,6 +139,7 @@ impl Task {
             Task::FireSchedule(_) => "fire_schedule",
             Task::StateTimeout(_) => "state_timeout",
             Task::NotifyMove(_) => "notify_move",
+            Task::AdvanceChain(_) => "advance_chain",
         }
     }
 }

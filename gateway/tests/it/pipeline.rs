@@ -529,10 +529,7 @@ async fn terminal_actions() {
 #[tokio::test]
 async fn later_feature_actions_answer_not_implemented() {
     let extra = "---\napiVersion: acteon.dev/v1alpha1\nkind: Chain\nmetadata: {name: c, namespace: ns}\nspec: {steps: [{name: s, provider: p}]}\n---\napiVersion: acteon.dev/v1alpha1\nkind: StateMachine\nmetadata: {name: m, namespace: ns}\nspec: {states: [open, closed], initialState: open}\n";
-    for a in [
-        "{type: chain, chain: c}",
-        "{type: requestApproval, notifyProvider: q}",
-    ] {
+    for a in ["{type: requestApproval, notifyProvider: q}"] {
         let gw = gateway(&format!(
             "{PROVIDERS}{extra}---\napiVersion: acteon.dev/v1alpha1\nkind: Rule\nmetadata: {{name: r, namespace: ns}}\nspec:\n  condition: {{field: action.tenant, eq: t}}\n  action: {a}\n"
         ));

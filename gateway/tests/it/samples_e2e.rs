@@ -4,8 +4,8 @@
 //!
 //! Humidity readings are grouped per floor and energy reports scheduled (the samples wait
 //! 30 s and 60 s: the group notifications are checked, the schedule's timers are only
-//! counted as pending). Chains arrive with a later issue; until then the chain rule
-//! answers `Failed{code: NOT_IMPLEMENTED}`, and this test checks exactly that.
+//! counted as pending). Normal readings start the `telemetry-processing` chain, which runs
+//! to its end on the worker (its `publish-event` step runs the `critical-alert` sub-chain).
 
 use crate::common;
 
@@ -142,10 +142,7 @@ async fn seed_003_iot_pipeline() {
         "intrusion",
         &["Rerouted:alert-fanout", "Rerouted:alert-fanout"],
     );
-    expect(
-        "normal",
-        &["Failed:NOT_IMPLEMENTED:rule `chain-sensor-readings`: action type `chain`"; 3],
-    );
+    expect("normal", &["ChainStarted"; 3]);
     expect("humidity", &["Grouped:1", "Grouped:1", "Grouped:2"]);
     expect("energy", &["Scheduled"; 2]);
     expect("duplicate", &["Rerouted:alert-fanout", "Deduplicated"]);
@@ -186,12 +183,12 @@ async fn seed_003_iot_pipeline() {
             }
         }
     }
-    // Eleven of the 21 events above were counted by the throttle: the test devices and the
-    // unsigned firmware stop at priority 1, the duplicate at the dedup gate, and the three
-    // NOT_IMPLEMENTED chain ones are answered without touching state; the grouped and
-    // scheduled ones passed the throttle before they were parked. So 30 - 11 = 19 pass.
-    assert_eq!(passed, 19, "throttled: {}", throttled.len());
-    assert_eq!(throttled.len(), 21);
+    // Fourteen of the 21 events above were counted by the throttle: the test devices and
+    // the unsigned firmware stop at priority 1 and the duplicate at the dedup gate; the
+    // chained, grouped and scheduled ones passed the throttle before they were parked. So
+    // 30 - 14 = 16 pass.
+    assert_eq!(passed, 16, "throttled: {}", throttled.len());
+    assert_eq!(throttled.len(), 24);
     assert!(
         throttled
             .iter()
@@ -213,7 +210,7 @@ async fn seed_003_iot_pipeline() {
         "modify matched"
     );
     assert!(metrics.contains(
-        "acteon_dispatches_total{namespace=\"iot\",outcome=\"throttled\",provider=\"telemetry\"} 21"
+        "acteon_dispatches_total{namespace=\"iot\",outcome=\"throttled\",provider=\"telemetry\"} 24"
     ));
 
     // After the groups' 30 s wait, one notification per floor went on through the rules
@@ -238,8 +235,14 @@ async fn seed_003_iot_pipeline() {
             .map(str::to_owned);
         if flushed.as_deref() == Some("2") {
             assert!(
-                metrics.contains("acteon_released_total{kind=\"group\",outcome=\"failed\"} 2"),
-                "{metrics}"
+                metrics
+                    .contains("acteon_released_total{kind=\"group\",outcome=\"chain_started\"} 2"),
+                "{}",
+                metrics
+                    .lines()
+                    .filter(|l| l.contains("released") || l.contains("chain"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
             );
             assert!(!metrics.contains("acteon_released_total{kind=\"schedule\""));
             break;
@@ -249,5 +252,41 @@ async fn seed_003_iot_pipeline() {
             "two group notifications within 45 s: {flushed:?}"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // The chains ran on the worker: each normal reading's run went normalize → (branch on
+    // `body.logged`) detect-anomaly → publish-event, which ran the `critical-alert`
+    // sub-chain's two steps → archive-metrics. The group notifications' runs failed at
+    // their first step: a notification has no `payload.device_id` for the template.
+    let expected = [
+        "acteon_chains_total{chain=\"iot/telemetry-processing\",event=\"completed\"} 3",
+        "acteon_chains_total{chain=\"iot/telemetry-processing\",event=\"failed\"} 2",
+        "acteon_chain_steps_total{chain=\"iot/telemetry-processing\",result=\"ok\"} 9",
+        "acteon_chain_steps_total{chain=\"iot/critical-alert\",result=\"ok\"} 6",
+        "acteon_chain_steps_total{chain=\"iot/telemetry-processing\",result=\"failed\"} 2",
+    ];
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = c
+            .get(server.url("/metrics"))
+            .send()
+            .await
+            .expect("sent")
+            .text()
+            .await
+            .expect("text");
+        if expected.iter().all(|e| metrics.lines().any(|l| l == *e)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "chain runs: {}",
+            metrics
+                .lines()
+                .filter(|l| l.starts_with("acteon_chain"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
