@@ -5,6 +5,7 @@
 mod common;
 
 mod acteon_compat;
+mod chains;
 mod cli;
 mod faults;
 mod follow;

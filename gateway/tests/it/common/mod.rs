@@ -140,7 +140,8 @@ pub struct Recorded {
     pub body: Value,
 }
 
-/// A local HTTP server that records requests and answers with a configurable status/delay.
+/// A local HTTP server that records requests and answers with a configurable status/delay
+/// (body `{"ok":true}`, or under `/echo` the request's own body).
 #[derive(Clone)]
 pub struct Recorder {
     pub addr: SocketAddr,
@@ -171,7 +172,13 @@ impl Recorder {
         ) -> (StatusCode, String) {
             let delay = *rec.delay.lock();
             tokio::time::sleep(delay).await;
-            let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            // Paths under /echo answer with the body they received.
+            let answer = if uri.path().starts_with("/echo") {
+                body.to_string()
+            } else {
+                r#"{"ok":true}"#.to_owned()
+            };
             rec.requests.lock().push(Recorded {
                 path: uri.path().to_owned(),
                 headers,
@@ -187,7 +194,7 @@ impl Recorder {
             };
             (
                 StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
-                r#"{"ok":true}"#.to_owned(),
+                answer,
             )
         }
         let app = axum::Router::new().fallback(handle).with_state(rec.clone());
