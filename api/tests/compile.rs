@@ -812,6 +812,52 @@ fn chain_step_needs_exactly_one_of_provider_and_sub_chain() {
     assert_eq!(chains(&c), ["fine"]);
 }
 
+#[test]
+fn chain_delays_timeouts_and_failure_modes_are_bounded() {
+    let text = [
+        CHAIN_PROVIDERS.to_owned(),
+        manifest(
+            "Chain",
+            "a",
+            "fine",
+            "timeoutSeconds: 600\nsteps:\n  - {name: one, provider: p, delaySeconds: 5, onFailure: skip}\n  - {name: two, provider: p, onFailure: dlq}",
+        ),
+        manifest(
+            "Chain",
+            "a",
+            "bad-failure",
+            "steps:\n  - {name: one, provider: p, onFailure: retry}",
+        ),
+        manifest(
+            "Chain",
+            "a",
+            "long-delay",
+            "steps:\n  - {name: one, provider: p}\n  - {name: two, provider: p, delaySeconds: 604801}",
+        ),
+        manifest(
+            "Chain",
+            "a",
+            "no-timeout",
+            "timeoutSeconds: 0\nsteps:\n  - {name: one, provider: p}",
+        ),
+    ]
+    .concat();
+    let c = compile_yaml(&text);
+    assert_eq!(c.rejections.len(), 3, "{:#?}", c.rejections);
+    for (name, field) in [
+        ("bad-failure", "spec.steps[0].onFailure"),
+        ("long-delay", "spec.steps[1].delaySeconds"),
+        ("no-timeout", "spec.timeoutSeconds"),
+    ] {
+        assert_rejected(
+            rejection_of(&c, Kind::Chain, "a", name),
+            "InvalidChain",
+            field,
+        );
+    }
+    assert_eq!(chains(&c), ["fine"]);
+}
+
 // ---------------------------------------------------------------------------------------
 // Providers
 

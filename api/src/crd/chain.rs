@@ -52,6 +52,9 @@ pub struct ChainStep {
     /// `abort` (default), `skip` or `dlq`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_failure: Option<String>,
+    /// Wait this long before running the step (0 to 604800).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_seconds: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -74,8 +74,8 @@ impl Chains {
 }
 
 impl ChainDef {
-    /// The timer that starts a run of this chain for `action`: due at once, carrying the
-    /// whole run.
+    /// The timer that starts a run of this chain for `action`: due after the first step's
+    /// delay, carrying the whole run.
     pub fn start(&self, action: &Action, chain_id: &str, now_ms: u64) -> TimerWrite {
         let timeout = self.spec.timeout_seconds.unwrap_or(DEFAULT_TIMEOUT_SECONDS);
         let run = ChainRun {
@@ -91,9 +91,15 @@ impl ChainDef {
             deadline_ms: now_ms.saturating_add(timeout.saturating_mul(1000)),
             parents: Vec::new(),
         };
+        let delay = self
+            .spec
+            .steps
+            .first()
+            .and_then(|s| s.delay_seconds)
+            .unwrap_or(0);
         TimerWrite {
             id: timer_id(&action.namespace, &action.tenant, chain_id),
-            due_unix_ms: now_ms,
+            due_unix_ms: now_ms.saturating_add(delay.saturating_mul(1000)),
             payload: Task::AdvanceChain(Box::new(run)).encode(),
         }
     }

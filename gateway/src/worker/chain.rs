@@ -52,7 +52,10 @@ pub(super) async fn advance(
     };
     if let Some(name) = &step.sub_chain {
         return match enter_sub_chain(&rt, &mut run, name) {
-            Ok(()) => move_on(gateway, run, timer, unix_ms()).await,
+            Ok(()) => {
+                let due = unix_ms() + delay_ms(&run);
+                move_on(gateway, run, timer, due).await
+            }
             Err(error) => {
                 let failed = step_result(&step, &run, Err(error));
                 settle(gateway, run, timer, failed).await
@@ -86,6 +89,14 @@ pub(super) async fn advance(
         tracing::warn!(chain = %run.chain, chain_id = %run.chain_id, step = %step.name, %error, "chain step failed");
     }
     settle(gateway, run, timer, result).await
+}
+
+/// The `delaySeconds` of the step the run is at.
+fn delay_ms(run: &ChainRun) -> u64 {
+    let step = run.definition.steps.get(run.step);
+    step.and_then(|s| s.delay_seconds)
+        .unwrap_or(0)
+        .saturating_mul(1000)
 }
 
 fn step_result(
@@ -157,7 +168,8 @@ async fn settle(
         if let Some(index) = next {
             run.step = index;
             run.attempt = 0;
-            return move_on(gateway, run, timer, unix_ms()).await;
+            let due = unix_ms() + delay_ms(&run);
+            return move_on(gateway, run, timer, due).await;
         }
         let Some(parent) = run.parents.pop() else {
             return finish(

@@ -46,6 +46,7 @@ spec:
       defaultNext: notify
     - name: log
       provider: logbook
+      delaySeconds: 1
       payloadTemplate: {ticket: "{{steps.triage.body.ticket}}", n: "{{steps.triage.body.n}}"}
     - name: notify
       provider: chat
@@ -218,6 +219,19 @@ async fn run_chains(state_url: &str, replicas: usize, n: usize, kill: bool) {
                 _ => {}
             }
         }
+    }
+    // `log` waits its `delaySeconds: 1` after triage.
+    let triaged: BTreeMap<String, Instant> = cluster
+        .at("/echo/triage")
+        .iter()
+        .map(|r| (chain_of(r), r.at))
+        .collect();
+    for r in cluster.at("/log") {
+        let waited = r.at.duration_since(triaged[&chain_of(&r)]);
+        assert!(
+            waited >= Duration::from_millis(950),
+            "log step after {waited:?}"
+        );
     }
     if kill {
         eprintln!("{repeats} steps repeated after the kill");

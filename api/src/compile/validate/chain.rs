@@ -5,9 +5,11 @@ use std::collections::{HashMap, HashSet};
 
 use super::{Accepted, Parsed, Problem, Run};
 use crate::compile::error::Kind;
+use crate::compile::limits::MAX_DELAY_SECONDS;
 use crate::crd::ChainSpec;
 
 const BRANCH_OPERATORS: &[&str] = &["eq", "ne", "gt", "gte", "lt", "lte", "contains", "exists"];
+const ON_FAILURE: &[&str] = &["abort", "skip", "dlq"];
 
 pub(super) fn check(c: &Parsed<'_, ChainSpec>, accepted: &Accepted) -> Result<(), Problem> {
     let steps = &c.spec.steps;
@@ -16,6 +18,15 @@ pub(super) fn check(c: &Parsed<'_, ChainSpec>, accepted: &Accepted) -> Result<()
             "spec.steps",
             "InvalidChain",
             "needs at least one step",
+        ));
+    }
+    if let Some(t) = c.spec.timeout_seconds
+        && !(1..=MAX_DELAY_SECONDS).contains(&t)
+    {
+        return Err(Problem::new(
+            "spec.timeoutSeconds",
+            "InvalidChain",
+            format!("{t} is not between 1 and {MAX_DELAY_SECONDS} (7 days)"),
         ));
     }
     let mut names = HashSet::new();
@@ -44,6 +55,24 @@ pub(super) fn check(c: &Parsed<'_, ChainSpec>, accepted: &Accepted) -> Result<()
                     "a step has exactly one of `provider` and `subChain`",
                 ));
             }
+        }
+        if let Some(on_failure) = &step.on_failure
+            && !ON_FAILURE.contains(&on_failure.as_str())
+        {
+            return Err(Problem::new(
+                format!("{at}.onFailure"),
+                "InvalidChain",
+                format!("`{on_failure}` is not one of {}", ON_FAILURE.join(", ")),
+            ));
+        }
+        if let Some(delay) = step.delay_seconds
+            && delay > MAX_DELAY_SECONDS
+        {
+            return Err(Problem::new(
+                format!("{at}.delaySeconds"),
+                "InvalidChain",
+                format!("{delay} is over {MAX_DELAY_SECONDS} (7 days)"),
+            ));
         }
         for (b, branch) in step.branches.iter().enumerate() {
             if !BRANCH_OPERATORS.contains(&branch.operator.as_str()) {

@@ -136,6 +136,8 @@ impl Drop for Server {
 #[derive(Clone, Debug)]
 pub struct Recorded {
     pub path: String,
+    /// When it arrived.
+    pub at: Instant,
     pub headers: axum::http::HeaderMap,
     pub body: Value,
 }
@@ -181,6 +183,7 @@ impl Recorder {
             };
             rec.requests.lock().push(Recorded {
                 path: uri.path().to_owned(),
+                at: Instant::now(),
                 headers,
                 body,
             });
