@@ -60,6 +60,23 @@ impl ApiError {
         }
     }
 
+    /// A resource that does not exist (the endpoint does).
+    pub fn missing(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            code: "NOT_FOUND",
+            message: message.into(),
+        }
+    }
+
+    pub fn conflict(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::CONFLICT,
+            code: "CONFLICT",
+            message: message.into(),
+        }
+    }
+
     pub fn method_not_allowed() -> ApiError {
         ApiError {
             status: StatusCode::METHOD_NOT_ALLOWED,

@@ -1,5 +1,6 @@
 //! The HTTP API (axum), wire-compatible with Acteon's server.
 
+pub mod chains;
 pub mod conn;
 pub mod dispatch;
 pub mod error;
@@ -53,7 +54,9 @@ pub struct AppState {
         parked::flush_group,
         parked::list_events,
         parked::get_event,
-        parked::transition
+        parked::transition,
+        chains::get_chain,
+        chains::cancel_chain
     ),
     components(schemas(
         crate::action::Action,
@@ -67,7 +70,8 @@ pub struct AppState {
         ops::ConfigInfo,
         parked::GroupView,
         parked::EventView,
-        parked::TransitionRequest
+        parked::TransitionRequest,
+        crate::rules::chain::ChainRecord
     ))
 )]
 pub struct ApiDoc;
@@ -102,6 +106,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/events/{fingerprint}/transition",
             axum::routing::put(parked::transition),
         )
+        .route("/v1/chains/{chain_id}", get(chains::get_chain))
+        .route("/v1/chains/{chain_id}/cancel", post(chains::cancel_chain))
         .route("/v1/config", get(ops::config))
         .route("/healthz", get(ops::healthz))
         .route("/health", get(ops::health))

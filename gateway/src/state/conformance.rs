@@ -2387,6 +2387,16 @@ pub async fn timers_advance_under_the_claim(store: Arc<dyn StateStore>, prefix: 
         ),
         "conformance[{C}]: advancing ended the claim"
     );
+    assert_eq!(
+        ok(C, "get_timer", s.get_timer(&id).await),
+        Some((later, b"two".to_vec())),
+        "conformance[{C}]: get_timer reads the timer"
+    );
+    assert_eq!(
+        ok(C, "get_timer", s.get_timer(&format!("{prefix}none")).await),
+        None,
+        "conformance[{C}]: no such timer"
+    );
     assert!(
         claim_ours(s, C, later - 1, prefix).await.is_empty(),
         "conformance[{C}]: not due before its new time"

@@ -223,6 +223,10 @@ impl StateStore for LazyStore {
         self.store()?.complete_timer(id, claim).await
     }
 
+    async fn get_timer(&self, id: &str) -> Result<Option<(u64, Vec<u8>)>, StateError> {
+        self.store()?.get_timer(id).await
+    }
+
     async fn advance_timer(
         &self,
         id: &str,

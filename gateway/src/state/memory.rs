@@ -1259,6 +1259,11 @@ impl StateStore for MemoryStore {
         Ok(owned)
     }
 
+    async fn get_timer(&self, id: &str) -> Result<Option<(u64, Vec<u8>)>, StateError> {
+        let timers = self.timers.lock();
+        Ok(timers.timers.get(id).map(|t| (t.due_ms, t.payload.clone())))
+    }
+
     async fn advance_timer(
         &self,
         id: &str,

@@ -267,6 +267,13 @@ pub trait StateStore: Send + Sync + 'static {
         Ok(0)
     }
 
+    /// A timer's due time and payload, claimed or not (`GET /v1/chains/{id}` reads a
+    /// running chain from its timer).
+    async fn get_timer(&self, id: &str) -> Result<Option<(u64, Vec<u8>)>, StateError> {
+        let _ = id;
+        Err(self.unsupported("reading timers"))
+    }
+
     /// Replaces a claimed timer's payload and due time in one step, the claim ending (the
     /// next step of a task that moves on: a chain's next step); false, with nothing
     /// changed, if the claim was lost (as for [`StateStore::complete_timer`]).

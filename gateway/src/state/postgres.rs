@@ -1362,6 +1362,18 @@ impl StateStore for PostgresStore {
         .await
     }
 
+    async fn get_timer(&self, id: &str) -> Result<Option<(u64, Vec<u8>)>, StateError> {
+        let row: Option<(i64, Vec<u8>)> = self
+            .run("get_timer", async |conn: &mut PgConnection| {
+                sqlx::query_as("SELECT due_ms, payload FROM acteon_timers WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(conn)
+                    .await
+            })
+            .await?;
+        Ok(row.map(|(due, payload)| (due.max(0) as u64, payload)))
+    }
+
     async fn advance_timer(
         &self,
         id: &str,

@@ -1332,6 +1332,17 @@ impl StateStore for RedisStore {
         Ok(out)
     }
 
+    async fn get_timer(&self, id: &str) -> Result<Option<(u64, Vec<u8>)>, StateError> {
+        let (payload, due): (Option<Vec<u8>>, Option<u64>) = redis::cmd("HMGET")
+            .arg(self.key("tm:p", id))
+            .arg("p")
+            .arg("d")
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(payload.map(|p| (due.unwrap_or(0), p)))
+    }
+
     async fn advance_timer(
         &self,
         id: &str,

@@ -17,6 +17,7 @@ use crate::action::Action;
 use crate::config::Runtime;
 use crate::outcome::ProviderResponse;
 use crate::pipeline::Gateway;
+use crate::rules::chain::{ChainRecord, RETENTION, record_key};
 use crate::state::{ClaimedTimer, unix_ms};
 
 /// Attempts of a step whose provider failed in a way worth retrying (its own retries
@@ -44,11 +45,14 @@ pub(super) async fn advance(
     if !rt.loaded {
         return Done::Retry("no configuration snapshot yet".into());
     }
+    if run.cancelled {
+        return finish(gateway, &run, "cancelled").await;
+    }
     if unix_ms() >= run.deadline_ms {
-        return finish(gateway, &run, "timed_out");
+        return finish(gateway, &run, "timed_out").await;
     }
     let Some(step) = run.definition.steps.get(run.step).cloned() else {
-        return finish(gateway, &run, "completed");
+        return finish(gateway, &run, "completed").await;
     };
     if let Some(name) = &step.sub_chain {
         return match enter_sub_chain(&rt, &mut run, name) {
@@ -172,11 +176,8 @@ async fn settle(
             return move_on(gateway, run, timer, due).await;
         }
         let Some(parent) = run.parents.pop() else {
-            return finish(
-                gateway,
-                &run,
-                if chain_failed { "failed" } else { "completed" },
-            );
+            let event = if chain_failed { "failed" } else { "completed" };
+            return finish(gateway, &run, event).await;
         };
         // The sub-chain ended: it is the result of its step in the parent.
         let sub_steps = run.results.len() - parent.results_before;
@@ -290,12 +291,23 @@ async fn move_on(gateway: &Gateway, run: Box<ChainRun>, timer: &ClaimedTimer, du
     }
 }
 
-fn finish(gateway: &Gateway, run: &ChainRun, event: &str) -> Done {
+/// The run ended: its record is kept for [`RETENTION`] (written once: a repeat of the
+/// last step after a lost claim finds it there), the timer completed.
+async fn finish(gateway: &Gateway, run: &ChainRun, event: &str) -> Done {
+    let record = ChainRecord::of(run, event, Some(unix_ms()));
+    let key = record_key(&run.origin.namespace, &run.origin.tenant, &run.chain_id);
+    let bytes = serde_json::to_vec(&record).unwrap_or_default();
+    let write = gateway
+        .state
+        .compare_and_swap(&key, None, bytes, Some(RETENTION));
+    if let Err(e) = gateway.state_call(write).await {
+        return e.into();
+    }
     gateway
         .metrics
         .chains
-        .with_label_values(&[&run.chain, event])
+        .with_label_values(&[&record.chain, event])
         .inc();
-    tracing::info!(chain = %run.chain, chain_id = %run.chain_id, steps = run.results.len(), event, "chain run ended");
+    tracing::info!(chain = %record.chain, chain_id = %run.chain_id, steps = run.results.len(), event, "chain run ended");
     Done::Complete
 }

@@ -176,6 +176,7 @@ mod tests {
             started_ms: 0,
             deadline_ms: 0,
             parents: Vec::new(),
+            cancelled: false,
         }
     }
 

@@ -47,6 +47,9 @@ pub struct ChainRun {
     /// that step when the sub-chain ends.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub parents: Vec<ParentChain>,
+    /// Cancelled by `POST /v1/chains/{id}/cancel`: no further step runs.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cancelled: bool,
 }
 
 /// A chain waiting for its `subChain` step, at index `step`.

@@ -53,6 +53,21 @@ spec:
       payloadTemplate: {text: "{{prev.body.ok}} for {{steps.triage.body.ticket}}", step: "{{step_index}}"}
 ---
 apiVersion: acteon.dev/v1alpha1
+kind: Chain
+metadata: {name: slow, namespace: ch}
+spec:
+  steps:
+    - {name: first, provider: chat}
+    - {name: later, provider: pager, delaySeconds: 60}
+---
+apiVersion: acteon.dev/v1alpha1
+kind: Rule
+metadata: {name: start-slow, namespace: ch}
+spec:
+  condition: {field: action.action_type, eq: slow}
+  action: {type: chain, chain: slow}
+---
+apiVersion: acteon.dev/v1alpha1
 kind: Rule
 metadata: {name: start, namespace: ch}
 spec:
@@ -241,6 +256,110 @@ async fn run_chains(state_url: &str, replicas: usize, n: usize, kill: bool) {
     }
 }
 
+/// `GET /v1/chains/{id}` shows a run while it runs and after it ended; a cancelled run
+/// delivers no further step; cancelling an ended run is a conflict, an unknown one 404.
+async fn inspect_and_cancel(state_url: &str) {
+    let cluster = Cluster::start(state_url, 1).await;
+    let client = reqwest::Client::new();
+    let base = cluster.bases()[0].clone();
+    let start = |action_type: &str| json!({"namespace": "ch", "tenant": "t", "provider": "chat", "action_type": action_type, "payload": {"severity": "high", "n": 7}});
+    let outcomes = common::send_round_robin(
+        &client,
+        &[base.clone()],
+        vec![start("incident"), start("slow")],
+    )
+    .await;
+    let id = |o: &Value| {
+        o["ChainStarted"]["chain_id"]
+            .as_str()
+            .expect("id")
+            .to_owned()
+    };
+    let (done, slow) = (id(&outcomes[0]), id(&outcomes[1]));
+    let get = |chain_id: String| {
+        let client = client.clone();
+        let url = format!("{base}/v1/chains/{chain_id}?namespace=ch&tenant=t");
+        async move {
+            let r = client.get(url).send().await.expect("answered");
+            (r.status().as_u16(), r.json::<Value>().await.expect("json"))
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = get(done.clone()).await;
+        if status == 200 && body["status"] == "completed" {
+            let names: Vec<&str> = body["steps"]
+                .as_array()
+                .expect("steps")
+                .iter()
+                .map(|s| s["name"].as_str().unwrap_or(""))
+                .collect();
+            assert_eq!(names, ["triage", "page", "notify"], "{body}");
+            assert_eq!(body["chain"], "ch/incident");
+            assert_eq!(body["steps"][0]["body"]["ticket"], "T-7");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{status} {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    while cluster
+        .at("/notify")
+        .iter()
+        .filter(|r| chain_of(r) == slow)
+        .count()
+        == 0
+    {
+        assert!(Instant::now() < deadline, "the slow chain's first step");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, body) = get(slow.clone()).await;
+    assert_eq!(
+        (
+            status,
+            body["status"].as_str(),
+            body["current_step"].as_str()
+        ),
+        (200, Some("running"), Some("later")),
+        "{body}"
+    );
+    let cancel = |chain_id: &str| {
+        client
+            .post(format!(
+                "{base}/v1/chains/{chain_id}/cancel?namespace=ch&tenant=t"
+            ))
+            .send()
+    };
+    let r = cancel(&slow).await.expect("answered");
+    assert_eq!(r.status().as_u16(), 200);
+    loop {
+        let (_, body) = get(slow.clone()).await;
+        if body["status"] == "cancelled" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        cluster.at("/page").iter().all(|r| chain_of(r) != slow),
+        "no step after the cancel"
+    );
+    assert_eq!(
+        cancel(&slow).await.expect("answered").status().as_u16(),
+        409
+    );
+    assert_eq!(
+        cancel("nope").await.expect("answered").status().as_u16(),
+        404
+    );
+    assert_eq!(get("nope".into()).await.0, 404);
+    let bad = client
+        .get(format!("{base}/v1/chains/x?namespace=Bad%20NS&tenant=t"))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(bad.status().as_u16(), 400);
+}
+
 fn redis_url() -> String {
     std::env::var("ACTEON_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
@@ -253,16 +372,19 @@ fn postgres_url() -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn memory_chains_branch_and_render() {
     run_chains("memory", 1, 50, false).await;
+    inspect_and_cancel("memory").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_chains_finish_when_a_gateway_is_killed() {
     run_chains(&redis_url(), 3, 100, false).await;
     run_chains(&redis_url(), 3, 500, true).await;
+    inspect_and_cancel(&redis_url()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_chains_finish_when_a_gateway_is_killed() {
     run_chains(&postgres_url(), 3, 100, false).await;
     run_chains(&postgres_url(), 3, 500, true).await;
+    inspect_and_cancel(&postgres_url()).await;
 }

@@ -159,6 +159,9 @@ impl StateStore for Counting {
     async fn complete_timer(&self, id: &str, claim: &str) -> Result<bool, StateError> {
         self.inner.complete_timer(id, claim).await
     }
+    async fn get_timer(&self, id: &str) -> Result<Option<(u64, Vec<u8>)>, StateError> {
+        self.inner.get_timer(id).await
+    }
     async fn advance_timer(
         &self,
         id: &str,

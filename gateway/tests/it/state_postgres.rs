@@ -258,6 +258,9 @@ impl StateStore for Slotted {
     async fn complete_timer(&self, id: &str, claim: &str) -> Result<bool, StateError> {
         self.store.complete_timer(id, claim).await
     }
+    async fn get_timer(&self, id: &str) -> Result<Option<(u64, Vec<u8>)>, StateError> {
+        self.store.get_timer(id).await
+    }
     async fn advance_timer(
         &self,
         id: &str,
