@@ -858,6 +858,85 @@ fn chain_delays_timeouts_and_failure_modes_are_bounded() {
     assert_eq!(chains(&c), ["fine"]);
 }
 
+#[test]
+fn chain_parallel_retry_and_on_cancel_are_checked() {
+    let text = [
+        CHAIN_PROVIDERS.to_owned(),
+        manifest(
+            "Chain",
+            "a",
+            "fine",
+            "onCancel: {name: undo, provider: p}\nsteps:\n  - name: both\n    retry: {maxAttempts: 2, backoffSeconds: 5}\n    parallel: {join: any, onFailure: bestEffort, timeoutSeconds: 30, steps: [{name: x, provider: p}, {name: y, provider: p}]}",
+        ),
+        manifest(
+            "Chain",
+            "a",
+            "bad-join",
+            "steps:\n  - {name: s, parallel: {join: most, steps: [{name: x, provider: p}]}}",
+        ),
+        manifest(
+            "Chain",
+            "a",
+            "bad-provider",
+            "steps:\n  - {name: s, parallel: {steps: [{name: x, provider: p}, {name: y, provider: nope}]}}",
+        ),
+        manifest(
+            "Chain",
+            "a",
+            "twice",
+            "steps:\n  - {name: s, parallel: {steps: [{name: x, provider: p}, {name: x, provider: p}]}}",
+        ),
+        manifest(
+            "Chain",
+            "a",
+            "both-kinds",
+            "steps:\n  - {name: s, provider: p, parallel: {steps: [{name: x, provider: p}]}}",
+        ),
+        manifest(
+            "Chain",
+            "a",
+            "retry-zero",
+            "steps:\n  - {name: s, provider: p, retry: {maxAttempts: 0}}",
+        ),
+        manifest(
+            "Chain",
+            "a",
+            "cancel-nowhere",
+            "onCancel: {name: undo, provider: nope}\nsteps:\n  - {name: s, provider: p}",
+        ),
+    ]
+    .concat();
+    let c = compile_yaml(&text);
+    for (name, reason, field) in [
+        ("bad-join", "InvalidChain", "spec.steps[0].parallel.join"),
+        (
+            "bad-provider",
+            "ProviderNotFound",
+            "spec.steps[0].parallel.steps[1].provider",
+        ),
+        (
+            "twice",
+            "InvalidChain",
+            "spec.steps[0].parallel.steps[1].name",
+        ),
+        ("both-kinds", "InvalidChain", "spec.steps[0]"),
+        (
+            "retry-zero",
+            "InvalidChain",
+            "spec.steps[0].retry.maxAttempts",
+        ),
+        (
+            "cancel-nowhere",
+            "ProviderNotFound",
+            "spec.onCancel.provider",
+        ),
+    ] {
+        assert_rejected(rejection_of(&c, Kind::Chain, "a", name), reason, field);
+    }
+    assert_eq!(c.rejections.len(), 6, "{:#?}", c.rejections);
+    assert_eq!(chains(&c), ["fine"]);
+}
+
 // ---------------------------------------------------------------------------------------
 // Providers
 

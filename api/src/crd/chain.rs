@@ -28,13 +28,16 @@ pub struct ChainSpec {
     /// Whole-chain timeout (default 300 s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_seconds: Option<u64>,
+    /// Delivered once when a run is cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_cancel: Option<ParallelStep>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ChainStep {
     pub name: String,
-    /// Provider called by this step (exactly one of `provider` and `subChain`).
+    /// Provider called by this step (exactly one of `provider`, `subChain` and `parallel`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -45,6 +48,12 @@ pub struct ChainStep {
     pub payload_template: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub_chain: Option<String>,
+    /// Provider calls made at once; the step's result joins theirs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel: Option<Parallel>,
+    /// Attempts of a failing step (on top of the provider's own retries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<StepRetry>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub branches: Vec<ChainBranch>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -55,6 +64,47 @@ pub struct ChainStep {
     /// Wait this long before running the step (0 to 604800).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delay_seconds: Option<u64>,
+}
+
+/// One provider call of a `parallel` step, or a chain's `onCancel`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ParallelStep {
+    pub name: String,
+    pub provider: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::free_form_object")]
+    pub payload_template: Option<Value>,
+}
+
+/// `parallel`: calls made at once.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Parallel {
+    pub steps: Vec<ParallelStep>,
+    /// `all` (default: the step succeeds when every call does) or `any`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join: Option<String>,
+    /// `failFast` (default: stop waiting at the first failure that decides) or
+    /// `bestEffort` (wait for every call).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<String>,
+    /// Longest wait for the calls (default: the chain's remaining time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<u64>,
+}
+
+/// `retry` of a step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StepRetry {
+    /// Attempts in all (1 to 10; default 3).
+    pub max_attempts: u32,
+    /// Pause before attempt N+1, times N (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_seconds: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]

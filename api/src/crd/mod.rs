@@ -7,7 +7,7 @@ pub mod rule;
 pub mod state_machine;
 pub mod status;
 
-pub use chain::{Chain, ChainBranch, ChainSpec, ChainStep};
+pub use chain::{Chain, ChainBranch, ChainSpec, ChainStep, Parallel, ParallelStep, StepRetry};
 pub use provider::{Provider, ProviderSpec, ProviderType, SecretKeyRef};
 pub use quota::{Overage, Quota, QuotaSpec};
 pub use rule::{Rule, RuleAction, RuleSpec};

@@ -10,27 +10,21 @@ use std::time::{Duration, Instant};
 
 use acteon_api::crd::ChainStep;
 
-use super::chain_step::{context, next_step, render};
+use super::chain_call::{Call, StepError, deliver, deliver_parallel};
+use super::chain_step::next_step;
 use super::task::{ChainRun, ParentChain, StepResult, Task};
 use super::{Done, observe_lateness};
-use crate::action::Action;
 use crate::config::Runtime;
-use crate::outcome::ProviderResponse;
 use crate::pipeline::Gateway;
 use crate::rules::chain::{ChainRecord, RETENTION, record_key};
 use crate::state::{ClaimedTimer, unix_ms};
 
 /// Attempts of a step whose provider failed in a way worth retrying (its own retries
-/// are inside each attempt).
+/// are inside each attempt), unless the step's `retry` says otherwise.
 const STEP_ATTEMPTS: u32 = 3;
-/// Pause before the next attempt of a failed step, times the attempt number.
+/// Pause before the next attempt of a failed step, times the attempt number (unless the
+/// step's `retry.backoffSeconds` says otherwise).
 const STEP_BACKOFF: Duration = Duration::from_secs(1);
-
-/// Why a step failed.
-struct StepError {
-    message: String,
-    retryable: bool,
-}
 
 /// Sub-chains nested deeper than this fail the step that would start one.
 const MAX_SUB_CHAIN_DEPTH: usize = 8;
@@ -46,6 +40,7 @@ pub(super) async fn advance(
         return Done::Retry("no configuration snapshot yet".into());
     }
     if run.cancelled {
+        on_cancel(&rt, &run).await;
         return finish(gateway, &run, "cancelled").await;
     }
     if unix_ms() >= run.deadline_ms {
@@ -67,15 +62,23 @@ pub(super) async fn advance(
         };
     }
     let started = Instant::now();
-    let outcome = deliver(&rt, &run, &step).await;
+    let outcome = match (&step.parallel, Call::of_step(&step)) {
+        (Some(parallel), _) => deliver_parallel(&rt, &run, &step.name, parallel).await,
+        (None, Some(call)) => deliver(&rt, &run, &call).await,
+        (None, None) => Err(StepError {
+            message: format!("step `{}` has nothing to run", step.name),
+            retryable: false,
+        }),
+    };
     gateway
         .metrics
         .chain_step_seconds
         .with_label_values(&[&run.chain])
         .observe(started.elapsed().as_secs_f64());
+    let (attempts, backoff) = retry_of(&step);
     let label = match &outcome {
         Ok(_) => "ok",
-        Err(e) if e.retryable && run.attempt + 1 < STEP_ATTEMPTS => "retry",
+        Err(e) if e.retryable && run.attempt + 1 < attempts => "retry",
         Err(_) => "failed",
     };
     gateway
@@ -85,14 +88,40 @@ pub(super) async fn advance(
         .inc();
     if label == "retry" {
         run.attempt += 1;
-        let due = unix_ms() + (STEP_BACKOFF * run.attempt).as_millis() as u64;
+        let due = unix_ms() + (backoff * run.attempt).as_millis() as u64;
         return move_on(gateway, run, timer, due).await;
     }
-    let result = step_result(&step, &run, outcome.map(|r| r.body).map_err(|e| e.message));
+    let result = step_result(&step, &run, outcome.map_err(|e| e.message));
     if let Some(error) = &result.error {
         tracing::warn!(chain = %run.chain, chain_id = %run.chain_id, step = %step.name, %error, "chain step failed");
     }
     settle(gateway, run, timer, result).await
+}
+
+/// The step's attempts in all and the pause unit between them.
+fn retry_of(step: &ChainStep) -> (u32, Duration) {
+    match &step.retry {
+        Some(r) => (
+            r.max_attempts.max(1),
+            r.backoff_seconds.map_or(STEP_BACKOFF, Duration::from_secs),
+        ),
+        None => (STEP_ATTEMPTS, STEP_BACKOFF),
+    }
+}
+
+/// A cancelled run's `onCancel` call (of the chain that was started), once; its failure
+/// is logged, the run ends cancelled either way.
+async fn on_cancel(rt: &Runtime, run: &ChainRun) {
+    let root = run
+        .parents
+        .first()
+        .map_or(&run.definition, |p| &p.definition);
+    let Some(step) = &root.on_cancel else {
+        return;
+    };
+    if let Err(e) = deliver(rt, run, &Call::of(step)).await {
+        tracing::warn!(chain_id = %run.chain_id, error = %e.message, "chain onCancel failed");
+    }
 }
 
 /// The `delaySeconds` of the step the run is at.
@@ -202,74 +231,6 @@ async fn settle(
             attempts: 1,
             finished_ms: unix_ms(),
         };
-    }
-}
-
-/// The step's delivery: its payload rendered, sent to its provider.
-async fn deliver(
-    rt: &Runtime,
-    run: &ChainRun,
-    step: &ChainStep,
-) -> Result<ProviderResponse, StepError> {
-    let fail = |message: String| StepError {
-        message,
-        retryable: false,
-    };
-    let Some(provider) = &step.provider else {
-        return Err(fail(format!(
-            "step `{}`: sub-chains are not run yet",
-            step.name
-        )));
-    };
-    let template = step
-        .payload_template
-        .clone()
-        .unwrap_or_else(|| run.origin.payload.clone());
-    let payload =
-        render(&template, &context(run)).map_err(|e| fail(format!("step `{}`: {e}", step.name)))?;
-    let Some(handle) = rt.providers.get(&run.origin.namespace, provider) else {
-        return Err(fail(format!(
-            "step `{}`: no provider `{provider}`",
-            step.name
-        )));
-    };
-    let action = step_action(run, step, provider, payload);
-    handle
-        .provider
-        .execute(&action)
-        .await
-        .map_err(|e| StepError {
-            message: format!("step `{}`: {}: {}", step.name, e.code, e.message),
-            retryable: e.retryable,
-        })
-}
-
-/// The action a step delivers: the origin's namespace and tenant; its id is the step's
-/// idempotency key.
-fn step_action(
-    run: &ChainRun,
-    step: &ChainStep,
-    provider: &str,
-    payload: serde_json::Value,
-) -> Action {
-    let mut metadata = run.origin.metadata.clone();
-    metadata.insert("chain_id".into(), run.chain_id.clone());
-    metadata.insert("chain_step".into(), step.name.clone());
-    Action {
-        id: format!("{}:{}:{}", run.chain_id, step.name, run.attempt),
-        namespace: run.origin.namespace.clone(),
-        tenant: run.origin.tenant.clone(),
-        provider: provider.to_owned(),
-        action_type: step
-            .action_type
-            .clone()
-            .unwrap_or_else(|| run.origin.action_type.clone()),
-        payload,
-        created_at: Some(chrono::Utc::now()),
-        metadata,
-        dedup_key: None,
-        status: None,
-        fingerprint: None,
     }
 }
 

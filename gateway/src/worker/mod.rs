@@ -11,6 +11,7 @@
 pub mod task;
 
 mod chain;
+mod chain_call;
 mod chain_step;
 mod group;
 mod notify_move;

@@ -27,6 +27,8 @@ fn config(hook: &Recorder) -> String {
         provider("pager", "/page"),
         provider("logbook", "/log"),
         provider("chat", "/notify"),
+        // Nothing listens on port 1: every call fails at once.
+        "---\napiVersion: acteon.dev/v1alpha1\nkind: Provider\nmetadata: {name: broken, namespace: ch}\nspec:\n  type: webhook\n  webhook: {url: \"http://127.0.0.1:1/x\"}\n  timeoutSeconds: 1\n  retry: {maxAttempts: 1}\n".to_owned(),
         // triage answers with what it was sent: the branch reads `body.severity`.
         r#"---
 apiVersion: acteon.dev/v1alpha1
@@ -59,6 +61,41 @@ spec:
   steps:
     - {name: first, provider: chat}
     - {name: later, provider: pager, delaySeconds: 60}
+  onCancel: {name: undo, provider: logbook, payloadTemplate: {undo: "{{chain_id}}"}}
+---
+apiVersion: acteon.dev/v1alpha1
+kind: Chain
+metadata: {name: fanout, namespace: ch}
+spec:
+  steps:
+    - name: both
+      parallel:
+        steps:
+          - {name: a, provider: triage, payloadTemplate: {x: "A-{{origin.payload.n}}"}}
+          - {name: b, provider: chat, payloadTemplate: {y: 1}}
+    - name: after
+      provider: logbook
+      payloadTemplate: {a: "{{prev.body.results.a.body.x}}", b: "{{steps.both.body.results.b.success}}"}
+    - name: either
+      parallel:
+        join: any
+        onFailure: bestEffort
+        steps: [{name: c, provider: broken}, {name: d, provider: pager}]
+    - name: all-of-them
+      onFailure: skip
+      retry: {maxAttempts: 1}
+      parallel:
+        steps: [{name: e, provider: broken}, {name: f, provider: chat}]
+    - name: end
+      provider: logbook
+      payloadTemplate: {all: "{{prev.success}}", any: "{{steps.either.success}}"}
+---
+apiVersion: acteon.dev/v1alpha1
+kind: Rule
+metadata: {name: start-fanout, namespace: ch}
+spec:
+  condition: {field: action.action_type, eq: fanout}
+  action: {type: chain, chain: fanout}
 ---
 apiVersion: acteon.dev/v1alpha1
 kind: Rule
@@ -343,6 +380,13 @@ async fn inspect_and_cancel(state_url: &str) {
         cluster.at("/page").iter().all(|r| chain_of(r) != slow),
         "no step after the cancel"
     );
+    let undone: Vec<Value> = cluster
+        .at("/log")
+        .into_iter()
+        .filter(|r| chain_of(r) == slow)
+        .map(|r| r.body)
+        .collect();
+    assert_eq!(undone, [json!({"undo": slow})], "onCancel ran once");
     assert_eq!(
         cancel(&slow).await.expect("answered").status().as_u16(),
         409
@@ -360,6 +404,52 @@ async fn inspect_and_cancel(state_url: &str) {
     assert_eq!(bad.status().as_u16(), 400);
 }
 
+/// Parallel steps: `join: all` waits for both calls and the next steps read each call's
+/// answer; `join: any` with `bestEffort` succeeds when one call does; a failed `all` step
+/// with `onFailure: skip` goes on with `success: false`.
+async fn parallel_steps(state_url: &str) {
+    let cluster = Cluster::start(state_url, 1).await;
+    let client = reqwest::Client::new();
+    let action = json!({"namespace": "ch", "tenant": "t", "provider": "chat", "action_type": "fanout", "payload": {"n": 7}});
+    let outcome = common::send_round_robin(&client, &cluster.bases(), vec![action]).await;
+    let chain_id = outcome[0]["ChainStarted"]["chain_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while cluster.at("/log").len() < 2 {
+        assert!(Instant::now() < deadline, "{:?}", cluster.at("/log"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let logged: Vec<Value> = cluster.at("/log").into_iter().map(|r| r.body).collect();
+    assert_eq!(
+        logged,
+        [
+            json!({"a": "A-7", "b": true}),
+            json!({"all": false, "any": true})
+        ]
+    );
+    let calls: BTreeSet<String> = cluster
+        .hook
+        .requests
+        .lock()
+        .iter()
+        .map(|r| {
+            r.headers["x-acteon-action-id"]
+                .to_str()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .collect();
+    // `f` may not be called: `all-of-them` fails fast when `e` fails.
+    for call in ["a", "b", "d"] {
+        assert!(
+            calls.contains(&format!("{chain_id}:{call}:0")),
+            "{call} called: {calls:?}"
+        );
+    }
+}
+
 fn redis_url() -> String {
     std::env::var("ACTEON_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
@@ -373,6 +463,7 @@ fn postgres_url() -> String {
 async fn memory_chains_branch_and_render() {
     run_chains("memory", 1, 50, false).await;
     inspect_and_cancel("memory").await;
+    parallel_steps("memory").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -380,6 +471,7 @@ async fn redis_chains_finish_when_a_gateway_is_killed() {
     run_chains(&redis_url(), 3, 100, false).await;
     run_chains(&redis_url(), 3, 500, true).await;
     inspect_and_cancel(&redis_url()).await;
+    parallel_steps(&redis_url()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -387,4 +479,5 @@ async fn postgres_chains_finish_when_a_gateway_is_killed() {
     run_chains(&postgres_url(), 3, 100, false).await;
     run_chains(&postgres_url(), 3, 500, true).await;
     inspect_and_cancel(&postgres_url()).await;
+    parallel_steps(&postgres_url()).await;
 }

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use super::{Accepted, Parsed, Problem, Run};
 use crate::compile::error::Kind;
 use crate::compile::limits::MAX_DELAY_SECONDS;
-use crate::crd::ChainSpec;
+use crate::crd::{ChainSpec, Parallel};
 
 const BRANCH_OPERATORS: &[&str] = &["eq", "ne", "gt", "gte", "lt", "lte", "contains", "exists"];
 const ON_FAILURE: &[&str] = &["abort", "skip", "dlq"];
@@ -29,6 +29,15 @@ pub(super) fn check(c: &Parsed<'_, ChainSpec>, accepted: &Accepted) -> Result<()
             format!("{t} is not between 1 and {MAX_DELAY_SECONDS} (7 days)"),
         ));
     }
+    if let Some(step) = &c.spec.on_cancel {
+        accepted.need(
+            Kind::Provider,
+            &c.scope,
+            &step.provider,
+            "spec.onCancel.provider".to_owned(),
+            "ProviderNotFound",
+        )?;
+    }
     let mut names = HashSet::new();
     for (i, step) in steps.iter().enumerate() {
         let at = format!("spec.steps[{i}]");
@@ -39,22 +48,34 @@ pub(super) fn check(c: &Parsed<'_, ChainSpec>, accepted: &Accepted) -> Result<()
                 format!("step name `{}` is used twice", step.name),
             ));
         }
-        match (&step.provider, &step.sub_chain) {
-            (Some(p), None) => accepted.need(
+        match (&step.provider, &step.sub_chain, &step.parallel) {
+            (Some(p), None, None) => accepted.need(
                 Kind::Provider,
                 &c.scope,
                 p,
                 format!("{at}.provider"),
                 "ProviderNotFound",
             )?,
-            (None, Some(_)) => {}
+            (None, Some(_), None) => {}
+            (None, None, Some(parallel)) => {
+                check_parallel(parallel, &format!("{at}.parallel"), c, accepted)?
+            }
             _ => {
                 return Err(Problem::new(
                     at,
                     "InvalidChain",
-                    "a step has exactly one of `provider` and `subChain`",
+                    "a step has exactly one of `provider`, `subChain` and `parallel`",
                 ));
             }
+        }
+        if let Some(retry) = &step.retry
+            && !(1..=10).contains(&retry.max_attempts)
+        {
+            return Err(Problem::new(
+                format!("{at}.retry.maxAttempts"),
+                "InvalidChain",
+                format!("{} is not between 1 and 10", retry.max_attempts),
+            ));
         }
         if let Some(on_failure) = &step.on_failure
             && !ON_FAILURE.contains(&on_failure.as_str())
@@ -113,6 +134,68 @@ pub(super) fn check(c: &Parsed<'_, ChainSpec>, accepted: &Accepted) -> Result<()
             "spec.steps",
             "CycleDetected",
             format!("steps loop back through `{step}`"),
+        ));
+    }
+    Ok(())
+}
+
+/// A `parallel` step: one or more calls with distinct names and known providers, a known
+/// join and failure mode.
+fn check_parallel(
+    parallel: &Parallel,
+    at: &str,
+    c: &Parsed<'_, ChainSpec>,
+    accepted: &Accepted,
+) -> Result<(), Problem> {
+    if parallel.steps.is_empty() {
+        return Err(Problem::new(
+            format!("{at}.steps"),
+            "InvalidChain",
+            "needs at least one step",
+        ));
+    }
+    let mut names = HashSet::new();
+    for (i, step) in parallel.steps.iter().enumerate() {
+        if !names.insert(step.name.as_str()) {
+            return Err(Problem::new(
+                format!("{at}.steps[{i}].name"),
+                "InvalidChain",
+                format!("step name `{}` is used twice", step.name),
+            ));
+        }
+        accepted.need(
+            Kind::Provider,
+            &c.scope,
+            &step.provider,
+            format!("{at}.steps[{i}].provider"),
+            "ProviderNotFound",
+        )?;
+    }
+    for (field, value, allowed) in [
+        ("join", &parallel.join, &["all", "any"][..]),
+        (
+            "onFailure",
+            &parallel.on_failure,
+            &["failFast", "bestEffort"][..],
+        ),
+    ] {
+        if let Some(v) = value
+            && !allowed.contains(&v.as_str())
+        {
+            return Err(Problem::new(
+                format!("{at}.{field}"),
+                "InvalidChain",
+                format!("`{v}` is not one of {}", allowed.join(", ")),
+            ));
+        }
+    }
+    if let Some(t) = parallel.timeout_seconds
+        && !(1..=MAX_DELAY_SECONDS).contains(&t)
+    {
+        return Err(Problem::new(
+            format!("{at}.timeoutSeconds"),
+            "InvalidChain",
+            format!("{t} is not between 1 and {MAX_DELAY_SECONDS} (7 days)"),
         ));
     }
     Ok(())
