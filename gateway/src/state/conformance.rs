@@ -2340,8 +2340,9 @@ fn append(key: &str, event: &str) -> GroupAppend {
     }
 }
 
-/// `advance_timer` replaces a claimed timer's payload and due time and ends the claim; a
-/// wrong or ended claim changes nothing.
+/// `advance_timer` replaces a claimed timer's payload and due time and ends the claim (or,
+/// held, keeps it: the timer goes to no one else though due); a wrong or ended claim
+/// changes nothing.
 pub async fn timers_advance_under_the_claim(store: Arc<dyn StateStore>, prefix: &str) {
     const C: &str = "timers_advance_under_the_claim";
     let _serial = TIMER_CHECKS.lock().await;
@@ -2350,7 +2351,7 @@ pub async fn timers_advance_under_the_claim(store: Arc<dyn StateStore>, prefix: 
     let advance = |claim: String, due: u64, payload: &'static str| {
         let id = id.clone();
         async move {
-            s.advance_timer(&id, &claim, due, payload.as_bytes().to_vec())
+            s.advance_timer(&id, &claim, due, payload.as_bytes().to_vec(), None)
                 .await
         }
     };
@@ -2362,6 +2363,21 @@ pub async fn timers_advance_under_the_claim(store: Arc<dyn StateStore>, prefix: 
     let claimed = claim_ours(s, C, unix_ms() + 1_000, prefix).await;
     assert_eq!(claimed.len(), 1, "conformance[{C}]: the timer is due");
     let claim = claimed[0].claim.clone();
+    let now = unix_ms();
+    let held = s.advance_timer(&id, &claim, now, b"held".to_vec(), Some(LONG));
+    assert!(
+        ok(C, "advance_timer", held.await),
+        "conformance[{C}]: advanced, holding the claim"
+    );
+    assert!(
+        claim_ours(s, C, unix_ms() + 1_000, prefix).await.is_empty(),
+        "conformance[{C}]: a held timer goes to no one else, though due"
+    );
+    assert_eq!(
+        ok(C, "get_timer", s.get_timer(&id).await),
+        Some((now, b"held".to_vec())),
+        "conformance[{C}]: the held step's payload"
+    );
     let later = unix_ms() + 3_600_000;
     assert!(
         !ok(

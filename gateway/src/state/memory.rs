@@ -1270,11 +1270,16 @@ impl StateStore for MemoryStore {
         claim: &str,
         due_unix_ms: u64,
         payload: Vec<u8>,
+        hold: Option<Duration>,
     ) -> Result<bool, StateError> {
         let mut timers = self.timers.lock();
         let owned = timers.claimed_by(id, claim);
         if owned {
             timers.put(id, due_unix_ms, payload);
+            if let Some(lease) = hold {
+                let until = unix_ms().saturating_add(ms(lease));
+                timers.update(id, due_unix_ms, Some((claim.to_owned(), until)));
+            }
         }
         Ok(owned)
     }

@@ -274,17 +274,20 @@ pub trait StateStore: Send + Sync + 'static {
         Err(self.unsupported("reading timers"))
     }
 
-    /// Replaces a claimed timer's payload and due time in one step, the claim ending (the
-    /// next step of a task that moves on: a chain's next step); false, with nothing
-    /// changed, if the claim was lost (as for [`StateStore::complete_timer`]).
+    /// Replaces a claimed timer's payload and due time in one step (the next step of a task
+    /// that moves on: a chain's next step); false, with nothing changed, if the claim was
+    /// lost (as for [`StateStore::complete_timer`]). The claim ends, unless `hold` is given:
+    /// then it is kept, its lease renewed to `hold` from now, so the caller may run the
+    /// next step itself at once (if it dies, the timer is claimable when the lease ends).
     async fn advance_timer(
         &self,
         id: &str,
         claim: &str,
         due_unix_ms: u64,
         payload: Vec<u8>,
+        hold: Option<Duration>,
     ) -> Result<bool, StateError> {
-        let _ = (id, claim, due_unix_ms, payload);
+        let _ = (id, claim, due_unix_ms, payload, hold);
         Err(self.unsupported("advancing timers"))
     }
 

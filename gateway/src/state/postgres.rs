@@ -1380,17 +1380,22 @@ impl StateStore for PostgresStore {
         claim: &str,
         due_unix_ms: u64,
         payload: Vec<u8>,
+        hold: Option<Duration>,
     ) -> Result<bool, StateError> {
         let due = i64::try_from(due_unix_ms).unwrap_or(i64::MAX);
+        // Held: the claim stays, its lease renewed on the database clock; else it ends.
         self.run("advance_timer", async |conn: &mut PgConnection| {
             sqlx::query(
-                "UPDATE acteon_timers SET due_ms = $3, payload = $4, claim = NULL, lease_until = NULL \
+                "UPDATE acteon_timers SET due_ms = $3, payload = $4, \
+                 claim = CASE WHEN $5::bigint IS NULL THEN NULL ELSE claim END, \
+                 lease_until = acteon_now_ms() + $5::bigint \
                  WHERE id = $1 AND claim = $2",
             )
             .bind(id)
             .bind(claim)
             .bind(due)
             .bind(&payload)
+            .bind(hold.map(ms))
             .execute(conn)
             .await
             .map(|r| r.rows_affected() > 0)

@@ -277,13 +277,19 @@ redis.call('DEL', KEYS[2])
 return 1
 ";
 
-/// KEYS: timer set, timer hash. ARGV: id, claim, due, payload. The claimed timer gets the
-/// new due time and payload, unclaimed.
+/// KEYS: timer set, timer hash. ARGV: id, claim, due, payload, lease end ('' = none). The
+/// claimed timer gets the new due time and payload, unclaimed; or, with a lease end, still
+/// claimed and scored at that end (claimable by others only then).
 const ADVANCE_TIMER: &str = r"
 if redis.call('HGET', KEYS[2], 'c') ~= ARGV[2] then return 0 end
 redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[2], 'p', ARGV[4], 'd', ARGV[3])
-redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+if ARGV[5] == '' then
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+else
+  redis.call('HSET', KEYS[2], 'c', ARGV[2])
+  redis.call('ZADD', KEYS[1], math.max(tonumber(ARGV[3]), tonumber(ARGV[5])), ARGV[1])
+end
 return 1
 ";
 
@@ -1349,7 +1355,9 @@ impl StateStore for RedisStore {
         claim: &str,
         due_unix_ms: u64,
         payload: Vec<u8>,
+        hold: Option<Duration>,
     ) -> Result<bool, StateError> {
+        let until = hold.map(|lease| (super::unix_ms() + ms(lease)).to_string());
         let n: i64 = self
             .scripts
             .advance_timer
@@ -1359,6 +1367,7 @@ impl StateStore for RedisStore {
             .arg(claim)
             .arg(due_unix_ms)
             .arg(payload)
+            .arg(until.unwrap_or_default())
             .invoke_async(&mut self.conn())
             .await
             .map_err(unavailable)?;

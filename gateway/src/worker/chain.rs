@@ -1,5 +1,7 @@
 //! A chain's step is due: it is delivered, and the run moves on — its result recorded and
-//! the next step scheduled in one owner-checked call (`advance_timer`), or the run ends.
+//! the next step scheduled in one owner-checked call (`advance_timer`), or the run ends. A
+//! next step due at once is run by the same task under the same claim (held: its lease
+//! renewed in that call), up to [`STEPS_PER_CLAIM`] in a row: one backend call per step.
 //!
 //! Exactly once per step while claims hold: a step is recorded only under the claim that
 //! ran it; a replica that dies mid-step leaves the claim to expire and the step runs again
@@ -29,35 +31,72 @@ const STEP_BACKOFF: Duration = Duration::from_secs(1);
 /// Sub-chains nested deeper than this fail the step that would start one.
 const MAX_SUB_CHAIN_DEPTH: usize = 8;
 
+/// Steps one claim runs at most in a row (those due at once), before the run goes back to
+/// the timers for any replica to take.
+const STEPS_PER_CLAIM: usize = 32;
+
+/// What running one step left to do.
+enum Step {
+    /// The next step is due now and this task holds the claim: run it.
+    Next(Box<ChainRun>),
+    Done(Done),
+}
+
+impl From<Done> for Step {
+    fn from(done: Done) -> Step {
+        Step::Done(done)
+    }
+}
+
+/// Runs the run's due step, and the steps after it that are due at once under the same
+/// claim (held `lease` at a time, so a replica dying in between leaves them to the next).
 pub(super) async fn advance(
     gateway: &Gateway,
     mut run: Box<ChainRun>,
     timer: &ClaimedTimer,
+    lease: Duration,
 ) -> Done {
     observe_lateness(gateway, "advance_chain", timer.due_ms);
+    for round in 1..=STEPS_PER_CLAIM {
+        let hold = (round < STEPS_PER_CLAIM).then_some(lease);
+        match step_once(gateway, run, timer, hold).await {
+            Step::Next(next) => run = next,
+            Step::Done(done) => return done,
+        }
+    }
+    // The last round holds nothing: it always ends in `Done`.
+    Done::Settled
+}
+
+async fn step_once(
+    gateway: &Gateway,
+    mut run: Box<ChainRun>,
+    timer: &ClaimedTimer,
+    hold: Option<Duration>,
+) -> Step {
     let rt = gateway.config.load();
     if !rt.loaded {
-        return Done::Retry("no configuration snapshot yet".into());
+        return Done::Retry("no configuration snapshot yet".into()).into();
     }
     if run.cancelled {
         on_cancel(&rt, &run).await;
-        return finish(gateway, &run, "cancelled").await;
+        return finish(gateway, &run, "cancelled").await.into();
     }
     if unix_ms() >= run.deadline_ms {
-        return finish(gateway, &run, "timed_out").await;
+        return finish(gateway, &run, "timed_out").await.into();
     }
     let Some(step) = run.definition.steps.get(run.step).cloned() else {
-        return finish(gateway, &run, "completed").await;
+        return finish(gateway, &run, "completed").await.into();
     };
     if let Some(name) = &step.sub_chain {
         return match enter_sub_chain(&rt, &mut run, name) {
             Ok(()) => {
                 let due = unix_ms() + delay_ms(&run);
-                move_on(gateway, run, timer, due).await
+                move_on(gateway, run, timer, due, hold).await
             }
             Err(error) => {
                 let failed = step_result(&step, &run, Err(error));
-                settle(gateway, run, timer, failed).await
+                settle(gateway, run, timer, failed, hold).await
             }
         };
     }
@@ -89,13 +128,13 @@ pub(super) async fn advance(
     if label == "retry" {
         run.attempt += 1;
         let due = unix_ms() + (backoff * run.attempt).as_millis() as u64;
-        return move_on(gateway, run, timer, due).await;
+        return move_on(gateway, run, timer, due, None).await;
     }
     let result = step_result(&step, &run, outcome.map_err(|e| e.message));
     if let Some(error) = &result.error {
         tracing::warn!(chain = %run.chain, chain_id = %run.chain_id, step = %step.name, %error, "chain step failed");
     }
-    settle(gateway, run, timer, result).await
+    settle(gateway, run, timer, result, hold).await
 }
 
 /// The step's attempts in all and the pause unit between them.
@@ -183,7 +222,8 @@ async fn settle(
     mut run: Box<ChainRun>,
     timer: &ClaimedTimer,
     mut result: StepResult,
-) -> Done {
+    hold: Option<Duration>,
+) -> Step {
     loop {
         let skips = run
             .definition
@@ -202,11 +242,11 @@ async fn settle(
             run.step = index;
             run.attempt = 0;
             let due = unix_ms() + delay_ms(&run);
-            return move_on(gateway, run, timer, due).await;
+            return move_on(gateway, run, timer, due, hold).await;
         }
         let Some(parent) = run.parents.pop() else {
             let event = if chain_failed { "failed" } else { "completed" };
-            return finish(gateway, &run, event).await;
+            return finish(gateway, &run, event).await.into();
         };
         // The sub-chain ended: it is the result of its step in the parent.
         let sub_steps = run.results.len() - parent.results_before;
@@ -234,21 +274,32 @@ async fn settle(
     }
 }
 
-/// Records the run and schedules its next step at `due`, under this claim.
-async fn move_on(gateway: &Gateway, run: Box<ChainRun>, timer: &ClaimedTimer, due: u64) -> Done {
-    let payload = Task::AdvanceChain(run).encode();
+/// Records the run and schedules its next step at `due`, under this claim: held (and run
+/// here next) when it is due at once and `hold` is given, else left to the timers.
+async fn move_on(
+    gateway: &Gateway,
+    run: Box<ChainRun>,
+    timer: &ClaimedTimer,
+    due: u64,
+    hold: Option<Duration>,
+) -> Step {
+    let hold = hold.filter(|_| due <= unix_ms());
+    let task = Task::AdvanceChain(run);
     let call = gateway
         .state
-        .advance_timer(&timer.id, &timer.claim, due, payload);
+        .advance_timer(&timer.id, &timer.claim, due, task.encode(), hold);
     match gateway.state_call(call).await {
-        Ok(true) => Done::Settled,
+        Ok(true) => match (hold, task) {
+            (Some(_), Task::AdvanceChain(run)) => Step::Next(run),
+            _ => Done::Settled.into(),
+        },
         Ok(false) => {
             gateway.metrics.worker_claims_lost.inc();
             tracing::warn!(timer = %timer.id, "chain claim lost after a step: another replica may run it again");
-            Done::Settled
+            Done::Settled.into()
         }
         // The step ran but is not recorded: it runs again after the lease.
-        Err(e) => e.into(),
+        Err(e) => Done::from(e).into(),
     }
 }
 

@@ -229,7 +229,9 @@ impl Worker {
             Task::FlushGroup(t) => group::flush(&self.gateway, t, timer).await,
             Task::StateTimeout(t) => state_timeout::fire(&self.gateway, t, &timer.id).await,
             Task::NotifyMove(t) => notify_move::send(&self.gateway, t).await,
-            Task::AdvanceChain(run) => chain::advance(&self.gateway, run, timer).await,
+            Task::AdvanceChain(run) => {
+                chain::advance(&self.gateway, run, timer, self.options.lease).await
+            }
         }
     }
 

@@ -168,9 +168,10 @@ impl StateStore for Counting {
         claim: &str,
         due_unix_ms: u64,
         payload: Vec<u8>,
+        hold: Option<Duration>,
     ) -> Result<bool, StateError> {
         self.inner
-            .advance_timer(id, claim, due_unix_ms, payload)
+            .advance_timer(id, claim, due_unix_ms, payload, hold)
             .await
     }
 }

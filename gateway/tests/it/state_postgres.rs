@@ -267,9 +267,10 @@ impl StateStore for Slotted {
         claim: &str,
         due_unix_ms: u64,
         payload: Vec<u8>,
+        hold: Option<Duration>,
     ) -> Result<bool, StateError> {
         self.store
-            .advance_timer(id, claim, due_unix_ms, payload)
+            .advance_timer(id, claim, due_unix_ms, payload, hold)
             .await
     }
 }
