@@ -79,6 +79,8 @@ enum Scenario {
     Grouped,
     Scheduled,
     ScheduledSoon,
+    /// Each dispatch starts a chain (`chains.sh`).
+    Chained,
 }
 
 impl Scenario {
@@ -90,6 +92,7 @@ impl Scenario {
             Scenario::Grouped => "grouped",
             Scenario::Scheduled => "scheduled",
             Scenario::ScheduledSoon => "scheduled-soon",
+            Scenario::Chained => "chained",
         }
     }
 
@@ -101,6 +104,7 @@ impl Scenario {
             Scenario::Grouped => std::slice::from_ref(&GROUPED),
             Scenario::Scheduled => std::slice::from_ref(&SCHEDULED),
             Scenario::ScheduledSoon => std::slice::from_ref(&SCHEDULED_SOON),
+            Scenario::Chained => std::slice::from_ref(&CHAINED),
         }
     }
 }
@@ -167,6 +171,11 @@ const SCHEDULED: Kind = Kind {
 };
 const SCHEDULED_SOON: Kind = Kind {
     action_type: "scheduled-soon",
+    provider: "noop-a",
+    dedup: Dedup::No,
+};
+const CHAINED: Kind = Kind {
+    action_type: "chained",
     provider: "noop-a",
     dedup: Dedup::No,
 };
