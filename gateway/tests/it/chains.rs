@@ -65,6 +65,22 @@ spec:
 ---
 apiVersion: acteon.dev/v1alpha1
 kind: Chain
+metadata: {name: late, namespace: ch}
+spec:
+  timeoutSeconds: 1
+  steps:
+    - {name: first, provider: chat}
+    - {name: second, provider: pager, delaySeconds: 2}
+---
+apiVersion: acteon.dev/v1alpha1
+kind: Rule
+metadata: {name: start-late, namespace: ch}
+spec:
+  condition: {field: action.action_type, eq: late}
+  action: {type: chain, chain: late}
+---
+apiVersion: acteon.dev/v1alpha1
+kind: Chain
 metadata: {name: fanout, namespace: ch}
 spec:
   steps:
@@ -262,7 +278,8 @@ async fn run_chains(state_url: &str, replicas: usize, n: usize, kill: bool) {
                     assert_eq!(r.body, json!({"ticket": ticket, "n": i}));
                 }
                 "/notify" => {
-                    let step = if i % 2 == 0 { 3 } else { 3 };
+                    // Both paths reach `notify`, the fourth step (index 3).
+                    let step = 3;
                     assert_eq!(
                         r.body,
                         json!({"text": format!("true for {ticket}"), "step": step})
@@ -302,8 +319,8 @@ async fn inspect_and_cancel(state_url: &str) {
     let start = |action_type: &str| json!({"namespace": "ch", "tenant": "t", "provider": "chat", "action_type": action_type, "payload": {"severity": "high", "n": 7}});
     let outcomes = common::send_round_robin(
         &client,
-        &[base.clone()],
-        vec![start("incident"), start("slow")],
+        std::slice::from_ref(&base),
+        vec![start("incident"), start("slow"), start("late")],
     )
     .await;
     let id = |o: &Value| {
@@ -312,7 +329,7 @@ async fn inspect_and_cancel(state_url: &str) {
             .expect("id")
             .to_owned()
     };
-    let (done, slow) = (id(&outcomes[0]), id(&outcomes[1]));
+    let (done, slow, late) = (id(&outcomes[0]), id(&outcomes[1]), id(&outcomes[2]));
     let get = |chain_id: String| {
         let client = client.clone();
         let url = format!("{base}/v1/chains/{chain_id}?namespace=ch&tenant=t");
@@ -396,6 +413,26 @@ async fn inspect_and_cancel(state_url: &str) {
         404
     );
     assert_eq!(get("nope".into()).await.0, 404);
+    // `late` runs out of time before its delayed second step.
+    loop {
+        let (_, body) = get(late.clone()).await;
+        if body["status"] == "timed_out" {
+            let names: Vec<&str> = body["steps"]
+                .as_array()
+                .expect("steps")
+                .iter()
+                .map(|s| s["name"].as_str().unwrap_or(""))
+                .collect();
+            assert_eq!(names, ["first"], "{body}");
+            break;
+        }
+        assert!(Instant::now() < deadline + Duration::from_secs(5), "{body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        cluster.at("/page").iter().all(|r| chain_of(r) != late),
+        "no step after the timeout"
+    );
     let bad = client
         .get(format!("{base}/v1/chains/x?namespace=Bad%20NS&tenant=t"))
         .send()

@@ -161,7 +161,7 @@ fn check_event_in_state(
             Kind::StateMachine,
             scope,
             machine,
-            &format!("{at}.args[0]"),
+            format!("{at}.args[0]"),
             "StateMachineNotFound",
         )?;
     }
