@@ -518,3 +518,97 @@ async fn postgres_chains_finish_when_a_gateway_is_killed() {
     inspect_and_cancel(&postgres_url()).await;
     parallel_steps(&postgres_url()).await;
 }
+
+/// Editing a Chain while runs are under way: the runs started before keep the definition
+/// they started with (its second step's payload and provider), runs started after use the
+/// new one; deleting the Chain does not stop a run either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn running_chains_keep_the_definition_they_started_with() {
+    use acteon_api::compile::{CompileOptions, compile, parse_text};
+    use acteon_gateway::config::Runtime;
+    use std::sync::Arc;
+
+    let hook = Recorder::start().await;
+    let yaml = |version: &str, chain: bool| {
+        let provider = |name: &str, path: &str| {
+            format!(
+                "---\napiVersion: acteon.dev/v1alpha1\nkind: Provider\nmetadata: {{name: {name}, namespace: ch}}\nspec:\n  type: webhook\n  webhook: {{url: \"{}\"}}\n",
+                hook.url(path)
+            )
+        };
+        let target = if version == "old" { "chat" } else { "pager" };
+        let chain_doc = format!(
+            "---\napiVersion: acteon.dev/v1alpha1\nkind: Chain\nmetadata: {{name: edited, namespace: ch}}\nspec:\n  steps:\n    - {{name: first, provider: chat, payloadTemplate: {{v: {version}}}}}\n    - {{name: second, provider: {target}, delaySeconds: 1, payloadTemplate: {{v: {version}}}}}\n"
+        );
+        let rule = "---\napiVersion: acteon.dev/v1alpha1\nkind: Rule\nmetadata: {name: start, namespace: ch}\nspec:\n  condition: {field: action.action_type, eq: go}\n  action: {type: chain, chain: edited}\n";
+        let chain_doc = if chain { chain_doc } else { String::new() };
+        [
+            provider("chat", "/notify"),
+            provider("pager", "/page"),
+            chain_doc,
+            rule.to_owned(),
+        ]
+        .concat()
+    };
+    let runtime = |text: String| {
+        let docs = parse_text("test.yaml", &text).expect("parses");
+        // Without the Chain, its rule is rejected and left out: nothing new starts.
+        let compiled = compile(&docs, &CompileOptions::default());
+        Runtime::build(compiled.snapshot, &reqwest::Client::new(), None).expect("builds")
+    };
+    let gw = Arc::new(common::gateway(&yaml("old", true)));
+    let worker = acteon_gateway::worker::spawn(
+        gw.clone(),
+        acteon_gateway::worker::WorkerOptions {
+            poll_interval: Duration::from_millis(50),
+            ..Default::default()
+        },
+    );
+    let go = || {
+        common::action(
+            json!({"namespace": "ch", "tenant": "t", "provider": "chat", "action_type": "go", "payload": {}}),
+        )
+    };
+    for _ in 0..100 {
+        assert!(matches!(
+            gw.dispatch(go(), false).await,
+            Ok(acteon_gateway::outcome::ActionOutcome::ChainStarted { .. })
+        ));
+    }
+    // Edited while the 100 runs wait for their second step, then deleted and restored.
+    gw.config.swap(runtime(yaml("new", true)));
+    for _ in 0..50 {
+        assert!(matches!(
+            gw.dispatch(go(), false).await,
+            Ok(acteon_gateway::outcome::ActionOutcome::ChainStarted { .. })
+        ));
+    }
+    gw.config.swap(runtime(yaml("new", false)));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while hook.requests.lock().len() < 300 {
+        assert!(
+            Instant::now() < deadline,
+            "{} of 300 steps",
+            hook.requests.lock().len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let at = |path: &str, v: &str| {
+        hook.requests
+            .lock()
+            .iter()
+            .filter(|r| r.path == path && r.body == json!({"v": v}))
+            .count()
+    };
+    assert_eq!(
+        (at("/notify", "old"), at("/notify", "new")),
+        (200, 50),
+        "old runs: both steps to chat; new runs: first step"
+    );
+    assert_eq!(
+        (at("/page", "new"), at("/page", "old")),
+        (50, 0),
+        "new runs' second step goes to pager"
+    );
+    worker.stop().await;
+}
