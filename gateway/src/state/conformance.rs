@@ -97,6 +97,7 @@ macro_rules! __state_conformance_checks {
             timers_claim_lease_complete,
             timers_concurrent_claims_exactly_once,
             timers_advance_under_the_claim,
+            timers_listed_by_prefix,
             defer_stopped_gate_writes_nothing,
             defer_passing_gates_write_all,
             defer_check_mode_makes_deferrals_only,
@@ -2431,6 +2432,91 @@ pub async fn timers_advance_under_the_claim(store: Arc<dyn StateStore>, prefix: 
         "complete_timer",
         s.complete_timer(&id, &again[0].claim).await
     ));
+}
+
+/// `list_timers` lists the timers of an id prefix in id order, claimed or not, pages after
+/// a given id, honours the limit, and forgets completed timers; a prefix with LIKE or glob
+/// characters is taken literally.
+pub async fn timers_listed_by_prefix(store: Arc<dyn StateStore>, prefix: &str) {
+    const C: &str = "timers_listed_by_prefix";
+    let _serial = TIMER_CHECKS.lock().await;
+    let s = &*store;
+    let later = unix_ms() + 3_600_000;
+    let list = |p: String, after: Option<String>, limit: usize| async move {
+        let found = ok(
+            C,
+            "list_timers",
+            s.list_timers(&p, after.as_deref(), limit).await,
+        );
+        found.into_iter().map(|t| t.id).collect::<Vec<_>>()
+    };
+    let ids: Vec<String> = ["a%b:3", "a%b:1", "a%b:2", "a_b:1", "a%c:1"]
+        .iter()
+        .map(|k| format!("{prefix}list:{k}"))
+        .collect();
+    for (i, id) in ids.iter().enumerate() {
+        let payload = format!("p{i}").into_bytes();
+        ok(
+            C,
+            "schedule_timer",
+            s.schedule_timer(id, later + i as u64, payload).await,
+        );
+    }
+    let p = format!("{prefix}list:a%b:");
+    let all = list(p.clone(), None, 10).await;
+    assert_eq!(
+        all,
+        [ids[1].clone(), ids[2].clone(), ids[0].clone()],
+        "conformance[{C}]: in id order, literal prefix"
+    );
+    let listed = ok(C, "list_timers", s.list_timers(&p, None, 1).await);
+    assert_eq!(
+        listed
+            .iter()
+            .map(|t| (t.id.as_str(), t.due_ms, t.payload.as_slice()))
+            .collect::<Vec<_>>(),
+        [(ids[1].as_str(), later + 1, b"p1".as_slice())],
+        "conformance[{C}]: id, due time and payload, at most the limit"
+    );
+    assert_eq!(
+        list(p.clone(), Some(ids[1].clone()), 10).await,
+        [ids[2].clone(), ids[0].clone()],
+        "conformance[{C}]: the page after an id"
+    );
+    ok(
+        C,
+        "schedule_timer",
+        s.schedule_timer(&ids[2], unix_ms(), b"due".to_vec()).await,
+    );
+    let claimed = claim_ours(s, C, unix_ms() + 1_000, prefix).await;
+    assert_eq!(claimed.len(), 1, "conformance[{C}]: the due one is claimed");
+    assert_eq!(
+        list(p.clone(), None, 10).await,
+        [ids[1].clone(), ids[2].clone(), ids[0].clone()],
+        "conformance[{C}]: a claimed timer is still listed"
+    );
+    assert!(ok(
+        C,
+        "complete_timer",
+        s.complete_timer(&ids[2], &claimed[0].claim).await
+    ));
+    assert_eq!(
+        list(p.clone(), None, 10).await,
+        [ids[1].clone(), ids[0].clone()],
+        "conformance[{C}]: a completed timer is not"
+    );
+    assert!(list(format!("{prefix}list:zz"), None, 10).await.is_empty());
+    // Leave nothing due behind for other timer checks.
+    for id in [&ids[0], &ids[1], &ids[3], &ids[4]] {
+        ok(
+            C,
+            "schedule_timer",
+            s.schedule_timer(id, unix_ms(), Vec::new()).await,
+        );
+    }
+    for t in claim_ours(s, C, unix_ms() + 1_000, prefix).await {
+        ok(C, "complete_timer", s.complete_timer(&t.id, &t.claim).await);
+    }
 }
 
 /// Repeat interval of the repeating group checks.

@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 
 use super::{
     ClaimedTimer, DedupConfirm, DeferResult, Deferral, EventInfo, Gate, GateMode, GateResult,
-    GroupBatch, GroupInfo, StateAnswers, StateError, StateRead, StateStore, Versioned,
+    GroupBatch, GroupInfo, ListedTimer, StateAnswers, StateError, StateRead, StateStore, Versioned,
 };
 
 /// First and longest pause between connection attempts.
@@ -225,6 +225,15 @@ impl StateStore for LazyStore {
 
     async fn get_timer(&self, id: &str) -> Result<Option<(u64, Vec<u8>)>, StateError> {
         self.store()?.get_timer(id).await
+    }
+
+    async fn list_timers(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ListedTimer>, StateError> {
+        self.store()?.list_timers(prefix, after, limit).await
     }
 
     async fn advance_timer(

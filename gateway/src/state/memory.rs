@@ -34,8 +34,9 @@ use smallvec::SmallVec;
 
 use super::{
     ClaimedTimer, DedupConfirm, DeferResult, Deferral, EventInfo, Gate, GateMode, GateResult,
-    GateStop, GroupAppend, GroupBatch, GroupInfo, MAX_GROUP_FINGERPRINTS, StateAnswers, StateError,
-    StateRead, StateStore, Transition, TransitionResult, Versioned, dedup_token_time, unix_ms,
+    GateStop, GroupAppend, GroupBatch, GroupInfo, ListedTimer, MAX_GROUP_FINGERPRINTS,
+    StateAnswers, StateError, StateRead, StateStore, Transition, TransitionResult, Versioned,
+    dedup_token_time, unix_ms,
 };
 
 /// Source of "now" in Unix milliseconds; tests inject a manual clock.
@@ -1262,6 +1263,29 @@ impl StateStore for MemoryStore {
     async fn get_timer(&self, id: &str) -> Result<Option<(u64, Vec<u8>)>, StateError> {
         let timers = self.timers.lock();
         Ok(timers.timers.get(id).map(|t| (t.due_ms, t.payload.clone())))
+    }
+
+    async fn list_timers(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ListedTimer>, StateError> {
+        let timers = self.timers.lock();
+        let mut found: Vec<ListedTimer> = timers
+            .timers
+            .iter()
+            .filter(|(id, _)| id.starts_with(prefix) && after.is_none_or(|a| id.as_str() > a))
+            .map(|(id, t)| ListedTimer {
+                id: id.clone(),
+                due_ms: t.due_ms,
+                payload: t.payload.clone(),
+            })
+            .collect();
+        drop(timers);
+        found.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        found.truncate(limit);
+        Ok(found)
     }
 
     async fn advance_timer(

@@ -274,6 +274,19 @@ pub trait StateStore: Send + Sync + 'static {
         Err(self.unsupported("reading timers"))
     }
 
+    /// Timers whose id starts with `prefix`, claimed or not, in id order, at most `limit`,
+    /// from just after the id `after` when given (keyset paging): what `GET /v1/chains`
+    /// lists.
+    async fn list_timers(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ListedTimer>, StateError> {
+        let _ = (prefix, after, limit);
+        Err(self.unsupported("listing timers"))
+    }
+
     /// Replaces a claimed timer's payload and due time in one step (the next step of a task
     /// that moves on: a chain's next step); false, with nothing changed, if the claim was
     /// lost (as for [`StateStore::complete_timer`]). The claim ends, unless `hold` is given:
@@ -396,6 +409,14 @@ async fn check_by_reads<S: StateStore + ?Sized>(
 }
 
 /// Wall-clock milliseconds since the Unix epoch.
+/// A timer as [`StateStore::list_timers`] reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListedTimer {
+    pub id: String,
+    pub due_ms: u64,
+    pub payload: Vec<u8>,
+}
+
 pub fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -57,8 +57,8 @@ pub use batch::{GateBatchCounts, GateBatches};
 
 use super::{
     ClaimedTimer, DedupConfirm, DeferResult, Deferral, EventInfo, Gate, GateMode, GateResult,
-    GateStop, GroupAppend, GroupBatch, GroupInfo, StateAnswers, StateError, StateRead, StateStore,
-    TimerWrite, Transition, TransitionResult, Versioned,
+    GateStop, GroupAppend, GroupBatch, GroupInfo, ListedTimer, StateAnswers, StateError, StateRead,
+    StateStore, TimerWrite, Transition, TransitionResult, Versioned,
 };
 
 /// Table that records the applied migrations (in the installation's schema).
@@ -1372,6 +1372,38 @@ impl StateStore for PostgresStore {
             })
             .await?;
         Ok(row.map(|(due, payload)| (due.max(0) as u64, payload)))
+    }
+
+    async fn list_timers(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ListedTimer>, StateError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let after = after.filter(|a| *a >= prefix).unwrap_or(prefix);
+        let rows: Vec<(String, i64, Vec<u8>)> = self
+            .run("list_timers", async |conn: &mut PgConnection| {
+                sqlx::query_as(
+                    "SELECT id, due_ms, payload FROM acteon_timers \
+                     WHERE id >= $1 AND starts_with(id, $1) AND (id > $2 OR $2 = $1) \
+                     ORDER BY id LIMIT $3",
+                )
+                .bind(prefix)
+                .bind(after)
+                .bind(limit)
+                .fetch_all(conn)
+                .await
+            })
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, due, payload)| ListedTimer {
+                id,
+                due_ms: due.max(0) as u64,
+                payload,
+            })
+            .collect())
     }
 
     async fn advance_timer(

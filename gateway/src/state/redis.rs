@@ -29,8 +29,8 @@ use redis::{Script, ScriptInvocation, Value};
 
 use super::{
     ClaimedTimer, DedupConfirm, DeferResult, Deferral, EventInfo, Gate, GateMode, GateResult,
-    GateStop, GroupAppend, GroupBatch, GroupInfo, StateAnswers, StateError, StateRead, StateStore,
-    Transition, TransitionResult, Versioned,
+    GateStop, GroupAppend, GroupBatch, GroupInfo, ListedTimer, StateAnswers, StateError, StateRead,
+    StateStore, Transition, TransitionResult, Versioned,
 };
 
 /// The check loop shared by [`APPLY_GATES`] and [`CHECK_GATES`]. Four ARGV per gate:
@@ -176,7 +176,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 macro_rules! parked_lua {
     () => {
         r"
-local TZ = P .. 'tm:due'
+local TZ, TX = P .. 'tm:due', P .. 'tm:x'
 -- Most fingerprints a repeating group remembers (MAX_GROUP_FINGERPRINTS).
 local MAX_FPS = 1000
 local GX, GY, SX, SY = P .. 'gx:', P .. 'gy:', P .. 'sx:', P .. 'sy:'
@@ -189,6 +189,7 @@ local function timer_put(id, due, payload)
   redis.call('DEL', h)
   redis.call('HSET', h, 'p', payload, 'd', due)
   redis.call('ZADD', TZ, due, id)
+  redis.call('ZADD', TX, 0, id)
 end
 -- Moves a timer to `due`, unclaimed, payload kept.
 local function timer_rearm(id, due)
@@ -199,6 +200,7 @@ local function timer_rearm(id, due)
 end
 local function timer_del(id)
   redis.call('ZREM', TZ, id)
+  redis.call('ZREM', TX, id)
   redis.call('DEL', th(id))
 end
 
@@ -241,11 +243,12 @@ end
     };
 }
 
-/// KEYS: timer set, timer hash. ARGV: id, due, payload.
+/// KEYS: timer set, timer hash, timer id index. ARGV: id, due, payload.
 const SCHEDULE_TIMER: &str = r"
 redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[2], 'p', ARGV[3], 'd', ARGV[2])
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[3], 0, ARGV[1])
 return 1
 ";
 
@@ -269,10 +272,11 @@ end
 return out
 ";
 
-/// KEYS: timer set, timer hash. ARGV: id, claim.
+/// KEYS: timer set, timer hash, timer id index. ARGV: id, claim.
 const COMPLETE_TIMER: &str = r"
 if redis.call('HGET', KEYS[2], 'c') ~= ARGV[2] then return 0 end
 redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('DEL', KEYS[2])
 return 1
 ";
@@ -306,6 +310,31 @@ for i = 2, #ARGV, 2 do
   end
 end
 return n
+";
+
+/// KEYS: timer id index. ARGV: timer hash prefix, lex min, lex max, limit. Returns (id,
+/// due ms, payload) per live timer in the range, in id order; index entries whose timer is
+/// gone are dropped on the way.
+const LIST_TIMERS: &str = r"
+local min, max, limit = ARGV[2], ARGV[3], tonumber(ARGV[4])
+local out, found = {}, 0
+while found < limit do
+  local ids = redis.call('ZRANGEBYLEX', KEYS[1], min, max, 'LIMIT', 0, limit - found)
+  if #ids == 0 then break end
+  for _, id in ipairs(ids) do
+    local f = redis.call('HMGET', ARGV[1] .. id, 'p', 'd')
+    if f[1] then
+      out[#out + 1] = id
+      out[#out + 1] = f[2] or '0'
+      out[#out + 1] = f[1]
+      found = found + 1
+    else
+      redis.call('ZREM', KEYS[1], id)
+    end
+  end
+  min = '(' .. ids[#ids]
+end
+return out
 ";
 
 /// Gates and deferrals in one step: the gates of `run_gates` (KEYS and four ARGV each),
@@ -683,6 +712,7 @@ struct Scripts {
     flush_begin: Script,
     flush_end: Script,
     list_parked: Script,
+    list_timers: Script,
     get_parked: Script,
     read_state: Script,
 }
@@ -770,6 +800,7 @@ impl RedisStore {
                 flush_begin: Script::new(FLUSH_BEGIN),
                 flush_end: Script::new(FLUSH_END),
                 list_parked: Script::new(LIST_PARKED),
+                list_timers: Script::new(LIST_TIMERS),
                 get_parked: Script::new(GET_PARKED),
                 read_state: Script::new(READ_STATE),
             },
@@ -1293,6 +1324,7 @@ impl StateStore for RedisStore {
             .schedule_timer
             .key(self.key("tm", "due"))
             .key(self.key("tm:p", id))
+            .key(self.key("tm", "x"))
             .arg(id)
             .arg(due_unix_ms)
             .arg(payload)
@@ -1349,6 +1381,48 @@ impl StateStore for RedisStore {
         Ok(payload.map(|p| (due.unwrap_or(0), p)))
     }
 
+    async fn list_timers(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ListedTimer>, StateError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let min = match after.filter(|a| *a >= prefix) {
+            Some(after) => format!("({after}").into_bytes(),
+            None => [b"[".as_slice(), prefix.as_bytes()].concat(),
+        };
+        let max = match prefix_end(prefix) {
+            Some(end) => [b"(".as_slice(), &end].concat(),
+            None => b"+".to_vec(),
+        };
+        let reply: Vec<Value> = self
+            .scripts
+            .list_timers
+            .key(self.key("tm", "x"))
+            .arg(self.key("tm:p", ""))
+            .arg(min)
+            .arg(max)
+            .arg(limit)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        let mut out = Vec::with_capacity(reply.len() / 3);
+        let mut fields = reply.into_iter();
+        while let (Some(id), Some(due), Some(payload)) =
+            (fields.next(), fields.next(), fields.next())
+        {
+            out.push(ListedTimer {
+                id: text(&id),
+                due_ms: int(&due).max(0) as u64,
+                payload: bytes(payload),
+            });
+        }
+        Ok(out)
+    }
+
     async fn advance_timer(
         &self,
         id: &str,
@@ -1380,6 +1454,7 @@ impl StateStore for RedisStore {
             .complete_timer
             .key(self.key("tm", "due"))
             .key(self.key("tm:p", id))
+            .key(self.key("tm", "x"))
             .arg(id)
             .arg(claim)
             .invoke_async(&mut self.conn())

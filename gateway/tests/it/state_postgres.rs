@@ -261,6 +261,14 @@ impl StateStore for Slotted {
     async fn get_timer(&self, id: &str) -> Result<Option<(u64, Vec<u8>)>, StateError> {
         self.store.get_timer(id).await
     }
+    async fn list_timers(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<acteon_gateway::state::ListedTimer>, StateError> {
+        self.store.list_timers(prefix, after, limit).await
+    }
     async fn advance_timer(
         &self,
         id: &str,
