@@ -2394,3 +2394,404 @@ fn the_repository_samples_compile_without_rejections() {
     assert!(!machine.spec.terminal_states.is_empty());
     assert!(machine.spec.notify_provider.is_some());
 }
+
+// ---------------------------------------------------------------------------------------
+// Chains in Acteon files: `chains:` in a rule file, `[[chains.definitions]]` in a server
+// config (TOML)
+
+/// Seed 003's two chains as its server config spells them (multi-line inline tables, TOML
+/// 1.1), with the payloads of `config/samples/iot-chains.yaml`, beside server sections.
+const SEED_CHAINS_TOML: &str = r#"
+[server]
+host = "0.0.0.0"
+port = 8080
+
+[state]
+backend = "redis"
+
+[circuit_breaker]
+enabled = true
+failure_threshold = 3
+
+[circuit_breaker.providers.anomaly-detector]
+failure_threshold = 2
+
+[chains]
+completed_chain_ttl_seconds = 86400
+
+[[chains.definitions]]
+name = "telemetry-processing"
+timeout_seconds = 300
+
+[[chains.definitions.steps]]
+name = "normalize"
+provider = "telemetry-normalizer"
+action_type = "invoke"
+payload_template = {
+  device_id = "{{origin.payload.device_id}}",
+  sensor_type = "{{origin.payload.sensor_type}}",
+  value = "{{origin.payload.value}}"
+}
+
+[[chains.definitions.steps.branches]]
+field = "body.logged"
+operator = "eq"
+value = true
+target = "detect-anomaly"
+
+[[chains.definitions.steps]]
+name = "detect-anomaly"
+provider = "anomaly-detector"
+action_type = "invoke"
+payload_template = {
+  device_id = "{{origin.payload.device_id}}",
+  value = "{{origin.payload.value}}"
+}
+default_next = "archive-metrics"
+
+[[chains.definitions.steps.branches]]
+field = "success"
+operator = "eq"
+value = true
+target = "publish-event"
+
+[[chains.definitions.steps]]
+name = "publish-event"
+sub_chain = "critical-alert"
+default_next = "archive-metrics"
+
+[[chains.definitions.steps]]
+name = "archive-metrics"
+provider = "metrics-queue"
+action_type = "send_message"
+payload_template = { device_id = "{{origin.payload.device_id}}", processed = "true" }
+
+[[chains.definitions]]
+name = "critical-alert"
+timeout_seconds = 120
+
+[[chains.definitions.steps]]
+name = "fan-out-alert"
+provider = "alert-fanout"
+action_type = "publish"
+payload_template = { device_id = "{{origin.payload.device_id}}", severity = "critical" }
+
+[[chains.definitions.steps]]
+name = "publish-to-bus"
+provider = "event-bus"
+action_type = "put_event"
+payload_template = { source = "acteon.iot", detail_type = "CriticalAlert" }
+"#;
+
+/// The same chains as `chains:` of a rule file, with a rule that starts one.
+const SEED_CHAINS_YAML: &str = r#"
+rules:
+  - name: chain-sensor-readings
+    priority: 10
+    condition: {field: action.action_type, eq: sensor_reading}
+    action: {type: chain, chain: telemetry-processing}
+chains:
+  - name: telemetry-processing
+    timeout_seconds: 300
+    steps:
+      - name: normalize
+        provider: telemetry-normalizer
+        action_type: invoke
+        payload_template:
+          device_id: "{{origin.payload.device_id}}"
+          sensor_type: "{{origin.payload.sensor_type}}"
+          value: "{{origin.payload.value}}"
+        branches:
+          - {field: body.logged, operator: eq, value: true, target: detect-anomaly}
+      - name: detect-anomaly
+        provider: anomaly-detector
+        action_type: invoke
+        payload_template: {device_id: "{{origin.payload.device_id}}", value: "{{origin.payload.value}}"}
+        branches:
+          - {field: success, operator: eq, value: true, target: publish-event}
+        default_next: archive-metrics
+      - name: publish-event
+        sub_chain: critical-alert
+        default_next: archive-metrics
+      - name: archive-metrics
+        provider: metrics-queue
+        action_type: send_message
+        payload_template: {device_id: "{{origin.payload.device_id}}", processed: "true"}
+  - name: critical-alert
+    timeout_seconds: 120
+    steps:
+      - name: fan-out-alert
+        provider: alert-fanout
+        action_type: publish
+        payload_template: {device_id: "{{origin.payload.device_id}}", severity: critical}
+      - name: publish-to-bus
+        provider: event-bus
+        action_type: put_event
+        payload_template: {source: acteon.iot, detail_type: CriticalAlert}
+"#;
+
+fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The sample IoT providers, moved to the shared namespace (where the chains of Acteon
+/// files, which are shared, find them).
+fn shared_iot_providers() -> Vec<acteon_api::compile::Document> {
+    let path = repo_root().join("config/samples/iot-providers.yaml");
+    let text = std::fs::read_to_string(&path).expect("sample providers");
+    let mut docs = parse_text("iot-providers.yaml", &text).expect("sample providers parse");
+    for d in &mut docs {
+        d.id.namespace = Some("acteon-system".into());
+    }
+    docs
+}
+
+/// Compiles the documents of an Acteon file with the shared IoT providers; no rejections.
+fn compile_with_providers(mut docs: Vec<acteon_api::compile::Document>) -> Compiled {
+    docs.extend(shared_iot_providers());
+    let c = compile(&docs, &CompileOptions::default());
+    assert!(c.rejections.is_empty(), "{:#?}", c.rejections);
+    c
+}
+
+/// (name, spec) of each chain of the sample manifests `config/samples/iot-chains.yaml`.
+fn sample_chain_specs() -> Vec<(String, serde_json::Value)> {
+    let docs = acteon_api::compile::read_paths(&[
+        repo_root().join("config/samples/iot-chains.yaml"),
+        repo_root().join("config/samples/iot-providers.yaml"),
+    ])
+    .expect("samples read");
+    let c = compile(&docs, &CompileOptions::default());
+    assert!(c.rejections.is_empty(), "{:#?}", c.rejections);
+    chain_specs(&c)
+}
+
+fn chain_specs(c: &Compiled) -> Vec<(String, serde_json::Value)> {
+    c.snapshot
+        .chains
+        .iter()
+        .map(|e| (e.name.clone(), serde_json::to_value(&e.spec).unwrap()))
+        .collect()
+}
+
+#[test]
+fn acteon_chains_compile_like_the_sample_chain_manifests() {
+    let sample = sample_chain_specs();
+    assert_eq!(sample.len(), 2);
+
+    let toml = acteon_api::compile::parse_file("acteon.toml", SEED_CHAINS_TOML)
+        .unwrap_or_else(|e| panic!("{e:#?}"));
+    assert!(
+        toml.iter()
+            .all(|d| d.id.kind == Kind::Chain && d.id.namespace.is_none())
+    );
+    let from_toml = compile_with_providers(toml);
+    assert_eq!(chain_specs(&from_toml), sample);
+    assert!(
+        from_toml
+            .snapshot
+            .chains
+            .iter()
+            .all(|c| c.namespace.is_none())
+    );
+
+    let yaml = parse_text("chains.yaml", SEED_CHAINS_YAML).unwrap_or_else(|e| panic!("{e:#?}"));
+    let from_yaml = compile_with_providers(yaml);
+    assert_eq!(chain_specs(&from_yaml), sample);
+    // The file's rule starts the file's chain.
+    assert_eq!(rules(&from_yaml), ["chain-sensor-readings"]);
+
+    // `chains: {definitions: [...]}`, the server config's shape, reads the same.
+    let (rules_part, chains_part) = SEED_CHAINS_YAML.split_once("chains:\n").unwrap();
+    let indented: String = chains_part.lines().map(|l| format!("  {l}\n")).collect();
+    let mapped = format!("{rules_part}chains:\n  definitions:\n{indented}");
+    let from_map = compile_with_providers(parse_text("chains.yaml", &mapped).unwrap());
+    assert_eq!(chain_specs(&from_map), sample);
+
+    // Payload templates are user data: their keys keep their snake_case.
+    let normalize = &from_toml
+        .snapshot
+        .chains
+        .iter()
+        .find(|c| c.name == "telemetry-processing")
+        .unwrap()
+        .spec
+        .steps[0];
+    assert_eq!(
+        normalize.payload_template,
+        Some(serde_json::json!({
+            "device_id": "{{origin.payload.device_id}}",
+            "sensor_type": "{{origin.payload.sensor_type}}",
+            "value": "{{origin.payload.value}}"
+        }))
+    );
+    let bus = &from_yaml.snapshot.chains[0].spec.steps[1];
+    assert_eq!(
+        bus.payload_template.as_ref().unwrap()["detail_type"],
+        "CriticalAlert"
+    );
+}
+
+#[test]
+fn acteon_chain_problems_name_the_field_as_the_file_spells_it() {
+    // A branch to a step the chain does not have, from YAML and from TOML.
+    let yaml = "chains:\n  - name: c\n    steps:\n      - {name: a, provider: event-bus}\n      - name: b\n        provider: event-bus\n        branches: [{field: success, operator: eq, value: true, target: nowhere}]\n";
+    let toml = "[[chains.definitions]]\nname = \"c\"\n[[chains.definitions.steps]]\nname = \"a\"\nprovider = \"event-bus\"\n[[chains.definitions.steps]]\nname = \"b\"\nprovider = \"event-bus\"\nsub_chain = \"x\"\n[[chains.definitions.steps.branches]]\nfield = \"success\"\noperator = \"eq\"\nvalue = true\ntarget = \"nowhere\"\n";
+    for (file, docs, field) in [
+        (
+            "chains.yaml",
+            parse_text("chains.yaml", yaml).unwrap(),
+            "chains[0].steps[1].branches[0].target",
+        ),
+        (
+            "acteon.toml",
+            acteon_api::compile::parse_file(
+                "acteon.toml",
+                &toml.replace("sub_chain = \"x\"\n", ""),
+            )
+            .unwrap(),
+            "chains.definitions[0].steps[1].branches[0].target",
+        ),
+    ] {
+        let mut all = docs;
+        all.extend(shared_iot_providers());
+        let c = compile(&all, &CompileOptions::default());
+        assert_eq!(c.rejections.len(), 1, "{:#?}", c.rejections);
+        let e = &c.rejections[0];
+        assert_eq!(e.reason, "DanglingStep", "{e}");
+        assert_eq!(e.field.as_deref(), Some(field), "{e}");
+        assert_eq!(e.source, file);
+        assert_eq!(
+            e.object
+                .as_ref()
+                .map(|o| (o.kind, o.namespace.clone(), o.name.as_str())),
+            Some((Kind::Chain, None, "c"))
+        );
+        assert!(e.to_string().contains(field), "{e}");
+        assert!(c.snapshot.chains.is_empty());
+    }
+
+    // Two of provider / sub_chain / parallel, and a wrong type, in the file's spelling.
+    let docs = acteon_api::compile::parse_file("acteon.toml", toml).unwrap();
+    let mut all = docs;
+    all.extend(shared_iot_providers());
+    let c = compile(&all, &CompileOptions::default());
+    assert_eq!(
+        c.rejections[0].field.as_deref(),
+        Some("chains.definitions[0].steps[1]")
+    );
+    let bad_type = parse_text(
+        "chains.yaml",
+        "chains:\n  - {name: c, timeout_seconds: soon, steps: [{name: a, provider: event-bus}]}\n",
+    )
+    .unwrap();
+    let c = compile(&bad_type, &CompileOptions::default());
+    assert_eq!(c.rejections.len(), 1, "{:#?}", c.rejections);
+    assert_eq!(c.rejections[0].reason, "InvalidSpec");
+    assert_eq!(
+        c.rejections[0].field.as_deref(),
+        Some("chains[0].timeout_seconds")
+    );
+
+    // Keys Acteon reads that this gateway does not run yet are errors of the file.
+    let err = parse_text(
+        "chains.yaml",
+        "chains:\n  - name: c\n    on_failure: abort_no_dlq\n    steps: [{name: a, provider: event-bus, retry: {max_retries: 2}}]\n",
+    )
+    .unwrap_err();
+    let fields: Vec<_> = err.iter().filter_map(|e| e.field.as_deref()).collect();
+    assert_eq!(
+        fields,
+        [
+            "chains[0].on_failure",
+            "chains[0].steps[0].retry.max_retries"
+        ],
+        "{err:#?}"
+    );
+    // A TOML syntax error says where.
+    let err = acteon_api::compile::parse_file("acteon.toml", "[chains\n").unwrap_err();
+    assert_eq!(err.len(), 1);
+    assert!(
+        err[0].message.starts_with("not valid TOML at line 1"),
+        "{}",
+        err[0]
+    );
+}
+
+#[test]
+fn acteon_chain_files_in_directories_are_read_and_unknown_keys_warn() {
+    let dir = std::env::temp_dir().join(format!("acteon-chains-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    std::fs::write(dir.join("acteon.toml"), SEED_CHAINS_TOML).expect("write");
+    let yaml = "chains:\n  - name: yaml-chain\n    colour: blue\n    steps:\n      - {name: a, provider: event-bus, note: hi, payload_template: {any_key: 1}}\n";
+    std::fs::write(dir.join("chains.yaml"), yaml).expect("write");
+    let docs = acteon_api::compile::read_paths(std::slice::from_ref(&dir));
+    let warnings = acteon_api::compile::acteon::warnings_in_paths(std::slice::from_ref(&dir));
+    std::fs::remove_dir_all(&dir).ok();
+
+    let c = compile_with_providers(docs.unwrap_or_else(|e| panic!("{e:#?}")));
+    assert_eq!(
+        chains(&c),
+        ["critical-alert", "telemetry-processing", "yaml-chain"]
+    );
+    let expected = [
+        ("acteon.toml: server:", "server setting"),
+        ("acteon.toml: state:", "server setting"),
+        ("acteon.toml: circuit_breaker:", "server setting"),
+        (
+            "acteon.toml: chains.completed_chain_ttl_seconds:",
+            "server setting",
+        ),
+        ("chains.yaml: chains[0].colour:", "does not read"),
+        ("chains.yaml: chains[0].steps[0].note:", "does not read"),
+    ];
+    for (at, why) in expected {
+        assert!(
+            warnings.iter().any(|w| w.contains(at) && w.contains(why)),
+            "{at}: {warnings:?}"
+        );
+    }
+    assert_eq!(warnings.len(), expected.len(), "{warnings:?}");
+}
+
+#[test]
+fn convert_prints_the_chains_of_acteon_files_as_chain_manifests() {
+    // The sample-equivalent chains convert to the sample's specs.
+    for (file, text) in [
+        ("chains.yaml", SEED_CHAINS_YAML),
+        ("acteon.toml", SEED_CHAINS_TOML),
+    ] {
+        let yaml = acteon_api::compile::acteon::to_manifests(file, text, Some("iot"))
+            .unwrap_or_else(|e| panic!("{e:#?}"));
+        assert!(yaml.contains("kind: Chain"), "{yaml}");
+        let mut docs = parse_text("converted.yaml", &yaml).unwrap_or_else(|e| panic!("{e:#?}"));
+        docs.extend(
+            parse_text(
+                "p.yaml",
+                &std::fs::read_to_string(repo_root().join("config/samples/iot-providers.yaml"))
+                    .unwrap(),
+            )
+            .unwrap(),
+        );
+        let c = compile(&docs, &CompileOptions::default());
+        assert!(c.rejections.is_empty(), "{:#?}", c.rejections);
+        assert_eq!(chain_specs(&c), sample_chain_specs(), "{file}");
+    }
+    // Names become Kubernetes names, and references to the file's chains follow.
+    let text = "rules:\n  - name: start\n    condition: {field: action.tenant, eq: t}\n    action: {type: chain, chain: Main_Chain}\nchains:\n  - name: Main_Chain\n    steps: [{name: a, sub_chain: other_chain}]\n  - name: other_chain\n    steps: [{name: b, provider: event-bus}]\n";
+    let yaml = acteon_api::compile::acteon::to_manifests("c.yaml", text, Some("iot")).unwrap();
+    for expected in [
+        "name: main-chain",
+        "name: other-chain",
+        "chain: main-chain",
+        "subChain: other-chain",
+    ] {
+        assert!(yaml.contains(expected), "{expected} in {yaml}");
+    }
+    let mut docs = parse_text("converted.yaml", &yaml).unwrap();
+    docs.extend(parse_text("p.yaml", &provider("iot", "event-bus")).unwrap());
+    let c = compile(&docs, &CompileOptions::default());
+    assert!(c.rejections.is_empty(), "{:#?}", c.rejections);
+    assert_eq!(chains(&c), ["main-chain", "other-chain"]);
+    assert_eq!(rules(&c), ["start"]);
+}

@@ -35,7 +35,8 @@ pub struct Cli {
 pub enum Command {
     /// Serve the HTTP API (the default when no subcommand is given).
     Serve(ServeArgs),
-    /// Check manifests and Acteon rule files; exit 1 with messages on errors.
+    /// Check manifests, Acteon rule files and Acteon server configs (`.toml`, read for their
+    /// chains); exit 1 with messages on errors.
     Validate {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
@@ -51,7 +52,7 @@ pub enum Command {
         #[arg(long, env = "ACTEON_STATE_PREFIX", default_value = "acteon")]
         state_prefix: String,
     },
-    /// Print an Acteon rule file as Rule manifests.
+    /// Print an Acteon rule file (or server config, `.toml`) as Rule and Chain manifests.
     Convert {
         file: PathBuf,
         /// Namespace for the generated manifests (omitted if not given).
@@ -65,9 +66,10 @@ pub const DEFAULT_CONFIG: [&str; 2] = ["config/samples", "rules"];
 
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
-    /// Manifest files or directories, and Acteon rule files. Without it, a gateway on the
-    /// memory backend serves `config/samples` and `rules`, and a gateway on Redis or
-    /// Postgres follows the snapshots the operator publishes there.
+    /// Manifest files or directories, Acteon rule files and server configs (`.toml`, read
+    /// for their chains). Without it, a gateway on the memory backend serves
+    /// `config/samples` and `rules`, and a gateway on Redis or Postgres follows the
+    /// snapshots the operator publishes there.
     #[arg(long = "config", env = "ACTEON_CONFIG", value_delimiter = ',')]
     pub config: Vec<PathBuf>,
     #[arg(long, env = "ACTEON_LISTEN", default_value = "127.0.0.1:8080")]
@@ -557,6 +559,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         } else {
             args.dedup_cache_entries
         }),
+        chain_activity: Default::default(),
     });
     if let Some(((url, prefix, timeout), options)) = follower {
         crate::follow::spawn_when_connected(url, prefix, timeout, gateway.clone(), options);

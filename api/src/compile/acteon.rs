@@ -1,21 +1,27 @@
-//! Acteon rule files (top-level `rules:`, snake_case) read as Rule documents.
+//! Acteon rule files (top-level `rules:` and/or `chains:`, snake_case) read as Rule and
+//! Chain documents, and Acteon server configs (TOML) read for their `[[chains.definitions]]`.
 //!
-//! The only difference from a Rule manifest's `spec` is spelling, so the file is rewritten
+//! The only difference from a manifest's `spec` is spelling, so the file is rewritten
 //! to camelCase and then goes through exactly the same validation as a manifest. Keys are
 //! sorted into three kinds, as Acteon's own parser (which ignores unknown keys) reads them:
 //! keys we read; keys Acteon reads and this gateway does not run yet (an error saying so,
 //! never a silently different rule); and keys Acteon ignores, which are dropped with a
-//! warning ([`warnings_in_paths`], printed by `acteon-gateway validate`).
+//! warning ([`warnings_in_paths`], printed by `acteon-gateway validate`). The other
+//! sections of a server config are Acteon's server settings, which this gateway takes from
+//! Kubernetes resources and its flags: each is ignored with a warning. Chains:
+//! [`super::acteon_chains`].
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::documents::Document;
+use super::acteon_chains::chain_documents;
+use super::documents::{Document, is_toml};
 use super::error::{CompileError, Kind, ObjectId};
 
-const FILE_KEYS: &[&str] = &["rules"];
+const FILE_KEYS: &[&str] = &["rules", "chains"];
 
 const RULE_KEYS: &[&str] = &[
     "name",
@@ -98,72 +104,163 @@ fn error(source: &str, object: Option<ObjectId>, field: String, message: String)
     }
 }
 
-/// What reading one file found besides the rules: ignored keys (warnings) and keys not
-/// supported yet (errors).
-struct Findings<'a> {
-    source: &'a str,
-    id: Option<ObjectId>,
-    warnings: Vec<String>,
-    errors: Vec<CompileError>,
+/// What reading one file found besides its documents: ignored keys (warnings) and keys
+/// not supported yet (errors).
+pub(super) struct Findings<'a> {
+    pub source: &'a str,
+    /// The object being read, which errors name.
+    pub id: Option<ObjectId>,
+    pub warnings: Vec<String>,
+    pub errors: Vec<CompileError>,
 }
 
-impl Findings<'_> {
-    fn ignored(&mut self, at: &str) {
+impl<'a> Findings<'a> {
+    pub fn new(source: &'a str) -> Findings<'a> {
+        Findings {
+            source,
+            id: None,
+            warnings: Vec::new(),
+            errors: Vec::new(),
+        }
+    }
+
+    /// A key Acteon's parser does not read: dropped.
+    pub fn ignored(&mut self, at: &str) {
         self.warnings.push(format!(
-            "{}: {at}: ignored (Acteon's rule parser does not read this key)",
+            "{}: {at}: ignored (Acteon's parser does not read this key)",
             self.source
         ));
     }
 
-    fn not_yet(&mut self, at: String, key: &str) {
-        self.errors.push(error(
-            self.source,
-            self.id.clone(),
-            at,
-            format!("not supported yet: {key}"),
+    /// A setting of Acteon's server, which this gateway takes from Kubernetes resources and
+    /// its flags: dropped.
+    pub fn server_setting(&mut self, at: &str) {
+        let hint = match at {
+            "rules" => "; give the rule files to --config",
+            "providers" => "; providers are Provider manifests",
+            _ => "",
+        };
+        self.warnings.push(format!(
+            "{}: {at}: ignored (an Acteon server setting; this gateway takes its settings \
+             from Kubernetes resources and its flags{hint})",
+            self.source
         ));
+    }
+
+    /// A key Acteon reads that this gateway does not run yet: an error.
+    pub fn not_yet(&mut self, at: String, key: &str) {
+        self.fail(at, &format!("not supported yet: {key}"));
+    }
+
+    pub fn fail(&mut self, at: String, message: &str) {
+        let e = error(self.source, self.id.clone(), at, message.to_owned());
+        self.errors.push(e);
     }
 }
 
-/// Turns each entry of `rules:` into a shared (namespace-less) Rule document.
+/// Turns each entry of `rules:` into a shared (namespace-less) Rule document, and each
+/// chain definition of `chains:` into a shared Chain document.
 pub fn rule_documents(source: &str, file: &Value) -> Result<Vec<Document>, Vec<CompileError>> {
-    read_file(source, file).0
+    read_file(source, file, Shape::RuleFile).0
 }
 
 /// The warnings of one Acteon rule file: keys Acteon's parser ignores, which are dropped.
 pub fn file_warnings(source: &str, file: &Value) -> Vec<String> {
-    read_file(source, file).1
+    read_file(source, file, Shape::RuleFile).1
+}
+
+/// The chains of an Acteon server config (TOML): `[[chains.definitions]]` as shared Chain
+/// documents. Every other section is a server setting (see [`toml_warnings`]).
+pub fn toml_documents(source: &str, text: &str) -> Result<Vec<Document>, Vec<CompileError>> {
+    let file = parse_toml(source, text).map_err(|e| vec![e])?;
+    read_file(source, &file, Shape::ServerConfig).0
+}
+
+/// The warnings of an Acteon server config: one per section other than `chains`, and the
+/// keys of its chains that Acteon does not read or that are server settings.
+pub fn toml_warnings(source: &str, text: &str) -> Vec<String> {
+    match parse_toml(source, text) {
+        Ok(file) => read_file(source, &file, Shape::ServerConfig).1,
+        Err(_) => Vec::new(),
+    }
+}
+
+fn parse_toml(source: &str, text: &str) -> Result<Value, CompileError> {
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        let at = e.span().map_or(String::new(), |span| {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+            let column = before[line_start..].chars().count() + 1;
+            format!(" at line {line}, column {column}")
+        });
+        CompileError {
+            source: source.to_owned(),
+            object: None,
+            field: None,
+            reason: "InvalidRuleFile",
+            message: format!("not valid TOML{at}: {}", e.message().trim_end()),
+        }
+    })?;
+    Ok(toml_to_json(toml::Value::Table(table)))
+}
+
+/// A TOML value as JSON: datetimes become their text, floats that JSON cannot hold (NaN,
+/// infinities) null.
+fn toml_to_json(value: toml::Value) -> Value {
+    match value {
+        toml::Value::String(s) => Value::String(s),
+        toml::Value::Integer(i) => Value::from(i),
+        toml::Value::Float(f) => serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number),
+        toml::Value::Boolean(b) => Value::Bool(b),
+        toml::Value::Datetime(d) => Value::String(d.to_string()),
+        toml::Value::Array(items) => Value::Array(items.into_iter().map(toml_to_json).collect()),
+        toml::Value::Table(table) => Value::Object(
+            table
+                .into_iter()
+                .map(|(k, v)| (k, toml_to_json(v)))
+                .collect(),
+        ),
+    }
+}
+
+/// How a file's top level is read.
+#[derive(Clone, Copy, PartialEq)]
+enum Shape {
+    /// YAML: `rules:` and `chains:`, other keys ignored as Acteon's rule parser does.
+    RuleFile,
+    /// Acteon's server config: `[chains]`; every other section a server setting.
+    ServerConfig,
 }
 
 type Read = (Result<Vec<Document>, Vec<CompileError>>, Vec<String>);
 
-fn read_file(source: &str, file: &Value) -> Read {
-    let Some(rules) = file.get("rules").and_then(Value::as_array) else {
-        let e = error(
-            source,
-            None,
-            "rules".into(),
-            "`rules` must be a list".into(),
-        );
-        return (Err(vec![e]), Vec::new());
-    };
-    let mut found = Findings {
-        source,
-        id: None,
-        warnings: Vec::new(),
-        errors: Vec::new(),
-    };
+fn read_file(source: &str, file: &Value, shape: Shape) -> Read {
+    let mut found = Findings::new(source);
     for key in file.as_object().into_iter().flat_map(Map::keys) {
-        if !FILE_KEYS.contains(&key.as_str()) {
-            found.ignored(key);
+        match shape {
+            Shape::RuleFile if !FILE_KEYS.contains(&key.as_str()) => found.ignored(key),
+            Shape::ServerConfig if key != "chains" => found.server_setting(key),
+            _ => {}
         }
     }
     let mut docs = Vec::new();
-    for (i, rule) in rules.iter().enumerate() {
-        match rule_document(&mut found, i, rule) {
-            Ok(d) => docs.push(d),
-            Err(e) => found.errors.push(e),
+    if shape == Shape::RuleFile {
+        match file.get("rules") {
+            Some(Value::Array(rules)) => {
+                for (i, rule) in rules.iter().enumerate() {
+                    match rule_document(&mut found, i, rule) {
+                        Ok(d) => docs.push(d),
+                        Err(e) => found.errors.push(e),
+                    }
+                }
+            }
+            None if file.get("chains").is_some() => {}
+            _ => found.fail("rules".into(), "`rules` must be a list"),
         }
+    }
+    if let Some(chains) = file.get("chains") {
+        docs.extend(chain_documents(&mut found, chains));
     }
     let result = if found.errors.is_empty() {
         Ok(docs)
@@ -173,10 +270,11 @@ fn read_file(source: &str, file: &Value) -> Read {
     (result, found.warnings)
 }
 
-/// Warnings of every Acteon rule file among `paths` (files and directories, as the compile
-/// path reads them). Files that cannot be read or parsed give none: compiling reports them.
+/// Warnings of every Acteon rule file and server config among `paths` (files and
+/// directories, as the compile path reads them). Files that cannot be read or parsed give
+/// none: compiling reports them.
 pub fn warnings_in_paths(paths: &[PathBuf]) -> Vec<String> {
-    let Ok(files) = super::documents::yaml_files(paths) else {
+    let Ok(files) = super::documents::config_files(paths) else {
         return Vec::new();
     };
     let mut warnings = Vec::new();
@@ -185,6 +283,10 @@ pub fn warnings_in_paths(paths: &[PathBuf]) -> Vec<String> {
             continue;
         };
         let source = file.display().to_string();
+        if is_toml(&source) {
+            warnings.extend(toml_warnings(&source, &text));
+            continue;
+        }
         for de in serde_yaml_ng::Deserializer::from_str(&text) {
             let Ok(value) = Value::deserialize(de) else {
                 break;
@@ -197,9 +299,11 @@ pub fn warnings_in_paths(paths: &[PathBuf]) -> Vec<String> {
     warnings
 }
 
-/// An Acteon rule file: a `rules:` list and no manifest header.
+/// An Acteon rule file: a `rules:` or `chains:` key and no manifest header.
 pub fn is_rule_file(v: &Value) -> bool {
-    v.get("rules").is_some() && v.get("apiVersion").is_none() && v.get("kind").is_none()
+    (v.get("rules").is_some() || v.get("chains").is_some())
+        && v.get("apiVersion").is_none()
+        && v.get("kind").is_none()
 }
 
 fn rule_document(
@@ -370,15 +474,45 @@ pub fn manifest_name(name: &str) -> String {
     }
 }
 
-/// Renders an Acteon rule file as Rule manifests (`---`-separated YAML).
+/// Renders an Acteon rule file (or server config) as Rule and Chain manifests
+/// (`---`-separated YAML). Names become Kubernetes names ([`manifest_name`]), and references
+/// to the file's chains (a rule's `chain`, a step's `subChain`) follow their renaming.
 pub fn to_manifests(
     source: &str,
     text: &str,
     namespace: Option<&str>,
 ) -> Result<String, Vec<CompileError>> {
-    let docs = super::documents::parse_text(source, text)?;
+    let docs = super::documents::parse_file(source, text)?;
+    let docs: Vec<&Document> = docs
+        .iter()
+        .filter(|d| matches!(d.id.kind, Kind::Rule | Kind::Chain))
+        .collect();
+    let chains: HashMap<&str, String> = docs
+        .iter()
+        .filter(|d| d.id.kind == Kind::Chain)
+        .map(|d| (d.id.name.as_str(), manifest_name(&d.id.name)))
+        .collect();
+    let renamed = |v: &mut Value| {
+        if let Some(new) = v.as_str().and_then(|name| chains.get(name)) {
+            *v = Value::String(new.clone());
+        }
+    };
     let mut out = String::new();
-    for doc in docs.iter().filter(|d| d.id.kind == Kind::Rule) {
+    for doc in docs {
+        let mut spec = doc.spec.value();
+        if doc.id.kind == Kind::Rule {
+            if let Some(action) = spec.get_mut("action")
+                && action.get("type").and_then(Value::as_str) == Some("chain")
+                && let Some(chain) = action.get_mut("chain")
+            {
+                renamed(chain);
+            }
+        } else if let Some(steps) = spec.get_mut("steps").and_then(Value::as_array_mut) {
+            steps
+                .iter_mut()
+                .filter_map(|step| step.get_mut("subChain"))
+                .for_each(renamed);
+        }
         let mut metadata = Map::new();
         metadata.insert("name".into(), Value::String(manifest_name(&doc.id.name)));
         if let Some(ns) = namespace {
@@ -386,9 +520,9 @@ pub fn to_manifests(
         }
         let manifest = serde_json::json!({
             "apiVersion": crate::API_VERSION,
-            "kind": "Rule",
+            "kind": doc.id.kind.as_str(),
             "metadata": metadata,
-            "spec": doc.spec.value(),
+            "spec": spec,
         });
         let yaml = serde_yaml_ng::to_string(&manifest).map_err(|e| {
             vec![CompileError {

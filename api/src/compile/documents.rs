@@ -1,4 +1,5 @@
-//! Reading YAML: multi-document manifests and Acteon rule files.
+//! Reading files: multi-document YAML manifests, Acteon rule files and Acteon server
+//! configs (TOML).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -82,8 +83,9 @@ fn error(
     }
 }
 
-/// Lists the YAML files named by `paths` (directories are read non-recursively, sorted).
-pub fn yaml_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, CompileError> {
+/// Lists the files named by `paths`; directories are read non-recursively (sorted) for
+/// YAML (`.yaml`, `.yml`) and Acteon server configs (`.toml`).
+pub fn config_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, CompileError> {
     let mut files = Vec::new();
     for path in paths {
         let io_err =
@@ -94,7 +96,10 @@ pub fn yaml_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, CompileError> {
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| {
                     p.is_file()
-                        && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+                        && matches!(
+                            p.extension().and_then(|e| e.to_str()),
+                            Some("yaml" | "yml" | "toml")
+                        )
                 })
                 .collect();
             found.sort();
@@ -115,13 +120,13 @@ pub fn yaml_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, CompileError> {
 
 /// Reads every document of the given files and directories.
 pub fn read_paths(paths: &[PathBuf]) -> Result<Vec<Document>, Vec<CompileError>> {
-    let files = yaml_files(paths).map_err(|e| vec![e])?;
+    let files = config_files(paths).map_err(|e| vec![e])?;
     let mut docs = Vec::new();
     let mut errors = Vec::new();
     for file in files {
         let source = file.display().to_string();
         match std::fs::read_to_string(&file) {
-            Ok(text) => match parse_text(&source, &text) {
+            Ok(text) => match parse_file(&source, &text) {
                 Ok(d) => docs.extend(d),
                 Err(e) => errors.extend(e),
             },
@@ -135,7 +140,24 @@ pub fn read_paths(paths: &[PathBuf]) -> Result<Vec<Document>, Vec<CompileError>>
     }
 }
 
-/// Parses one file's text: any number of `---`-separated manifests, or an Acteon rule file.
+/// Whether a file is read as an Acteon server config (TOML): by its name, `*.toml`.
+pub fn is_toml(file: &str) -> bool {
+    Path::new(file)
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("toml"))
+}
+
+/// Parses one file's text by its name: an Acteon server config (`*.toml`, see
+/// [`acteon::toml_documents`]) or YAML ([`parse_text`]).
+pub fn parse_file(source: &str, text: &str) -> Result<Vec<Document>, Vec<CompileError>> {
+    if is_toml(source) {
+        acteon::toml_documents(source, text)
+    } else {
+        parse_text(source, text)
+    }
+}
+
+/// Parses YAML text: any number of `---`-separated manifests, or an Acteon rule file.
 pub fn parse_text(source: &str, text: &str) -> Result<Vec<Document>, Vec<CompileError>> {
     let mut docs = Vec::new();
     let mut errors = Vec::new();
@@ -156,7 +178,7 @@ pub fn parse_text(source: &str, text: &str) -> Result<Vec<Document>, Vec<Compile
                 break;
             }
         };
-        let result = if is_acteon_rule_file(&value) {
+        let result = if acteon::is_rule_file(&value) {
             acteon::rule_documents(source, &value)
         } else {
             manifest_document(&doc_source, value)
@@ -173,10 +195,6 @@ pub fn parse_text(source: &str, text: &str) -> Result<Vec<Document>, Vec<Compile
     } else {
         Err(errors)
     }
-}
-
-fn is_acteon_rule_file(v: &Value) -> bool {
-    v.get("rules").is_some() && v.get("apiVersion").is_none() && v.get("kind").is_none()
 }
 
 fn manifest_document(source: &str, mut value: Value) -> Result<Document, CompileError> {

@@ -1,16 +1,18 @@
-//! The one compile path: documents (manifests or Acteon rule files) → validated [`Snapshot`].
+//! The one compile path: documents (manifests, Acteon rule files or Acteon server configs)
+//! → validated [`Snapshot`].
 //!
 //! Each object is validated on its own and against the objects it refers to; a bad object
 //! is rejected with a reason and left out, and everything else still compiles. The
 //! standalone gateway refuses to start on any rejection; the operator writes them to status.
 
 pub mod acteon;
+mod acteon_chains;
 pub mod documents;
 pub mod error;
 pub mod limits;
 mod validate;
 
-pub use documents::{Document, Spec, parse_text, read_paths};
+pub use documents::{Document, Spec, parse_file, parse_text, read_paths};
 pub use error::{CompileError, Kind, ObjectId};
 
 use crate::snapshot::Snapshot;
@@ -43,7 +45,13 @@ pub struct Compiled {
 
 /// Validates every document and builds the snapshot of the accepted ones.
 pub fn compile(docs: &[Document], options: &CompileOptions) -> Compiled {
-    validate::compile(docs, options)
+    let mut compiled = validate::compile(docs, options);
+    // Chains of Acteon files are named in the file's own terms.
+    compiled
+        .rejections
+        .iter_mut()
+        .for_each(acteon_chains::restate);
+    compiled
 }
 
 /// Reads and compiles files; any read or validation problem is an error.
