@@ -156,6 +156,35 @@ impl<'a> Findings<'a> {
         let e = error(self.source, self.id.clone(), at, message.to_owned());
         self.errors.push(e);
     }
+
+    /// Rewrites the keys of the map at `at`: `read` keys to camelCase (their values by
+    /// `convert(found, key_at, key, value)`), `not_yet` keys reported as not supported yet,
+    /// the rest dropped with a warning. Anything but a map is left for the validation.
+    pub fn rewrite(
+        &mut self,
+        at: &str,
+        value: &Value,
+        read: &[&str],
+        not_yet: &[&str],
+        mut convert: impl FnMut(&mut Self, &str, &str, &Value) -> Value,
+    ) -> Value {
+        let Some(obj) = value.as_object() else {
+            return value.clone();
+        };
+        let mut out = Map::new();
+        for (key, value) in obj {
+            let key_at = format!("{at}.{key}");
+            if not_yet.contains(&key.as_str()) {
+                self.not_yet(key_at, key);
+            } else if read.contains(&key.as_str()) {
+                let converted = convert(self, &key_at, key, value);
+                out.insert(snake_to_camel(key), converted);
+            } else {
+                self.ignored(&key_at);
+            }
+        }
+        Value::Object(out)
+    }
 }
 
 /// Turns each entry of `rules:` into a shared (namespace-less) Rule document, and each
@@ -249,10 +278,7 @@ fn read_file(source: &str, file: &Value, shape: Shape) -> Read {
         match file.get("rules") {
             Some(Value::Array(rules)) => {
                 for (i, rule) in rules.iter().enumerate() {
-                    match rule_document(&mut found, i, rule) {
-                        Ok(d) => docs.push(d),
-                        Err(e) => found.errors.push(e),
-                    }
+                    docs.extend(rule_document(&mut found, i, rule));
                 }
             }
             None if file.get("chains").is_some() => {}
@@ -306,60 +332,76 @@ pub fn is_rule_file(v: &Value) -> bool {
         && v.get("kind").is_none()
 }
 
-fn rule_document(
-    found: &mut Findings<'_>,
-    index: usize,
-    rule: &Value,
-) -> Result<Document, CompileError> {
-    let source = found.source;
+fn rule_document(found: &mut Findings<'_>, index: usize, rule: &Value) -> Option<Document> {
     let at = format!("rules[{index}]");
-    let obj = rule
-        .as_object()
-        .ok_or_else(|| error(source, None, at.clone(), "a rule must be a map".into()))?;
-    let name = obj.get("name").and_then(Value::as_str).ok_or_else(|| {
-        error(
-            source,
-            None,
-            format!("{at}.name"),
-            "a rule needs a `name`".into(),
-        )
-    })?;
+    named_document(found, &at, rule, Kind::Rule, |found, rule| {
+        let mut spec = found.rewrite(
+            &at,
+            rule,
+            RULE_KEYS,
+            RULE_KEYS_NOT_YET,
+            |found, key_at, key, value| match key {
+                "condition" => camel_condition(found, key_at, value),
+                "action" => camel_action(found, key_at, value),
+                _ => value.clone(),
+            },
+        );
+        if let Some(spec) = spec.as_object_mut() {
+            spec.remove("name");
+            spec.remove("metadata");
+        }
+        spec
+    })
+}
+
+/// One named object of an Acteon file (a rule, a chain definition) at `at` as a shared
+/// document of `kind`, whose spec `spec` writes; none when reading it found a problem.
+pub(super) fn named_document(
+    found: &mut Findings<'_>,
+    at: &str,
+    value: &Value,
+    kind: Kind,
+    spec: impl FnOnce(&mut Findings<'_>, &Value) -> Value,
+) -> Option<Document> {
+    let what = match kind {
+        Kind::Chain => "chain definition",
+        _ => "rule",
+    };
+    let Some(name) = value.get("name").and_then(Value::as_str) else {
+        if value.is_object() {
+            found.fail(format!("{at}.name"), &format!("a {what} needs a `name`"));
+        } else {
+            found.fail(at.to_owned(), &format!("a {what} must be a map"));
+        }
+        return None;
+    };
     let id = ObjectId {
-        kind: Kind::Rule,
+        kind,
         namespace: None,
         name: name.to_owned(),
     };
     found.id = Some(id.clone());
     let errors_before = found.errors.len();
-    let mut spec = Map::new();
-    for (key, value) in obj {
-        let key_at = format!("{at}.{key}");
-        if RULE_KEYS_NOT_YET.contains(&key.as_str()) {
-            found.not_yet(key_at, key);
-            continue;
-        }
-        if !RULE_KEYS.contains(&key.as_str()) {
-            found.ignored(&key_at);
-            continue;
-        }
-        let converted = match key.as_str() {
-            "name" | "metadata" => continue,
-            "condition" => camel_condition(found, &key_at, value),
-            "action" => camel_action(found, &key_at, value),
-            _ => value.clone(),
-        };
-        spec.insert(key.clone(), converted);
-    }
+    let spec = spec(found, value);
+    found.id = None;
     if found.errors.len() > errors_before {
-        // The not-supported keys are already reported with their paths.
-        return Err(found.errors.remove(errors_before));
+        // The problems are already reported with their paths.
+        return None;
     }
-    Ok(Document {
-        source: format!("{source} {at}"),
+    Some(Document {
+        source: format!("{} {at}", found.source),
         id,
         generation: None,
-        spec: Value::Object(spec).into(),
+        spec: spec.into(),
     })
+}
+
+/// Maps each item of a list; anything else is left for the validation to name.
+pub(super) fn map_list(value: &Value, mut f: impl FnMut(usize, &Value) -> Value) -> Value {
+    match value.as_array() {
+        Some(items) => Value::Array(items.iter().enumerate().map(|(i, v)| f(i, v)).collect()),
+        None => value.clone(),
+    }
 }
 
 /// `starts_with` → `startsWith`.
@@ -381,32 +423,16 @@ pub fn snake_to_camel(s: &str) -> String {
 
 /// Rewrites the keys of condition nodes, never the values being compared.
 fn camel_condition(found: &mut Findings<'_>, at: &str, cond: &Value) -> Value {
-    let Some(obj) = cond.as_object() else {
-        return cond.clone();
-    };
-    let mut out = Map::new();
-    for (key, value) in obj {
-        let key_at = format!("{at}.{key}");
-        if CONDITION_KEYS_NOT_YET.contains(&key.as_str()) {
-            found.not_yet(key_at, key);
-            continue;
-        }
-        if !CONDITION_KEYS.contains(&key.as_str()) {
-            found.ignored(&key_at);
-            continue;
-        }
-        let value = match key.as_str() {
-            "all" | "any" => match value.as_array() {
-                Some(items) => Value::Array(
-                    items
-                        .iter()
-                        .enumerate()
-                        .map(|(i, c)| camel_condition(found, &format!("{key_at}[{i}]"), c))
-                        .collect(),
-                ),
-                None => value.clone(),
-            },
-            "not" => camel_condition(found, &key_at, value),
+    found.rewrite(
+        at,
+        cond,
+        CONDITION_KEYS,
+        CONDITION_KEYS_NOT_YET,
+        |found, key_at, key, value| match key {
+            "all" | "any" => map_list(value, |i, c| {
+                camel_condition(found, &format!("{key_at}[{i}]"), c)
+            }),
+            "not" => camel_condition(found, key_at, value),
             // `{state_machine, equal}`: keys rewritten, the field paths left alone.
             "inhibited_by" => match value.as_object() {
                 Some(inner) => Value::Object(
@@ -418,10 +444,8 @@ fn camel_condition(found: &mut Findings<'_>, at: &str, cond: &Value) -> Value {
                 None => value.clone(),
             },
             _ => value.clone(),
-        };
-        out.insert(snake_to_camel(key), value);
-    }
-    Value::Object(out)
+        },
+    )
 }
 
 /// Rewrites the action's keys and its `type`; `changes` (a payload patch) is left alone.

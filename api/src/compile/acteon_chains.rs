@@ -10,11 +10,11 @@
 //! validation are restated in the file's own spelling ([`restate`]):
 //! `chains[0].steps[1].branches[0].target`, not `spec.steps[1].branches[0].target`.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use super::acteon::{Findings, snake_to_camel};
+use super::acteon::{Findings, map_list, named_document, snake_to_camel};
 use super::documents::Document;
-use super::error::{CompileError, Kind, ObjectId};
+use super::error::{CompileError, Kind};
 
 const CHAIN_KEYS: &[&str] = &[
     "name",
@@ -112,97 +112,36 @@ pub(super) fn chain_documents(found: &mut Findings<'_>, chains: &Value) -> Vec<D
 }
 
 fn chain_document(found: &mut Findings<'_>, at: &str, def: &Value) -> Option<Document> {
-    let Some(obj) = def.as_object() else {
-        found.fail(at.to_owned(), "a chain definition must be a map");
-        return None;
-    };
-    let Some(name) = obj.get("name").and_then(Value::as_str) else {
-        found.fail(format!("{at}.name"), "a chain definition needs a `name`");
-        return None;
-    };
-    let id = ObjectId {
-        kind: Kind::Chain,
-        namespace: None,
-        name: name.to_owned(),
-    };
-    found.id = Some(id.clone());
-    let errors_before = found.errors.len();
-    let mut spec = Map::new();
-    for (key, value) in obj {
-        let key_at = format!("{at}.{key}");
-        let converted = match key.as_str() {
-            "name" => continue,
-            "on_failure" => {
+    named_document(found, at, def, Kind::Chain, |found, def| {
+        let mut spec = found.rewrite(
+            at,
+            def,
+            CHAIN_KEYS,
+            &[],
+            |found, key_at, key, value| match key {
+                "steps" => map_list(value, |i, step| {
+                    step_value(found, &format!("{key_at}[{i}]"), step)
+                }),
+                "on_cancel" => on_cancel_value(found, key_at, value),
                 // Acteon's default, which is what a failed step does here; Acteon's other
                 // policy (`abort_no_dlq`) is about dead letters, which do not exist yet.
-                if value.as_str() != Some(CHAIN_ON_FAILURE) {
-                    found.not_yet(key_at, "on_failure (other than `abort`)");
+                "on_failure" if value.as_str() != Some(CHAIN_ON_FAILURE) => {
+                    found.not_yet(key_at.to_owned(), "on_failure (other than `abort`)");
+                    Value::Null
                 }
-                continue;
-            }
-            "steps" => map_list(value, |i, step| {
-                step_value(found, &format!("{key_at}[{i}]"), step)
-            }),
-            "on_cancel" => on_cancel_value(found, &key_at, value),
-            _ if CHAIN_KEYS.contains(&key.as_str()) => value.clone(),
-            _ => {
-                found.ignored(&key_at);
-                continue;
-            }
-        };
-        spec.insert(snake_to_camel(key), converted);
-    }
-    found.id = None;
-    if found.errors.len() > errors_before {
-        return None;
-    }
-    Some(Document {
-        source: format!("{} {at}", found.source),
-        id,
-        generation: None,
-        spec: Value::Object(spec).into(),
+                _ => value.clone(),
+            },
+        );
+        if let Some(spec) = spec.as_object_mut() {
+            spec.remove("name");
+            spec.remove("onFailure");
+        }
+        spec
     })
 }
 
-/// Maps each item of a list; anything else is left for the validation to name.
-fn map_list(value: &Value, mut f: impl FnMut(usize, &Value) -> Value) -> Value {
-    match value.as_array() {
-        Some(items) => Value::Array(items.iter().enumerate().map(|(i, v)| f(i, v)).collect()),
-        None => value.clone(),
-    }
-}
-
-/// Rewrites the keys of a map: `read` keys to camelCase (their values by `convert`),
-/// `not_yet` keys reported as not supported yet, the rest dropped with a warning.
-fn rewrite(
-    found: &mut Findings<'_>,
-    at: &str,
-    value: &Value,
-    read: &[&str],
-    not_yet: &[&str],
-    mut convert: impl FnMut(&mut Findings<'_>, &str, &str, &Value) -> Value,
-) -> Value {
-    let Some(obj) = value.as_object() else {
-        return value.clone();
-    };
-    let mut out = Map::new();
-    for (key, value) in obj {
-        let key_at = format!("{at}.{key}");
-        if not_yet.contains(&key.as_str()) {
-            found.not_yet(key_at, key);
-        } else if read.contains(&key.as_str()) {
-            let converted = convert(found, &key_at, key, value);
-            out.insert(snake_to_camel(key), converted);
-        } else {
-            found.ignored(&key_at);
-        }
-    }
-    Value::Object(out)
-}
-
 fn step_value(found: &mut Findings<'_>, at: &str, step: &Value) -> Value {
-    rewrite(
-        found,
+    found.rewrite(
         at,
         step,
         STEP_KEYS,
@@ -212,7 +151,7 @@ fn step_value(found: &mut Findings<'_>, at: &str, step: &Value) -> Value {
                 branch_value(found, &format!("{at}[{i}]"), branch)
             }),
             "parallel" => parallel_value(found, at, value),
-            "retry" => rewrite(found, at, value, RETRY_KEYS, RETRY_KEYS_NOT_YET, keep),
+            "retry" => found.rewrite(at, value, RETRY_KEYS, RETRY_KEYS_NOT_YET, keep),
             // `payload_template` is user data, kept as written; the rest are scalars.
             _ => value.clone(),
         },
@@ -225,23 +164,17 @@ fn keep(_: &mut Findings<'_>, _: &str, _: &str, value: &Value) -> Value {
 
 /// A branch: its `value` is kept as written; Acteon's `neq` is `ne`.
 fn branch_value(found: &mut Findings<'_>, at: &str, branch: &Value) -> Value {
-    rewrite(
-        found,
-        at,
-        branch,
-        BRANCH_KEYS,
-        &[],
-        |_, _, key, value| match (key, value.as_str()) {
+    found.rewrite(at, branch, BRANCH_KEYS, &[], |_, _, key, value| {
+        match (key, value.as_str()) {
             ("operator", Some("neq")) => Value::String("ne".into()),
             _ => value.clone(),
-        },
-    )
+        }
+    })
 }
 
 /// `parallel`: Acteon spells `on_failure` values `fail_fast` / `best_effort`.
 fn parallel_value(found: &mut Findings<'_>, at: &str, parallel: &Value) -> Value {
-    rewrite(
-        found,
+    found.rewrite(
         at,
         parallel,
         PARALLEL_KEYS,
@@ -249,7 +182,7 @@ fn parallel_value(found: &mut Findings<'_>, at: &str, parallel: &Value) -> Value
         |found, at, key, value| match (key, value) {
             ("steps", _) => map_list(value, |i, call| {
                 let at = format!("{at}[{i}]");
-                rewrite(found, &at, call, CALL_KEYS, CALL_KEYS_NOT_YET, keep)
+                found.rewrite(&at, call, CALL_KEYS, CALL_KEYS_NOT_YET, keep)
             }),
             ("on_failure", Value::String(s)) => Value::String(snake_to_camel(s)),
             _ => value.clone(),
@@ -260,7 +193,7 @@ fn parallel_value(found: &mut Findings<'_>, at: &str, parallel: &Value) -> Value
 /// `on_cancel`: Acteon's `{provider, action_type}`, named [`ON_CANCEL_NAME`] unless the
 /// file names it (as a Chain's `onCancel` must be).
 fn on_cancel_value(found: &mut Findings<'_>, at: &str, on_cancel: &Value) -> Value {
-    let mut out = rewrite(found, at, on_cancel, CALL_KEYS, &[], keep);
+    let mut out = found.rewrite(at, on_cancel, CALL_KEYS, &[], keep);
     if let Some(obj) = out.as_object_mut() {
         obj.entry("name")
             .or_insert_with(|| Value::String(ON_CANCEL_NAME.into()));
@@ -314,6 +247,8 @@ fn camel_to_snake(s: &str) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    use crate::compile::error::ObjectId;
 
     fn read(chains: Value) -> (Vec<Document>, Vec<String>, Vec<CompileError>) {
         let mut found = Findings::new("f.yaml");
