@@ -114,8 +114,7 @@ pub fn report(gateway: &str, version: u64) -> GatewayReport {
         gateway: gateway.to_owned(),
         version,
         digest: format!("digest-{version}"),
-        failed_version: None,
-        error: None,
+        ..GatewayReport::default()
     }
 }
 
@@ -366,6 +365,16 @@ pub async fn reports_are_listed_sorted_and_replaced(f: &dyn Fixture) {
     let failing = GatewayReport {
         failed_version: Some(3),
         error: Some("provider hook: sealed value does not open".into()),
+        chains: [(
+            "ns/escalate".to_owned(),
+            crate::ChainActivity {
+                running: Some(3),
+                last_failure: Some("step `page`: 503".into()),
+                last_failure_ms: Some(1_700_000_000_000),
+            },
+        )]
+        .into(),
+        chain_census_ms: Some(1_700_000_000_500),
         ..report("gw-b", 2)
     };
     a.report(&failing, ttl).await.unwrap();

@@ -19,6 +19,7 @@ pub mod redis;
 pub mod seal;
 mod util;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,7 +71,7 @@ impl PublishOutcome {
 }
 
 /// What one gateway serves, as it last reported.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GatewayReport {
     /// Unique per gateway process (pod name plus a random suffix).
     pub gateway: String,
@@ -83,6 +84,27 @@ pub struct GatewayReport {
     /// Why that version failed (no credentials in it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Chain activity by Chain (`namespace/name`): running runs as of this gateway's last
+    /// census (one gateway at a time takes it), the last failure this gateway saw.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub chains: BTreeMap<String, ChainActivity>,
+    /// When this gateway took the census in `chains` (unix ms), if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain_census_ms: Option<u64>,
+}
+
+/// What a gateway reports about one Chain.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainActivity {
+    /// Runs running (census gateways only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<u64>,
+    /// Why the last run that failed or timed out on this gateway did (bounded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<String>,
+    /// When it ended (unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure_ms: Option<u64>,
 }
 
 /// The channel contract; Redis, Postgres and an in-process memory channel implement it.

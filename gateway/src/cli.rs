@@ -110,6 +110,15 @@ pub struct ServeArgs {
     /// leaves its tasks to others after this long. Longer than any delivery takes.
     #[arg(long, env = "ACTEON_WORKER_LEASE_SECONDS", default_value_t = 60)]
     pub worker_lease_seconds: u64,
+    /// How long an ended chain run stays listed (`GET /v1/chains`) and readable, in seconds.
+    #[arg(long, env = "ACTEON_CHAIN_RETENTION_SECONDS", default_value_t = 7 * 24 * 3600,
+        value_parser = clap::value_parser!(u64).range(1..))]
+    pub chain_retention_seconds: u64,
+    /// How often one replica counts running chains (the `acteon_chains_running` gauge and
+    /// the Chain resources' `status.executions.running`), in seconds.
+    #[arg(long, env = "ACTEON_CHAIN_CENSUS_SECONDS", default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(1..))]
+    pub chain_census_seconds: u64,
     /// Longest wait for in-flight requests on shutdown, in seconds.
     #[arg(long, env = "ACTEON_SHUTDOWN_TIMEOUT", default_value_t = 30)]
     pub shutdown_timeout: u64,
@@ -551,6 +560,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         options: GatewayOptions {
             state_timeout: timeout,
             default_deny: args.default_deny,
+            chain_retention: Duration::from_secs(args.chain_retention_seconds),
         },
         confirmer: Default::default(),
         // In process already for the memory backend.
@@ -569,6 +579,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         crate::worker::WorkerOptions {
             poll_interval: Duration::from_millis(args.worker_poll_ms.max(10)),
             lease: Duration::from_secs(args.worker_lease_seconds.max(1)),
+            census_every: Duration::from_secs(args.chain_census_seconds),
             ..Default::default()
         },
     );

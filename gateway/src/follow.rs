@@ -208,12 +208,15 @@ impl Follower {
     pub fn current_report(&self) -> GatewayReport {
         let rt = self.gateway.config.load();
         let status = self.gateway.config.status();
+        let (chains, chain_census_ms) = self.gateway.chain_activity.report();
         GatewayReport {
             gateway: self.options.gateway_id.clone(),
             version: if rt.loaded { rt.snapshot.version } else { 0 },
             digest: rt.snapshot.digest.clone(),
             failed_version: status.failed_version,
             error: status.error,
+            chains,
+            chain_census_ms,
         }
     }
 
@@ -393,6 +396,7 @@ spec: {type: noop}
             options: GatewayOptions::default(),
             confirmer: Default::default(),
             delivered: Default::default(),
+            chain_activity: Default::default(),
         });
         let follower = Follower::new(
             channel.clone(),

@@ -2,8 +2,8 @@
 //! come from the configuration, never from requests.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// All gateway metrics, registered on their own registry.
@@ -48,6 +48,7 @@ pub struct Metrics {
     pub transition_notifications: IntCounterVec,
     /// Chain runs by chain and event: started, completed, failed, timed_out.
     pub chains: IntCounterVec,
+    pub chains_running: IntGaugeVec,
     /// Chain steps by chain and result: ok, failed, retry.
     pub chain_steps: IntCounterVec,
     pub chain_step_seconds: HistogramVec,
@@ -100,6 +101,14 @@ fn int_counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
         .register(Box::new(c.clone()))
         .expect("metric registered once");
     c
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
@@ -260,7 +269,7 @@ impl Metrics {
             timers_pending: gauge(
                 &r,
                 "acteon_timers_pending",
-                "Timers registered and not completed (groups, schedules, state timeouts), all replicas",
+                "Timers registered and not completed (groups, schedules, state timeouts, chain runs, and ended chain runs kept for inspection), all replicas",
             ),
             group_flushes: counter(
                 &r,
@@ -279,6 +288,12 @@ impl Metrics {
                 "acteon_chains_total",
                 "Chain runs by chain and event (started, completed, failed, timed_out)",
                 &["chain", "event"],
+            ),
+            chains_running: gauge_vec(
+                &r,
+                "acteon_chains_running",
+                "Chain runs running, by chain, as of the last census (exported by the one replica that takes it: sum over replicas)",
+                &["chain"],
             ),
             chain_steps: counter(
                 &r,

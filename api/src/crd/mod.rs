@@ -12,7 +12,7 @@ pub use provider::{Provider, ProviderSpec, ProviderType, SecretKeyRef};
 pub use quota::{Overage, Quota, QuotaSpec};
 pub use rule::{Rule, RuleAction, RuleSpec};
 pub use state_machine::{StateMachine, StateMachineSpec};
-pub use status::{ResourceStatus, StatusCondition};
+pub use status::{ExecutionsStatus, ResourceStatus, StatusCondition};
 
 use schemars::{Schema, SchemaGenerator, json_schema};
 

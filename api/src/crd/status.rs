@@ -16,6 +16,24 @@ pub struct ResourceStatus {
     /// How many gateways serve a snapshot that contains this generation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateways_serving: Option<u32>,
+    /// Chains only: its runs, as the gateways last reported them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executions: Option<ExecutionsStatus>,
+}
+
+/// A Chain's runs (`status.executions`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecutionsStatus {
+    /// Runs running, as of the gateways' last census (every few seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<u64>,
+    /// Why the last failed or timed-out run did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<String>,
+    /// RFC 3339 time that run ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure_time: Option<String>,
 }
 
 /// A standard Kubernetes condition.

@@ -55,6 +55,7 @@ pub struct AppState {
         parked::list_events,
         parked::get_event,
         parked::transition,
+        chains::list_chains,
         chains::get_chain,
         chains::cancel_chain
     ),
@@ -71,7 +72,10 @@ pub struct AppState {
         parked::GroupView,
         parked::EventView,
         parked::TransitionRequest,
-        crate::rules::chain::ChainRecord
+        crate::worker::chain_record::ChainRecord,
+        crate::worker::chain_record::StepView,
+        chains::ChainList,
+        chains::CancelRequest
     ))
 )]
 pub struct ApiDoc;
@@ -106,6 +110,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/events/{fingerprint}/transition",
             axum::routing::put(parked::transition),
         )
+        .route("/v1/chains", get(chains::list_chains))
         .route("/v1/chains/{chain_id}", get(chains::get_chain))
         .route("/v1/chains/{chain_id}/cancel", post(chains::cancel_chain))
         .route("/v1/config", get(ops::config))

@@ -30,6 +30,8 @@ pub struct GatewayOptions {
     pub state_timeout: Duration,
     /// When no terminal rule matches: execute (default) or deny.
     pub default_deny: bool,
+    /// How long an ended chain run stays listed and readable.
+    pub chain_retention: Duration,
 }
 
 impl Default for GatewayOptions {
@@ -37,6 +39,7 @@ impl Default for GatewayOptions {
         GatewayOptions {
             state_timeout: Duration::from_secs(2),
             default_deny: false,
+            chain_retention: crate::worker::chain_record::DEFAULT_RETENTION,
         }
     }
 }
@@ -70,6 +73,8 @@ pub struct Gateway {
     pub confirmer: DedupConfirmer,
     /// The dedup marks of this gateway's successful deliveries (off by default).
     pub delivered: DeliveredMarks,
+    /// Running chains (census) and chain failures, for the report to the operator.
+    pub chain_activity: crate::worker::chain_census::ChainActivityLog,
 }
 
 /// Where an action will be delivered, once the verdict is known.

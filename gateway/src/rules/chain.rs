@@ -9,17 +9,14 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use acteon_api::Entry;
 use acteon_api::crd::ChainSpec;
 
-use super::key::state_key;
 use crate::action::Action;
 use crate::state::TimerWrite;
-use crate::worker::task::{ChainRun, StepResult, Task};
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use crate::worker::chain_record::run_timer_id;
+use crate::worker::task::{ChainRun, Task};
 
 /// Whole-chain timeout when the Chain sets none.
 pub const DEFAULT_TIMEOUT_SECONDS: u64 = 300;
@@ -94,6 +91,8 @@ impl ChainDef {
             deadline_ms: now_ms.saturating_add(timeout.saturating_mul(1000)),
             parents: Vec::new(),
             cancelled: false,
+            cancel_reason: None,
+            cancelled_by: None,
         };
         let delay = self
             .spec
@@ -102,62 +101,9 @@ impl ChainDef {
             .and_then(|s| s.delay_seconds)
             .unwrap_or(0);
         TimerWrite {
-            id: timer_id(&action.namespace, &action.tenant, chain_id),
+            id: run_timer_id(&action.namespace, &action.tenant, chain_id),
             due_unix_ms: now_ms.saturating_add(delay.saturating_mul(1000)),
             payload: Task::AdvanceChain(Box::new(run)).encode(),
         }
     }
-}
-
-/// How long a finished run's record is kept.
-pub const RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
-
-/// A chain run as `GET /v1/chains/{id}` shows it: from its timer while it runs, from the
-/// record written when it ended (kept [`RETENTION`]).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct ChainRecord {
-    pub chain_id: String,
-    /// `namespace/name` of the Chain that was started.
-    pub chain: String,
-    /// The definition's version the run uses (the Chain's generation, when known).
-    pub definition_version: Option<i64>,
-    /// running, cancelling, completed, failed, cancelled, timed_out.
-    pub status: String,
-    /// The step to run next, while running.
-    pub current_step: Option<String>,
-    #[schema(value_type = Vec<Object>)]
-    pub steps: Vec<StepResult>,
-    pub origin_action_id: String,
-    pub started_ms: u64,
-    pub finished_ms: Option<u64>,
-}
-
-impl ChainRecord {
-    pub fn of(run: &ChainRun, status: &str, finished_ms: Option<u64>) -> ChainRecord {
-        let root = run.parents.first();
-        ChainRecord {
-            chain_id: run.chain_id.clone(),
-            chain: root.map_or_else(|| run.chain.clone(), |p| p.chain.clone()),
-            definition_version: run.generation,
-            status: status.to_owned(),
-            current_step: finished_ms
-                .is_none()
-                .then(|| run.definition.steps.get(run.step).map(|s| s.name.clone()))
-                .flatten(),
-            steps: run.results.clone(),
-            origin_action_id: run.origin.id.clone(),
-            started_ms: run.started_ms,
-            finished_ms,
-        }
-    }
-}
-
-/// The backend key of a finished run's record.
-pub fn record_key(namespace: &str, tenant: &str, chain_id: &str) -> String {
-    state_key("cr", &[namespace, tenant, chain_id])
-}
-
-/// The id of a chain run's timer.
-pub fn timer_id(namespace: &str, tenant: &str, chain_id: &str) -> String {
-    format!("chain:{}", state_key("c", &[namespace, tenant, chain_id]))
 }

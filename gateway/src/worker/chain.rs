@@ -12,13 +12,13 @@ use std::time::{Duration, Instant};
 
 use acteon_api::crd::ChainStep;
 
-use super::chain_call::{Call, StepError, deliver, deliver_parallel};
+use super::chain_call::{Call, Delivery, StepError, deliver, deliver_parallel};
+use super::chain_record::{self as record, ChainRecord, record_timer_id};
 use super::chain_step::next_step;
 use super::task::{ChainRun, ParentChain, StepResult, Task};
 use super::{Done, observe_lateness};
 use crate::config::Runtime;
 use crate::pipeline::Gateway;
-use crate::rules::chain::{ChainRecord, RETENTION, record_key};
 use crate::state::{ClaimedTimer, unix_ms};
 
 /// Attempts of a step whose provider failed in a way worth retrying (its own retries
@@ -80,13 +80,13 @@ async fn step_once(
     }
     if run.cancelled {
         on_cancel(&rt, &run).await;
-        return finish(gateway, &run, "cancelled").await.into();
+        return finish(gateway, &run, record::CANCELLED).await.into();
     }
     if unix_ms() >= run.deadline_ms {
-        return finish(gateway, &run, "timed_out").await.into();
+        return finish(gateway, &run, record::TIMED_OUT).await.into();
     }
     let Some(step) = run.definition.steps.get(run.step).cloned() else {
-        return finish(gateway, &run, "completed").await.into();
+        return finish(gateway, &run, record::COMPLETED).await.into();
     };
     if let Some(name) = &step.sub_chain {
         return match enter_sub_chain(&rt, &mut run, name) {
@@ -100,15 +100,20 @@ async fn step_once(
             }
         };
     }
+    let started_ms = unix_ms();
     let started = Instant::now();
-    let outcome = match (&step.parallel, Call::of_step(&step)) {
+    let delivery = match (&step.parallel, Call::of_step(&step)) {
         (Some(parallel), _) => deliver_parallel(&rt, &run, &step.name, parallel).await,
         (None, Some(call)) => deliver(&rt, &run, &call).await,
-        (None, None) => Err(StepError {
-            message: format!("step `{}` has nothing to run", step.name),
-            retryable: false,
-        }),
+        (None, None) => Delivery {
+            request: serde_json::Value::Null,
+            outcome: Err(StepError {
+                message: format!("step `{}` has nothing to run", step.name),
+                retryable: false,
+            }),
+        },
     };
+    let outcome = delivery.outcome;
     gateway
         .metrics
         .chain_step_seconds
@@ -130,7 +135,11 @@ async fn step_once(
         let due = unix_ms() + (backoff * run.attempt).as_millis() as u64;
         return move_on(gateway, run, timer, due, None).await;
     }
-    let result = step_result(&step, &run, outcome.map_err(|e| e.message));
+    let result = StepResult {
+        started_ms,
+        request: delivery.request,
+        ..step_result(&step, &run, outcome.map_err(|e| e.message))
+    };
     if let Some(error) = &result.error {
         tracing::warn!(chain = %run.chain, chain_id = %run.chain_id, step = %step.name, %error, "chain step failed");
     }
@@ -158,7 +167,7 @@ async fn on_cancel(rt: &Runtime, run: &ChainRun) {
     let Some(step) = &root.on_cancel else {
         return;
     };
-    if let Err(e) = deliver(rt, run, &Call::of(step)).await {
+    if let Err(e) = deliver(rt, run, &Call::of(step)).await.outcome {
         tracing::warn!(chain_id = %run.chain_id, error = %e.message, "chain onCancel failed");
     }
 }
@@ -187,6 +196,8 @@ fn step_result(
         error,
         attempts: run.attempt + 1,
         finished_ms: unix_ms(),
+        provider: step.provider.clone(),
+        ..StepResult::default()
     }
 }
 
@@ -236,6 +247,7 @@ async fn settle(
             None
         };
         let chain_failed = !result.success && !skips;
+        result.skipped = !result.success && skips;
         let body = result.body.clone();
         run.results.push(result);
         if let Some(index) = next {
@@ -245,7 +257,11 @@ async fn settle(
             return move_on(gateway, run, timer, due, hold).await;
         }
         let Some(parent) = run.parents.pop() else {
-            let event = if chain_failed { "failed" } else { "completed" };
+            let event = if chain_failed {
+                record::FAILED
+            } else {
+                record::COMPLETED
+            };
             return finish(gateway, &run, event).await.into();
         };
         // The sub-chain ended: it is the result of its step in the parent.
@@ -270,6 +286,7 @@ async fn settle(
             error: chain_failed.then(|| format!("the sub-chain failed after {sub_steps} steps")),
             attempts: 1,
             finished_ms: unix_ms(),
+            ..StepResult::default()
         };
     }
 }
@@ -303,23 +320,49 @@ async fn move_on(
     }
 }
 
-/// The run ended: its record is kept for [`RETENTION`] (written once: a repeat of the
-/// last step after a lost claim finds it there), the timer completed.
+/// The run ended: its record is kept for the configured retention as a timer of its own (due when
+/// the retention ends: the worker then removes it), the run's timer completed. A repeat of
+/// the last step after a lost claim writes the same record again.
 async fn finish(gateway: &Gateway, run: &ChainRun, event: &str) -> Done {
-    let record = ChainRecord::of(run, event, Some(unix_ms()));
-    let key = record_key(&run.origin.namespace, &run.origin.tenant, &run.chain_id);
-    let bytes = serde_json::to_vec(&record).unwrap_or_default();
-    let write = gateway
-        .state
-        .compare_and_swap(&key, None, bytes, Some(RETENTION));
+    let now = unix_ms();
+    let due = now.saturating_add(gateway.options.chain_retention.as_millis() as u64);
+    let record = ChainRecord {
+        expires_at: Some(record::time(due)),
+        ..ChainRecord::of(run, event, Some(now))
+    };
+    let chain = record.chain.clone();
+    let id = record_timer_id(&run.origin.namespace, &run.origin.tenant, &run.chain_id);
+    let task = Task::ChainEnded(Box::new(record));
+    let write = gateway.state.schedule_timer(&id, due, task.encode());
     if let Err(e) = gateway.state_call(write).await {
         return e.into();
     }
     gateway
         .metrics
         .chains
-        .with_label_values(&[&record.chain, event])
+        .with_label_values(&[&chain, event])
         .inc();
-    tracing::info!(chain = %record.chain, chain_id = %run.chain_id, steps = run.results.len(), event, "chain run ended");
+    if event == record::FAILED || event == record::TIMED_OUT {
+        let reason = failure_reason(run, event);
+        gateway.chain_activity.failed(&chain, &reason, now);
+    }
+    tracing::info!(%chain, chain_id = %run.chain_id, steps = run.results.len(), event, "chain run ended");
     Done::Complete
+}
+
+/// Why a run failed: its failed step's error, or that it timed out.
+fn failure_reason(run: &ChainRun, event: &str) -> String {
+    if event == record::TIMED_OUT {
+        let step = run
+            .definition
+            .steps
+            .get(run.step)
+            .map_or("", |s| s.name.as_str());
+        return format!("timed out before step `{step}`");
+    }
+    run.results
+        .iter()
+        .rev()
+        .find_map(|r| r.error.clone())
+        .unwrap_or_else(|| "a step failed".into())
 }

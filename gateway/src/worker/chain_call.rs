@@ -58,28 +58,46 @@ impl<'a> Call<'a> {
     }
 }
 
-/// Renders the call's payload from the run and delivers it; the answer's body.
-pub(super) async fn deliver(
-    rt: &Runtime,
-    run: &ChainRun,
-    call: &Call<'_>,
-) -> Result<Value, StepError> {
+/// What a step's calls sent and got.
+pub(super) struct Delivery {
+    /// The rendered payload (per call name, for a parallel step); null if none was rendered.
+    pub request: Value,
+    /// The answer's body.
+    pub outcome: Result<Value, StepError>,
+}
+
+/// Renders the call's payload from the run and delivers it.
+pub(super) async fn deliver(rt: &Runtime, run: &ChainRun, call: &Call<'_>) -> Delivery {
     let template = call.payload_template.unwrap_or(&run.origin.payload);
-    let payload = render(template, &context(run))
-        .map_err(|e| StepError::fatal(format!("step `{}`: {e}", call.name)))?;
+    let payload = match render(template, &context(run)) {
+        Ok(payload) => payload,
+        Err(e) => {
+            return Delivery {
+                request: Value::Null,
+                outcome: Err(StepError::fatal(format!("step `{}`: {e}", call.name))),
+            };
+        }
+    };
     let Some(handle) = rt.providers.get(&run.origin.namespace, call.provider) else {
-        return Err(StepError::fatal(format!(
-            "step `{}`: no provider `{}`",
-            call.name, call.provider
-        )));
+        return Delivery {
+            request: payload,
+            outcome: Err(StepError::fatal(format!(
+                "step `{}`: no provider `{}`",
+                call.name, call.provider
+            ))),
+        };
     };
     let action = call_action(run, call, payload);
-    match handle.provider.execute(&action).await {
+    let outcome = match handle.provider.execute(&action).await {
         Ok(response) => Ok(response.body),
         Err(e) => Err(StepError {
             message: format!("step `{}`: {}: {}", call.name, e.code, e.message),
             retryable: e.retryable,
         }),
+    };
+    Delivery {
+        request: action.payload,
+        outcome,
     }
 }
 
@@ -92,7 +110,7 @@ pub(super) async fn deliver_parallel(
     run: &ChainRun,
     step_name: &str,
     parallel: &Parallel,
-) -> Result<Value, StepError> {
+) -> Delivery {
     let any = parallel.join.as_deref() == Some("any");
     let fail_fast = parallel.on_failure.as_deref() != Some("bestEffort");
     let remaining = Duration::from_millis(run.deadline_ms.saturating_sub(unix_ms()));
@@ -105,11 +123,13 @@ pub(super) async fn deliver_parallel(
         .map(|s| async move { (s.name.as_str(), deliver(rt, run, &Call::of(s)).await) })
         .collect();
     let mut results = Map::new();
+    let mut requests = Map::new();
     let (mut ok, mut failed) = (0usize, 0usize);
     let total = parallel.steps.len();
     let collect = async {
-        while let Some((name, outcome)) = pending.next().await {
-            let entry = match outcome {
+        while let Some((name, delivery)) = pending.next().await {
+            requests.insert(name.to_owned(), delivery.request);
+            let entry = match delivery.outcome {
                 Ok(body) => {
                     ok += 1;
                     json!({"success": true, "body": body})
@@ -133,13 +153,20 @@ pub(super) async fn deliver_parallel(
     let timed_out = tokio::time::timeout(limit, collect).await.is_err();
     let success = if any { ok > 0 } else { ok == total };
     let body = json!({"results": results});
+    let request = Value::Object(requests);
     if success {
-        return Ok(body);
+        return Delivery {
+            request,
+            outcome: Ok(body),
+        };
     }
     let why = if timed_out { "timed out" } else { "failed" };
-    Err(StepError::fatal(format!(
-        "parallel step `{step_name}` {why}: {ok} of {total} calls succeeded ({body})"
-    )))
+    Delivery {
+        request,
+        outcome: Err(StepError::fatal(format!(
+            "parallel step `{step_name}` {why}: {ok} of {total} calls succeeded ({body})"
+        ))),
+    }
 }
 
 /// The action a call delivers: the origin's namespace and tenant; its id is the call's

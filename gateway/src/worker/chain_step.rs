@@ -177,6 +177,8 @@ mod tests {
             deadline_ms: 0,
             parents: Vec::new(),
             cancelled: false,
+            cancel_reason: None,
+            cancelled_by: None,
         }
     }
 
@@ -188,6 +190,7 @@ mod tests {
             error: None,
             attempts: 1,
             finished_ms: 0,
+            ..StepResult::default()
         }
     }
 

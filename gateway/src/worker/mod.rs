@@ -12,6 +12,8 @@ pub mod task;
 
 mod chain;
 mod chain_call;
+pub mod chain_census;
+pub mod chain_record;
 mod chain_step;
 mod group;
 mod notify_move;
@@ -44,6 +46,8 @@ pub struct WorkerOptions {
     pub lease: Duration,
     /// Longest wait for running tasks on shutdown before their claims are released.
     pub drain_timeout: Duration,
+    /// How often running chains are counted (by one replica at a time).
+    pub census_every: Duration,
 }
 
 impl Default for WorkerOptions {
@@ -53,6 +57,7 @@ impl Default for WorkerOptions {
             batch: 64,
             lease: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(10),
+            census_every: chain_census::CENSUS_EVERY,
         }
     }
 }
@@ -84,6 +89,7 @@ impl From<StateError> for Done {
 pub struct WorkerHandle {
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    census: JoinHandle<()>,
 }
 
 impl WorkerHandle {
@@ -91,6 +97,7 @@ impl WorkerHandle {
     pub async fn stop(self) {
         let _ = self.stop.send(true);
         let _ = self.task.await;
+        let _ = self.census.await;
     }
 }
 
@@ -104,13 +111,18 @@ struct Worker {
 /// Starts the worker beside the HTTP server.
 pub fn spawn(gateway: Arc<Gateway>, options: WorkerOptions) -> WorkerHandle {
     let (stop, stopped) = watch::channel(false);
+    let census = tokio::spawn(chain_census::run(
+        gateway.clone(),
+        options.census_every,
+        stopped.clone(),
+    ));
     let worker = Arc::new(Worker {
         gateway,
         options,
         held: Mutex::new(HashMap::new()),
     });
     let task = tokio::spawn(worker.run(stopped));
-    WorkerHandle { stop, task }
+    WorkerHandle { stop, task, census }
 }
 
 impl Worker {
@@ -232,6 +244,8 @@ impl Worker {
             Task::AdvanceChain(run) => {
                 chain::advance(&self.gateway, run, timer, self.options.lease).await
             }
+            // Its retention ended: completing the timer removes the record.
+            Task::ChainEnded(_) => Done::Complete,
         }
     }
 

@@ -19,6 +19,8 @@ pub enum Task {
     NotifyMove(NotifyMove),
     /// Run the current step of a chain (the payload is the whole run).
     AdvanceChain(Box<ChainRun>),
+    /// An ended chain run, kept for inspection: due when its retention ends (then removed).
+    ChainEnded(Box<super::chain_record::ChainRecord>),
 }
 
 /// A running chain, as its timer carries it from step to step.
@@ -50,6 +52,10 @@ pub struct ChainRun {
     /// Cancelled by `POST /v1/chains/{id}/cancel`: no further step runs.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cancelled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancelled_by: Option<String>,
 }
 
 /// A chain waiting for its `subChain` step, at index `step`.
@@ -63,16 +69,27 @@ pub struct ParentChain {
 }
 
 /// What one step did.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct StepResult {
     pub name: String,
     pub success: bool,
-    /// The provider's answer body (or the error, for a failed step).
+    /// The provider's answer body (null for a failed step).
     pub body: serde_json::Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub attempts: u32,
     pub finished_ms: u64,
+    /// When the last attempt started.
+    #[serde(default)]
+    pub started_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// The rendered payload sent (per call, for a parallel step).
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub request: serde_json::Value,
+    /// Failed, and the chain went on (`onFailure: skip`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skipped: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -143,6 +160,7 @@ impl Task {
             Task::StateTimeout(_) => "state_timeout",
             Task::NotifyMove(_) => "notify_move",
             Task::AdvanceChain(_) => "advance_chain",
+            Task::ChainEnded(_) => "chain_ended",
         }
     }
 }

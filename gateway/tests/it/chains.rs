@@ -161,6 +161,7 @@ impl Cluster {
         let env = [
             ("ACTEON_WORKER_LEASE_SECONDS", "3"),
             ("ACTEON_WORKER_POLL_MS", "100"),
+            ("ACTEON_CHAIN_CENSUS_SECONDS", "1"),
         ];
         let servers = (0..replicas)
             .map(|_| Some(Server::start_with(&args, &env, None)))
@@ -350,7 +351,24 @@ async fn inspect_and_cancel(state_url: &str) {
                 .collect();
             assert_eq!(names, ["triage", "page", "notify"], "{body}");
             assert_eq!(body["chain"], "ch/incident");
-            assert_eq!(body["steps"][0]["body"]["ticket"], "T-7");
+            assert_eq!(body["chain_name"], "incident");
+            assert_eq!(body["total_steps"], 4);
+            assert_eq!(body["execution_path"], json!(["triage", "page", "notify"]));
+            let triage = &body["steps"][0];
+            assert_eq!(triage["response_body"]["ticket"], "T-7");
+            assert_eq!(
+                triage["request"],
+                json!({"severity": "high", "ticket": "T-7", "n": 7})
+            );
+            assert_eq!(
+                (triage["status"].as_str(), triage["attempts"].as_u64()),
+                (Some("completed"), Some(1))
+            );
+            assert_eq!(triage["provider"], "triage");
+            assert!(
+                triage["started_at"].is_string() && body["updated_at"].is_string(),
+                "{body}"
+            );
             break;
         }
         assert!(Instant::now() < deadline, "{status} {body}");
@@ -371,16 +389,81 @@ async fn inspect_and_cancel(state_url: &str) {
         (
             status,
             body["status"].as_str(),
-            body["current_step"].as_str()
+            body["current_step"].as_u64(),
+            body["current_step_name"].as_str()
         ),
-        (200, Some("running"), Some("later")),
+        (200, Some("running"), Some(1), Some("later")),
         "{body}"
     );
+    running_is_counted(&client, &base, "ch/slow").await;
+    let list = |query: String| {
+        let client = client.clone();
+        let url = format!("{base}/v1/chains?namespace=ch&{query}");
+        async move {
+            let r = client.get(url).send().await.expect("answered");
+            (r.status().as_u16(), r.json::<Value>().await.expect("json"))
+        }
+    };
+    let ids = |body: &Value| -> BTreeSet<String> {
+        body["chains"]
+            .as_array()
+            .expect("chains")
+            .iter()
+            .map(|c| c["chain_id"].as_str().expect("id").to_owned())
+            .collect()
+    };
+    let (_, running) = list("tenant=t&status=running".into()).await;
+    // `late` may still be waiting for its timeout too.
+    let running_ids = ids(&running);
+    assert!(
+        running_ids.contains(&slow) && !running_ids.contains(&done),
+        "{running}"
+    );
+    let (_, completed) = list("tenant=t&status=completed".into()).await;
+    assert_eq!(
+        ids(&completed),
+        BTreeSet::from([done.clone()]),
+        "{completed}"
+    );
+    assert_eq!(completed["chains"][0]["chain_name"], "incident");
+    let (_, other_tenant) = list("tenant=u".into()).await;
+    assert_eq!(ids(&other_tenant), BTreeSet::new());
+    assert_eq!(list("tenant=t&status=bogus".into()).await.0, 400);
+    // Pages of one, by cursor: every run once.
+    let mut paged = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let url = reqwest::Url::parse_with_params(
+            &format!("{base}/v1/chains"),
+            [("namespace", "ch"), ("limit", "1"), ("cursor", &cursor)],
+        )
+        .expect("url");
+        let page: Value = client
+            .get(url)
+            .send()
+            .await
+            .expect("answered")
+            .json()
+            .await
+            .expect("json");
+        paged.extend(ids(&page));
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = next.to_owned(),
+            None => break,
+        }
+        assert!(paged.len() <= 6, "{paged:?}");
+    }
+    let unique: BTreeSet<String> = paged.iter().cloned().collect();
+    assert_eq!(unique.len(), paged.len(), "no run twice: {paged:?}");
+    assert!(
+        unique.contains(&done) && unique.contains(&slow),
+        "{paged:?}"
+    );
+    // Acteon's cancel: scope, reason and who in a JSON body.
     let cancel = |chain_id: &str| {
         client
-            .post(format!(
-                "{base}/v1/chains/{chain_id}/cancel?namespace=ch&tenant=t"
-            ))
+            .post(format!("{base}/v1/chains/{chain_id}/cancel"))
+            .json(&json!({"namespace": "ch", "tenant": "t", "reason": "maintenance", "cancelled_by": "alice"}))
             .send()
     };
     let r = cancel(&slow).await.expect("answered");
@@ -388,6 +471,15 @@ async fn inspect_and_cancel(state_url: &str) {
     loop {
         let (_, body) = get(slow.clone()).await;
         if body["status"] == "cancelled" {
+            assert_eq!(
+                (
+                    body["cancel_reason"].as_str(),
+                    body["cancelled_by"].as_str()
+                ),
+                (Some("maintenance"), Some("alice")),
+                "{body}"
+            );
+            assert!(body["expires_at"].is_string(), "kept until: {body}");
             break;
         }
         assert!(Instant::now() < deadline, "{body}");
@@ -439,6 +531,27 @@ async fn inspect_and_cancel(state_url: &str) {
         .await
         .expect("answered");
     assert_eq!(bad.status().as_u16(), 400);
+}
+
+/// The census (every second here) counts the running run of `chain` in the gauge.
+async fn running_is_counted(client: &reqwest::Client, base: &str, chain: &str) {
+    let line = format!("acteon_chains_running{{chain=\"{chain}\"}} 1");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .expect("answered")
+            .text()
+            .await
+            .expect("text");
+        if metrics.lines().any(|l| l == line) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no `{line}` in:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Parallel steps: `join: all` waits for both calls and the next steps read each call's

@@ -203,6 +203,7 @@ fn gateway_on(yaml: &str, state: Arc<dyn StateStore>) -> Arc<Gateway> {
         options: GatewayOptions::default(),
         confirmer: Default::default(),
         delivered: Default::default(),
+        chain_activity: Default::default(),
     })
 }
 

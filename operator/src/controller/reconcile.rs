@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use acteon_api::compile::Kind;
 use acteon_api::crd::ResourceStatus;
 use acteon_channel::{GatewayReport, PublishOutcome};
 use futures::StreamExt;
@@ -225,7 +226,14 @@ impl Reconciler {
             let Some(verdict) = self.verdicts.get(&o.key) else {
                 continue; // arrived after the last build; the next one covers it
             };
-            let want = status::desired(o.generation, verdict, self.serving(&o), &o.status, &now);
+            let mut want =
+                status::desired(o.generation, verdict, self.serving(&o), &o.status, &now);
+            if o.key.kind == Kind::Chain {
+                let chain = format!("{}/{}", o.key.namespace, o.key.name);
+                let current = o.status.executions.as_ref();
+                let executions = status::chain_executions(&chain, &self.gateways, current);
+                want.executions = Some(executions);
+            }
             if want == o.status {
                 // Our last write (if any) has come back through the watch.
                 self.written.remove(&o.key);

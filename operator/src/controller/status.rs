@@ -8,7 +8,8 @@
 //! object (so `flux` fails fast with the reason instead of timing out) and `Reconciling` for
 //! an accepted one that not every gateway serves yet.
 
-use acteon_api::crd::{ResourceStatus, StatusCondition};
+use acteon_api::crd::{ExecutionsStatus, ResourceStatus, StatusCondition};
+use acteon_channel::GatewayReport;
 
 use super::build::Verdict;
 
@@ -133,7 +134,49 @@ pub fn desired(
         observed_generation: Some(generation),
         conditions,
         gateways_serving,
+        executions: current.executions.clone(),
     }
+}
+
+/// A Chain's `status.executions` from the gateways' reports (`chain` = `namespace/name`):
+/// running runs from the newest census (none counted there = 0; no census anywhere keeps
+/// the current figure), the newest failure any gateway saw (none keeps the current one, so
+/// a restarted gateway does not erase it).
+pub fn chain_executions(
+    chain: &str,
+    reports: &[GatewayReport],
+    current: Option<&ExecutionsStatus>,
+) -> ExecutionsStatus {
+    let census = reports
+        .iter()
+        .filter(|r| r.chain_census_ms.is_some())
+        .max_by_key(|r| r.chain_census_ms);
+    let running = match census {
+        Some(r) => Some(r.chains.get(chain).and_then(|a| a.running).unwrap_or(0)),
+        None => current.and_then(|c| c.running),
+    };
+    let newest = reports
+        .iter()
+        .filter_map(|r| r.chains.get(chain))
+        .filter_map(|a| Some((a.last_failure_ms?, a.last_failure.as_ref()?)))
+        .max_by_key(|(at, _)| *at);
+    let (last_failure, last_failure_time) = match newest {
+        Some((at, reason)) => (Some(reason.clone()), rfc3339_ms(at)),
+        None => (
+            current.and_then(|c| c.last_failure.clone()),
+            current.and_then(|c| c.last_failure_time.clone()),
+        ),
+    };
+    ExecutionsStatus {
+        running,
+        last_failure,
+        last_failure_time,
+    }
+}
+
+fn rfc3339_ms(ms: u64) -> Option<String> {
+    let t = k8s_openapi::jiff::Timestamp::from_millisecond(i64::try_from(ms).ok()?).ok()?;
+    Some(t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
 }
 
 /// Whether a rejection is new for this generation (then a Warning Event is due).
@@ -314,5 +357,63 @@ mod tests {
         );
         let ok = desired(5, &Verdict::Accepted, None, &s, T1);
         assert!(!is_new_rejection(5, &ok, &s));
+    }
+
+    /// (chain, running, last failure and when).
+    type ChainSeen<'a> = (&'a str, Option<u64>, Option<(&'a str, u64)>);
+
+    fn gateway(census: Option<u64>, chains: &[ChainSeen<'_>]) -> GatewayReport {
+        GatewayReport {
+            chain_census_ms: census,
+            chains: chains
+                .iter()
+                .map(|(chain, running, failure)| {
+                    let activity = acteon_channel::ChainActivity {
+                        running: *running,
+                        last_failure: failure.map(|f| f.0.to_owned()),
+                        last_failure_ms: failure.map(|f| f.1),
+                    };
+                    ((*chain).to_owned(), activity)
+                })
+                .collect(),
+            ..GatewayReport::default()
+        }
+    }
+
+    #[test]
+    fn chain_executions_come_from_the_newest_census_and_failure() {
+        let reports = [
+            gateway(Some(100), &[("ns/a", Some(7), Some(("old", 1_000)))]),
+            gateway(Some(200), &[("ns/a", Some(3), None)]),
+            gateway(None, &[("ns/a", None, Some(("step `page`: 503", 2_000)))]),
+        ];
+        let e = chain_executions("ns/a", &reports, None);
+        assert_eq!(e.running, Some(3), "the newest census counts");
+        assert_eq!(e.last_failure.as_deref(), Some("step `page`: 503"));
+        assert_eq!(e.last_failure_time.as_deref(), Some("1970-01-01T00:00:02Z"));
+        let other = chain_executions("ns/b", &reports, None);
+        assert_eq!(
+            other,
+            ExecutionsStatus {
+                running: Some(0),
+                ..Default::default()
+            }
+        );
+    }
+
+    #[test]
+    fn chain_executions_keep_what_no_report_says() {
+        let current = ExecutionsStatus {
+            running: Some(4),
+            last_failure: Some("timed out".into()),
+            last_failure_time: Some("2026-12-04T00:00:00Z".into()),
+        };
+        let e = chain_executions("ns/a", &[gateway(None, &[])], Some(&current));
+        assert_eq!(
+            e, current,
+            "no census and no failure reported: unchanged (no churn)"
+        );
+        let e = chain_executions("ns/a", &[], None);
+        assert_eq!(e, ExecutionsStatus::default());
     }
 }

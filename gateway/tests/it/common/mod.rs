@@ -42,6 +42,7 @@ pub fn gateway(yaml: &str) -> Gateway {
         options: GatewayOptions::default(),
         confirmer: Default::default(),
         delivered: Default::default(),
+        chain_activity: Default::default(),
     }
 }
 
