@@ -215,9 +215,8 @@ async fn seed_003_iot_pipeline() {
 
     // After the groups' 30 s wait, one notification per floor went on through the rules
     // after the group rule: it is a `sensor_reading` of the tenant, so it meets the chain
-    // rule (priority 10), which answers NOT_IMPLEMENTED until chains land — proof that it
-    // continued after the group rule instead of re-entering it. The two scheduled reports
-    // are still pending.
+    // rule (priority 10) and starts a chain — proof that it continued after the group rule
+    // instead of re-entering it. The two scheduled reports are still pending.
     let deadline = std::time::Instant::now() + Duration::from_secs(45);
     loop {
         let metrics = c
@@ -288,5 +287,46 @@ async fn seed_003_iot_pipeline() {
                 .join("\n")
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The runs are listed with the path each took.
+    let runs = |status: &str| {
+        let url = server.url(&format!(
+            "/v1/chains?namespace=iot&tenant=smartbuilding-hq&status={status}"
+        ));
+        let c = c.clone();
+        async move {
+            let body: serde_json::Value = c
+                .get(url)
+                .send()
+                .await
+                .expect("sent")
+                .json()
+                .await
+                .expect("json");
+            body["chains"].as_array().cloned().unwrap_or_default()
+        }
+    };
+    let completed = runs("completed").await;
+    assert_eq!(completed.len(), 3, "{completed:?}");
+    for run in &completed {
+        assert_eq!(run["chain_name"], "telemetry-processing");
+        assert_eq!(
+            run["execution_path"],
+            serde_json::json!([
+                "normalize",
+                "detect-anomaly",
+                "fan-out-alert",
+                "publish-to-bus",
+                "publish-event",
+                "archive-metrics"
+            ]),
+            "{run}"
+        );
+    }
+    let failed = runs("failed").await;
+    assert_eq!(failed.len(), 2, "{failed:?}");
+    for run in &failed {
+        let error = run["error"].as_str().unwrap_or_default();
+        assert!(error.contains("device_id"), "{run}");
     }
 }

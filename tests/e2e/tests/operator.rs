@@ -514,6 +514,122 @@ spec:
     .expect("deleted rule no longer applies");
 }
 
+/// The seed's IoT chains (`config/samples/iot-providers.yaml` + `iot-chains.yaml`, in a
+/// namespace of their own) served through the operator: a reading dispatched to one gateway
+/// runs `telemetry-processing` with its `critical-alert` sub-chain to the end on the
+/// gateways' workers, readable from the other gateway; a run that fails shows on the Chain
+/// as `status.executions.lastFailure`, and the census's running count as `running: 0`.
+#[test]
+fn sample_chains_run_through_the_operator_and_report_on_the_chain() {
+    let ns = unique_name("iotc");
+    let s = Setup::new(redis_url(), &[&ns]);
+    let sample = |file: &str| {
+        std::fs::read_to_string(repo_path(&format!("config/samples/{file}")))
+            .expect("sample")
+            .replace("namespace: iot}", &format!("namespace: {ns}}}"))
+    };
+    let rule = format!(
+        "---\napiVersion: acteon.dev/v1alpha1\nkind: Rule\nmetadata: {{name: chain-readings, namespace: {ns}}}\nspec:\n  condition: {{field: action.action_type, eq: sensor_reading}}\n  action: {{type: chain, chain: telemetry-processing}}\n"
+    );
+    let (_g1, p1) = s.gateway();
+    let (_g2, p2) = s.gateway();
+    let _op = s.operator("op-a", &[]);
+    s.kube.apply(&format!(
+        "{}\n---\n{}{rule}",
+        sample("iot-providers.yaml"),
+        sample("iot-chains.yaml")
+    ));
+    for name in ["telemetry-processing", "critical-alert"] {
+        wait_ready(s.kube, "chain", &ns, name, ("True", "Served"));
+    }
+    wait_ready(s.kube, "rule", &ns, "chain-readings", ("True", "Served"));
+    let reading = |payload: Value| {
+        let action = json!({"namespace": ns, "tenant": "hq", "provider": "telemetry-normalizer",
+            "action_type": "sensor_reading", "payload": payload});
+        let (status, body) = http_post(p1, "/v1/dispatch", &action).expect("gateway answers");
+        assert_eq!(status, 200, "{body}");
+        let outcome: Value = serde_json::from_str(&body).expect("json");
+        outcome["ChainStarted"]["chain_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("not started: {outcome}"))
+            .to_owned()
+    };
+    let run = |id: &str, want: &str| {
+        wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
+            let path = format!("/v1/chains/{id}?namespace={ns}&tenant=hq");
+            get_json(p2, &path).filter(|r| r["status"] == want)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "run {id} never {want}: {:?}",
+                http_get(p2, &format!("/v1/chains/{id}?namespace={ns}&tenant=hq"))
+            )
+        })
+    };
+    let ok = run(
+        &reading(json!({"device_id": "t-9", "sensor_type": "temperature", "value": 21})),
+        "completed",
+    );
+    assert_eq!(
+        ok["execution_path"],
+        json!([
+            "normalize",
+            "detect-anomaly",
+            "fan-out-alert",
+            "publish-to-bus",
+            "publish-event",
+            "archive-metrics"
+        ]),
+        "{ok}"
+    );
+    assert_eq!(ok["chain"], format!("{ns}/telemetry-processing"));
+    assert_eq!(ok["steps"][0]["request"]["device_id"], "t-9", "{ok}");
+    // No device id: the first step's template has nothing to render, the run fails.
+    let failed = run(&reading(json!({"value": 3})), "failed");
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("device_id"),
+        "{failed}"
+    );
+    let executions = wait_until(Duration::from_secs(40), Duration::from_millis(200), || {
+        let out = s.kube.kubectl_ok(&[
+            "get",
+            "chain",
+            "telemetry-processing",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.status.executions}",
+        ]);
+        let e: Value = serde_json::from_str(&out).ok()?;
+        (e["running"] == 0 && e["lastFailure"].is_string()).then_some(e)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no executions status: {}",
+            s.kube.kubectl_ok(&[
+                "get",
+                "chain",
+                "telemetry-processing",
+                "-n",
+                &ns,
+                "-o",
+                "yaml"
+            ])
+        )
+    });
+    assert!(
+        executions["lastFailure"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("device_id"),
+        "{executions}"
+    );
+    assert!(executions["lastFailureTime"].is_string(), "{executions}");
+}
+
 #[test]
 fn the_standby_takes_over_and_a_restart_changes_nothing() {
     let ns = unique_name("ha");
