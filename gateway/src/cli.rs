@@ -114,6 +114,10 @@ pub struct ServeArgs {
     #[arg(long, env = "ACTEON_CHAIN_RETENTION_SECONDS", default_value_t = 7 * 24 * 3600,
         value_parser = clap::value_parser!(u64).range(1..))]
     pub chain_retention_seconds: u64,
+    /// How long a dead letter (a delivery that failed after its retries, or a chain step
+    /// with `onFailure: dlq`) is kept for `/v1/dlq`, in seconds; 0 keeps none.
+    #[arg(long, env = "ACTEON_DLQ_RETENTION_SECONDS", default_value_t = 7 * 24 * 3600)]
+    pub dlq_retention_seconds: u64,
     /// How often one replica counts running chains (the `acteon_chains_running` gauge and
     /// the Chain resources' `status.executions.running`), in seconds.
     #[arg(long, env = "ACTEON_CHAIN_CENSUS_SECONDS", default_value_t = 10,
@@ -561,6 +565,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             state_timeout: timeout,
             default_deny: args.default_deny,
             chain_retention: Duration::from_secs(args.chain_retention_seconds),
+            dead_letter_retention: Duration::from_secs(args.dlq_retention_seconds),
         },
         confirmer: Default::default(),
         // In process already for the memory backend.

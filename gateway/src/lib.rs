@@ -4,6 +4,7 @@
 pub mod action;
 pub mod cli;
 pub mod config;
+pub mod dead_letter;
 pub mod follow;
 pub mod http;
 pub mod metrics;

@@ -49,6 +49,8 @@ pub struct Metrics {
     /// Chain runs by chain and event: started, completed, failed, timed_out.
     pub chains: IntCounterVec,
     pub chains_running: IntGaugeVec,
+    pub dead_letters: IntCounterVec,
+    pub dead_letters_pending: IntGaugeVec,
     /// Chain steps by chain and result: ok, failed, retry.
     pub chain_steps: IntCounterVec,
     pub chain_step_seconds: HistogramVec,
@@ -294,6 +296,18 @@ impl Metrics {
                 "acteon_chains_running",
                 "Chain runs running, by chain, as of the last census (exported by the one replica that takes it: sum over replicas)",
                 &["chain"],
+            ),
+            dead_letters: counter(
+                &r,
+                "acteon_dead_letters_total",
+                "Dead letters by provider, source (dispatch, chain) and result (stored, error, replayed, replay_failed, deleted)",
+                &["provider", "source", "result"],
+            ),
+            dead_letters_pending: gauge_vec(
+                &r,
+                "acteon_dead_letters_pending",
+                "Dead letters kept, by namespace/provider, as of the last census (exported by the one replica that takes it: sum over replicas)",
+                &["provider"],
             ),
             chain_steps: counter(
                 &r,

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
-use super::dispatch::params;
+use super::dispatch::{namespace_ok, params};
 use super::error::ApiError;
 use super::json;
 use crate::pipeline::Gateway;
@@ -251,11 +251,6 @@ fn bounded(text: Option<String>) -> Option<String> {
         }
         t
     })
-}
-
-fn namespace_ok(namespace: &str) -> Result<(), ApiError> {
-    crate::action::check_namespace(namespace)
-        .map_err(|e| ApiError::invalid(format!("namespace: {e}")))
 }
 
 async fn running(

@@ -32,6 +32,12 @@ pub struct DispatchParams {
 
 /// Query parameters, or the JSON error naming the bad one (`?dry_run=maybe`).
 /// A query string, or a 400 naming what is wrong with it.
+/// A namespace parameter, checked as a dispatch's would be.
+pub(super) fn namespace_ok(namespace: &str) -> Result<(), ApiError> {
+    crate::action::check_namespace(namespace)
+        .map_err(|e| ApiError::invalid(format!("namespace: {e}")))
+}
+
 pub(super) fn params<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     query
         .map(|Query(p)| p)

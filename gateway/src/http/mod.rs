@@ -3,6 +3,7 @@
 pub mod chains;
 pub mod conn;
 pub mod dispatch;
+pub mod dlq;
 pub mod error;
 pub mod json;
 pub mod lifecycle;
@@ -56,6 +57,13 @@ pub struct AppState {
         parked::get_event,
         parked::transition,
         chains::list_chains,
+        dlq::list_dlq,
+        dlq::get_dlq,
+        dlq::delete_dlq,
+        dlq::replay_dlq,
+        dlq::replay_many,
+        dlq::dlq_stats,
+        dlq::drain_dlq,
         chains::get_chain,
         chains::cancel_chain
     ),
@@ -75,6 +83,11 @@ pub struct AppState {
         crate::worker::chain_record::ChainRecord,
         crate::worker::chain_record::StepView,
         chains::ChainList,
+        crate::dead_letter::DeadLetter,
+        dlq::DlqList,
+        dlq::ReplayResult,
+        dlq::BulkReplay,
+        dlq::DlqStats,
         chains::CancelRequest
     ))
 )]
@@ -111,6 +124,12 @@ pub fn router(state: Arc<AppState>) -> Router {
             axum::routing::put(parked::transition),
         )
         .route("/v1/chains", get(chains::list_chains))
+        .route("/v1/dlq", get(dlq::list_dlq))
+        .route("/v1/dlq/stats", get(dlq::dlq_stats))
+        .route("/v1/dlq/drain", post(dlq::drain_dlq))
+        .route("/v1/dlq/replay", post(dlq::replay_many))
+        .route("/v1/dlq/{id}", get(dlq::get_dlq).delete(dlq::delete_dlq))
+        .route("/v1/dlq/{id}/replay", post(dlq::replay_dlq))
         .route("/v1/chains/{chain_id}", get(chains::get_chain))
         .route("/v1/chains/{chain_id}/cancel", post(chains::cancel_chain))
         .route("/v1/config", get(ops::config))

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
-use super::dispatch::params;
+use super::dispatch::{namespace_ok, params};
 use super::error::ApiError;
 use super::{AppState, json};
 use crate::outcome::ActionOutcome;
@@ -67,10 +67,6 @@ fn group_view(info: GroupInfo) -> GroupView {
         last_flush: info.last_flush_ms,
         last_event: info.last_event_ms,
     }
-}
-
-fn namespace_ok(ns: &str) -> Result<(), ApiError> {
-    crate::action::check_namespace(ns).map_err(|e| ApiError::invalid(format!("namespace: {e}")))
 }
 
 /// Groups of a namespace (and tenant).

@@ -5,6 +5,7 @@ use std::time::Instant;
 use super::{Delivery, Gateway};
 use crate::action::Action;
 use crate::config::Runtime;
+use crate::dead_letter::{self, DeadLetter, FROM_DISPATCH};
 use crate::outcome::ActionOutcome;
 use crate::rules::Evaluation;
 
@@ -56,6 +57,14 @@ impl Gateway {
                     .inc();
                 tracing::warn!(provider = %handle.name, code = %e.code, error = %e.message, attempts = e.attempts, "delivery failed");
                 self.release_dedup(eval).await;
+                if e.retryable && !self.options.dead_letter_retention.is_zero() {
+                    let mut delivered = action.clone();
+                    delivered.provider = delivery.provider.clone();
+                    let retention = self.options.dead_letter_retention;
+                    let entry = DeadLetter::new(&delivered, &e, FROM_DISPATCH, retention);
+                    // Counted and logged inside; the outcome says the delivery failed.
+                    let _ = dead_letter::store(self, &entry).await;
+                }
                 ActionOutcome::failed(&e.code, e.message, e.retryable, e.attempts)
             }
         }

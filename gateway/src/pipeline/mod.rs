@@ -32,6 +32,8 @@ pub struct GatewayOptions {
     pub default_deny: bool,
     /// How long an ended chain run stays listed and readable.
     pub chain_retention: Duration,
+    /// How long a dead letter is kept; zero: failed deliveries are not kept.
+    pub dead_letter_retention: Duration,
 }
 
 impl Default for GatewayOptions {
@@ -40,6 +42,7 @@ impl Default for GatewayOptions {
             state_timeout: Duration::from_secs(2),
             default_deny: false,
             chain_retention: crate::worker::chain_record::DEFAULT_RETENTION,
+            dead_letter_retention: crate::dead_letter::DEFAULT_RETENTION,
         }
     }
 }
@@ -74,7 +77,7 @@ pub struct Gateway {
     /// The dedup marks of this gateway's successful deliveries (off by default).
     pub delivered: DeliveredMarks,
     /// Running chains (census) and chain failures, for the report to the operator.
-    pub chain_activity: crate::worker::chain_census::ChainActivityLog,
+    pub chain_activity: crate::worker::census::ChainActivityLog,
 }
 
 /// Where an action will be delivered, once the verdict is known.

@@ -2506,8 +2506,22 @@ pub async fn timers_listed_by_prefix(store: Arc<dyn StateStore>, prefix: &str) {
         "conformance[{C}]: a completed timer is not"
     );
     assert!(list(format!("{prefix}list:zz"), None, 10).await.is_empty());
+    assert!(
+        ok(C, "delete_timer", s.delete_timer(&ids[1]).await),
+        "deleted"
+    );
+    assert!(
+        !ok(C, "delete_timer", s.delete_timer(&ids[1]).await),
+        "gone"
+    );
+    assert_eq!(
+        list(p.clone(), None, 10).await,
+        [ids[0].clone()],
+        "conformance[{C}]: a deleted timer is not listed"
+    );
+    assert_eq!(ok(C, "get_timer", s.get_timer(&ids[1]).await), None);
     // Leave nothing due behind for other timer checks.
-    for id in [&ids[0], &ids[1], &ids[3], &ids[4]] {
+    for id in [&ids[0], &ids[3], &ids[4]] {
         ok(
             C,
             "schedule_timer",

@@ -227,6 +227,10 @@ impl StateStore for LazyStore {
         self.store()?.get_timer(id).await
     }
 
+    async fn delete_timer(&self, id: &str) -> Result<bool, StateError> {
+        self.store()?.delete_timer(id).await
+    }
+
     async fn list_timers(
         &self,
         prefix: &str,

@@ -1265,6 +1265,10 @@ impl StateStore for MemoryStore {
         Ok(timers.timers.get(id).map(|t| (t.due_ms, t.payload.clone())))
     }
 
+    async fn delete_timer(&self, id: &str) -> Result<bool, StateError> {
+        Ok(self.timers.lock().remove(id).is_some())
+    }
+
     async fn list_timers(
         &self,
         prefix: &str,

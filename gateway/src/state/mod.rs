@@ -274,6 +274,13 @@ pub trait StateStore: Send + Sync + 'static {
         Err(self.unsupported("reading timers"))
     }
 
+    /// Removes a timer, claimed or not; whether it existed (records kept as timers — dead
+    /// letters — are deleted this way).
+    async fn delete_timer(&self, id: &str) -> Result<bool, StateError> {
+        let _ = id;
+        Err(self.unsupported("deleting timers"))
+    }
+
     /// Timers whose id starts with `prefix`, claimed or not, in id order, at most `limit`,
     /// from just after the id `after` when given (keyset paging): what `GET /v1/chains`
     /// lists.

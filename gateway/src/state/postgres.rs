@@ -1374,6 +1374,17 @@ impl StateStore for PostgresStore {
         Ok(row.map(|(due, payload)| (due.max(0) as u64, payload)))
     }
 
+    async fn delete_timer(&self, id: &str) -> Result<bool, StateError> {
+        self.run("delete_timer", async |conn: &mut PgConnection| {
+            sqlx::query("DELETE FROM acteon_timers WHERE id = $1")
+                .bind(id)
+                .execute(conn)
+                .await
+                .map(|r| r.rows_affected() > 0)
+        })
+        .await
+    }
+
     async fn list_timers(
         &self,
         prefix: &str,

@@ -312,6 +312,13 @@ end
 return n
 ";
 
+/// KEYS: timer set, timer hash, timer id index. ARGV: id. Returns 1 if the timer existed.
+const DELETE_TIMER: &str = r"
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+return redis.call('DEL', KEYS[2])
+";
+
 /// KEYS: timer id index. ARGV: timer hash prefix, lex min, lex max, limit. Returns (id,
 /// due ms, payload) per live timer in the range, in id order; index entries whose timer is
 /// gone are dropped on the way.
@@ -713,6 +720,7 @@ struct Scripts {
     flush_end: Script,
     list_parked: Script,
     list_timers: Script,
+    delete_timer: Script,
     get_parked: Script,
     read_state: Script,
 }
@@ -801,6 +809,7 @@ impl RedisStore {
                 flush_end: Script::new(FLUSH_END),
                 list_parked: Script::new(LIST_PARKED),
                 list_timers: Script::new(LIST_TIMERS),
+                delete_timer: Script::new(DELETE_TIMER),
                 get_parked: Script::new(GET_PARKED),
                 read_state: Script::new(READ_STATE),
             },
@@ -1379,6 +1388,20 @@ impl StateStore for RedisStore {
             .await
             .map_err(unavailable)?;
         Ok(payload.map(|p| (due.unwrap_or(0), p)))
+    }
+
+    async fn delete_timer(&self, id: &str) -> Result<bool, StateError> {
+        let n: i64 = self
+            .scripts
+            .delete_timer
+            .key(self.key("tm", "due"))
+            .key(self.key("tm:p", id))
+            .key(self.key("tm", "x"))
+            .arg(id)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(n > 0)
     }
 
     async fn list_timers(

@@ -12,13 +12,15 @@ use std::time::{Duration, Instant};
 
 use acteon_api::crd::ChainStep;
 
-use super::chain_call::{Call, Delivery, StepError, deliver, deliver_parallel};
+use super::chain_call::{Call, Delivery, StepError, call_action, deliver, deliver_parallel};
 use super::chain_record::{self as record, ChainRecord, record_timer_id};
 use super::chain_step::next_step;
 use super::task::{ChainRun, ParentChain, StepResult, Task};
 use super::{Done, observe_lateness};
 use crate::config::Runtime;
+use crate::dead_letter::{self, DeadLetter, FROM_CHAIN};
 use crate::pipeline::Gateway;
+use crate::providers::ProviderError;
 use crate::state::{ClaimedTimer, unix_ms};
 
 /// Attempts of a step whose provider failed in a way worth retrying (its own retries
@@ -135,6 +137,11 @@ async fn step_once(
         let due = unix_ms() + (backoff * run.attempt).as_millis() as u64;
         return move_on(gateway, run, timer, due, None).await;
     }
+    if let Err(e) = &outcome
+        && step.on_failure.as_deref() == Some("dlq")
+    {
+        dead_letter_step(gateway, &run, &step, &delivery.request, e).await;
+    }
     let result = StepResult {
         started_ms,
         request: delivery.request,
@@ -144,6 +151,34 @@ async fn step_once(
         tracing::warn!(chain = %run.chain, chain_id = %run.chain_id, step = %step.name, %error, "chain step failed");
     }
     settle(gateway, run, timer, result, hold).await
+}
+
+/// A failed step with `onFailure: dlq`: its call is kept as a dead letter (replayable with
+/// the same idempotency key); the run then ends failed, as with `abort`. A parallel step
+/// has no one call to keep: it only ends the run.
+async fn dead_letter_step(
+    gateway: &Gateway,
+    run: &ChainRun,
+    step: &ChainStep,
+    request: &serde_json::Value,
+    error: &StepError,
+) {
+    let retention = gateway.options.dead_letter_retention;
+    let Some(call) = Call::of_step(step).filter(|_| !retention.is_zero()) else {
+        return;
+    };
+    let action = call_action(run, &call, request.clone());
+    let failure = ProviderError::new(
+        "CHAIN_STEP_FAILED",
+        error.message.clone(),
+        error.retryable,
+        run.attempt + 1,
+    );
+    let mut entry = DeadLetter::new(&action, &failure, FROM_CHAIN, retention);
+    entry.chain_id = Some(run.chain_id.clone());
+    entry.chain_step = Some(step.name.clone());
+    // Counted and logged inside; the run's record names the failure either way.
+    let _ = dead_letter::store(gateway, &entry).await;
 }
 
 /// The step's attempts in all and the pause unit between them.
@@ -226,8 +261,8 @@ fn enter_sub_chain(rt: &Runtime, run: &mut ChainRun, name: &str) -> Result<(), S
 
 /// Records a step's result and moves on: to the next step (branches, `defaultNext`, next
 /// in order), or out of a finished sub-chain into its parent, or to the end of the run. A
-/// failed step ends its chain unless its `onFailure` is `skip` (`dlq` ends it too: dead
-/// letters come with the delivery work); a failed sub-chain is a failed step of its parent.
+/// failed step ends its chain unless its `onFailure` is `skip` (`dlq` ends it too, its call
+/// kept as a dead letter); a failed sub-chain is a failed step of its parent.
 async fn settle(
     gateway: &Gateway,
     mut run: Box<ChainRun>,

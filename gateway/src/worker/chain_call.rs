@@ -171,7 +171,7 @@ pub(super) async fn deliver_parallel(
 
 /// The action a call delivers: the origin's namespace and tenant; its id is the call's
 /// idempotency key.
-fn call_action(run: &ChainRun, call: &Call<'_>, payload: Value) -> Action {
+pub(super) fn call_action(run: &ChainRun, call: &Call<'_>, payload: Value) -> Action {
     let mut metadata = run.origin.metadata.clone();
     metadata.insert("chain_id".into(), run.chain_id.clone());
     metadata.insert("chain_step".into(), call.name.to_owned());

@@ -10,9 +10,9 @@
 
 pub mod task;
 
+pub mod census;
 mod chain;
 mod chain_call;
-pub mod chain_census;
 pub mod chain_record;
 mod chain_step;
 mod group;
@@ -57,7 +57,7 @@ impl Default for WorkerOptions {
             batch: 64,
             lease: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(10),
-            census_every: chain_census::CENSUS_EVERY,
+            census_every: census::CENSUS_EVERY,
         }
     }
 }
@@ -111,7 +111,7 @@ struct Worker {
 /// Starts the worker beside the HTTP server.
 pub fn spawn(gateway: Arc<Gateway>, options: WorkerOptions) -> WorkerHandle {
     let (stop, stopped) = watch::channel(false);
-    let census = tokio::spawn(chain_census::run(
+    let census = tokio::spawn(census::run(
         gateway.clone(),
         options.census_every,
         stopped.clone(),
@@ -245,7 +245,7 @@ impl Worker {
                 chain::advance(&self.gateway, run, timer, self.options.lease).await
             }
             // Its retention ended: completing the timer removes the record.
-            Task::ChainEnded(_) => Done::Complete,
+            Task::ChainEnded(_) | Task::DeadLetter(_) => Done::Complete,
         }
     }
 

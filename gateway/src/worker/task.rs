@@ -21,6 +21,8 @@ pub enum Task {
     AdvanceChain(Box<ChainRun>),
     /// An ended chain run, kept for inspection: due when its retention ends (then removed).
     ChainEnded(Box<super::chain_record::ChainRecord>),
+    /// A dead letter, kept for inspection and replay: due when its retention ends.
+    DeadLetter(Box<crate::dead_letter::DeadLetter>),
 }
 
 /// A running chain, as its timer carries it from step to step.
@@ -161,6 +163,7 @@ impl Task {
             Task::NotifyMove(_) => "notify_move",
             Task::AdvanceChain(_) => "advance_chain",
             Task::ChainEnded(_) => "chain_ended",
+            Task::DeadLetter(_) => "dead_letter",
         }
     }
 }

@@ -5,6 +5,7 @@
 //! answers with the request's body). Redis and Postgres.
 
 use crate::common;
+use common::{postgres_url, redis_url};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -598,15 +599,6 @@ async fn parallel_steps(state_url: &str) {
             "{call} called: {calls:?}"
         );
     }
-}
-
-fn redis_url() -> String {
-    std::env::var("ACTEON_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
-fn postgres_url() -> String {
-    std::env::var("ACTEON_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".into())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -7,7 +7,7 @@ use crate::common::proxy;
 
 use std::time::Duration;
 
-use common::{Recorder, Server};
+use common::{Recorder, Server, get_json};
 use serde_json::{Value, json};
 
 const CONFIG: &str = r#"
@@ -358,16 +358,6 @@ fn invalid_configuration_refuses_to_start() {
             && err.contains("regex"),
         "{err}"
     );
-}
-
-async fn get_json(client: &reqwest::Client, url: &str) -> (u16, Value) {
-    let resp = client.get(url).send().await.expect("request sent");
-    let status = resp.status().as_u16();
-    let text = resp.text().await.expect("body");
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
 }
 
 async fn metrics_text(client: &reqwest::Client, server: &Server) -> String {

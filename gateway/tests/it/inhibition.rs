@@ -162,6 +162,9 @@ impl StateStore for Counting {
     async fn get_timer(&self, id: &str) -> Result<Option<(u64, Vec<u8>)>, StateError> {
         self.inner.get_timer(id).await
     }
+    async fn delete_timer(&self, id: &str) -> Result<bool, StateError> {
+        self.inner.delete_timer(id).await
+    }
     async fn list_timers(
         &self,
         prefix: &str,

@@ -7,6 +7,7 @@ mod common;
 mod acteon_compat;
 mod chains;
 mod cli;
+mod dead_letters;
 mod faults;
 mod follow;
 mod golden;

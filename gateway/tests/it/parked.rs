@@ -4,6 +4,7 @@
 //! (`ACTEON_TEST_REDIS_URL`, `ACTEON_TEST_POSTGRES_URL`).
 
 use crate::common;
+use common::{postgres_url, redis_url};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -444,15 +445,6 @@ async fn move_notifications(state_url: &str, replicas: usize) {
         sends[&0] + 1,
         "the move by hand notified with event 0's record"
     );
-}
-
-fn redis_url() -> String {
-    std::env::var("ACTEON_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
-fn postgres_url() -> String {
-    std::env::var("ACTEON_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".into())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

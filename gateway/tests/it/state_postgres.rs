@@ -261,6 +261,9 @@ impl StateStore for Slotted {
     async fn get_timer(&self, id: &str) -> Result<Option<(u64, Vec<u8>)>, StateError> {
         self.store.get_timer(id).await
     }
+    async fn delete_timer(&self, id: &str) -> Result<bool, StateError> {
+        self.store.delete_timer(id).await
+    }
     async fn list_timers(
         &self,
         prefix: &str,

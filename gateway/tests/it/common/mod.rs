@@ -245,3 +245,25 @@ pub async fn send_round_robin(
     }
     out
 }
+
+/// The Redis of the tests (`ACTEON_TEST_REDIS_URL`, else the local default).
+pub fn redis_url() -> String {
+    std::env::var("ACTEON_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// The Postgres of the tests (`ACTEON_TEST_POSTGRES_URL`, else the local default).
+pub fn postgres_url() -> String {
+    std::env::var("ACTEON_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".into())
+}
+
+/// GET `url`: status and JSON body (the text as a JSON string when it is not JSON).
+pub async fn get_json(client: &reqwest::Client, url: &str) -> (u16, Value) {
+    let resp = client.get(url).send().await.expect("request sent");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.expect("body");
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}

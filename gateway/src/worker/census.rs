@@ -1,10 +1,11 @@
-//! Which chains are running, and how they last failed: for the running gauge and for the
-//! Chain resources' status (reported to the operator with the gateway's heartbeat).
+//! The census of kept work: running chains by chain (the running gauge, and the Chain
+//! resources' status through the gateway's report to the operator) and dead letters by
+//! namespace/provider (their gauge); and how chains last failed.
 //!
-//! Counting running runs means reading them all, so one replica at a time does it — the
-//! holder of a short lease — every [`CENSUS_EVERY`], reading at most [`MAX_COUNTED`] runs
-//! (past that the counts are lower bounds). Failures are what each replica saw itself; the
-//! operator keeps the newest across gateways.
+//! Counting means reading every entry, so one replica at a time does it — the holder of a
+//! short lease — every [`CENSUS_EVERY`], reading at most [`MAX_COUNTED`] of each (past that
+//! the counts are lower bounds). Failures are what each replica saw itself; the operator
+//! keeps the newest across gateways.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use serde::Deserialize;
 use tokio::sync::watch;
 
 use super::chain_record::ALL_RUNNING;
+use crate::dead_letter;
 use crate::pipeline::Gateway;
 use crate::state::unix_ms;
 
@@ -108,6 +110,13 @@ struct ParentChain {
     chain: String,
 }
 
+/// The fields of a dead letter the census reads.
+#[derive(Deserialize)]
+struct LetterOf {
+    namespace: String,
+    provider: String,
+}
+
 /// Takes the census while this replica holds the lease, until `stopped`.
 pub async fn run(gateway: Arc<Gateway>, every: Duration, mut stopped: watch::Receiver<bool>) {
     let owner = uuid::Uuid::new_v4().simple().to_string();
@@ -124,7 +133,13 @@ pub async fn run(gateway: Arc<Gateway>, every: Duration, mut stopped: watch::Rec
             .await
             .unwrap_or(false);
         let counts = if holds { count(gw).await } else { None };
-        publish(gw, counts.as_ref());
+        let letters = if holds {
+            count_dead_letters(gw).await
+        } else {
+            None
+        };
+        publish(&gw.metrics.chains_running, counts.as_ref());
+        publish(&gw.metrics.dead_letters_pending, letters.as_ref());
         gw.chain_activity.counted(counts.map(|c| (c, unix_ms())));
     }
     let _ = gateway
@@ -135,24 +150,44 @@ pub async fn run(gateway: Arc<Gateway>, every: Duration, mut stopped: watch::Rec
 /// Running runs by chain (`namespace/name` of the started chain), or `None` if the
 /// backend could not be read.
 async fn count(gw: &Gateway) -> Option<BTreeMap<String, u64>> {
+    tally(gw, ALL_RUNNING, |payload| {
+        let run = serde_json::from_slice::<RunChain>(payload).ok()?;
+        Some(
+            run.parents
+                .into_iter()
+                .next()
+                .map_or(run.chain, |p| p.chain),
+        )
+    })
+    .await
+}
+
+/// Dead letters by `namespace/provider`.
+async fn count_dead_letters(gw: &Gateway) -> Option<BTreeMap<String, u64>> {
+    tally(gw, &dead_letter::list_prefix(None, None), |payload| {
+        let entry = serde_json::from_slice::<LetterOf>(payload).ok()?;
+        Some(format!("{}/{}", entry.namespace, entry.provider))
+    })
+    .await
+}
+
+/// Counts the timers of `prefix` by the label `label_of` reads from each payload.
+async fn tally(
+    gw: &Gateway,
+    prefix: &str,
+    label_of: impl Fn(&[u8]) -> Option<String>,
+) -> Option<BTreeMap<String, u64>> {
     let mut counts = BTreeMap::new();
     let mut after: Option<String> = None;
     let mut read = 0;
     while read < MAX_COUNTED {
         let page = gw
-            .state_call(gw.state.list_timers(ALL_RUNNING, after.as_deref(), PAGE))
+            .state_call(gw.state.list_timers(prefix, after.as_deref(), PAGE))
             .await
             .ok()?;
         read += page.len();
-        for timer in &page {
-            if let Ok(run) = serde_json::from_slice::<RunChain>(&timer.payload) {
-                let chain = run
-                    .parents
-                    .into_iter()
-                    .next()
-                    .map_or(run.chain, |p| p.chain);
-                *counts.entry(chain).or_insert(0) += 1;
-            }
+        for label in page.iter().filter_map(|t| label_of(&t.payload)) {
+            *counts.entry(label).or_insert(0) += 1;
         }
         if page.len() < PAGE {
             break;
@@ -162,10 +197,9 @@ async fn count(gw: &Gateway) -> Option<BTreeMap<String, u64>> {
     Some(counts)
 }
 
-/// The running gauge: set by the census holder only (others clear theirs), so a sum over
-/// replicas counts each run once.
-fn publish(gw: &Gateway, counts: Option<&BTreeMap<String, u64>>) {
-    let gauge = &gw.metrics.chains_running;
+/// A gauge set by the census holder only (others clear theirs), so a sum over replicas
+/// counts each entry once.
+fn publish(gauge: &prometheus::IntGaugeVec, counts: Option<&BTreeMap<String, u64>>) {
     gauge.reset();
     for (chain, n) in counts.into_iter().flatten() {
         gauge
