@@ -9,6 +9,7 @@ pub mod acteon;
 mod acteon_chains;
 pub mod documents;
 pub mod error;
+pub mod gaps;
 pub mod limits;
 mod validate;
 

@@ -12,6 +12,10 @@ use super::status::ResourceStatus;
     group = "acteon.dev",
     version = "v1alpha1",
     kind = "Quota",
+    // Not `quotas`/`quota`: `quota` is the short name of the core ResourceQuota, and
+    // `kubectl get quota` must keep meaning that.
+    plural = "actionquotas",
+    singular = "actionquota",
     namespaced,
     status = "ResourceStatus",
     shortname = "aquota",

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use acteon_api::compile::Kind;
+use acteon_api::compile::gaps::gaps;
 use acteon_api::crd::ResourceStatus;
 use acteon_channel::{GatewayReport, PublishOutcome};
 use futures::StreamExt;
@@ -226,8 +227,14 @@ impl Reconciler {
             let Some(verdict) = self.verdicts.get(&o.key) else {
                 continue; // arrived after the last build; the next one covers it
             };
-            let mut want =
-                status::desired(o.generation, verdict, self.serving(&o), &o.status, &now);
+            let mut want = status::desired(
+                o.generation,
+                verdict,
+                self.serving(&o),
+                &gaps(o.key.kind, &o.spec),
+                &o.status,
+                &now,
+            );
             if o.key.kind == Kind::Chain {
                 let chain = format!("{}/{}", o.key.namespace, o.key.name);
                 let current = o.status.executions.as_ref();

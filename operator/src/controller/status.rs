@@ -8,7 +8,11 @@
 //! object (so `flux` fails fast with the reason instead of timing out) and `Reconciling` for
 //! an accepted one that not every gateway serves yet.
 
+use acteon_api::compile::gaps::Gaps;
 use acteon_api::crd::{ExecutionsStatus, ResourceStatus, StatusCondition};
+
+/// `Ready` reason of a valid object that asks for what the gateway does not do yet.
+pub const NOT_IMPLEMENTED: &str = "NotImplemented";
 use acteon_channel::GatewayReport;
 
 use super::build::Verdict;
@@ -45,11 +49,14 @@ fn condition(
     }
 }
 
-/// The status an object should have. `serving` is `None` for rejected objects.
+/// The status an object should have. `serving` is `None` for rejected objects; `gaps` is
+/// what the object asks for that the gateway does not do yet (not ready when it does not
+/// work at all, named in the message when a setting is not enforced).
 pub fn desired(
     generation: i64,
     verdict: &Verdict,
     serving: Option<Serving>,
+    gaps: &Gaps,
     current: &ResourceStatus,
     now: &str,
 ) -> ResourceStatus {
@@ -80,7 +87,9 @@ pub fn desired(
                 serving: 0,
                 live: 0,
             });
-            let (ok, reason, message) = if s.live == 0 {
+            let (ok, reason, mut message) = if let Some(why) = &gaps.not_implemented {
+                (false, NOT_IMPLEMENTED, why.clone())
+            } else if s.live == 0 {
                 (
                     false,
                     "NoGateways",
@@ -95,6 +104,10 @@ pub fn desired(
             } else {
                 (true, "Served", format!("served by all {} gateways", s.live))
             };
+            if !gaps.not_enforced.is_empty() {
+                let settings = gaps.not_enforced.join(", ");
+                message.push_str(&format!("; not enforced yet: {settings}"));
+            }
             (
                 condition(
                     "Accepted",
@@ -110,8 +123,11 @@ pub fn desired(
             )
         }
     };
+    // Not implemented will not change by waiting: Stalled, so Flux fails fast with why.
     let kstatus = if accepted.status == "False" {
         Some(("Stalled", &accepted))
+    } else if ready.reason == NOT_IMPLEMENTED {
+        Some(("Stalled", &ready))
     } else if ready.status == "False" {
         Some(("Reconciling", &ready))
     } else {
@@ -357,6 +373,64 @@ mod tests {
         );
         let ok = desired(5, &Verdict::Accepted, None, &s, T1);
         assert!(!is_new_rejection(5, &ok, &s));
+    }
+
+    /// `desired` of an object without gaps.
+    fn desired(
+        generation: i64,
+        verdict: &Verdict,
+        serving: Option<Serving>,
+        current: &ResourceStatus,
+        now: &str,
+    ) -> ResourceStatus {
+        super::desired(generation, verdict, serving, &Gaps::default(), current, now)
+    }
+
+    #[test]
+    fn what_is_not_implemented_is_not_ready_and_stalled_and_unenforced_settings_are_named() {
+        let serving = Some(Serving {
+            serving: 2,
+            live: 2,
+        });
+        let gap = Gaps {
+            not_implemented: Some("provider type `slack` is not implemented".into()),
+            not_enforced: Vec::new(),
+        };
+        let s = super::desired(
+            1,
+            &Verdict::Accepted,
+            serving,
+            &gap,
+            &Default::default(),
+            T0,
+        );
+        assert_eq!(
+            find(&s, "Accepted").map(|c| c.status.as_str()),
+            Some("True")
+        );
+        assert_eq!(
+            (ready(&s).status.as_str(), ready(&s).reason.as_str()),
+            ("False", NOT_IMPLEMENTED)
+        );
+        assert!(ready(&s).message.contains("`slack`"));
+        assert!(find(&s, "Stalled").is_some() && find(&s, "Reconciling").is_none());
+        let unenforced = Gaps {
+            not_implemented: None,
+            not_enforced: vec!["circuitBreaker", "rateLimit"],
+        };
+        let s = super::desired(
+            1,
+            &Verdict::Accepted,
+            serving,
+            &unenforced,
+            &Default::default(),
+            T0,
+        );
+        assert_eq!(ready(&s).status, "True");
+        assert_eq!(
+            ready(&s).message,
+            "served by all 2 gateways; not enforced yet: circuitBreaker, rateLimit"
+        );
     }
 
     /// (chain, running, last failure and when).

@@ -497,7 +497,7 @@ fn the_installed_chart_runs_and_its_crds_follow_crds_keep() {
         "crd/providers.acteon.dev",
         "crd/chains.acteon.dev",
         "crd/statemachines.acteon.dev",
-        "crd/quotas.acteon.dev",
+        "crd/actionquotas.acteon.dev",
     ]);
     let manifest = documents(&kube.helm_ok(&["get", "manifest", RELEASE, "-n", SYSTEM_NAMESPACE]));
 

@@ -31,7 +31,7 @@ const KINDS: [&str; 5] = [
     "providers.acteon.dev",
     "chains.acteon.dev",
     "statemachines.acteon.dev",
-    "quotas.acteon.dev",
+    "actionquotas.acteon.dev",
 ];
 
 #[test]
