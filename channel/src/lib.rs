@@ -53,6 +53,16 @@ pub struct Published {
     pub body: Vec<u8>,
 }
 
+impl Published {
+    /// Its version and digest.
+    pub fn head(&self) -> Head {
+        Head {
+            version: self.version,
+            digest: self.digest.clone(),
+        }
+    }
+}
+
 /// What [`ConfigChannel::publish`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PublishOutcome {

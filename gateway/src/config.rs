@@ -193,6 +193,9 @@ pub struct ConfigStatus {
     pub gateway_id: Option<String>,
     /// The newest version that failed to apply (newer than the served one), and why.
     pub failed_version: Option<u64>,
+    /// That version's digest (a version number alone repeats when the backend loses its
+    /// data and publications start again at 1).
+    pub failed_digest: Option<String>,
     pub error: Option<String>,
 }
 
@@ -211,6 +214,7 @@ impl LiveConfig {
                 source: ConfigSource::Files,
                 gateway_id: None,
                 failed_version: None,
+                failed_digest: None,
                 error: None,
             }),
         }
@@ -224,6 +228,7 @@ impl LiveConfig {
                 source,
                 gateway_id,
                 failed_version: None,
+                failed_digest: None,
                 error: None,
             }),
         }
@@ -234,21 +239,22 @@ impl LiveConfig {
         self.current.load_full()
     }
 
-    /// Serves `runtime` from now on; a failure recorded for an older version is cleared.
+    /// Serves `runtime` from now on (the newest publication: any failure recorded before
+    /// is cleared).
     pub fn swap(&self, runtime: Runtime) {
-        let version = runtime.snapshot.version;
         self.current.store(Arc::new(runtime));
         let mut status = self.status.lock();
-        if status.failed_version.is_some_and(|v| v <= version) {
-            status.failed_version = None;
-            status.error = None;
-        }
+        status.failed_version = None;
+        status.failed_digest = None;
+        status.error = None;
     }
 
-    /// Records that `version` could not be applied (the served runtime is unchanged).
-    pub fn record_failure(&self, version: u64, error: String) {
+    /// Records that `version` (`digest`) could not be applied (the served runtime is
+    /// unchanged).
+    pub fn record_failure(&self, version: u64, digest: &str, error: String) {
         let mut status = self.status.lock();
         status.failed_version = Some(version);
+        status.failed_digest = Some(digest.to_owned());
         status.error = Some(error);
     }
 

@@ -3,10 +3,12 @@
 //!
 //! The follower fetches the current snapshot at start, then wakes on the channel's
 //! notifications and on a periodic `head()` check (notifications are best effort). When the
-//! head is newer than the served version it fetches the body, compiles it into a
-//! [`Runtime`] and swaps it in. A body that does not parse or does not build is not served:
-//! the previous runtime stays, the failure is logged, counted and reported, and that
-//! version is not tried again (only a newer one is). When the backend is unreachable the
+//! head's digest is not the served one it fetches the body, compiles it into a [`Runtime`]
+//! and swaps it in — whatever its version number: a backend that lost its data numbers the
+//! operator's next publication 1 again, and the newest publication is what to serve. A body
+//! that does not parse or does not build is not served: the previous runtime stays, the
+//! failure is logged, counted and reported, and that publication is not tried again (only
+//! another one is). When the backend is unreachable the
 //! gateway keeps serving what it has and retries with backoff; it never exits for it.
 //!
 //! After every apply (or failure), and every `report_interval`, the follower reports what it
@@ -18,7 +20,7 @@ use std::time::{Duration, Instant};
 use acteon_api::Snapshot;
 use acteon_channel::auth::SnapshotAuth;
 use acteon_channel::seal::SealKey;
-use acteon_channel::{ChannelError, ConfigChannel, GatewayReport, Published};
+use acteon_channel::{ChannelError, ConfigChannel, GatewayReport, Head, Published};
 use tokio::time::MissedTickBehavior;
 
 use crate::config::Runtime;
@@ -107,18 +109,25 @@ impl Follower {
         tokio::spawn(self.run())
     }
 
-    /// The version served (0 before the first snapshot) and the newest failed version.
-    fn positions(&self) -> (u64, Option<u64>) {
+    /// Whether the publication `head` is worth fetching: it is not what is served (by
+    /// digest: a backend that lost its data numbers publications from 1 again, and the
+    /// newest publication is served whatever its number), and not the one that failed (a
+    /// failed publication is not retried).
+    fn wants(&self, head: &Head) -> bool {
         let rt = self.gateway.config.load();
-        let served = if rt.loaded { rt.snapshot.version } else { 0 };
-        (served, self.gateway.config.status().failed_version)
+        if rt.loaded && rt.snapshot.digest == head.digest {
+            return false;
+        }
+        let status = self.gateway.config.status();
+        let failed = status.failed_version == Some(head.version)
+            && status.failed_digest.as_deref() == Some(head.digest.as_str());
+        !failed
     }
 
-    /// Whether `version` is worth fetching: newer than the served one, and newer than the
-    /// last version that failed (a failed version is not retried).
-    fn wants(&self, version: u64) -> bool {
-        let (served, failed) = self.positions();
-        version > served && failed.is_none_or(|f| version > f)
+    /// Whether a notified version may be news (its digest is checked on the head).
+    fn may_want(&self, version: u64) -> bool {
+        let rt = self.gateway.config.load();
+        !rt.loaded || rt.snapshot.version != version
     }
 
     /// Compares the channel's head with the served version and applies a newer snapshot.
@@ -126,13 +135,13 @@ impl Follower {
         let Some(head) = self.channel.head().await? else {
             return Ok(Checked::Empty);
         };
-        if !self.wants(head.version) {
+        if !self.wants(&head) {
             return Ok(Checked::UpToDate);
         }
         let Some(published) = self.channel.fetch().await? else {
             return Ok(Checked::Empty);
         };
-        if !self.wants(published.version) {
+        if !self.wants(&published.head()) {
             return Ok(Checked::UpToDate);
         }
         let checked = self.apply(published).await;
@@ -188,7 +197,9 @@ impl Follower {
                 Checked::Applied(version)
             }
             Err(error) => {
-                self.gateway.config.record_failure(version, error.clone());
+                self.gateway
+                    .config
+                    .record_failure(version, &digest, error.clone());
                 metrics.config_reload_failures.inc();
                 let served = self.gateway.config.load().snapshot.version;
                 tracing::warn!(
@@ -261,7 +272,7 @@ impl Follower {
                         continue;
                     }
                     let version = *notifications.borrow_and_update();
-                    if !self.wants(version) {
+                    if !self.may_want(version) {
                         continue;
                     }
                 }

@@ -9,8 +9,8 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::controller::index::Index;
@@ -28,6 +28,7 @@ pub struct Metrics {
     pub status_writes: IntCounterVec,
     pub events: IntCounterVec,
     pub published_version: IntGauge,
+    pub republished: IntCounter,
     pub gateways: IntGauge,
     pub leader: IntGauge,
 }
@@ -101,6 +102,14 @@ impl Metrics {
                 "acteon_operator_events_total",
                 "Kubernetes Events emitted, by reason",
                 &["reason"],
+            ),
+            republished: register(
+                &r,
+                IntCounter::new(
+                    "acteon_operator_republished_total",
+                    "Snapshots published again because the state backend no longer held the published one",
+                )
+                .expect("static metric"),
             ),
             published_version: gauge(
                 "acteon_operator_published_snapshot_version",

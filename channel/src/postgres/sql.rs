@@ -38,13 +38,17 @@ impl Sql {
         // Under concurrent publishers the UPDATE re-checks its WHERE on the newest row
         // (READ COMMITTED), so versions never repeat; the fallback SELECT, though, reads the
         // statement's snapshot and may be older: see `PostgresChannel::publish`.
+        // An upsert, so that a row lost with the backend's data (its tables emptied) is
+        // written again, as version 1, instead of failing every publish.
         let publish = format!(
             "WITH up AS (
-                 UPDATE {s}.config_snapshot
-                    SET version = version + 1, digest = $1, body = $2,
-                        published_at = clock_timestamp()
-                  WHERE id AND (version = 0 OR digest <> $1)
-              RETURNING version
+                 INSERT INTO {s}.config_snapshot AS c (id, version, digest, body, published_at)
+                 VALUES (true, 1, $1, $2, clock_timestamp())
+                 ON CONFLICT (id) DO UPDATE
+                    SET version = c.version + 1, digest = EXCLUDED.digest, body = EXCLUDED.body,
+                        published_at = EXCLUDED.published_at
+                  WHERE c.version = 0 OR c.digest <> EXCLUDED.digest
+              RETURNING c.version
              ), note AS (
                  SELECT pg_notify($3, version::text) FROM up
              )

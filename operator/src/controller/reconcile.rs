@@ -8,7 +8,7 @@ use std::time::Instant;
 use acteon_api::compile::Kind;
 use acteon_api::compile::gaps::gaps;
 use acteon_api::crd::ResourceStatus;
-use acteon_channel::{GatewayReport, PublishOutcome};
+use acteon_channel::{GatewayReport, Head, PublishOutcome};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
@@ -25,8 +25,17 @@ use crate::error::{Error, Result};
 pub struct Reconciler {
     ctx: Arc<Context>,
     verdicts: HashMap<ObjectKey, Verdict>,
-    /// Object → (generation, first published version that contains that generation).
+    /// Object → (generation, publication sequence number of the first snapshot that
+    /// contains that generation).
     introduced: HashMap<ObjectKey, (i64, u64)>,
+    /// Digests this operator published, with their sequence numbers: a gateway serves an
+    /// object's generation when its digest's number is at least the object's. Counted
+    /// here, not from the backend's version, which starts again at 1 when the backend
+    /// loses its data.
+    publications: Publications,
+    /// The head as this operator last published it: a different or missing head means the
+    /// backend lost (or another writer replaced) the snapshot — republish.
+    published: Option<Head>,
     gateways: Vec<GatewayReport>,
     /// Status we wrote, with the status we replaced: skips rewriting while the watch
     /// has not yet brought our own write back.
@@ -41,6 +50,8 @@ impl Reconciler {
             ctx,
             verdicts: HashMap::new(),
             introduced: HashMap::new(),
+            publications: Publications::default(),
+            published: None,
             gateways: Vec::new(),
             written: HashMap::new(),
             pending: true,
@@ -51,13 +62,15 @@ impl Reconciler {
     pub fn step_down(&mut self) {
         self.verdicts.clear();
         self.introduced.clear();
+        self.published = None;
         self.written.clear();
         self.pending = true;
     }
 
-    /// Periodic work: retry a due rebuild; read gateway reports and update status.
+    /// Periodic work: retry a due rebuild; republish a lost snapshot; read gateway reports
+    /// and update status.
     pub async fn tick(&mut self) {
-        if self.pending {
+        if self.pending || self.snapshot_lost().await {
             self.rebuild().await;
             return;
         }
@@ -76,6 +89,29 @@ impl Reconciler {
                     .with_label_values(&[Error::from(e).metric_label()])
                     .inc();
             }
+        }
+    }
+
+    /// Whether the backend no longer holds what this operator published (its data was
+    /// lost, or the head was replaced): then the snapshot is published again.
+    async fn snapshot_lost(&mut self) -> bool {
+        let Some(published) = &self.published else {
+            return false;
+        };
+        match self.ctx.channel.head().await {
+            Ok(head) if head.as_ref().map(|h| &h.digest) == Some(&published.digest) => false,
+            Ok(head) => {
+                tracing::warn!(
+                    published_version = published.version,
+                    digest = %published.digest,
+                    head = ?head,
+                    "the published snapshot is gone from the state backend; publishing it again"
+                );
+                self.ctx.metrics.republished.inc();
+                true
+            }
+            // Unreachable: nothing to compare; the next tick tries again.
+            Err(_) => false,
         }
     }
 
@@ -162,16 +198,13 @@ impl Reconciler {
             );
         }
         ctx.metrics.published_version.set(version as i64);
-        self.record(&objects, build.verdicts, version);
+        let seq = self.publications.number(&outcome.head().digest);
+        self.published = Some(outcome.head().clone());
+        self.record(&objects, build.verdicts, seq);
         Ok(())
     }
 
-    fn record(
-        &mut self,
-        objects: &[Arc<Object>],
-        verdicts: HashMap<ObjectKey, Verdict>,
-        version: u64,
-    ) {
+    fn record(&mut self, objects: &[Arc<Object>], verdicts: HashMap<ObjectKey, Verdict>, seq: u64) {
         let mut introduced = HashMap::with_capacity(objects.len());
         for o in objects {
             if verdicts.get(&o.key) != Some(&Verdict::Accepted) {
@@ -179,7 +212,7 @@ impl Reconciler {
             }
             let since = match self.introduced.get(&o.key) {
                 Some(&(generation, v)) if generation == o.generation => v,
-                _ => version,
+                _ => seq,
             };
             introduced.insert(o.key.clone(), (o.generation, since));
         }
@@ -209,7 +242,11 @@ impl Reconciler {
             return None;
         }
         Some(Serving {
-            serving: self.gateways.iter().filter(|g| g.version >= since).count() as u32,
+            serving: self
+                .gateways
+                .iter()
+                .filter(|g| self.publications.of(&g.digest).is_some_and(|n| n >= since))
+                .count() as u32,
             live: self.gateways.len() as u32,
         })
     }
@@ -357,4 +394,51 @@ fn truncate(s: &str, max: usize) -> String {
         end -= 1;
     }
     format!("{}…", &s[..end])
+}
+
+/// Digests published by this operator process, numbered in publication order (a digest
+/// published again keeps its number). The oldest are forgotten past [`KEPT_DIGESTS`]: a
+/// gateway still serving one of those is behind anyway.
+#[derive(Debug, Default)]
+struct Publications {
+    numbers: HashMap<String, u64>,
+    last: u64,
+}
+
+const KEPT_DIGESTS: usize = 256;
+
+impl Publications {
+    fn number(&mut self, digest: &str) -> u64 {
+        if let Some(n) = self.numbers.get(digest) {
+            return *n;
+        }
+        self.last += 1;
+        self.numbers.insert(digest.to_owned(), self.last);
+        if self.numbers.len() > KEPT_DIGESTS {
+            let oldest = self.last - KEPT_DIGESTS as u64;
+            self.numbers.retain(|_, n| *n > oldest);
+        }
+        self.last
+    }
+
+    fn of(&self, digest: &str) -> Option<u64> {
+        self.numbers.get(digest).copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publications_are_numbered_by_digest_and_bounded() {
+        let mut p = Publications::default();
+        assert_eq!((p.number("a"), p.number("b"), p.number("a")), (1, 2, 1));
+        assert_eq!((p.of("a"), p.of("b"), p.of("c")), (Some(1), Some(2), None));
+        for i in 0..KEPT_DIGESTS {
+            p.number(&format!("d{i}"));
+        }
+        assert_eq!(p.of("a"), None, "the oldest are forgotten");
+        assert_eq!(p.numbers.len(), KEPT_DIGESTS);
+    }
 }

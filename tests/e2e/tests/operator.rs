@@ -705,7 +705,11 @@ fn crd_names_do_not_shadow_built_in_resources() {
     let ours = s
         .kube
         .kubectl_ok(&["get", "actionquota", "-n", &ns, "-o", "name"]);
-    assert_eq!(ours.trim(), "quota.acteon.dev/budget", "kubectl names it by its kind");
+    assert_eq!(
+        ours.trim(),
+        "quota.acteon.dev/budget",
+        "kubectl names it by its kind"
+    );
     let all = s
         .kube
         .kubectl_ok(&["get", "acteon", "-n", &ns, "-o", "name"]);
@@ -755,6 +759,129 @@ fn crd_names_do_not_shadow_built_in_resources() {
             );
         }
     }
+}
+
+/// Deletes everything the installation keeps in the state backend (its key prefix on
+/// Redis, the rows of its schema's tables on Postgres — the schema itself and its migration
+/// record stay), as a backend losing its data.
+fn wipe_backend(state: &str, prefix: &str) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        if state.starts_with("redis") {
+            let client = redis::Client::open(state).expect("redis url");
+            let mut conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .expect("redis");
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{prefix}*"))
+                .query_async(&mut conn)
+                .await
+                .expect("keys");
+            assert!(!keys.is_empty(), "nothing under {prefix}");
+            let _: i64 = redis::cmd("DEL")
+                .arg(&keys)
+                .query_async(&mut conn)
+                .await
+                .expect("del");
+        } else {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(state).await.expect("postgres");
+            let tables: Vec<(String,)> = sqlx::query_as(
+                "SELECT tablename::text FROM pg_tables WHERE schemaname = $1 \
+                     AND tablename <> 'acteon_migrations'",
+            )
+            .bind(prefix)
+            .fetch_all(&mut conn)
+            .await
+            .expect("tables");
+            assert!(!tables.is_empty(), "no tables in schema {prefix}");
+            let list: Vec<String> = tables
+                .iter()
+                .map(|(t,)| format!("\"{prefix}\".\"{t}\""))
+                .collect();
+            // Names from pg_tables of our own test schema, quoted.
+            let truncate = format!("TRUNCATE {}", list.join(", "));
+            sqlx::query(sqlx::AssertSqlSafe(truncate))
+                .execute(&mut conn)
+                .await
+                .expect("truncate");
+        }
+    });
+}
+
+/// The state backend loses its data under running processes: the operator notices and
+/// publishes again; a gateway started afterwards gets the configuration; the next change —
+/// numbered from the start again — reaches the gateway that served a higher version; and
+/// `Ready` counts gateways by the snapshot they serve, not by its number.
+fn the_configuration_survives_a_wiped_backend(state: String) {
+    let ns = unique_name("wipe");
+    let s = Setup::new(state, &[&ns]);
+    let (_g1, p1) = s.gateway();
+    let _op = s.operator("op-a", &[]);
+    let rule = |action: &str| {
+        format!(
+            "{}apiVersion: acteon.dev/v1alpha1\nkind: Rule\nmetadata: {{name: route, namespace: {ns}}}\nspec:\n  condition: {{field: action.action_type, eq: alert}}\n  action: {action}\n",
+            log_provider(&ns, "out")
+        )
+    };
+    let alert = json!({"namespace": ns, "tenant": "t", "provider": "out", "action_type": "alert", "payload": {}});
+    // None while the gateway has no snapshot (503).
+    let verdict = |port: u16| {
+        let (status, body) = http_post(port, "/v1/dispatch?dry_run=true", &alert)?;
+        let o: Value = serde_json::from_str(&body).ok().filter(|_| status == 200)?;
+        o["DryRun"]["verdict"].as_str().map(str::to_owned)
+    };
+    let serves = |port: u16, want: &str| {
+        wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
+            (verdict(port).as_deref() == Some(want)).then_some(())
+        })
+        .unwrap_or_else(|| panic!("gateway {port} never served `{want}`: {:?}", verdict(port)))
+    };
+    for action in [
+        "{type: suppress}",
+        "{type: deny}",
+        "{type: allow}",
+        "{type: deny}",
+    ] {
+        s.kube.apply(&rule(action));
+        serves(
+            p1,
+            action.trim_start_matches("{type: ").trim_end_matches('}'),
+        );
+    }
+    let before = served_version(p1).expect("version");
+    assert!(before >= 3, "several publications: {before}");
+    wipe_backend(&s.state, &s.prefix);
+    // A gateway started after the loss gets the configuration: the operator published it again.
+    let (_g2, p2) = s.gateway();
+    serves(p2, "deny");
+    // The next change is numbered from the start again; both gateways serve it.
+    s.kube.apply(&rule("{type: suppress}"));
+    serves(p1, "suppress");
+    serves(p2, "suppress");
+    assert!(
+        served_version(p1).expect("version") < before,
+        "the version went backwards and was still served"
+    );
+    wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
+        let c = ready_condition(s.kube, "rule", &ns, "route");
+        (c.0 == "True" && c.2 == "served by all 2 gateways").then_some(())
+    })
+    .unwrap_or_else(|| panic!("{:?}", ready_condition(s.kube, "rule", &ns, "route")));
+}
+
+#[test]
+fn redis_configuration_survives_a_wiped_backend() {
+    the_configuration_survives_a_wiped_backend(redis_url());
+}
+
+#[test]
+fn postgres_configuration_survives_a_wiped_backend() {
+    the_configuration_survives_a_wiped_backend(postgres_url());
 }
 
 #[test]
