@@ -6,6 +6,7 @@ mod crdgen;
 mod error;
 mod leader;
 mod metrics;
+mod seal_secret;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -72,6 +73,11 @@ struct RunArgs {
     /// File holding the key that seals credentials in snapshots (64 hex chars or base64).
     #[arg(long, env = "ACTEON_SEAL_KEY_FILE")]
     seal_key_file: Option<PathBuf>,
+    /// Secret (in `--lease-namespace`, data key `key`) holding the seal key: created with a
+    /// new random key when absent and never changed by the operator — what the chart uses,
+    /// so that rendering it never rotates the key. Instead of a key file or ACTEON_SEAL_KEY.
+    #[arg(long, env = "ACTEON_SEAL_KEY_SECRET")]
+    seal_key_secret: Option<String>,
     /// Status patches in flight at once.
     #[arg(long, default_value_t = 32)]
     status_concurrency: usize,
@@ -102,11 +108,24 @@ fn default_identity() -> String {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let seal_key = acteon_channel::seal::load_key(
-        args.seal_key_file.as_deref(),
-        std::env::var("ACTEON_SEAL_KEY").ok().as_deref(),
-    )
-    .map_err(|e| anyhow::anyhow!("seal key: {e}"))?;
+    let env_key = std::env::var("ACTEON_SEAL_KEY").ok();
+    let seal_key =
+        acteon_channel::seal::load_key(args.seal_key_file.as_deref(), env_key.as_deref())
+            .map_err(|e| anyhow::anyhow!("seal key: {e}"))?;
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| anyhow::anyhow!("kubeconfig: {e}"))?;
+    let seal_key = match (&args.seal_key_secret, seal_key) {
+        (Some(_), Some(_)) => {
+            anyhow::bail!("seal key: --seal-key-secret and a key file or ACTEON_SEAL_KEY: give one")
+        }
+        (Some(name), None) => Some(
+            seal_secret::ensure(&client, &args.lease_namespace, name)
+                .await
+                .map_err(|e| anyhow::anyhow!("seal key: {e}"))?,
+        ),
+        (None, key) => key,
+    };
     match &seal_key {
         Some(k) => tracing::info!(fingerprint = %k.fingerprint(), "seal key loaded"),
         None => {
@@ -117,9 +136,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             )
         }
     }
-    let client = kube::Client::try_default()
-        .await
-        .map_err(|e| anyhow::anyhow!("kubeconfig: {e}"))?;
     let identity = args.identity.clone().unwrap_or_else(default_identity);
     let elector = leader::Elector::new(
         client.clone(),

@@ -154,7 +154,19 @@ Secret holding the seal key, and its key.
 {{- end }}
 
 {{/*
-Environment both binaries share: state backend, shared namespace, seal key, logging.
+The seal key as the gateways read it (the operator-managed Secret exists once the operator
+has started: until then the kubelet keeps retrying the gateway containers).
+*/}}
+{{- define "acteon.sealKeyEnv" -}}
+- name: ACTEON_SEAL_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "acteon.sealKey.secretName" . }}
+      key: {{ include "acteon.sealKey.secretKey" . }}
+{{- end }}
+
+{{/*
+Environment both binaries share: state backend, shared namespace, logging.
 */}}
 {{- define "acteon.commonEnv" -}}
 - name: ACTEON_STATE
@@ -168,11 +180,6 @@ Environment both binaries share: state backend, shared namespace, seal key, logg
   value: {{ .Values.state.timeoutMs | quote }}
 - name: ACTEON_SHARED_NAMESPACE
   value: {{ default .Release.Namespace .Values.sharedNamespace | quote }}
-- name: ACTEON_SEAL_KEY
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "acteon.sealKey.secretName" . }}
-      key: {{ include "acteon.sealKey.secretKey" . }}
 - name: ACTEON_LOG_JSON
   value: {{ .Values.logging.json | quote }}
 - name: RUST_LOG

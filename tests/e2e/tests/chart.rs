@@ -254,6 +254,68 @@ fn gateway_has_no_api_access(name: &str, docs: &[Value]) {
     }
 }
 
+/// Rendering is a pure function of the values (Argo CD and Flux render on every sync): two
+/// renders are identical, and no render carries a seal key — the operator owns that Secret
+/// (creates it when absent, never rotates it); only `sealKey.existingSecret` replaces it.
+#[test]
+fn renders_are_stable_and_carry_no_seal_key() {
+    for (name, values) in values_files() {
+        let args = |v: &Path| {
+            helm_ok(&[
+                "template",
+                RELEASE,
+                CHART,
+                "--namespace",
+                SYSTEM_NAMESPACE,
+                "-f",
+                path_str(v),
+            ])
+        };
+        assert_eq!(args(&values), args(&values), "{name}: two renders differ");
+        let docs = render(&values, &[]);
+        assert!(
+            !docs.iter().any(|d| d["kind"] == "Secret"
+                && d["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.contains("seal"))),
+            "{name}: a seal key Secret is rendered"
+        );
+    }
+    let defaults = render(&repo_path("charts/acteon/ci/defaults-values.yaml"), &[]);
+    let operator = container(&defaults, "acteon-operator");
+    let env = operator["env"].as_array().expect("env");
+    let managed = env
+        .iter()
+        .find(|e| e["name"] == "ACTEON_SEAL_KEY_SECRET")
+        .expect("the operator manages the seal key Secret");
+    assert_eq!(managed["value"], "acteon-seal-key");
+    assert!(!env.iter().any(|e| e["name"] == "ACTEON_SEAL_KEY"));
+    let gateway = container(&defaults, "acteon-gateway");
+    let key = gateway["env"]
+        .as_array()
+        .and_then(|e| e.iter().find(|e| e["name"] == "ACTEON_SEAL_KEY"))
+        .expect("gateways read the key");
+    assert_eq!(key["valueFrom"]["secretKeyRef"]["name"], "acteon-seal-key");
+    // With an existing Secret both read it and the operator creates nothing.
+    let own = render(
+        &repo_path("charts/acteon/ci/defaults-values.yaml"),
+        &["--set", "sealKey.existingSecret=mine"],
+    );
+    let operator = container(&own, "acteon-operator");
+    let env = operator["env"].as_array().expect("env");
+    assert!(!env.iter().any(|e| e["name"] == "ACTEON_SEAL_KEY_SECRET"));
+    assert!(env.iter().any(
+        |e| e["name"] == "ACTEON_SEAL_KEY" && e["valueFrom"]["secretKeyRef"]["name"] == "mine"
+    ));
+    let role = named(&own, "Role", "acteon-operator");
+    let touches_secrets = role["rules"].as_array().into_iter().flatten().any(|r| {
+        r["resources"]
+            .as_array()
+            .is_some_and(|v| v.iter().any(|x| x == "secrets"))
+    });
+    assert!(!touches_secrets, "no Secret rule without need: {role}");
+}
+
 #[test]
 fn the_values_shape_the_rendering() {
     let file = |n: &str| repo_path(&format!("charts/acteon/ci/{n}-values.yaml"));
@@ -511,6 +573,13 @@ fn the_installed_chart_runs_and_its_crds_follow_crds_keep() {
     );
     operator.env("KUBECONFIG", kube.operator_kubeconfig_path());
     let operator = Proc::spawn("acteon-operator", operator);
+    // The operator creates the seal key Secret at its first start (the chart renders none);
+    // the kubelet would hold the gateway containers until it exists.
+    wait_until(WAIT, POLL, || {
+        let out = kube.kubectl(&["get", "secret", "acteon-seal-key", "-n", SYSTEM_NAMESPACE]);
+        out.status.success().then_some(())
+    })
+    .unwrap_or_else(|| panic!("no seal key Secret:\n{}", operator.log_tail(40)));
     let gateway = container(&manifest, "acteon-gateway");
     let mut gateways = Vec::new();
     for (i, port) in [gateway_port, free_port()].into_iter().enumerate() {
@@ -569,7 +638,7 @@ fn the_installed_chart_runs_and_its_crds_follow_crds_keep() {
     drop(gateways);
     drop(operator);
 
-    // An upgrade keeps the generated seal key (sealed credentials stay readable).
+    // An upgrade keeps the operator's seal key (sealed credentials stay readable).
     let seal_key = || {
         kube.kubectl_ok(&[
             "get",
@@ -584,8 +653,8 @@ fn the_installed_chart_runs_and_its_crds_follow_crds_keep() {
     let before = seal_key();
     assert_eq!(
         before.len(),
-        60,
-        "base64 of the base64 of 32 random bytes: {before}"
+        88,
+        "base64 of the 64 hex characters of 32 random bytes: {before}"
     );
     release("upgrade", &[]);
     assert_eq!(seal_key(), before, "helm upgrade replaced the seal key");

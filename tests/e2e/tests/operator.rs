@@ -57,7 +57,7 @@ impl Setup {
             "--metrics-listen",
             &metrics,
         ];
-        if !extra.contains(&"--seal-key-file") {
+        if !extra.contains(&"--seal-key-file") && !extra.contains(&"--seal-key-secret") {
             args.extend_from_slice(&["--seal-key-file", &self.key_file]);
         }
         args.extend_from_slice(extra);
@@ -882,6 +882,68 @@ fn redis_configuration_survives_a_wiped_backend() {
 #[test]
 fn postgres_configuration_survives_a_wiped_backend() {
     the_configuration_survives_a_wiped_backend(postgres_url());
+}
+
+/// `--seal-key-secret`: the operator creates the seal key Secret when absent and keeps it
+/// as it is afterwards (a restart reads the same key); gateways holding that key serve the
+/// snapshots it signs, sealed credentials included.
+#[test]
+fn the_operator_creates_and_keeps_the_seal_key_secret() {
+    let ns = unique_name("sealed");
+    let s = Setup::new(redis_url(), &[&ns]);
+    let read_key = || {
+        let out = s.kube.kubectl(&[
+            "get",
+            "secret",
+            "acteon-seal-key",
+            "-n",
+            "acteon-system",
+            "-o",
+            "go-template={{.data.key | base64decode}}",
+        ]);
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    let args = ["--seal-key-secret", "acteon-seal-key"];
+    let op = s.operator("op-a", &args);
+    let key = wait_until(
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        read_key,
+    )
+    .unwrap_or_else(|| panic!("no seal key Secret:\n{}", op.log_tail(30)));
+    assert_eq!(key.len(), 64, "64 hex characters");
+    drop(op);
+    let _op = s.operator("op-b", &args);
+    // Gateways with that key (as the chart gives it, from the Secret).
+    let key_file = test_dir().join(format!("{}.key", unique_name("sealed")));
+    std::fs::write(&key_file, &key).expect("key file");
+    let key_path = key_file.to_str().expect("utf-8").to_owned();
+    let (_g, port) = start_gateway(&[
+        "--state",
+        &s.state,
+        "--state-prefix",
+        &s.prefix,
+        "--shared-namespace",
+        "acteon-e2e-none",
+        "--config-poll-seconds",
+        "5",
+        "--seal-key-file",
+        &key_path,
+    ]);
+    s.kube.apply(&format!(
+        "{}apiVersion: acteon.dev/v1alpha1\nkind: Rule\nmetadata: {{name: quiet, namespace: {ns}}}\nspec: {{condition: {{field: action.action_type, eq: probe}}, action: {{type: suppress}}}}\n",
+        log_provider(&ns, "out")
+    ));
+    wait_ready(s.kube, "rule", &ns, "quiet", ("True", "Served"));
+    let probe = json!({"namespace": ns, "tenant": "t", "provider": "out", "action_type": "probe", "payload": {}});
+    assert_eq!(outcome(port, &probe)["DryRun"]["verdict"], "suppress");
+    assert_eq!(
+        read_key().as_deref(),
+        Some(key.as_str()),
+        "the restart kept the key"
+    );
 }
 
 #[test]
