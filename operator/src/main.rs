@@ -234,15 +234,14 @@ fn crdgen(dirs: &[PathBuf], check: bool) -> ExitCode {
 
 /// Writes (or, with `check`, compares) every CRD file in `out`; stale paths go to `stale`.
 fn crdgen_into(out: &std::path::Path, check: bool, stale: &mut Vec<String>) -> Result<(), String> {
-    for (file, crd) in crdgen::definitions() {
-        let yaml = crdgen::render(&crd).map_err(|e| format!("{file}: {e}"))?;
-        let path = out.join(file);
+    for (file, yaml) in crdgen::files().map_err(|e| e.to_string())? {
+        let path = out.join(&file);
         if check {
             if std::fs::read_to_string(&path).ok().as_deref() != Some(yaml.as_str()) {
                 stale.push(path.display().to_string());
             }
         } else {
-            std::fs::create_dir_all(out)
+            std::fs::create_dir_all(path.parent().unwrap_or(out))
                 .and_then(|_| std::fs::write(&path, yaml))
                 .map_err(|e| format!("{}: {e}", path.display()))?;
         }

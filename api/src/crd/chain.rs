@@ -24,6 +24,8 @@ use super::status::ResourceStatus;
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ChainSpec {
+    /// The steps, run from the first (at least one).
+    #[schemars(length(min = 1))]
     pub steps: Vec<ChainStep>,
     /// Whole-chain timeout (default 300 s).
     #[serde(default, skip_serializing_if = "Option::is_none")]

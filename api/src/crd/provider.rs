@@ -24,6 +24,16 @@ use super::status::ResourceStatus;
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+// Enforced by API servers with CRD validation rules (1.25+); the operator checks the same
+// everywhere.
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "self.type != 'webhook' || has(self.webhook)", "message": "type webhook needs spec.webhook"},
+    {"rule": "self.type != 'slack' || has(self.slack)", "message": "type slack needs spec.slack"},
+    {"rule": "self.type != 'email' || has(self.email)", "message": "type email needs spec.email"},
+    {"rule": "self.type != 'pagerduty' || has(self.pagerduty)", "message": "type pagerduty needs spec.pagerduty"},
+    {"rule": "self.type != 'teams' || has(self.teams)", "message": "type teams needs spec.teams"},
+    {"rule": "self.type != 'discord' || has(self.discord)", "message": "type discord needs spec.discord"}
+]))]
 pub struct ProviderSpec {
     /// Provider type; the block of the same name configures it.
     #[serde(rename = "type")]
@@ -102,6 +112,7 @@ pub struct SecretKeyRef {
 pub struct LogProvider {
     /// `info` (default), `warn` or `debug`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["info", "warn", "debug"]))]
     pub level: Option<String>,
 }
 
@@ -111,6 +122,7 @@ pub struct WebhookProvider {
     pub url: String,
     /// HTTP method (default POST).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^(?i:post|put|patch|get|delete)$"))]
     pub method: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,

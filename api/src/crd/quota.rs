@@ -34,9 +34,11 @@ pub struct QuotaSpec {
     pub provider: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action_type: Option<String>,
-    /// Actions allowed per window.
+    /// Actions allowed per window (at least 1).
+    #[schemars(range(min = 1))]
     pub limit: u64,
     /// Window length: `30s`, `15m`, `1h`, `1d` or a number of seconds.
+    #[schemars(regex(pattern = r"^\s*0*[1-9][0-9]*[smhd]?\s*$"))]
     pub window: String,
     #[serde(default)]
     pub overage: Overage,

@@ -25,6 +25,11 @@ use crate::condition::Condition;
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+// Enforced by API servers with CRD validation rules (1.25+); the operator checks the same
+// everywhere.
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "has(self.condition) != has(self.cel)", "message": "exactly one of spec.condition and spec.cel"}
+]))]
 pub struct RuleSpec {
     /// Evaluation order: lower runs first; ties are broken by namespace, then name.
     #[serde(default)]
@@ -56,6 +61,9 @@ pub struct RuleSpec {
 fn action_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     let string = |d: &str| serde_json::json!({"type": "string", "description": d});
     let integer = |d: &str| serde_json::json!({"type": "integer", "format": "int64", "minimum": 0, "description": d});
+    let at_least_1 = |d: &str| serde_json::json!({"type": "integer", "format": "int64", "minimum": 1, "description": d});
+    let delay = |d: &str| serde_json::json!({"type": "integer", "format": "int64", "minimum": 1, "maximum": 604_800, "description": d});
+    let needs = |t: &str, field: &str| serde_json::json!({"rule": format!("self.type != '{t}' || has(self.{field})"), "message": format!("{t} needs spec.action.{field}")});
     schemars::json_schema!({
         "type": "object",
         "description": "What happens to a matching action, tagged by `type`.",
@@ -68,24 +76,37 @@ fn action_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
             },
             "targetProvider": string("reroute: provider to execute on instead"),
             "changes": {"type": "object", "x-kubernetes-preserve-unknown-fields": true, "description": "modify: JSON merge patch on the payload"},
-            "ttlSeconds": integer("deduplicate: how long a key stays marked (default 300)"),
+            "ttlSeconds": at_least_1("deduplicate: how long a key stays marked (default 300)"),
             "key": string("deduplicate / throttle: key template, e.g. {{action.payload.service}}"),
-            "maxCount": integer("throttle: actions allowed per window"),
-            "windowSeconds": integer("throttle: window length in seconds"),
+            "maxCount": at_least_1("throttle: actions allowed per window (at least 1)"),
+            "windowSeconds": at_least_1("throttle: window length in seconds (at least 1)"),
             "groupBy": {"type": "array", "items": {"type": "string"}, "description": "group: action fields whose values form the group key, e.g. payload.floor or action.metadata.cluster (1 to 20)"},
             "groupWaitSeconds": integer("group: wait before the first notification (default 30, at most 604800)"),
-            "groupIntervalSeconds": integer("group: minimum time between notifications (default 300, 1 to 604800)"),
-            "repeatIntervalSeconds": integer("group: resend an unchanged group's notification after this long (default: never; groupIntervalSeconds to 604800)"),
-            "maxGroupSize": integer("group: most events in one group (default 100, 1 to 1000)"),
+            "groupIntervalSeconds": delay("group: minimum time between notifications (default 300, 1 to 604800)"),
+            "repeatIntervalSeconds": delay("group: resend an unchanged group's notification after this long (default: never; groupIntervalSeconds to 604800)"),
+            "maxGroupSize": {"type": "integer", "format": "int64", "minimum": 1, "maximum": 1000, "description": "group: most events in one group (default 100, 1 to 1000)"},
             "template": string("group: notification template"),
-            "delaySeconds": integer("schedule: delay in seconds (1 to 604800)"),
+            "delaySeconds": delay("schedule: delay in seconds (1 to 604800)"),
             "chain": string("chain: name of the Chain"),
             "stateMachine": string("stateMachine: name of the StateMachine (this namespace or shared)"),
             "fingerprintFields": {"type": "array", "items": {"type": "string"}, "description": "stateMachine: action fields identifying the event when the action has no fingerprint (at most 20)"},
             "notifyProvider": string("requestApproval: provider that carries the request; group: provider that receives the group's notifications"),
             "timeoutSeconds": integer("requestApproval: how long approval may take (default 3600)"),
             "message": string("requestApproval: message for the approver")
-        }
+        },
+        // Which fields a `type` needs: enforced by API servers with CRD validation rules
+        // (1.25+); the operator checks the same everywhere.
+        "x-kubernetes-validations": [
+            needs("reroute", "targetProvider"),
+            needs("modify", "changes"),
+            needs("throttle", "maxCount"),
+            needs("throttle", "windowSeconds"),
+            needs("group", "groupBy"),
+            needs("schedule", "delaySeconds"),
+            needs("chain", "chain"),
+            needs("stateMachine", "stateMachine"),
+            needs("requestApproval", "notifyProvider")
+        ]
     })
 }
 

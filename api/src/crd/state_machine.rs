@@ -30,6 +30,7 @@ use super::status::ResourceStatus;
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StateMachineSpec {
     /// Every state an event can be in (1 to 100, unique).
+    #[schemars(length(min = 1, max = 100))]
     pub states: Vec<String>,
     /// The state a new event starts in; one of `states`, not terminal.
     pub initial_state: String,

@@ -946,6 +946,108 @@ fn the_operator_creates_and_keeps_the_seal_key_secret() {
     );
 }
 
+/// The API server refuses, at `kubectl apply`, what the operator would reject where a
+/// structural schema can say it (sizes, bounds, enums, patterns); the cross-field checks are
+/// CRD validation rules, enforced by API servers from 1.25 (this one is 1.20: they are
+/// checked as rendered).
+#[test]
+fn crd_schemas_reject_what_the_operator_rejects() {
+    let ns = unique_name("schema");
+    let s = Setup::new(redis_url(), &[&ns]);
+    let meta = |kind: &str| {
+        format!(
+            "apiVersion: acteon.dev/v1alpha1\nkind: {kind}\nmetadata: {{name: bad, namespace: {ns}}}\n"
+        )
+    };
+    let cases = [
+        ("Chain", "spec: {steps: []}", "steps"),
+        (
+            "StateMachine",
+            "spec: {states: [], initialState: a}",
+            "states",
+        ),
+        ("Quota", "spec: {tenant: t, limit: 0, window: 1h}", "limit"),
+        (
+            "Quota",
+            "spec: {tenant: t, limit: 5, window: 1 hour}",
+            "window",
+        ),
+        (
+            "Rule",
+            "spec: {condition: {field: action.action_type, eq: x}, action: {type: throttle, maxCount: 0, windowSeconds: 60}}",
+            "maxCount",
+        ),
+        (
+            "Rule",
+            "spec: {condition: {field: action.action_type, eq: x}, action: {type: throttle, maxCount: 5, windowSeconds: 0}}",
+            "windowSeconds",
+        ),
+        (
+            "Rule",
+            "spec: {condition: {field: action.action_type, eq: x}, action: {type: schedule, delaySeconds: 0}}",
+            "delaySeconds",
+        ),
+        (
+            "Rule",
+            "spec: {condition: {field: action.action_type, eq: x}, action: {type: teleport}}",
+            "type",
+        ),
+        (
+            "Provider",
+            "spec: {type: webhook, webhook: {url: \"http://x\", method: TRACE}}",
+            "method",
+        ),
+        ("Provider", "spec: {type: log, log: {level: loud}}", "level"),
+    ];
+    for (kind, spec, field) in cases {
+        let out = s.kube.kubectl_stdin(
+            &[
+                "apply",
+                "--server-side",
+                "--field-manager",
+                "e2e",
+                "-f",
+                "-",
+            ],
+            &format!("{}{spec}\n", meta(kind)),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{kind} {spec}: accepted");
+        assert!(stderr.contains(field), "{kind} {spec}: {stderr}");
+    }
+    // A valid object of each shape still goes in.
+    let ok = s.kube.kubectl_stdin(
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager",
+            "e2e",
+            "-f",
+            "-",
+        ],
+        &format!(
+            "{}spec: {{tenant: t, limit: 5, window: 15m}}\n",
+            meta("Quota")
+        ),
+    );
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    // The cross-field rules, as rendered for API servers that enforce them.
+    let rules = std::fs::read_to_string(repo_path("crds/cel/rules.yaml")).expect("crd");
+    for rule in [
+        "has(self.condition) != has(self.cel)",
+        "self.type != 'reroute' || has(self.targetProvider)",
+        "self.type != 'throttle' || has(self.maxCount)",
+    ] {
+        assert!(rules.contains(rule), "crds/cel/rules.yaml lacks `{rule}`");
+    }
+    let providers = std::fs::read_to_string(repo_path("crds/cel/providers.yaml")).expect("crd");
+    assert!(providers.contains("self.type != 'webhook' || has(self.webhook)"));
+}
+
 #[test]
 fn the_standby_takes_over_and_a_restart_changes_nothing() {
     let ns = unique_name("ha");
