@@ -201,3 +201,24 @@ serves them (Kubernetes ≥ 1.21 / 1.23), else the beta ones older clusters serv
 {{- define "acteon.hpa.apiVersion" -}}
 {{- if .Capabilities.APIVersions.Has "autoscaling/v2" }}autoscaling/v2{{ else }}autoscaling/v2beta2{{ end }}
 {{- end }}
+
+{{/*
+What the operator needs in a namespace it watches (ClusterRole, or a Role per watched namespace).
+*/}}
+{{- define "acteon.operator.watchRules" -}}
+- apiGroups: ["acteon.dev"]
+  resources: ["rules", "providers", "chains", "statemachines", "actionquotas"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["acteon.dev"]
+  resources: ["rules/status", "providers/status", "chains/status", "statemachines/status", "actionquotas/status"]
+  verbs: ["get", "patch", "update"]
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end }}

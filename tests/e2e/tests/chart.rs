@@ -44,6 +44,7 @@ fn values_files() -> Vec<(String, PathBuf)> {
         "ha",
         "monitoring",
         "networkpolicy",
+        "namespaced",
     ] {
         assert!(
             names.contains(&needed),
@@ -316,6 +317,91 @@ fn renders_are_stable_and_carry_no_seal_key() {
     assert!(!touches_secrets, "no Secret rule without need: {role}");
 }
 
+/// With `operator.watchNamespaces` the operator's access is a Role in each listed namespace
+/// and nothing cluster-wide; tenants with the built-in `edit` / `view` roles manage / read the
+/// custom resources through the aggregated ClusterRoles (checked on the API server: a user
+/// bound to each in a namespace, as aggregation would bind them).
+#[test]
+fn namespaced_rbac_and_roles_for_tenants() {
+    let docs = render(&repo_path("charts/acteon/ci/namespaced-values.yaml"), &[]);
+    let operator_cluster_wide = docs.iter().any(|d| {
+        (d["kind"] == "ClusterRole" || d["kind"] == "ClusterRoleBinding")
+            && d["metadata"]["name"] == "acteon-operator"
+    });
+    assert!(!operator_cluster_wide, "no cluster-wide operator access");
+    for ns in ["team-a", "team-b", SYSTEM_NAMESPACE] {
+        let role = docs
+            .iter()
+            .find(|d| {
+                d["kind"] == "Role"
+                    && d["metadata"]["name"] == "acteon-operator-watch"
+                    && d["metadata"]["namespace"] == ns
+            })
+            .unwrap_or_else(|| panic!("no Role in {ns}"));
+        assert!(role.to_string().contains("secrets"), "{role}");
+        assert!(docs.iter().any(|d| d["kind"] == "RoleBinding"
+            && d["metadata"]["name"] == "acteon-operator-watch"
+            && d["metadata"]["namespace"] == ns));
+    }
+    let defaults = render(&repo_path("charts/acteon/ci/defaults-values.yaml"), &[]);
+    let edit = named(&defaults, "ClusterRole", "acteon-edit");
+    let view = named(&defaults, "ClusterRole", "acteon-view");
+    assert_eq!(
+        edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"],
+        "true"
+    );
+    assert_eq!(
+        edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-admin"],
+        "true"
+    );
+    assert_eq!(
+        view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"],
+        "true"
+    );
+    // The shared server has the CRDs; the roles get names of this test's own.
+    let kube = Kube::get();
+    kube.ensure_installed();
+    let ns = unique_name("tenant");
+    kube.create_namespace(&ns);
+    let (edit_name, view_name) = (format!("{ns}-edit"), format!("{ns}-view"));
+    let renamed = |d: &Value, name: &str| {
+        let mut d = d.clone();
+        d["metadata"]["name"] = Value::String(name.to_owned());
+        serde_json::to_string(&d).expect("json")
+    };
+    kube.apply(&renamed(edit, &edit_name));
+    kube.apply(&renamed(view, &view_name));
+    for (user, role) in [("alice", edit_name.as_str()), ("bob", view_name.as_str())] {
+        kube.apply(&format!(
+            "{{\"apiVersion\":\"rbac.authorization.k8s.io/v1\",\"kind\":\"RoleBinding\",\"metadata\":{{\"name\":\"{user}\",\"namespace\":\"{ns}\"}},\"roleRef\":{{\"apiGroup\":\"rbac.authorization.k8s.io\",\"kind\":\"ClusterRole\",\"name\":\"{role}\"}},\"subjects\":[{{\"kind\":\"User\",\"name\":\"{user}\",\"apiGroup\":\"rbac.authorization.k8s.io\"}}]}}"
+        ));
+    }
+    let can = |user: &str, verb: &str, resource: &str| {
+        wait_until(WAIT, POLL, || {
+            (kube.user_can(user, verb, resource, Some(&ns))).then_some(())
+        })
+        .is_some()
+    };
+    for resource in [
+        "rules.acteon.dev",
+        "providers.acteon.dev",
+        "chains.acteon.dev",
+        "statemachines.acteon.dev",
+        "actionquotas.acteon.dev",
+    ] {
+        assert!(can("alice", "create", resource), "edit creates {resource}");
+        assert!(can("bob", "list", resource), "view lists {resource}");
+        assert!(
+            !kube.user_can("bob", "create", resource, Some(&ns)),
+            "view cannot create {resource}"
+        );
+    }
+    assert!(
+        !kube.user_can("alice", "create", "rules.acteon.dev", Some("default")),
+        "only in the bound namespace"
+    );
+}
+
 #[test]
 fn the_values_shape_the_rendering() {
     let file = |n: &str| repo_path(&format!("charts/acteon/ci/{n}-values.yaml"));
@@ -428,6 +514,10 @@ fn exists(kube: &Kube, kind: &str, namespace: Option<&str>, name: &str) -> bool 
 fn every_rendering_installs_into_the_api_server_and_uninstalls_cleanly() {
     let kube = Kube::private();
     ensure_servicemonitor_crd(kube);
+    // The namespaces `namespaced-values.yaml` lists (its Roles live there).
+    for ns in ["team-a", "team-b", SYSTEM_NAMESPACE] {
+        kube.create_namespace(ns);
+    }
     for (name, file) in values_files() {
         let namespace = unique_name(&name);
         kube.create_namespace(&namespace);
