@@ -402,6 +402,129 @@ fn namespaced_rbac_and_roles_for_tenants() {
     );
 }
 
+/// The knobs of the charts platform teams already run: extra args and volumes, probe
+/// timing and a startup probe, a disruption budget that never blocks a drain (none for one
+/// replica; `maxUnavailable`), gateways spread by default, ServiceMonitor relabelings, a
+/// PrometheusRule whose every metric exists, a `helm test` dry-run dispatch, `kubeVersion`.
+#[test]
+fn the_chart_follows_the_usual_conventions() {
+    let defaults = repo_path("charts/acteon/ci/defaults-values.yaml");
+    let docs = render(
+        &defaults,
+        &[
+            "--set-string",
+            "gateway.extraArgs={--dedup-cache-entries,0}",
+            "--set-string",
+            "operator.extraArgs={--status-concurrency,64}",
+            "--set",
+            "gateway.extraVolumes[0].name=ca,gateway.extraVolumes[0].emptyDir.medium=Memory",
+            "--set",
+            "gateway.extraVolumeMounts[0].name=ca,gateway.extraVolumeMounts[0].mountPath=/etc/ca",
+            "--set",
+            "gateway.probes.startup.failureThreshold=60",
+            "--set",
+            "gateway.podDisruptionBudget.enabled=true,gateway.podDisruptionBudget.maxUnavailable=1",
+        ],
+    );
+    let gateway = container(&docs, "acteon-gateway");
+    assert_eq!(
+        gateway["args"],
+        json!(["serve", "--dedup-cache-entries", "0"])
+    );
+    assert_eq!(gateway["startupProbe"]["failureThreshold"], 60);
+    assert_eq!(gateway["startupProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(gateway["volumeMounts"][0]["mountPath"], "/etc/ca");
+    let deployment = named(&docs, "Deployment", "acteon-gateway");
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["volumes"][0]["name"], "ca");
+    let spread: Vec<&str> = pod["topologySpreadConstraints"]
+        .as_array()
+        .expect("spread by default")
+        .iter()
+        .map(|c| c["topologyKey"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        spread,
+        ["kubernetes.io/hostname", "topology.kubernetes.io/zone"]
+    );
+    assert_eq!(
+        container(&docs, "acteon-operator")["args"],
+        json!(["run", "--status-concurrency", "64"])
+    );
+    let pdb = named(&docs, "PodDisruptionBudget", "acteon-gateway");
+    assert_eq!(
+        (
+            pdb["spec"]["maxUnavailable"].clone(),
+            pdb["spec"]["minAvailable"].clone()
+        ),
+        (json!(1), Value::Null)
+    );
+    let single = render(
+        &defaults,
+        &[
+            "--set",
+            "gateway.replicas=1,gateway.podDisruptionBudget.enabled=true,operator.replicas=1",
+        ],
+    );
+    assert!(
+        of_kind(&single, "PodDisruptionBudget").is_empty(),
+        "no budget for one replica"
+    );
+    let test_pod = named(&docs, "Pod", "acteon-test-dispatch");
+    assert_eq!(test_pod["metadata"]["annotations"]["helm.sh/hook"], "test");
+    assert!(test_pod.to_string().contains("dry_run=true"));
+
+    let monitoring = render(
+        &repo_path("charts/acteon/ci/monitoring-values.yaml"),
+        &[
+            "--set",
+            "metrics.prometheusRule.enabled=true,metrics.serviceMonitor.honorLabels=true",
+            "--set",
+            "metrics.serviceMonitor.namespace=monitoring",
+            "--set",
+            "metrics.serviceMonitor.metricRelabelings[0].action=labeldrop,metrics.serviceMonitor.metricRelabelings[0].regex=pod",
+        ],
+    );
+    let sm = named(&monitoring, "ServiceMonitor", "acteon-gateway");
+    assert_eq!(sm["metadata"]["namespace"], "monitoring");
+    assert_eq!(sm["spec"]["endpoints"][0]["honorLabels"], true);
+    assert_eq!(
+        sm["spec"]["endpoints"][0]["metricRelabelings"][0]["action"],
+        "labeldrop"
+    );
+    let rule = named(&monitoring, "PrometheusRule", "acteon");
+    let defined: String = [
+        "gateway/src/metrics.rs",
+        "gateway/src/http/lifecycle.rs",
+        "operator/src/metrics.rs",
+    ]
+    .iter()
+    .map(|p| std::fs::read_to_string(repo_path(p)).expect("metrics source"))
+    .collect();
+    let alerts = rule["spec"]["groups"][0]["rules"]
+        .as_array()
+        .expect("rules");
+    assert!(alerts.len() >= 6, "{alerts:?}");
+    for alert in alerts {
+        for name in metric_names(alert["expr"].as_str().expect("expr")) {
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(&name);
+            assert!(
+                defined.contains(&format!("\"{base}\"")),
+                "alert {}: {name} is not exported",
+                alert["alert"]
+            );
+        }
+    }
+    let chart = std::fs::read_to_string(repo_path("charts/acteon/Chart.yaml")).expect("Chart.yaml");
+    assert!(
+        chart.contains("kubeVersion:") && chart.contains("sources:"),
+        "{chart}"
+    );
+}
+
 #[test]
 fn the_values_shape_the_rendering() {
     let file = |n: &str| repo_path(&format!("charts/acteon/ci/{n}-values.yaml"));
