@@ -298,3 +298,22 @@ fn validate_and_convert_warn_about_keys_acteon_ignores() {
         text(&out.stderr)
     );
 }
+
+/// The README's flag tables list every environment variable the binaries read.
+#[test]
+fn readme_lists_every_environment_variable() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README");
+    for source in ["gateway/src/cli.rs", "operator/src/main.rs"] {
+        let code = std::fs::read_to_string(root.join(source)).expect("source");
+        let vars: Vec<&str> = code
+            .split("env = \"")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next())
+            .collect();
+        assert!(vars.len() >= 10, "{source}: {vars:?}");
+        for var in vars {
+            assert!(readme.contains(&format!("`{var}`")), "README lacks `{var}` ({source})");
+        }
+    }
+}
