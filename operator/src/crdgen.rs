@@ -11,11 +11,11 @@ pub const OUT_DIRS: [&str; 2] = ["crds", "charts/acteon/files/crds"];
 /// Every CRD with the file name it is written to.
 pub fn definitions() -> Vec<(&'static str, CustomResourceDefinition)> {
     vec![
-        ("rules.yaml", Rule::crd()),
-        ("providers.yaml", Provider::crd()),
-        ("chains.yaml", Chain::crd()),
-        ("statemachines.yaml", StateMachine::crd()),
-        ("quotas.yaml", Quota::crd()),
+        ("rules.yaml", without_nullable(&Rule::crd())),
+        ("providers.yaml", without_nullable(&Provider::crd())),
+        ("chains.yaml", without_nullable(&Chain::crd())),
+        ("statemachines.yaml", without_nullable(&StateMachine::crd())),
+        ("quotas.yaml", without_nullable(&Quota::crd())),
     ]
 }
 
@@ -30,6 +30,30 @@ pub fn files() -> Result<Vec<(String, String)>, serde_yaml_ng::Error> {
         out.push((format!("cel/{file}"), render(&crd)?));
     }
     Ok(out)
+}
+
+/// `crd` without `nullable: true` (kube-rs marks every `Option` field nullable). The
+/// OpenAPI v2 document the API server publishes, which `kubectl explain` reads, drops the
+/// type of a nullable field, and the properties and items of a nullable object or array, so
+/// an optional block such as `spec.retry` would show no fields. Nothing is lost: the operator
+/// never writes `null`, and the API server prunes a `null` written for a field that is not
+/// nullable (1.20 and later), which then reads as absent, as `null` did.
+pub fn without_nullable(crd: &CustomResourceDefinition) -> CustomResourceDefinition {
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                if map.get("nullable") == Some(&serde_json::Value::Bool(true)) {
+                    map.remove("nullable");
+                }
+                map.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let mut value = serde_json::to_value(crd).unwrap_or_default();
+    strip(&mut value);
+    serde_json::from_value(value).unwrap_or_else(|_| crd.clone())
 }
 
 /// `crd` without its `x-kubernetes-validations` (anywhere in its schema).
@@ -75,6 +99,135 @@ mod tests {
                     "{dir}/{file} is stale: run `cargo run -p acteon-operator -- crdgen`"
                 );
             }
+        }
+    }
+
+    /// The OpenAPI schema of a CRD's one version, as JSON.
+    fn schema(crd: &CustomResourceDefinition) -> serde_json::Value {
+        serde_json::to_value(
+            crd.spec.versions[0]
+                .schema
+                .as_ref()
+                .and_then(|s| s.open_api_v3_schema.as_ref())
+                .expect("a schema"),
+        )
+        .expect("serializes")
+    }
+
+    /// Calls `visit(path, schema)` on `schema` and every schema below it (properties, array
+    /// items, map values).
+    fn walk(
+        path: &str,
+        schema: &serde_json::Value,
+        visit: &mut dyn FnMut(&str, &serde_json::Value),
+    ) {
+        visit(path, schema);
+        if let Some(props) = schema.get("properties").and_then(|p| p.as_object()) {
+            for (name, prop) in props {
+                let at = if path.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{path}.{name}")
+                };
+                walk(&at, prop, visit);
+            }
+        }
+        if let Some(items) = schema.get("items") {
+            walk(&format!("{path}[]"), items, visit);
+        }
+        if let Some(values) = schema.get("additionalProperties").filter(|v| v.is_object()) {
+            walk(&format!("{path}{{}}"), values, visit);
+        }
+    }
+
+    /// `kubectl explain` tells the whole contract: every field of every CRD has a
+    /// description, and each kind has its own (not kube-rs's placeholder).
+    #[test]
+    fn every_field_and_kind_is_described() {
+        let mut missing = Vec::new();
+        for (file, crd) in definitions() {
+            let schema = schema(&crd);
+            let top = schema["description"].as_str().unwrap_or_default();
+            assert!(
+                !top.is_empty() && !top.starts_with("Auto-generated"),
+                "{file}: kind description `{top}`"
+            );
+            walk("", &schema, &mut |path, s| {
+                let described = s["description"]
+                    .as_str()
+                    .is_some_and(|d| !d.trim().is_empty());
+                // Fields are what `kubectl explain` lists; array items and map values are
+                // described by their field.
+                let is_field = !path.is_empty() && !path.ends_with("[]") && !path.ends_with("{}");
+                if is_field && !described {
+                    missing.push(format!("{file}: {path}"));
+                }
+            });
+        }
+        assert!(
+            missing.is_empty(),
+            "fields without a description:\n{}",
+            missing.join("\n")
+        );
+    }
+
+    /// `status.conditions` has the shape of `metav1.Condition` lists: a map keyed by `type`
+    /// (a required field), `status` one of True/False/Unknown, `lastTransitionTime` a
+    /// date-time.
+    #[test]
+    fn status_conditions_are_a_map_keyed_by_type() {
+        for (file, crd) in definitions() {
+            let conditions = &schema(&crd)["properties"]["status"]["properties"]["conditions"];
+            assert_eq!(conditions["type"], "array", "{file}");
+            assert_eq!(conditions["x-kubernetes-list-type"], "map", "{file}");
+            assert_eq!(
+                conditions["x-kubernetes-list-map-keys"],
+                serde_json::json!(["type"]),
+                "{file}"
+            );
+            let item = &conditions["items"];
+            assert_eq!(item["type"], "object", "{file}");
+            let required: Vec<&str> = item["required"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r.as_str())
+                .collect();
+            for key in ["type", "status"] {
+                assert!(required.contains(&key), "{file}: {key} is required");
+            }
+            assert_eq!(
+                item["properties"]["status"]["enum"],
+                serde_json::json!(["True", "False", "Unknown"]),
+                "{file}"
+            );
+            assert_eq!(
+                item["properties"]["lastTransitionTime"]["format"], "date-time",
+                "{file}"
+            );
+        }
+    }
+
+    /// No field is `nullable` (`kubectl explain` would lose its type and fields), and the
+    /// schemas stay structural and installable on the oldest supported API server: every
+    /// schema has a type (or preserves unknown fields), and the CRDs in `crds/` carry no
+    /// validation rules.
+    #[test]
+    fn schemas_are_structural_without_nullable() {
+        for (file, crd) in definitions() {
+            walk("", &schema(&crd), &mut |path, s| {
+                let ty = s["type"].as_str();
+                assert!(s.get("nullable").is_none(), "{file}: {path} is nullable");
+                assert!(
+                    ty.is_some() || s["x-kubernetes-preserve-unknown-fields"] == true,
+                    "{file}: {path} has no type"
+                );
+                for forbidden in ["anyOf", "oneOf", "allOf", "$ref"] {
+                    assert!(s.get(forbidden).is_none(), "{file}: {path} has {forbidden}");
+                }
+            });
+            let plain = serde_json::to_string(&without_validation_rules(&crd)).expect("json");
+            assert!(!plain.contains("x-kubernetes-validations"), "{file}");
         }
     }
 

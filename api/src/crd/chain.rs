@@ -13,6 +13,7 @@ use super::status::ResourceStatus;
     group = "acteon.dev",
     version = "v1alpha1",
     kind = "Chain",
+    doc = "A Chain (acteon.dev/v1alpha1): a multi-step delivery started by a Rule whose action is `chain`. Each run calls its steps' providers in order (branches and `defaultNext` may jump), keeps the definition it started with, and ends completed, failed, cancelled or timed out. Steps use Providers and sub-Chains of the Chain's namespace or the shared one. The operator validates it (unique step names, known targets, no cycles) and reports in `status`.",
     namespaced,
     status = "ResourceStatus",
     shortname = "achain",
@@ -35,19 +36,26 @@ pub struct ChainSpec {
     pub on_cancel: Option<ParallelStep>,
 }
 
+/// One step of a chain: a provider call, a sub-chain, or provider calls made at once.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ChainStep {
+    /// Unique within the chain; `branches`, `defaultNext` and `{{steps.NAME.*}}` refer to it.
     pub name: String,
-    /// Provider called by this step (exactly one of `provider`, `subChain` and `parallel`).
+    /// Provider called by this step, of this namespace or shared (exactly one of `provider`,
+    /// `subChain` and `parallel`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<String>,
+    /// `action_type` of the call (default: the starting action's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action_type: Option<String>,
-    /// Payload with `{{origin.*}}`, `{{prev.*}}`, `{{steps.NAME.*}}` placeholders.
+    /// Payload with `{{origin.*}}`, `{{prev.*}}`, `{{steps.NAME.*}}` placeholders (default:
+    /// the starting action's payload).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "super::free_form_object")]
     pub payload_template: Option<Value>,
+    /// Chain run as this step (of this namespace or shared; no cycles): the run goes on here
+    /// when it completes, and its failure is this step's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub_chain: Option<String>,
     /// Provider calls made at once; the step's result joins theirs.
@@ -56,8 +64,11 @@ pub struct ChainStep {
     /// Attempts of a failing step (on top of the provider's own retries).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<StepRetry>,
+    /// Where to go next, on this step's result: the first branch that matches wins.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub branches: Vec<ChainBranch>,
+    /// Step run next when no branch matches (default: the next step in order; after the
+    /// last one the run completes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_next: Option<String>,
     /// `abort` (default), `skip` or `dlq`.
@@ -72,10 +83,16 @@ pub struct ChainStep {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ParallelStep {
+    /// Name of the call; in a `parallel` step, unique there and the key of its result in
+    /// the step's body (`results.NAME`).
     pub name: String,
+    /// Provider called, of this namespace or shared.
     pub provider: String,
+    /// `action_type` of the call (default: the starting action's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action_type: Option<String>,
+    /// Payload with `{{origin.*}}`, `{{prev.*}}`, `{{steps.NAME.*}}` placeholders (default:
+    /// the starting action's payload).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "super::free_form_object")]
     pub payload_template: Option<Value>,
@@ -85,6 +102,7 @@ pub struct ParallelStep {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Parallel {
+    /// The calls (at least one; names unique within the step).
     pub steps: Vec<ParallelStep>,
     /// `all` (default: the step succeeds when every call does) or `any`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -109,14 +127,20 @@ pub struct StepRetry {
     pub backoff_seconds: Option<u64>,
 }
 
+/// A jump taken when the step's result matches.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ChainBranch {
+    /// Field of the step's result: `success` (boolean), `status` (`success` or `failed`),
+    /// `body` or `body.<path>`.
     pub field: String,
     /// eq, ne, gt, gte, lt, lte, contains, exists.
     pub operator: String,
+    /// Value compared with the field (any JSON value; gt, gte, lt, lte compare numbers);
+    /// for `exists`, `false` matches an absent or null field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "super::free_form_value")]
     pub value: Option<Value>,
+    /// Step run next when the branch matches (one of this chain's steps).
     pub target: String,
 }

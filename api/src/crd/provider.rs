@@ -14,6 +14,7 @@ use super::status::ResourceStatus;
     group = "acteon.dev",
     version = "v1alpha1",
     kind = "Provider",
+    doc = "A Provider (acteon.dev/v1alpha1): where actions are delivered. Actions, Rules, Chains, StateMachines and Quotas name it; it serves its namespace, or every namespace when in the shared one. Credentials come from Secrets of its namespace, read by the operator and sealed before they reach the gateways. Types log, noop and webhook deliver; slack, email, pagerduty, teams and discord are validated and not implemented yet (Ready=False NotImplemented).",
     namespaced,
     status = "ResourceStatus",
     shortname = "aprov",
@@ -38,27 +39,43 @@ pub struct ProviderSpec {
     /// Provider type; the block of the same name configures it.
     #[serde(rename = "type")]
     pub provider_type: ProviderType,
+    /// Settings of a `log` provider (optional; only with type `log`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log: Option<LogProvider>,
+    /// Settings of a `webhook` provider (required with type `webhook`, else absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<WebhookProvider>,
+    /// Settings of a `slack` provider (required with type `slack`, else absent; not
+    /// implemented yet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slack: Option<SlackProvider>,
+    /// Settings of an `email` provider (required with type `email`, else absent; not
+    /// implemented yet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<EmailProvider>,
+    /// Settings of a `pagerduty` provider (required with type `pagerduty`, else absent; not
+    /// implemented yet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pagerduty: Option<PagerDutyProvider>,
+    /// Settings of a `teams` provider (required with type `teams`, else absent; not
+    /// implemented yet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub teams: Option<WebhookUrlProvider>,
+    /// Settings of a `discord` provider (required with type `discord`, else absent; not
+    /// implemented yet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discord: Option<WebhookUrlProvider>,
     /// Per-attempt timeout (default 10 s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_seconds: Option<u64>,
+    /// Attempts of a delivery that fails in a way worth retrying (webhook: connect errors,
+    /// timeouts and 5xx answers), with exponential backoff and jitter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryPolicy>,
+    /// Stops calling the provider after repeated failures (validated, not enforced yet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit_breaker: Option<CircuitBreaker>,
+    /// Caps deliveries to the provider (validated, not enforced yet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<ProviderRateLimit>,
     /// When true, outcomes and failure messages carry nothing of the provider's answer but
@@ -103,10 +120,13 @@ impl ProviderType {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SecretKeyRef {
+    /// Name of the Secret, in the Provider's namespace.
     pub name: String,
+    /// Key of the Secret's data whose value is used.
     pub key: String,
 }
 
+/// `log`: writes each action to the gateway log.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LogProvider {
@@ -116,14 +136,18 @@ pub struct LogProvider {
     pub level: Option<String>,
 }
 
+/// `webhook`: sends the payload as a JSON body to a URL.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WebhookProvider {
+    /// http(s) URL called for each action; credentials in it are shown only redacted.
     pub url: String,
     /// HTTP method (default POST).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^(?i:post|put|patch|get|delete)$"))]
     pub method: Option<String>,
+    /// Headers sent on every request, by name (a `secretHeaders` entry of the same name
+    /// wins).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
     /// Headers whose values come from Secrets (e.g. `Authorization`).
@@ -131,72 +155,96 @@ pub struct WebhookProvider {
     pub secret_headers: BTreeMap<String, SecretKeyRef>,
 }
 
+/// `slack`: posts to a Slack incoming webhook.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SlackProvider {
     /// Incoming-webhook URL, from a Secret.
     pub webhook_url_secret_ref: SecretKeyRef,
+    /// Channel to post to (default: the webhook's own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channel: Option<String>,
 }
 
+/// `email`: sends mail through an SMTP server.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EmailProvider {
+    /// Host name of the SMTP server.
     pub smtp_host: String,
+    /// Port of the SMTP server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub smtp_port: Option<u16>,
+    /// Sender address.
     pub from: String,
+    /// Recipient addresses.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub to: Vec<String>,
     /// `none`, `starttls` or `tls`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<String>,
+    /// SMTP user name, from a Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username_secret_ref: Option<SecretKeyRef>,
+    /// SMTP password, from a Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_secret_ref: Option<SecretKeyRef>,
 }
 
+/// `pagerduty`: sends events to PagerDuty's Events API.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PagerDutyProvider {
+    /// Routing (integration) key of the PagerDuty service, from a Secret.
     pub routing_key_secret_ref: SecretKeyRef,
-    /// Events API URL (default PagerDuty's).
+    /// Events API URL, http(s) (default PagerDuty's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_url: Option<String>,
 }
 
+/// `teams` or `discord`: posts to an incoming webhook.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WebhookUrlProvider {
+    /// Incoming-webhook URL, from a Secret.
     pub webhook_url_secret_ref: SecretKeyRef,
 }
 
+/// Attempts of a delivery and the pauses between them.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RetryPolicy {
     /// Attempts in total, including the first (default 3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
+    /// Pause before the first retry, doubled for each next one (default 100 ms; at most
+    /// `maxBackoffMs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initial_backoff_ms: Option<u64>,
+    /// Longest pause between attempts (default 2000 ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_backoff_ms: Option<u64>,
 }
 
+/// Circuit breaker of a provider.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CircuitBreaker {
+    /// Failures in a row that open the circuit (at least 1).
     pub failure_threshold: u32,
+    /// How long the circuit stays open before a delivery is tried again.
     pub recovery_timeout_seconds: u64,
+    /// Provider that receives the actions while the circuit is open (of this namespace or
+    /// shared; not this provider).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback_provider: Option<String>,
 }
 
+/// Rate limit of a provider.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ProviderRateLimit {
+    /// Deliveries allowed per second (at least 1).
     pub max_per_second: u32,
 }
 

@@ -16,6 +16,7 @@ use super::status::ResourceStatus;
     // `kubectl get quota` must keep meaning that.
     plural = "actionquotas",
     singular = "actionquota",
+    doc = "A Quota (acteon.dev/v1alpha1, resource actionquotas): a tenant's budget of deliveries per fixed window, counted across all gateways. It counts the actions of its namespace (every namespace when in the shared one) whose tenant, and provider and action type when set, match. Past `limit`, `overage` decides: block answers QuotaExceeded, warn delivers and logs, degrade delivers to `fallbackProvider`.",
     namespaced,
     status = "ResourceStatus",
     shortname = "aquota",
@@ -29,9 +30,12 @@ use super::status::ResourceStatus;
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct QuotaSpec {
+    /// Tenant whose actions count (the action's `tenant`; not empty).
     pub tenant: String,
+    /// Count only deliveries to this provider (default: to any provider).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<String>,
+    /// Count only actions of this `action_type` (default: of any type).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action_type: Option<String>,
     /// Actions allowed per window (at least 1).
@@ -42,12 +46,13 @@ pub struct QuotaSpec {
     pub window: String,
     #[serde(default)]
     pub overage: Overage,
-    /// Provider used when `overage` is `degrade`.
+    /// Provider used when `overage` is `degrade` (required then; of this namespace or shared).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback_provider: Option<String>,
 }
 
-/// What happens to actions past the limit.
+/// What happens to actions past the limit: `block` (default: answered `QuotaExceeded`),
+/// `warn` (delivered and logged) or `degrade` (delivered to `fallbackProvider`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum Overage {

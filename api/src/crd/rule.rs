@@ -14,6 +14,7 @@ use crate::condition::Condition;
     group = "acteon.dev",
     version = "v1alpha1",
     kind = "Rule",
+    doc = "A Rule (acteon.dev/v1alpha1): one step of the action pipeline. Rules are evaluated in `priority` order; when a Rule's `condition` (or `cel`) holds for an action, its `action` applies, and the first terminal action ends the evaluation (none: the action is delivered to its provider). A Rule applies to the actions of its namespace; one in the shared namespace applies to every namespace. The operator validates it (references included) and reports in `status`.",
     namespaced,
     status = "ResourceStatus",
     shortname = "arule",

@@ -18,6 +18,7 @@ use super::status::ResourceStatus;
     group = "acteon.dev",
     version = "v1alpha1",
     kind = "StateMachine",
+    doc = "A StateMachine (acteon.dev/v1alpha1): the lifecycle of events. A Rule whose action is `stateMachine` moves an action's event (one per namespace, tenant and fingerprint) to the state the action's `status` requests, when `transitions` allow it; `timeouts` move events that stay too long. Events in `terminalStates` are no longer active. It serves its namespace, or every namespace when in the shared one; the operator validates it and reports in `status`.",
     namespaced,
     status = "ResourceStatus",
     shortname = "asm",
