@@ -189,14 +189,14 @@ impl SnapshotAuth {
         let Some(key) = &self.key else {
             return Ok(envelope.snapshot);
         };
-        let expected = key.fingerprint();
-        if envelope.key_id != expected {
+        // This key, or a previous one during a rotation.
+        let Some(signer) = key.accepting(envelope.key_id) else {
             return Err(AuthError::WrongKey {
-                expected,
+                expected: key.fingerprint(),
                 found: printable(envelope.key_id),
             });
-        }
-        mac(key, digest, envelope.snapshot)
+        };
+        mac(&signer, digest, envelope.snapshot)
             .verify_slice(&envelope.tag)
             .map_err(|_| AuthError::Tampered)?;
         Ok(envelope.snapshot)
@@ -219,6 +219,29 @@ mod tests {
 
     fn strict(key: &SealKey) -> SnapshotAuth {
         SnapshotAuth::new(Some(key.clone()), false).unwrap()
+    }
+
+    #[test]
+    fn a_gateway_rotating_keys_accepts_snapshots_signed_with_the_previous_key() {
+        let old = SealKey::generate();
+        let new = SealKey::generate();
+        let body = sign(&old, "d1", b"{}");
+        let plain = SnapshotAuth::new(Some(new.clone()), false).unwrap();
+        assert!(matches!(
+            plain.open("d1", &body),
+            Err(AuthError::WrongKey { .. })
+        ));
+        let rotating =
+            SnapshotAuth::new(Some(new.clone().with_previous(vec![old])), false).unwrap();
+        assert_eq!(rotating.open("d1", &body).unwrap(), b"{}");
+        assert_eq!(
+            rotating.open("d1", &sign(&new, "d1", b"[]")).unwrap(),
+            b"[]"
+        );
+        assert!(
+            rotating.open("d2", &body).is_err(),
+            "the MAC still covers the digest"
+        );
     }
 
     #[test]

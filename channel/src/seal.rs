@@ -54,9 +54,14 @@ pub enum SealError {
 }
 
 /// A 256-bit sealing key. `Debug` shows only its fingerprint.
+///
+/// During a key rotation a gateway may also hold *previous* keys ([`SealKey::with_previous`]):
+/// values and snapshots sealed or signed under one of them still open, while everything new
+/// is sealed and signed with this key only.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SealKey {
     bytes: [u8; 32],
+    previous: Vec<[u8; 32]>,
 }
 
 impl std::fmt::Debug for SealKey {
@@ -83,7 +88,44 @@ impl SealKey {
         let bytes = decoded
             .and_then(|d| <[u8; 32]>::try_from(d).ok())
             .ok_or(SealError::InvalidKey(text.chars().count()))?;
-        Ok(SealKey { bytes })
+        Ok(SealKey {
+            bytes,
+            previous: Vec::new(),
+        })
+    }
+
+    /// Parses several keys separated by whitespace or commas (the previous keys of a
+    /// rotation); an empty text gives none.
+    pub fn list_from_text(text: &str) -> Result<Vec<SealKey>, SealError> {
+        text.split(|c: char| c.is_whitespace() || c == ',')
+            .filter(|k| !k.is_empty())
+            .map(SealKey::from_text)
+            .collect()
+    }
+
+    /// This key, also accepting what `previous` keys sealed or signed (a rotation's old key).
+    pub fn with_previous(mut self, previous: Vec<SealKey>) -> SealKey {
+        self.previous = previous.into_iter().map(|k| k.bytes).collect();
+        self
+    }
+
+    /// The key of fingerprint `id` among this one and its previous keys.
+    pub fn accepting(&self, id: &str) -> Option<SealKey> {
+        std::iter::once(self.bytes)
+            .chain(self.previous.iter().copied())
+            .map(|bytes| SealKey {
+                bytes,
+                previous: Vec::new(),
+            })
+            .find(|k| k.fingerprint() == id)
+    }
+
+    /// Fingerprints of the previous keys accepted.
+    pub fn previous_fingerprints(&self) -> Vec<String> {
+        self.previous
+            .iter()
+            .map(|bytes| hex::encode(&Sha256::digest(bytes)[..4]))
+            .collect()
     }
 
     /// A new random key from the operating system's generator.
@@ -91,7 +133,10 @@ impl SealKey {
         let key = Key::<Aes256GcmSiv>::generate();
         let mut bytes = [0u8; 32];
         bytes.copy_from_slice(key.as_slice());
-        SealKey { bytes }
+        SealKey {
+            bytes,
+            previous: Vec::new(),
+        }
     }
 
     /// The key as 64 lowercase hex characters (what [`SealKey::from_text`] reads).
@@ -143,13 +188,12 @@ impl SealKey {
         if format != FORMAT {
             return Err(malformed("unknown format version"));
         }
-        let expected = self.fingerprint();
-        if found != expected {
+        let Some(key) = self.accepting(found) else {
             return Err(SealError::WrongKey {
-                expected,
-                found: found.to_owned(),
+                expected: self.fingerprint(),
+                found: found.chars().take(16).collect(),
             });
-        }
+        };
         let ciphertext = STANDARD
             .decode(data)
             .map_err(|_| malformed("invalid base64"))?;
@@ -157,7 +201,7 @@ impl SealKey {
             msg: &ciphertext,
             aad: id.as_bytes(),
         };
-        self.cipher()
+        key.cipher()
             .decrypt(&nonce_for(id), payload)
             .map_err(|_| SealError::Tampered { id: id.to_owned() })
     }
@@ -205,6 +249,27 @@ pub fn load_key(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rotation_opens_what_the_previous_key_sealed() {
+        let old = SealKey::generate();
+        let new = SealKey::generate();
+        let sealed = old.seal("ns/creds/token", b"s3cr3t");
+        assert!(matches!(
+            new.open("ns/creds/token", &sealed),
+            Err(SealError::WrongKey { .. })
+        ));
+        let rotating = new.clone().with_previous(vec![old.clone()]);
+        assert_eq!(rotating.open("ns/creds/token", &sealed).unwrap(), b"s3cr3t");
+        // New values are sealed with the new key only.
+        assert!(rotating.seal("a", b"x").contains(&new.fingerprint()));
+        assert_eq!(rotating.fingerprint(), new.fingerprint());
+        assert_eq!(rotating.previous_fingerprints(), [old.fingerprint()]);
+        let text = format!("{},{}\n", old.to_text(), new.to_text());
+        let listed = SealKey::list_from_text(&text).unwrap();
+        assert_eq!(listed, [old, new]);
+        assert!(SealKey::list_from_text("  ").unwrap().is_empty());
+    }
 
     #[test]
     fn roundtrip_and_determinism() {

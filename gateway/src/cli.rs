@@ -170,6 +170,10 @@ pub struct ServeArgs {
     /// itself in the environment variable `ACTEON_SEAL_KEY`, never on the command line).
     #[arg(long, env = "ACTEON_SEAL_KEY_FILE")]
     pub seal_key_file: Option<PathBuf>,
+    /// During a seal key rotation: the old key(s), whitespace- or comma-separated, still
+    /// accepted for snapshots and credentials sealed before the operator switched keys.
+    #[arg(long, env = "ACTEON_PREVIOUS_SEAL_KEYS", hide_env_values = true)]
+    pub previous_seal_keys: Option<String>,
     /// Following the operator: accept snapshots that carry no MAC (an operator without a
     /// seal key). Without a seal key, following needs this flag; anyone who can write the
     /// state backend can then configure this gateway.
@@ -486,8 +490,13 @@ fn load_seal_key(args: &ServeArgs) -> anyhow::Result<Option<SealKey>> {
     let env_value = std::env::var("ACTEON_SEAL_KEY").ok();
     let key = acteon_channel::seal::load_key(args.seal_key_file.as_deref(), env_value.as_deref())
         .map_err(|e| anyhow::anyhow!("seal key: {e}"))?;
+    let previous = SealKey::list_from_text(args.previous_seal_keys.as_deref().unwrap_or(""))
+        .map_err(|e| anyhow::anyhow!("previous seal keys: {e}"))?;
+    let key = key.map(|k| k.with_previous(previous));
     match &key {
-        Some(k) => tracing::info!(fingerprint = %k.fingerprint(), "seal key loaded"),
+        Some(k) => {
+            tracing::info!(fingerprint = %k.fingerprint(), previous = ?k.previous_fingerprints(), "seal key loaded")
+        }
         None => tracing::info!(
             "no seal key (--seal-key-file / ACTEON_SEAL_KEY): snapshots whose providers \
              reference Secrets will be refused"

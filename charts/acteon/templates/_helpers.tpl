@@ -166,6 +166,19 @@ has started: until then the kubelet keeps retrying the gateway containers).
 {{- end }}
 
 {{/*
+The old key(s) gateways still accept during a key rotation: the seal key Secret's optional
+`previous` entry.
+*/}}
+{{- define "acteon.previousSealKeysEnv" -}}
+- name: ACTEON_PREVIOUS_SEAL_KEYS
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "acteon.sealKey.secretName" . }}
+      key: previous
+      optional: true
+{{- end }}
+
+{{/*
 Environment both binaries share: state backend, shared namespace, logging.
 */}}
 {{- define "acteon.commonEnv" -}}

@@ -313,7 +313,10 @@ fn readme_lists_every_environment_variable() {
             .collect();
         assert!(vars.len() >= 10, "{source}: {vars:?}");
         for var in vars {
-            assert!(readme.contains(&format!("`{var}`")), "README lacks `{var}` ({source})");
+            assert!(
+                readme.contains(&format!("`{var}`")),
+                "README lacks `{var}` ({source})"
+            );
         }
     }
 }

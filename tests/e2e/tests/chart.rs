@@ -719,7 +719,10 @@ fn env_value(kube: &Kube, namespace: &str, var: &Value, pod_name: &str) -> Strin
             secret["name"].as_str().expect("secret name"),
             secret["key"].as_str().expect("secret key"),
         );
-        let template = format!("--template={{{{index .data \"{key}\" | base64decode}}}}");
+        // An optional key that is absent gives an empty value (as the kubelet omits it).
+        let template = format!(
+            "--template={{{{with index .data \"{key}\"}}}}{{{{. | base64decode}}}}{{{{end}}}}"
+        );
         return kube.kubectl_ok(&["get", "secret", name, "-n", namespace, &template]);
     }
     assert_eq!(

@@ -1048,6 +1048,68 @@ fn crd_schemas_reject_what_the_operator_rejects() {
     assert!(providers.contains("self.type != 'webhook' || has(self.webhook)"));
 }
 
+/// Key rotation: gateways given the new key and, as previous, the old one keep serving what
+/// the operator signed with the old key; once the operator switches to the new key they serve
+/// its new snapshots. A gateway with only the new key refuses the old snapshots meanwhile.
+#[test]
+fn gateways_accept_the_previous_seal_key_during_a_rotation() {
+    let ns = unique_name("rotate");
+    let s = Setup::new(redis_url(), &[&ns]);
+    let old_key = std::fs::read_to_string(&s.key_file).expect("old key");
+    let new_file = seal_key_file();
+    let gateway = |extra: &[&str]| {
+        let mut args = vec![
+            "--state",
+            &s.state,
+            "--state-prefix",
+            &s.prefix,
+            "--shared-namespace",
+            "acteon-e2e-none",
+            "--config-poll-seconds",
+            "1",
+            "--seal-key-file",
+            &new_file,
+        ];
+        args.extend_from_slice(extra);
+        start_gateway(&args)
+    };
+    let op = s.operator("op-old", &[]);
+    let rule = |action: &str| {
+        format!(
+            "{}apiVersion: acteon.dev/v1alpha1\nkind: Rule\nmetadata: {{name: route, namespace: {ns}}}\nspec:\n  condition: {{field: action.action_type, eq: alert}}\n  action: {action}\n",
+            log_provider(&ns, "out")
+        )
+    };
+    s.kube.apply(&rule("{type: suppress}"));
+    wait_ready(s.kube, "rule", &ns, "route", ("False", "NoGateways"));
+    let (_rotating, p1) = gateway(&["--previous-seal-keys", old_key.trim()]);
+    let (_plain, p2) = gateway(&[]);
+    let alert = json!({"namespace": ns, "tenant": "t", "provider": "out", "action_type": "alert", "payload": {}});
+    let verdict = |port: u16| {
+        let (status, body) = http_post(port, "/v1/dispatch?dry_run=true", &alert)?;
+        let o: Value = serde_json::from_str(&body).ok().filter(|_| status == 200)?;
+        o["DryRun"]["verdict"].as_str().map(str::to_owned)
+    };
+    let serves = |port: u16, want: &str| {
+        wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
+            (verdict(port).as_deref() == Some(want)).then_some(())
+        })
+        .unwrap_or_else(|| panic!("gateway {port} never served `{want}`: {:?}", verdict(port)))
+    };
+    serves(p1, "suppress");
+    assert_eq!(
+        verdict(p2),
+        None,
+        "a gateway without the old key refuses the old signature"
+    );
+    // The operator switches to the new key: both gateways serve what it signs.
+    drop(op);
+    let _op = s.operator("op-new", &["--seal-key-file", &new_file]);
+    s.kube.apply(&rule("{type: deny}"));
+    serves(p1, "deny");
+    serves(p2, "deny");
+}
+
 #[test]
 fn the_standby_takes_over_and_a_restart_changes_nothing() {
     let ns = unique_name("ha");
