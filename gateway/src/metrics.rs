@@ -6,6 +6,15 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+/// The `operation` labels of `acteon_state_errors_total`.
+pub const STATE_OPERATIONS: [&str; 5] = [
+    "apply_gates",
+    "release_dedup",
+    "read_state",
+    "claim_timers",
+    "complete_timer",
+];
+
 /// All gateway metrics, registered on their own registry.
 pub struct Metrics {
     pub registry: Registry,
@@ -140,7 +149,7 @@ impl Metrics {
         .expect("static metric definition");
         r.register(Box::new(state_seconds.clone()))
             .expect("metric registered once");
-        Metrics {
+        let m = Metrics {
             dispatches: counter(
                 &r,
                 "acteon_dispatches_total",
@@ -328,6 +337,16 @@ impl Metrics {
                 &["result"],
             ),
             registry: r,
+        };
+        m.zero_initialise();
+        m
+    }
+
+    /// The series alerts read (the chart's PrometheusRule) exist from start at 0, so the
+    /// first error after a restart shows in a `rate` (a series that appears at 1 does not).
+    fn zero_initialise(&self) {
+        for op in STATE_OPERATIONS {
+            self.state_errors.with_label_values(&[op]);
         }
     }
 
@@ -386,5 +405,19 @@ impl prometheus::core::Collector for GateBatchCollector {
             metric.with_label_values(&[what]).inc_by(n);
         }
         metric.collect()
+    }
+}
+
+#[cfg(test)]
+mod zero_tests {
+    use super::*;
+
+    #[test]
+    fn alerted_error_series_exist_at_zero_from_start() {
+        let text = Metrics::new().render();
+        for op in STATE_OPERATIONS {
+            let line = format!("acteon_state_errors_total{{operation=\"{op}\"}} 0");
+            assert!(text.lines().any(|l| l == line), "no `{line}`");
+        }
     }
 }

@@ -103,6 +103,7 @@ pub struct ParallelStep {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Parallel {
     /// The calls (at least one; names unique within the step).
+    #[schemars(length(min = 1))]
     pub steps: Vec<ParallelStep>,
     /// `all` (default: the step succeeds when every call does) or `any`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -962,6 +962,11 @@ fn crd_schemas_reject_what_the_operator_rejects() {
     let cases = [
         ("Chain", "spec: {steps: []}", "steps"),
         (
+            "Chain",
+            "spec: {steps: [{name: fan, parallel: {steps: []}}]}",
+            "steps",
+        ),
+        (
             "StateMachine",
             "spec: {states: [], initialState: a}",
             "states",
