@@ -147,10 +147,8 @@ pub async fn get_dlq(
     Path(id): Path<String>,
     scope: Result<Query<EntryScope>, QueryRejection>,
 ) -> Result<Json<DeadLetter>, ApiError> {
-    let scope = params(scope)?;
-    namespace_ok(&scope.namespace)?;
+    let timer = entry_timer(scope, &id)?;
     let gw = &app.gateway;
-    let timer = timer_id(&scope.namespace, &scope.tenant, &id);
     read(gw, &timer)
         .await?
         .map(Json)
@@ -164,10 +162,8 @@ pub async fn delete_dlq(
     Path(id): Path<String>,
     scope: Result<Query<EntryScope>, QueryRejection>,
 ) -> Result<Json<DeadLetter>, ApiError> {
-    let scope = params(scope)?;
-    namespace_ok(&scope.namespace)?;
+    let timer = entry_timer(scope, &id)?;
     let gw = &app.gateway;
-    let timer = timer_id(&scope.namespace, &scope.tenant, &id);
     let entry = read(gw, &timer).await?.ok_or_else(|| no_entry(&id))?;
     if !gw.state_call(gw.state.delete_timer(&timer)).await? {
         return Err(no_entry(&id));
@@ -184,9 +180,7 @@ pub async fn replay_dlq(
     Path(id): Path<String>,
     scope: Result<Query<EntryScope>, QueryRejection>,
 ) -> Result<Json<ReplayResult>, ApiError> {
-    let scope = params(scope)?;
-    namespace_ok(&scope.namespace)?;
-    let timer = timer_id(&scope.namespace, &scope.tenant, &id);
+    let timer = entry_timer(scope, &id)?;
     match replay(&app.gateway, &timer).await? {
         Replayed::Done(result) => Ok(Json(result)),
         Replayed::Busy => Err(ApiError::conflict(format!(
@@ -334,6 +328,16 @@ async fn replay_locked(gw: &Gateway, timer: &str) -> Result<Replayed, ApiError> 
             }))
         }
     }
+}
+
+/// The timer of entry `id` in the (checked) scope of the query.
+fn entry_timer(
+    scope: Result<Query<EntryScope>, QueryRejection>,
+    id: &str,
+) -> Result<String, ApiError> {
+    let scope = params(scope)?;
+    namespace_ok(&scope.namespace)?;
+    Ok(timer_id(&scope.namespace, &scope.tenant, id))
 }
 
 async fn read(gw: &Gateway, timer: &str) -> Result<Option<DeadLetter>, ApiError> {

@@ -761,6 +761,27 @@ fn crd_names_do_not_shadow_built_in_resources() {
     }
 }
 
+/// A dry run's verdict for `action` on the gateway at `port`; None while it has no
+/// snapshot (503).
+fn dry_run_verdict(port: u16, action: &Value) -> Option<String> {
+    let (status, body) = http_post(port, "/v1/dispatch?dry_run=true", action)?;
+    let o: Value = serde_json::from_str(&body).ok().filter(|_| status == 200)?;
+    o["DryRun"]["verdict"].as_str().map(str::to_owned)
+}
+
+/// Waits (20 s) until the gateway at `port` gives `action` the verdict `want`.
+fn wait_for_verdict(port: u16, action: &Value, want: &str) {
+    wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
+        (dry_run_verdict(port, action).as_deref() == Some(want)).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "gateway {port} never served `{want}`: {:?}",
+            dry_run_verdict(port, action)
+        )
+    })
+}
+
 /// Deletes everything the installation keeps in the state backend (its key prefix on
 /// Redis, the rows of its schema's tables on Postgres — the schema itself and its migration
 /// record stay), as a backend losing its data.
@@ -829,18 +850,7 @@ fn the_configuration_survives_a_wiped_backend(state: String) {
         )
     };
     let alert = json!({"namespace": ns, "tenant": "t", "provider": "out", "action_type": "alert", "payload": {}});
-    // None while the gateway has no snapshot (503).
-    let verdict = |port: u16| {
-        let (status, body) = http_post(port, "/v1/dispatch?dry_run=true", &alert)?;
-        let o: Value = serde_json::from_str(&body).ok().filter(|_| status == 200)?;
-        o["DryRun"]["verdict"].as_str().map(str::to_owned)
-    };
-    let serves = |port: u16, want: &str| {
-        wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
-            (verdict(port).as_deref() == Some(want)).then_some(())
-        })
-        .unwrap_or_else(|| panic!("gateway {port} never served `{want}`: {:?}", verdict(port)))
-    };
+    let serves = |port: u16, want: &str| wait_for_verdict(port, &alert, want);
     for action in [
         "{type: suppress}",
         "{type: deny}",
@@ -1090,17 +1100,8 @@ fn gateways_accept_the_previous_seal_key_during_a_rotation() {
     let (_rotating, p1) = gateway(&["--previous-seal-keys", old_key.trim()]);
     let (_plain, p2) = gateway(&[]);
     let alert = json!({"namespace": ns, "tenant": "t", "provider": "out", "action_type": "alert", "payload": {}});
-    let verdict = |port: u16| {
-        let (status, body) = http_post(port, "/v1/dispatch?dry_run=true", &alert)?;
-        let o: Value = serde_json::from_str(&body).ok().filter(|_| status == 200)?;
-        o["DryRun"]["verdict"].as_str().map(str::to_owned)
-    };
-    let serves = |port: u16, want: &str| {
-        wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
-            (verdict(port).as_deref() == Some(want)).then_some(())
-        })
-        .unwrap_or_else(|| panic!("gateway {port} never served `{want}`: {:?}", verdict(port)))
-    };
+    let verdict = |port: u16| dry_run_verdict(port, &alert);
+    let serves = |port: u16, want: &str| wait_for_verdict(port, &alert, want);
     serves(p1, "suppress");
     assert_eq!(
         verdict(p2),
