@@ -101,11 +101,7 @@ impl DeadLetter {
 }
 
 fn bounded(text: &str) -> String {
-    let mut end = text.len().min(MAX_ERROR);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].to_owned()
+    text[..text.floor_char_boundary(MAX_ERROR)].to_owned()
 }
 
 /// The timer of entry `id`.

@@ -242,13 +242,7 @@ pub async fn cancel_chain(
 
 fn bounded(text: Option<String>) -> Option<String> {
     text.map(|mut t| {
-        if t.len() > MAX_CANCEL_TEXT {
-            let mut end = MAX_CANCEL_TEXT;
-            while !t.is_char_boundary(end) {
-                end -= 1;
-            }
-            t.truncate(end);
-        }
+        t.truncate(t.floor_char_boundary(MAX_CANCEL_TEXT));
         t
     })
 }

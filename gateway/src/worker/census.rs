@@ -90,11 +90,7 @@ impl ChainActivityLog {
 }
 
 fn truncate(text: &str, max: usize) -> String {
-    let mut end = text.len().min(max);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].to_owned()
+    text[..text.floor_char_boundary(max)].to_owned()
 }
 
 /// The fields of a running run's timer the census reads.
