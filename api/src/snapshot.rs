@@ -26,6 +26,12 @@ pub struct Snapshot {
     /// gateway, which reads no Secrets.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secrets: BTreeMap<String, String>,
+    /// Fingerprint of the seal key the operator sealed and signed this snapshot with, so
+    /// that a new key makes a new digest (and a new publication) even when no credential is
+    /// sealed: gateways holding only the new key must not be left with a body signed by the
+    /// old one. `None` for a standalone gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal_key_id: Option<String>,
 }
 
 /// Key of a resolved `secretKeyRef` in [`Snapshot::secrets`]: the Provider's scope (its

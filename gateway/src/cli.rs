@@ -18,6 +18,7 @@ use crate::http::serve::ServeOptions;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::pipeline::{DeliveredMarks, Gateway, GatewayOptions};
+use crate::seal_keys::SealKeys;
 use crate::state::lazy::LazyStore;
 use crate::state::postgres::{GateBatches, PostgresOptions};
 use crate::state::{MemoryStore, PostgresStore, RedisStore, StateStore};
@@ -166,14 +167,23 @@ pub struct ServeArgs {
     /// This gateway's id in its reports (default: `$HOSTNAME` plus 6 random hex characters).
     #[arg(long, env = "ACTEON_GATEWAY_ID")]
     pub gateway_id: Option<String>,
-    /// File holding the key that opens credentials sealed by the operator (or give the key
-    /// itself in the environment variable `ACTEON_SEAL_KEY`, never on the command line).
+    /// File holding the key that opens credentials sealed by the operator, re-read on every
+    /// config poll so a rotated key needs no restart (or give the key itself in the
+    /// environment variable `ACTEON_SEAL_KEY`, never on the command line).
     #[arg(long, env = "ACTEON_SEAL_KEY_FILE")]
     pub seal_key_file: Option<PathBuf>,
     /// During a seal key rotation: the old key(s), whitespace- or comma-separated, still
     /// accepted for snapshots and credentials sealed before the operator switched keys.
     #[arg(long, env = "ACTEON_PREVIOUS_SEAL_KEYS", hide_env_values = true)]
     pub previous_seal_keys: Option<String>,
+    /// During a seal key rotation: a file of previous keys (as `--previous-seal-keys`),
+    /// re-read with `--seal-key-file` on every config poll; a missing file means none.
+    #[arg(
+        long,
+        env = "ACTEON_PREVIOUS_SEAL_KEYS_FILE",
+        conflicts_with = "previous_seal_keys"
+    )]
+    pub previous_seal_keys_file: Option<PathBuf>,
     /// Following the operator: accept snapshots that carry no MAC (an operator without a
     /// seal key). Without a seal key, following needs this flag; anyone who can write the
     /// state backend can then configure this gateway.
@@ -484,16 +494,36 @@ fn runtime_from_files(
     Ok(runtime)
 }
 
-/// The key that opens the credentials sealed by the operator, from `--seal-key-file` or the
-/// environment variable `ACTEON_SEAL_KEY` (not both).
-fn load_seal_key(args: &ServeArgs) -> anyhow::Result<Option<SealKey>> {
-    let env_value = std::env::var("ACTEON_SEAL_KEY").ok();
-    let key = acteon_channel::seal::load_key(args.seal_key_file.as_deref(), env_value.as_deref())
-        .map_err(|e| anyhow::anyhow!("seal key: {e}"))?;
-    let previous = SealKey::list_from_text(args.previous_seal_keys.as_deref().unwrap_or(""))
-        .map_err(|e| anyhow::anyhow!("previous seal keys: {e}"))?;
-    let key = key.map(|k| k.with_previous(previous));
-    match &key {
+/// The keys that open the credentials sealed by the operator and authenticate its
+/// snapshots: from `--seal-key-file` (re-read on every config poll, with
+/// `--previous-seal-keys-file`) or the environment variable `ACTEON_SEAL_KEY` (fixed).
+fn load_seal_keys(args: &ServeArgs) -> anyhow::Result<SealKeys> {
+    let allow_unsigned = args.allow_unsigned_snapshots;
+    let env_value = std::env::var("ACTEON_SEAL_KEY")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let keys = match (&args.seal_key_file, env_value) {
+        (Some(_), Some(_)) => {
+            anyhow::bail!("seal key: --seal-key-file and ACTEON_SEAL_KEY: give one")
+        }
+        (Some(file), None) if args.previous_seal_keys.is_none() => SealKeys::from_files(
+            file.clone(),
+            args.previous_seal_keys_file.clone(),
+            allow_unsigned,
+        )?,
+        (file, env_value) => {
+            let key = acteon_channel::seal::load_key(file.as_deref(), env_value.as_deref())
+                .map_err(|e| anyhow::anyhow!("seal key: {e}"))?;
+            let previous_text = match &args.previous_seal_keys_file {
+                Some(path) => std::fs::read_to_string(path).unwrap_or_default(),
+                None => args.previous_seal_keys.clone().unwrap_or_default(),
+            };
+            let previous = SealKey::list_from_text(&previous_text)
+                .map_err(|e| anyhow::anyhow!("previous seal keys: {e}"))?;
+            SealKeys::fixed(key.map(|k| k.with_previous(previous)), allow_unsigned)?
+        }
+    };
+    match &keys.current().key {
         Some(k) => {
             tracing::info!(fingerprint = %k.fingerprint(), previous = ?k.previous_fingerprints(), "seal key loaded")
         }
@@ -502,7 +532,7 @@ fn load_seal_key(args: &ServeArgs) -> anyhow::Result<Option<SealKey>> {
              reference Secrets will be refused"
         ),
     }
-    Ok(key)
+    Ok(keys)
 }
 
 /// Loads the configuration (files, or the operator's snapshots through the config channel),
@@ -520,11 +550,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     } else {
         Some(runtime_from_files(&args, &http_client, &metrics)?)
     };
-    let seal_key = if follows { load_seal_key(&args)? } else { None };
-    let snapshot_auth = acteon_channel::auth::SnapshotAuth::new(
-        seal_key.clone(),
-        args.allow_unsigned_snapshots || !follows,
-    )?;
+    let seal_keys = if follows {
+        Some(Arc::new(load_seal_keys(&args)?))
+    } else {
+        None
+    };
     if follows && args.allow_unsigned_snapshots {
         tracing::warn!("--allow-unsigned-snapshots: snapshots without a MAC are accepted");
     }
@@ -553,8 +583,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     gateway_id: gateway_id.clone(),
                     poll_interval: Duration::from_secs(args.config_poll_seconds),
                     report_interval: Duration::from_secs(args.report_interval_seconds),
-                    seal_key,
-                    snapshot_auth,
+                    keys: seal_keys
+                        .clone()
+                        .ok_or_else(|| anyhow::anyhow!("seal keys: not loaded"))?,
                     http: http_client.clone(),
                 },
             ));

@@ -15,16 +15,16 @@
 //! serves so the operator can show convergence.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use acteon_api::Snapshot;
-use acteon_channel::auth::SnapshotAuth;
-use acteon_channel::seal::SealKey;
 use acteon_channel::{ChannelError, ConfigChannel, GatewayReport, Head, Published};
 use tokio::time::MissedTickBehavior;
 
 use crate::config::Runtime;
 use crate::pipeline::Gateway;
+use crate::seal_keys::SealKeys;
 
 /// Settings of a follower.
 #[derive(Clone, Debug)]
@@ -35,11 +35,10 @@ pub struct FollowOptions {
     pub poll_interval: Duration,
     /// Period of the heartbeat report; reports live for three periods.
     pub report_interval: Duration,
-    /// Opens the credentials sealed into snapshots.
-    pub seal_key: Option<SealKey>,
-    /// Which snapshots are authentic: one that is not is refused like one that does not
-    /// build (the previous one keeps serving).
-    pub snapshot_auth: SnapshotAuth,
+    /// Open the credentials sealed into snapshots and say which snapshots are authentic
+    /// (one that is not is refused like one that does not build: the previous one keeps
+    /// serving); re-read on every poll.
+    pub keys: Arc<SealKeys>,
     /// Shared by the providers of every snapshot (connection pooling across reloads).
     pub http: reqwest::Client,
 }
@@ -62,6 +61,9 @@ pub struct Follower {
     channel: Arc<dyn ConfigChannel>,
     gateway: Arc<Gateway>,
     options: FollowOptions,
+    /// The seal keys changed since a publication failed: try the failed one again (it may
+    /// have been refused for want of the new key).
+    retry_failed: AtomicBool,
 }
 
 /// Exponential backoff between failed attempts to reach the channel.
@@ -101,6 +103,7 @@ impl Follower {
             channel,
             gateway,
             options,
+            retry_failed: AtomicBool::new(false),
         }
     }
 
@@ -121,7 +124,16 @@ impl Follower {
         let status = self.gateway.config.status();
         let failed = status.failed_version == Some(head.version)
             && status.failed_digest.as_deref() == Some(head.digest.as_str());
-        !failed
+        !failed || self.retry_failed.load(Ordering::Relaxed)
+    }
+
+    /// Re-reads the seal keys; when they changed, a publication refused under the old ones
+    /// is tried again.
+    fn reload_keys(&self) {
+        if self.options.keys.reload() {
+            self.gateway.metrics.seal_key_reloads.inc();
+            self.retry_failed.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Whether a notified version may be news (its digest is checked on the head).
@@ -158,19 +170,20 @@ impl Follower {
             body,
         } = published;
         let http = self.options.http.clone();
-        let key = self.options.seal_key.clone();
-        let auth = self.options.snapshot_auth.clone();
+        let keys = self.options.keys.current();
+        self.retry_failed.store(false, Ordering::Relaxed);
         let digest_for_build = digest.clone();
         // Compiling regexes, CEL and the rule index is CPU work: keep it off the I/O threads.
         let built = tokio::task::spawn_blocking(move || {
-            let body = auth
+            let body = keys
+                .auth
                 .open(&digest_for_build, &body)
                 .map_err(|e| e.to_string())?;
             let mut snapshot: Snapshot = serde_json::from_slice(body)
                 .map_err(|e| format!("the snapshot body does not parse: {e}"))?;
             snapshot.version = version;
             snapshot.digest = digest_for_build;
-            Runtime::build(snapshot, &http, key.as_ref()).map_err(|e| e.to_string())
+            Runtime::build(snapshot, &http, keys.key.as_ref()).map_err(|e| e.to_string())
         })
         .await
         .unwrap_or_else(|e| Err(format!("building the snapshot failed: {e}")));
@@ -276,7 +289,7 @@ impl Follower {
                         continue;
                     }
                 }
-                _ = poll.tick() => {}
+                _ = poll.tick() => self.reload_keys(),
                 _ = sleep_until(retry_at), if retry_at.is_some() => {}
                 _ = heartbeat.tick() => {
                     self.report().await;
@@ -380,6 +393,7 @@ mod tests {
     use crate::state::MemoryStore;
     use acteon_api::compile::{CompileOptions, compile, parse_text};
     use acteon_channel::memory::MemoryChannel;
+    use acteon_channel::seal::SealKey;
 
     fn snapshot(yaml: &str) -> Snapshot {
         let docs = parse_text("t.yaml", yaml).expect("parses");
@@ -396,6 +410,10 @@ spec: {type: noop}
 "#;
 
     fn setup(key: Option<SealKey>) -> (Arc<MemoryChannel>, Arc<Gateway>, Follower) {
+        setup_with(SealKeys::fixed(key, true).expect("allows unsigned"))
+    }
+
+    fn setup_with(keys: SealKeys) -> (Arc<MemoryChannel>, Arc<Gateway>, Follower) {
         let channel = Arc::new(MemoryChannel::new());
         let gateway = Arc::new(Gateway {
             config: LiveConfig::waiting(
@@ -416,8 +434,7 @@ spec: {type: noop}
                 gateway_id: "gw-test".into(),
                 poll_interval: Duration::from_secs(5),
                 report_interval: Duration::from_secs(5),
-                snapshot_auth: SnapshotAuth::new(key.clone(), true).expect("allows unsigned"),
-                seal_key: key,
+                keys: Arc::new(keys),
                 http: reqwest::Client::new(),
             },
         );
@@ -501,6 +518,36 @@ spec:
             .insert(id.clone(), key.seal(&id, b"Bearer hunter2"));
         s.seal();
         s
+    }
+
+    /// A rotated key file reaches a running follower: the publication it refused under the
+    /// old key (signed with the new one) is tried again and served.
+    #[tokio::test]
+    async fn a_publication_refused_for_its_key_is_served_once_the_key_file_changes() {
+        let (old, new) = (SealKey::generate(), SealKey::generate());
+        let dir = std::env::temp_dir().join(format!("acteon-follow-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key_file = dir.join("key");
+        std::fs::write(&key_file, old.to_text()).unwrap();
+        let keys = SealKeys::from_files(key_file.clone(), None, false).unwrap();
+        let (channel, gw, f) = setup_with(keys);
+        let s = sealed(&new);
+        let body = acteon_channel::auth::sign(&new, &s.digest, &serde_json::to_vec(&s).unwrap());
+        let v = channel
+            .publish(&s.digest, &body)
+            .await
+            .unwrap()
+            .head()
+            .version;
+        assert!(matches!(f.check().await.unwrap(), Checked::Failed { .. }));
+        f.reload_keys();
+        assert_eq!(f.check().await.unwrap(), Checked::UpToDate, "not retried");
+        std::fs::write(&key_file, new.to_text()).unwrap();
+        f.reload_keys();
+        assert_eq!(f.check().await.unwrap(), Checked::Applied(v));
+        assert!(gw.config.load().loaded);
+        assert_eq!(gw.metrics.seal_key_reloads.get(), 1);
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[tokio::test]

@@ -12,5 +12,6 @@ pub mod outcome;
 pub mod pipeline;
 pub mod providers;
 pub mod rules;
+pub mod seal_keys;
 pub mod state;
 pub mod worker;

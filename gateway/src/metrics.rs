@@ -41,6 +41,8 @@ pub struct Metrics {
     pub config_reloads: IntCounter,
     /// Published snapshots that could not be applied (the previous one kept serving).
     pub config_reload_failures: IntCounter,
+    /// Seal key files found changed and reloaded (a key rotation reaching this gateway).
+    pub seal_key_reloads: IntCounter,
     /// Actions parked by kind (group, schedule).
     pub parked: IntCounterVec,
     /// Parked actions released by the worker, by kind and outcome.
@@ -230,6 +232,11 @@ impl Metrics {
                 &r,
                 "acteon_config_reloads_total",
                 "Configuration snapshots applied from the config channel",
+            ),
+            seal_key_reloads: int_counter(
+                &r,
+                "acteon_seal_key_reloads_total",
+                "Seal key files found changed on disk and reloaded",
             ),
             config_reload_failures: int_counter(
                 &r,

@@ -78,6 +78,10 @@ struct RunArgs {
     /// so that rendering it never rotates the key. Instead of a key file or ACTEON_SEAL_KEY.
     #[arg(long, env = "ACTEON_SEAL_KEY_SECRET")]
     seal_key_secret: Option<String>,
+    /// Seconds between re-reads of `--seal-key-file` / `--seal-key-secret`: a changed key
+    /// is put in force and everything is republished sealed and signed with it.
+    #[arg(long, env = "ACTEON_SEAL_KEY_REFRESH_SECONDS", default_value_t = 15)]
+    seal_key_refresh_seconds: u64,
     /// Status patches in flight at once.
     #[arg(long, default_value_t = 32)]
     status_concurrency: usize,
@@ -115,16 +119,28 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .map_err(|e| anyhow::anyhow!("kubeconfig: {e}"))?;
-    let seal_key = match (&args.seal_key_secret, seal_key) {
+    let (seal_key, key_source) = match (&args.seal_key_secret, seal_key) {
         (Some(_), Some(_)) => {
             anyhow::bail!("seal key: --seal-key-secret and a key file or ACTEON_SEAL_KEY: give one")
         }
-        (Some(name), None) => Some(
-            seal_secret::ensure(&client, &args.lease_namespace, name)
-                .await
-                .map_err(|e| anyhow::anyhow!("seal key: {e}"))?,
+        (Some(name), None) => (
+            Some(
+                seal_secret::ensure(&client, &args.lease_namespace, name)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("seal key: {e}"))?,
+            ),
+            seal_secret::KeySource::Secret {
+                namespace: args.lease_namespace.clone(),
+                name: name.clone(),
+            },
         ),
-        (None, key) => key,
+        (None, key) => (
+            key,
+            match &args.seal_key_file {
+                Some(path) => seal_secret::KeySource::File(path.clone()),
+                None => seal_secret::KeySource::Fixed,
+            },
+        ),
     };
     match &seal_key {
         Some(k) => tracing::info!(fingerprint = %k.fingerprint(), "seal key loaded"),
@@ -179,6 +195,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics.clone(),
         ctx.index.clone(),
     ));
+    seal_secret::spawn_refresh(
+        key_source,
+        client.clone(),
+        ctx.clone(),
+        Duration::from_secs(args.seal_key_refresh_seconds),
+    );
     let leading = elector.leading();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let election = tokio::spawn(elector.run(stop_rx));

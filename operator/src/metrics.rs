@@ -29,6 +29,8 @@ pub struct Metrics {
     pub events: IntCounterVec,
     pub published_version: IntGauge,
     pub republished: IntCounter,
+    /// Seal keys put in force after the key source changed (rotations).
+    pub seal_key_changes: IntCounter,
     pub gateways: IntGauge,
     pub leader: IntGauge,
 }
@@ -108,6 +110,14 @@ impl Metrics {
                 IntCounter::new(
                     "acteon_operator_republished_total",
                     "Snapshots published again because the state backend no longer held the published one",
+                )
+                .expect("static metric"),
+            ),
+            seal_key_changes: register(
+                &r,
+                IntCounter::new(
+                    "acteon_operator_seal_key_changes_total",
+                    "Seal keys put in force after their file or Secret changed",
                 )
                 .expect("static metric"),
             ),

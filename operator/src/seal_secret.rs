@@ -1,15 +1,23 @@
 //! The seal key kept in a Secret the operator owns: created with a new random key when
-//! absent, and never changed afterwards, so rendering the chart (`helm template`, Argo CD)
-//! never rotates it. Gateways read the same Secret (an env `secretKeyRef`; their pods start
-//! once it exists).
+//! absent, and never changed by the operator afterwards, so rendering the chart (`helm
+//! template`, Argo CD) never rotates it. Gateways mount the same Secret as files (their pods
+//! start once it exists) and re-read them; the operator re-reads its key source every
+//! `--seal-key-refresh-seconds`, so a key rotated by editing the Secret reaches every process
+//! without a restart (see the README: key rotation).
 
 use std::collections::BTreeMap;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use acteon_channel::seal::SealKey;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
+
+use crate::controller::Context;
 
 /// The Secret's data key holding the key (64 hex characters).
 pub const DATA_KEY: &str = "key";
@@ -73,4 +81,79 @@ fn new_secret(key: &SealKey, namespace: &str, name: &str) -> Secret {
         )])),
         ..Secret::default()
     }
+}
+
+/// Where the operator's seal key comes from.
+#[derive(Clone, Debug)]
+pub enum KeySource {
+    /// `ACTEON_SEAL_KEY`, or none: fixed for the process's life.
+    Fixed,
+    /// `--seal-key-file` (a mounted Secret in the chart's `existingSecret` mode).
+    File(PathBuf),
+    /// `--seal-key-secret`: the Secret the operator owns.
+    Secret { namespace: String, name: String },
+}
+
+impl KeySource {
+    /// The key as its source holds it now; `None` when the source has none to offer (a
+    /// fixed key, or a deleted Secret — recreated here with the `current` key, so deleting
+    /// it by accident heals without rotating anything).
+    async fn read(
+        &self,
+        client: &Client,
+        current: Option<&SealKey>,
+    ) -> anyhow::Result<Option<SealKey>> {
+        match self {
+            KeySource::Fixed => Ok(None),
+            KeySource::File(path) => Ok(acteon_channel::seal::load_key(Some(path), None)?),
+            KeySource::Secret { namespace, name } => {
+                let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+                match api.get_opt(name).await? {
+                    Some(secret) => key_of(&secret, namespace, name).map(Some),
+                    None => {
+                        if let Some(key) = current {
+                            tracing::warn!(secret = %format!("{namespace}/{name}"), "the seal key Secret was deleted; recreating it with the key in use");
+                            api.create(&PostParams::default(), &new_secret(key, namespace, name))
+                                .await?;
+                        }
+                        Ok(None)
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Re-reads the key source every `every` and puts a changed key in force (which
+/// republishes, sealed and signed with it). Errors keep the current key.
+pub fn spawn_refresh(source: KeySource, client: Client, ctx: Arc<Context>, every: Duration) {
+    if matches!(source, KeySource::Fixed) {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every.max(Duration::from_secs(1)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let current = ctx.seal_key();
+            match source.read(&client, current.as_ref()).await {
+                Ok(Some(key))
+                    if current.as_ref().map(SealKey::fingerprint) != Some(key.fingerprint()) =>
+                {
+                    tracing::info!(
+                        fingerprint = %key.fingerprint(),
+                        previous = ?current.as_ref().map(SealKey::fingerprint),
+                        "seal key changed; republishing with it"
+                    );
+                    ctx.metrics.seal_key_changes.inc();
+                    ctx.replace_seal_key(key);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "seal key source unreadable; keeping the current key")
+                }
+            }
+        }
+    });
 }

@@ -154,28 +154,33 @@ Secret holding the seal key, and its key.
 {{- end }}
 
 {{/*
-The seal key as the gateways read it (the operator-managed Secret exists once the operator
-has started: until then the kubelet keeps retrying the gateway containers).
+The seal key Secret mounted as files, which the kubelet rewrites when the Secret changes:
+gateways and the operator re-read them, so a rotated key needs no restart (the operator, not
+the chart, owns the Secret, so a checksum annotation could not follow it). The optional
+`previous` entry holds the old key(s) still accepted during a rotation.
 */}}
-{{- define "acteon.sealKeyEnv" -}}
-- name: ACTEON_SEAL_KEY
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "acteon.sealKey.secretName" . }}
-      key: {{ include "acteon.sealKey.secretKey" . }}
+{{- define "acteon.sealKeyFileEnv" -}}
+- name: ACTEON_SEAL_KEY_FILE
+  value: {{ printf "/etc/acteon/seal/%s" (include "acteon.sealKey.secretKey" .) | quote }}
 {{- end }}
 
-{{/*
-The old key(s) gateways still accept during a key rotation: the seal key Secret's optional
-`previous` entry.
-*/}}
-{{- define "acteon.previousSealKeysEnv" -}}
-- name: ACTEON_PREVIOUS_SEAL_KEYS
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "acteon.sealKey.secretName" . }}
-      key: previous
-      optional: true
+{{- define "acteon.previousSealKeysFileEnv" -}}
+- name: ACTEON_PREVIOUS_SEAL_KEYS_FILE
+  value: /etc/acteon/seal/previous
+{{- end }}
+
+{{- define "acteon.sealKeyVolumeMount" -}}
+- name: seal-key
+  mountPath: /etc/acteon/seal
+  readOnly: true
+{{- end }}
+
+{{- define "acteon.sealKeyVolume" -}}
+- name: seal-key
+  secret:
+    secretName: {{ include "acteon.sealKey.secretName" . }}
+    # 0440: readable by the pod's fsGroup (the containers run as non-root).
+    defaultMode: 288
 {{- end }}
 
 {{/*

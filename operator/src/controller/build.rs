@@ -151,6 +151,7 @@ pub fn build(
     let mut snapshot = compiled.snapshot;
     if let Some(key) = seal_key {
         seal_secrets(&mut snapshot, secrets, key, options);
+        snapshot.seal_key_id = Some(key.fingerprint());
     }
     snapshot.seal();
     Build { snapshot, verdicts }
@@ -457,6 +458,20 @@ mod tests {
             one.snapshot.digest, changed.snapshot.digest,
             "a rotated secret is a new snapshot"
         );
+    }
+
+    /// A new seal key is a new publication even without any credential to seal: gateways
+    /// that hold only the new key need a body it signed.
+    #[test]
+    fn a_new_seal_key_changes_the_digest() {
+        let objects = vec![obj(Kind::Provider, "t", "p", 1, json!({"type": "noop"}))];
+        let none = SecretValues::new();
+        let options = CompileOptions::default();
+        let old = build(&objects, &none, Some(&SealKey::generate()), &options);
+        let new = build(&objects, &none, Some(&SealKey::generate()), &options);
+        assert!(old.snapshot.secrets.is_empty());
+        assert_ne!(old.snapshot.digest, new.snapshot.digest);
+        assert!(old.snapshot.seal_key_id.is_some());
     }
 
     #[test]

@@ -50,7 +50,8 @@ pub struct Context {
     pub index: Arc<Index>,
     pub secrets: Arc<Secrets>,
     pub channel: Arc<dyn ConfigChannel>,
-    pub seal_key: Option<SealKey>,
+    /// Seals credentials and signs snapshots; replaced when the key source changes.
+    seal_key: parking_lot::RwLock<Option<SealKey>>,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
     pub options: Options,
@@ -82,11 +83,25 @@ impl Context {
             index,
             secrets,
             channel,
-            seal_key,
+            seal_key: parking_lot::RwLock::new(seal_key),
             metrics,
             recorder,
             options,
         })
+    }
+}
+
+impl Context {
+    /// The seal key in force.
+    pub fn seal_key(&self) -> Option<SealKey> {
+        self.seal_key.read().clone()
+    }
+
+    /// Puts a new seal key in force and republishes: everything is sealed and signed with
+    /// it from the next snapshot on.
+    pub fn replace_seal_key(&self, key: SealKey) {
+        *self.seal_key.write() = Some(key);
+        self.index.touch_config();
     }
 }
 

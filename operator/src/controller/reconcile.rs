@@ -163,16 +163,14 @@ impl Reconciler {
             .secrets
             .resolve(&build::referenced_secrets(&objects))
             .await?;
+        // One key for the whole publication: sealed values and signature agree.
+        let seal_key = ctx.seal_key();
         let build = {
             let ctx = ctx.clone();
             let objects = objects.clone();
+            let seal_key = seal_key.clone();
             tokio::task::spawn_blocking(move || {
-                build::build(
-                    &objects,
-                    &secrets,
-                    ctx.seal_key.as_ref(),
-                    &ctx.options.compile,
-                )
+                build::build(&objects, &secrets, seal_key.as_ref(), &ctx.options.compile)
             })
             .await
             .map_err(|e| Error::Build(e.to_string()))?
@@ -180,7 +178,7 @@ impl Reconciler {
         let body = serde_json::to_vec(&build.snapshot)?;
         // Gateways refuse snapshots that do not authenticate under the shared seal key;
         // without a key the snapshot goes out bare, for gateways that allow unsigned ones.
-        let body = match &ctx.seal_key {
+        let body = match &seal_key {
             Some(key) => acteon_channel::auth::sign(key, &build.snapshot.digest, &body),
             None => body,
         };
@@ -193,7 +191,7 @@ impl Reconciler {
                 rules = build.snapshot.rules.len(),
                 providers = build.snapshot.providers.len(),
                 bytes = body.len(),
-                signed = ctx.seal_key.is_some(),
+                signed = seal_key.is_some(),
                 "published configuration snapshot"
             );
         }

@@ -291,12 +291,42 @@ fn renders_are_stable_and_carry_no_seal_key() {
         .expect("the operator manages the seal key Secret");
     assert_eq!(managed["value"], "acteon-seal-key");
     assert!(!env.iter().any(|e| e["name"] == "ACTEON_SEAL_KEY"));
-    let gateway = container(&defaults, "acteon-gateway");
-    let key = gateway["env"]
-        .as_array()
-        .and_then(|e| e.iter().find(|e| e["name"] == "ACTEON_SEAL_KEY"))
-        .expect("gateways read the key");
-    assert_eq!(key["valueFrom"]["secretKeyRef"]["name"], "acteon-seal-key");
+    // Gateways mount the Secret as files they re-read (a rotation needs no restart).
+    let mounted = |docs: &[Value], deployment: &str, secret: &str| {
+        let pod = pod_spec(docs, deployment);
+        let c = &pod["containers"][0];
+        let env = |name: &str| {
+            c["env"]
+                .as_array()
+                .and_then(|e| e.iter().find(|e| e["name"] == name))
+                .map(|e| e["value"].clone())
+        };
+        assert_eq!(
+            env("ACTEON_SEAL_KEY_FILE"),
+            Some(json!("/etc/acteon/seal/key"))
+        );
+        assert!(env("ACTEON_SEAL_KEY").is_none(), "{deployment}: key in env");
+        let volume = pod["volumes"]
+            .as_array()
+            .and_then(|v| v.iter().find(|v| v["secret"]["secretName"] == secret))
+            .unwrap_or_else(|| panic!("{deployment}: no volume of Secret {secret}"));
+        let mount = c["volumeMounts"]
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["name"] == volume["name"]))
+            .unwrap_or_else(|| panic!("{deployment}: volume not mounted"));
+        assert_eq!(mount["mountPath"], "/etc/acteon/seal");
+        assert_eq!(mount["readOnly"], true);
+    };
+    mounted(&defaults, "acteon-gateway", "acteon-seal-key");
+    assert_eq!(
+        container(&defaults, "acteon-gateway")["env"]
+            .as_array()
+            .and_then(|e| e
+                .iter()
+                .find(|e| e["name"] == "ACTEON_PREVIOUS_SEAL_KEYS_FILE"))
+            .map(|e| e["value"].clone()),
+        Some(json!("/etc/acteon/seal/previous"))
+    );
     // With an existing Secret both read it and the operator creates nothing.
     let own = render(
         &repo_path("charts/acteon/ci/defaults-values.yaml"),
@@ -305,9 +335,8 @@ fn renders_are_stable_and_carry_no_seal_key() {
     let operator = container(&own, "acteon-operator");
     let env = operator["env"].as_array().expect("env");
     assert!(!env.iter().any(|e| e["name"] == "ACTEON_SEAL_KEY_SECRET"));
-    assert!(env.iter().any(
-        |e| e["name"] == "ACTEON_SEAL_KEY" && e["valueFrom"]["secretKeyRef"]["name"] == "mine"
-    ));
+    mounted(&own, "acteon-operator", "mine");
+    mounted(&own, "acteon-gateway", "mine");
     let role = named(&own, "Role", "acteon-operator");
     let touches_secrets = role["rules"].as_array().into_iter().flatten().any(|r| {
         r["resources"]
@@ -433,10 +462,11 @@ fn the_chart_follows_the_usual_conventions() {
     );
     assert_eq!(gateway["startupProbe"]["failureThreshold"], 60);
     assert_eq!(gateway["startupProbe"]["httpGet"]["path"], "/healthz");
-    assert_eq!(gateway["volumeMounts"][0]["mountPath"], "/etc/ca");
+    // The user's volumes come after the seal key's.
+    assert_eq!(gateway["volumeMounts"][1]["mountPath"], "/etc/ca");
     let deployment = named(&docs, "Deployment", "acteon-gateway");
     let pod = &deployment["spec"]["template"]["spec"];
-    assert_eq!(pod["volumes"][0]["name"], "ca");
+    assert_eq!(pod["volumes"][1]["name"], "ca");
     let spread: Vec<&str> = pod["topologySpreadConstraints"]
         .as_array()
         .expect("spread by default")
@@ -686,27 +716,114 @@ fn every_rendering_installs_into_the_api_server_and_uninstalls_cleanly() {
 
 /// The container of a Deployment in a release manifest.
 fn container<'a>(docs: &'a [Value], deployment: &str) -> &'a Value {
-    &named(docs, "Deployment", deployment)["spec"]["template"]["spec"]["containers"][0]
+    &pod_spec(docs, deployment)["containers"][0]
 }
 
-/// The process a container describes: its command's binary (from this build) with its
-/// arguments, and exactly its environment, Secret references read from the cluster.
-fn container_command(kube: &Kube, namespace: &str, c: &Value, pod_name: &str) -> Command {
+fn pod_spec<'a>(docs: &'a [Value], deployment: &str) -> &'a Value {
+    &named(docs, "Deployment", deployment)["spec"]["template"]["spec"]
+}
+
+/// The process a Deployment's first container describes: its command's binary (from this
+/// build) with its arguments, and exactly its environment, Secret references read from the
+/// cluster and Secret volumes projected into a local directory (paths under a mount
+/// rewritten to it).
+fn container_command(
+    kube: &Kube,
+    namespace: &str,
+    pod: &Value,
+    pod_name: &str,
+) -> (Command, Projection) {
+    let c = &pod["containers"][0];
     let program = c["command"][0].as_str().expect("command");
     let binary = Path::new(program)
         .file_name()
         .and_then(|n| n.to_str())
         .expect("binary name");
+    let projection = Projection::new(kube, namespace, pod, pod_name);
     let mut cmd = Command::new(bin_path(binary));
     cmd.env_clear().current_dir(test_dir());
     for arg in c["args"].as_array().into_iter().flatten() {
-        cmd.arg(arg.as_str().expect("string argument"));
+        cmd.arg(projection.local(arg.as_str().expect("string argument")));
     }
     for var in c["env"].as_array().into_iter().flatten() {
         let name = var["name"].as_str().expect("env name");
-        cmd.env(name, env_value(kube, namespace, var, pod_name));
+        cmd.env(
+            name,
+            projection.local(&env_value(kube, namespace, var, pod_name)),
+        );
     }
-    cmd
+    (cmd, projection)
+}
+
+/// A pod's Secret volumes as the kubelet projects them: every key of each mounted Secret a
+/// file in a local directory standing for the mount path.
+struct Projection {
+    /// (mount path, Secret name, local directory)
+    mounts: Vec<(String, String, PathBuf)>,
+    namespace: String,
+}
+
+impl Projection {
+    fn new(kube: &Kube, namespace: &str, pod: &Value, pod_name: &str) -> Projection {
+        let volumes = pod["volumes"].as_array().cloned().unwrap_or_default();
+        let mut mounts = Vec::new();
+        for mount in pod["containers"][0]["volumeMounts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let name = &mount["name"];
+            let Some(secret) = volumes
+                .iter()
+                .find(|v| &v["name"] == name)
+                .and_then(|v| v["secret"]["secretName"].as_str())
+            else {
+                continue;
+            };
+            let dir = test_dir().join(format!("{pod_name}-{}", name.as_str().expect("name")));
+            let path = mount["mountPath"].as_str().expect("mountPath").to_owned();
+            mounts.push((path, secret.to_owned(), dir));
+        }
+        let projection = Projection {
+            mounts,
+            namespace: namespace.to_owned(),
+        };
+        projection.refresh(kube);
+        projection
+    }
+
+    /// Writes the Secrets' current data, as the kubelet does after a Secret changes (keys
+    /// no longer in the Secret disappear).
+    fn refresh(&self, kube: &Kube) {
+        for (_, secret, dir) in &self.mounts {
+            let _ = std::fs::remove_dir_all(dir);
+            std::fs::create_dir_all(dir).expect("projection directory");
+            let keys = kube.kubectl_ok(&[
+                "get",
+                "secret",
+                secret,
+                "-n",
+                &self.namespace,
+                "--template={{range $k, $v := .data}}{{$k}} {{end}}",
+            ]);
+            for key in keys.split_whitespace() {
+                let template = format!("--template={{{{index .data \"{key}\" | base64decode}}}}");
+                let value =
+                    kube.kubectl_ok(&["get", "secret", secret, "-n", &self.namespace, &template]);
+                std::fs::write(dir.join(key), value).expect("projected key");
+            }
+        }
+    }
+
+    /// `value` with a mount path prefix replaced by its local directory.
+    fn local(&self, value: &str) -> String {
+        for (path, _, dir) in &self.mounts {
+            if let Some(rest) = value.strip_prefix(path.as_str()) {
+                return format!("{}{rest}", dir.display());
+            }
+        }
+        value.to_owned()
+    }
 }
 
 fn env_value(kube: &Kube, namespace: &str, var: &Value, pod_name: &str) -> String {
@@ -781,10 +898,10 @@ fn the_installed_chart_runs_and_its_crds_follow_crds_keep() {
 
     // The operator as its Deployment runs it, with the token of the ServiceAccount the chart
     // created (kube-env issues it for system:serviceaccount:acteon-system:acteon-operator).
-    let mut operator = container_command(
+    let (mut operator, _) = container_command(
         kube,
         SYSTEM_NAMESPACE,
-        container(&manifest, "acteon-operator"),
+        pod_spec(&manifest, "acteon-operator"),
         "acteon-operator-0",
     );
     operator.env("KUBECONFIG", kube.operator_kubeconfig_path());
@@ -796,14 +913,17 @@ fn the_installed_chart_runs_and_its_crds_follow_crds_keep() {
         out.status.success().then_some(())
     })
     .unwrap_or_else(|| panic!("no seal key Secret:\n{}", operator.log_tail(40)));
-    let gateway = container(&manifest, "acteon-gateway");
+    let gateway = pod_spec(&manifest, "acteon-gateway");
     let mut gateways = Vec::new();
+    let mut projections = Vec::new();
     for (i, port) in [gateway_port, free_port()].into_iter().enumerate() {
-        let mut cmd = container_command(kube, SYSTEM_NAMESPACE, gateway, &format!("gw-{i}"));
+        let (mut cmd, projection) =
+            container_command(kube, SYSTEM_NAMESPACE, gateway, &format!("gw-{i}"));
         cmd.env("ACTEON_LISTEN", format!("127.0.0.1:{port}"));
         let proc = Proc::spawn("acteon-gateway", cmd);
         wait_healthy(&proc, port, WAIT).unwrap_or_else(|e| panic!("{e}"));
         gateways.push((proc, port));
+        projections.push(projection);
     }
     wait_until(WAIT, POLL, || {
         matches!(http_get(metrics_port, "/readyz"), Some((200, _))).then_some(())
@@ -851,27 +971,69 @@ fn the_installed_chart_runs_and_its_crds_follow_crds_keep() {
         .and_then(|c| c.iter().find(|c| c["type"] == "Stalled"))
         .expect("Stalled condition");
     assert_eq!(stalled["status"], "True");
-    drop(gateways);
-    drop(operator);
 
-    // An upgrade keeps the operator's seal key (sealed credentials stay readable).
-    let seal_key = || {
+    // Key rotation as the README describes it, with nothing restarted: the Secret gets a new
+    // `key` (the old one as `previous`), the operator re-reads it, the kubelet rewrites the
+    // gateways' files and they re-read them; then `previous` goes. A change made after that
+    // is served only if the operator signs with the new key and the gateways hold it.
+    let secret_value = |key: &str| {
         kube.kubectl_ok(&[
             "get",
             "secret",
             "acteon-seal-key",
             "-n",
             SYSTEM_NAMESPACE,
-            "-o",
-            "jsonpath={.data.key}",
+            &format!("--template={{{{index .data \"{key}\" | base64decode}}}}"),
         ])
     };
+    let old_key = secret_value("key");
+    let new_key = acteon_channel::seal::SealKey::generate().to_text();
+    let patch_secret = |patch: Value| {
+        kube.kubectl_ok(&[
+            "patch",
+            "secret",
+            "acteon-seal-key",
+            "-n",
+            SYSTEM_NAMESPACE,
+            "--type=merge",
+            "-p",
+            &patch.to_string(),
+        ])
+    };
+    patch_secret(json!({"stringData": {"key": new_key, "previous": old_key}}));
+    projections.iter().for_each(|p| p.refresh(kube));
+    patch_secret(json!({"data": {"previous": null}}));
+    projections.iter().for_each(|p| p.refresh(kube));
+    kube.apply(&format!(
+        "apiVersion: acteon.dev/v1alpha1\nkind: Rule\nmetadata: {{name: quiet, namespace: {team}}}\n\
+         spec: {{condition: {{field: action.action_type, eq: rotated}}, action: {{type: suppress}}}}\n"
+    ));
+    for (_, port) in &gateways {
+        let action = json!({"namespace": team, "tenant": "t", "provider": "out",
+            "action_type": "rotated", "payload": {}});
+        wait_until(WAIT, POLL, || {
+            let (status, body) = dispatch(*port, &action);
+            (status == 200 && body.get("Suppressed").is_some()).then_some(())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "the change after the rotation is not served on :{port}:\n{}\n{}",
+                operator.log_tail(20),
+                gateways
+                    .iter()
+                    .map(|(g, _)| g.log_tail(10))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        });
+    }
+    drop(gateways);
+    drop(operator);
+
+    // An upgrade keeps the operator's seal key (sealed credentials stay readable).
+    let seal_key = || secret_value("key");
     let before = seal_key();
-    assert_eq!(
-        before.len(),
-        88,
-        "base64 of the 64 hex characters of 32 random bytes: {before}"
-    );
+    assert_eq!(before, new_key, "64 hex characters of 32 random bytes");
     release("upgrade", &[]);
     assert_eq!(seal_key(), before, "helm upgrade replaced the seal key");
 

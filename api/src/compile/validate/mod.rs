@@ -355,6 +355,7 @@ pub(super) fn compile(docs: &[Document], options: &CompileOptions) -> super::Com
         state_machines: entries(machines),
         quotas: entries(quotas),
         secrets: Default::default(),
+        seal_key_id: None,
     };
     snapshot.seal();
     super::Compiled {
