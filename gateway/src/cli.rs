@@ -484,6 +484,7 @@ fn runtime_from_files(
     metrics.config_version.set(snapshot.version as i64);
     let runtime = Runtime::build(snapshot, http_client, None)?;
     metrics.config_rules.set(runtime.rules.len() as i64);
+    metrics.zero_provider_series(&runtime.snapshot);
     tracing::info!(
         rules = runtime.rules.len(),
         unindexed = runtime.rules.unindexed(),

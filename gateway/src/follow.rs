@@ -191,6 +191,7 @@ impl Follower {
         match built {
             Ok(runtime) => {
                 let (rules, providers) = (runtime.rules.len(), runtime.providers.len());
+                self.gateway.metrics.zero_provider_series(&runtime.snapshot);
                 self.gateway.config.swap(runtime);
                 metrics
                     .config_version

@@ -1,6 +1,7 @@
 //! Prometheus metrics of the gateway. Label values are bounded: rule and provider names
 //! come from the configuration, never from requests.
 
+use acteon_api::snapshot::SHARED_SCOPE;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -139,6 +140,22 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Creates, at zero, the per-provider series that alerts rate or divide (dispatch
+    /// outcomes, dead letters stored) for every provider of `snapshot`, so that the first
+    /// failure is an increase `rate()` sees rather than a series born at 1. Label values as
+    /// the pipeline writes them (own namespace, or the shared scope).
+    pub fn zero_provider_series(&self, snapshot: &acteon_api::Snapshot) {
+        for p in &snapshot.providers {
+            let ns = p.namespace.as_deref().unwrap_or(SHARED_SCOPE);
+            for outcome in ["executed", "failed"] {
+                self.dispatches
+                    .with_label_values(&[outcome, ns, p.name.as_str()]);
+            }
+            self.dead_letters
+                .with_label_values(&[p.name.as_str(), "dispatch", "stored"]);
+        }
+    }
+
     pub fn new() -> Metrics {
         let r = Registry::new();
         let state_seconds = Histogram::with_opts(
@@ -425,6 +442,27 @@ mod zero_tests {
         for op in STATE_OPERATIONS {
             let line = format!("acteon_state_errors_total{{operation=\"{op}\"}} 0");
             assert!(text.lines().any(|l| l == line), "no `{line}`");
+        }
+    }
+
+    #[test]
+    fn every_configured_provider_has_its_alerted_series_at_zero() {
+        let docs = acteon_api::compile::parse_text(
+            "p.yaml",
+            "apiVersion: acteon.dev/v1alpha1\nkind: Provider\nmetadata: {name: hook, namespace: team}\nspec: {type: noop}\n\
+             ---\napiVersion: acteon.dev/v1alpha1\nkind: Provider\nmetadata: {name: common, namespace: acteon-system}\nspec: {type: noop}\n",
+        )
+        .expect("parses");
+        let compiled = acteon_api::compile::compile(&docs, &Default::default());
+        let metrics = Metrics::new();
+        metrics.zero_provider_series(&compiled.snapshot);
+        let text = metrics.render();
+        for line in [
+            r#"acteon_dispatches_total{namespace="team",outcome="failed",provider="hook"} 0"#,
+            r#"acteon_dispatches_total{namespace="_shared",outcome="executed",provider="common"} 0"#,
+            r#"acteon_dead_letters_total{provider="hook",result="stored",source="dispatch"} 0"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
         }
     }
 }

@@ -82,6 +82,12 @@ struct RunArgs {
     /// is put in force and everything is republished sealed and signed with it.
     #[arg(long, env = "ACTEON_SEAL_KEY_REFRESH_SECONDS", default_value_t = 15)]
     seal_key_refresh_seconds: u64,
+    /// Label selector (e.g. `acteon.dev/credentials=true`) limiting the Secrets the operator
+    /// watches and reads for Providers' `secretKeyRef`s; a referenced Secret outside it makes
+    /// the Provider not ready (`SecretNotSelected`). Default: every Secret in the watched
+    /// namespaces (metadata only; data is read only for referenced ones).
+    #[arg(long, env = "ACTEON_SECRET_LABEL_SELECTOR")]
+    secret_label_selector: Option<String>,
     /// Status patches in flight at once.
     #[arg(long, default_value_t = 32)]
     status_concurrency: usize,
@@ -188,6 +194,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             debounce: Duration::from_millis(20),
             report_poll: Duration::from_millis(200),
             identity: identity.clone(),
+            secret_label_selector: args.secret_label_selector.clone(),
         },
     );
     let server = tokio::spawn(metrics::serve(

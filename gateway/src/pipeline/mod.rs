@@ -142,7 +142,7 @@ impl Gateway {
         let ns = if rt.providers.has_namespace(&action.namespace) {
             action.namespace.as_str()
         } else {
-            "_shared"
+            acteon_api::snapshot::SHARED_SCOPE
         };
         self.metrics
             .dispatches

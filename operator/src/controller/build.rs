@@ -24,8 +24,32 @@ pub enum Verdict {
 }
 
 /// Values of the Secrets that Providers reference: (namespace, name) → key → bytes.
-/// A Secret that does not exist is absent.
-pub type SecretValues = HashMap<(String, String), BTreeMap<String, Vec<u8>>>;
+/// A Secret that does not exist is absent; one that exists outside the operator's
+/// `--secret-label-selector` is absent too, and said so (status names the selector).
+#[derive(Clone, Debug, Default)]
+pub struct SecretValues {
+    data: HashMap<(String, String), BTreeMap<String, Vec<u8>>>,
+    outside_selector: HashMap<(String, String), String>,
+}
+
+impl SecretValues {
+    pub fn new() -> SecretValues {
+        SecretValues::default()
+    }
+
+    pub fn insert(&mut self, secret: (String, String), data: BTreeMap<String, Vec<u8>>) {
+        self.data.insert(secret, data);
+    }
+
+    pub fn get(&self, secret: &(String, String)) -> Option<&BTreeMap<String, Vec<u8>>> {
+        self.data.get(secret)
+    }
+
+    /// Records that `secret` exists but does not match `selector`.
+    pub fn insert_outside_selector(&mut self, secret: (String, String), selector: &str) {
+        self.outside_selector.insert(secret, selector.to_owned());
+    }
+}
 
 /// The result of one build.
 pub struct Build {
@@ -81,7 +105,17 @@ fn secret_problem(
                 message: format!("{field}: {message}"),
             })
         };
-        let Some(data) = secrets.get(&(o.key.namespace.clone(), r.name.clone())) else {
+        let name = (o.key.namespace.clone(), r.name.clone());
+        if let Some(selector) = secrets.outside_selector.get(&name) {
+            return reject(
+                "SecretNotSelected",
+                format!(
+                    "Secret `{}/{}` does not match the operator's Secret selector `{selector}`: label it so",
+                    o.key.namespace, r.name
+                ),
+            );
+        }
+        let Some(data) = secrets.get(&name) else {
             return reject(
                 "SecretNotFound",
                 format!("Secret `{}/{}` not found", o.key.namespace, r.name),

@@ -42,6 +42,8 @@ pub struct Options {
     pub report_poll: Duration,
     /// This replica's name (Events' reporting instance).
     pub identity: String,
+    /// Only Secrets with these labels are watched and read for Providers.
+    pub secret_label_selector: Option<String>,
 }
 
 /// What every stage of a reconcile needs.
@@ -69,7 +71,11 @@ impl Context {
         let scopes = watch::scopes(&options.namespaces);
         let index = Arc::new(Index::new(scopes.len()));
         watch::spawn(&client, &index, scopes);
-        let secrets = Secrets::new(client.clone(), index.clone());
+        let secrets = Secrets::new(
+            client.clone(),
+            index.clone(),
+            options.secret_label_selector.clone(),
+        );
         secrets.spawn_watches(&options.namespaces);
         let recorder = Recorder::new(
             client.clone(),

@@ -4,13 +4,17 @@
 //! included — can be large, and most are none of our business); a referenced Secret's
 //! data is read with a GET and cached by resourceVersion. A change to a Secret that a
 //! Provider references raises a config change, so rotated credentials reach gateways.
+//!
+//! With `--secret-label-selector` the watch covers only the Secrets it selects, and a
+//! referenced Secret is read only if it matches (the API server applies the selector); one
+//! outside it is reported as such in the Provider's status (`SecretNotSelected`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::Api;
+use kube::api::{Api, ListParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt, watcher as watch_stream};
@@ -32,14 +36,17 @@ struct Cache {
 
 pub struct Secrets {
     client: kube::Client,
+    /// Label selector narrowing what is watched and read.
+    selector: Option<String>,
     cache: Mutex<Cache>,
     index: Arc<Index>,
 }
 
 impl Secrets {
-    pub fn new(client: kube::Client, index: Arc<Index>) -> Arc<Secrets> {
+    pub fn new(client: kube::Client, index: Arc<Index>, selector: Option<String>) -> Arc<Secrets> {
         Arc::new(Secrets {
             client,
+            selector: selector.filter(|s| !s.trim().is_empty()),
             cache: Mutex::new(Cache::default()),
             index,
         })
@@ -57,10 +64,12 @@ impl Secrets {
         };
         for api in apis {
             let me = self.clone();
+            let mut config = watcher::Config::default();
+            if let Some(selector) = &self.selector {
+                config = config.labels(selector);
+            }
             tokio::spawn(async move {
-                let mut stream = watch_stream(api, watcher::Config::default())
-                    .default_backoff()
-                    .boxed();
+                let mut stream = watch_stream(api, config).default_backoff().boxed();
                 while let Some(event) = stream.next().await {
                     match event {
                         Ok(Event::Apply(m) | Event::InitApply(m)) => me.seen(
@@ -116,8 +125,7 @@ impl Secrets {
             }
         }
         for key in to_read {
-            let api: Api<Secret> = Api::namespaced(self.client.clone(), &key.0);
-            let Some(secret) = api.get_opt(&key.1).await? else {
+            let Some(secret) = self.read(&key, &mut out).await? else {
                 self.cache.lock().data.remove(&key);
                 continue;
             };
@@ -135,5 +143,28 @@ impl Secrets {
             out.insert(key, data);
         }
         Ok(out)
+    }
+
+    /// Secret `key` if it exists and matches the selector; one that exists outside the
+    /// selector is recorded in `out` as such.
+    async fn read(
+        &self,
+        key: &Name,
+        out: &mut SecretValues,
+    ) -> Result<Option<Secret>, kube::Error> {
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &key.0);
+        let Some(selector) = &self.selector else {
+            return api.get_opt(&key.1).await;
+        };
+        let params = ListParams::default()
+            .labels(selector)
+            .fields(&format!("metadata.name={}", key.1));
+        if let Some(secret) = api.list(&params).await?.items.into_iter().next() {
+            return Ok(Some(secret));
+        }
+        if api.get_metadata_opt(&key.1).await?.is_some() {
+            out.insert_outside_selector(key.clone(), selector);
+        }
+        Ok(None)
     }
 }

@@ -1235,6 +1235,51 @@ fn recording_server() -> (u16, std::sync::mpsc::Receiver<Vec<(String, String)>>)
     (port, rx)
 }
 
+/// `--secret-label-selector`: the operator reads only the Secrets it selects; a Provider
+/// referencing one outside it says so in its status (not "not found"), and labelling the
+/// Secret makes it ready — noticed through the narrowed watch.
+#[test]
+fn the_secret_selector_limits_what_the_operator_reads_and_status_says_so() {
+    let ns = unique_name("selsec");
+    let s = Setup::new(redis_url(), &[&ns]);
+    let _op = s.operator(
+        "op-a",
+        &["--secret-label-selector", "acteon.dev/credentials=true"],
+    );
+    s.kube.kubectl_ok(&[
+        "create",
+        "secret",
+        "generic",
+        "hook-creds",
+        "-n",
+        &ns,
+        "--from-literal=token=Bearer x",
+    ]);
+    s.kube.apply(&format!(
+        "apiVersion: acteon.dev/v1alpha1\nkind: Provider\nmetadata: {{name: hook, namespace: {ns}}}\n\
+         spec:\n  type: webhook\n  webhook:\n    url: \"http://127.0.0.1:9/hook\"\n    \
+         secretHeaders:\n      Authorization: {{name: hook-creds, key: token}}\n"
+    ));
+    let (_, _, message) = wait_ready(
+        s.kube,
+        "provider",
+        &ns,
+        "hook",
+        ("False", "SecretNotSelected"),
+    );
+    assert!(message.contains("acteon.dev/credentials=true"), "{message}");
+    s.kube.kubectl_ok(&[
+        "label",
+        "secret",
+        "hook-creds",
+        "-n",
+        &ns,
+        "acteon.dev/credentials=true",
+    ]);
+    // Accepted now; no gateway runs in this test, so not served.
+    wait_ready(s.kube, "provider", &ns, "hook", ("False", "NoGateways"));
+}
+
 #[test]
 fn provider_credentials_reach_the_gateway_sealed_and_nowhere_else() {
     let ns = unique_name("creds");
