@@ -10,6 +10,9 @@ use acteon_api::compile::{self, CompileOptions, acteon};
 use acteon_channel::seal::SealKey;
 use clap::{Args, Parser, Subcommand};
 
+use crate::auth::Authenticator;
+use crate::auth::api_tokens::{self, ApiTokens};
+use crate::auth::service_accounts::ServiceAccounts;
 use crate::config::{ConfigSource, LiveConfig, Runtime};
 use crate::follow::FollowOptions;
 use crate::http::conn::Deadlines;
@@ -189,6 +192,40 @@ pub struct ServeArgs {
     /// state backend can then configure this gateway.
     #[arg(long, env = "ACTEON_ALLOW_UNSIGNED_SNAPSHOTS")]
     pub allow_unsigned_snapshots: bool,
+    /// Who may call: `off` (anyone who reaches the port) or `on` (a Bearer token: an API
+    /// token, or with `--auth-service-accounts` a Kubernetes ServiceAccount token). The probes
+    /// (`/healthz`, `/readyz`, `/health`) stay open; `/metrics` needs a token on this port,
+    /// none on `--probes-listen`.
+    #[arg(long, env = "ACTEON_AUTH", value_enum, default_value_t = AuthMode::Off)]
+    pub auth: AuthMode,
+    /// Accept Kubernetes ServiceAccount tokens (verified by TokenReview): a ServiceAccount of
+    /// namespace N may dispatch into N and read what N owns.
+    #[arg(long, env = "ACTEON_AUTH_SERVICE_ACCOUNTS")]
+    pub auth_service_accounts: bool,
+    /// Audience ServiceAccount tokens must be issued for (a projected token's `audience`).
+    #[arg(long, env = "ACTEON_AUTH_AUDIENCE", default_value = "acteon")]
+    pub auth_audience: String,
+    /// Seconds a ServiceAccount token's review is cached (a deleted ServiceAccount's token
+    /// works at most this long).
+    #[arg(long, env = "ACTEON_AUTH_CACHE_SECONDS", default_value_t = 30)]
+    pub auth_cache_seconds: u64,
+    /// File of API tokens (YAML; see the README), re-read when it changes.
+    #[arg(long, env = "ACTEON_API_TOKENS_FILE")]
+    pub api_tokens_file: Option<PathBuf>,
+    /// Namespace whose labelled Secrets hold API tokens (watched: editing one rotates it).
+    #[arg(long, env = "ACTEON_API_TOKEN_SECRETS_NAMESPACE")]
+    pub api_token_secrets_namespace: Option<String>,
+    /// Label selector of the API token Secrets.
+    #[arg(
+        long,
+        env = "ACTEON_API_TOKEN_SELECTOR",
+        default_value = "acteon.dev/api-token=true"
+    )]
+    pub api_token_selector: String,
+    /// A second address serving `/healthz`, `/readyz`, `/health` and `/metrics` without
+    /// authentication, for kubelet probes and Prometheus.
+    #[arg(long, env = "ACTEON_PROBES_LISTEN")]
+    pub probes_listen: Option<SocketAddr>,
 }
 
 impl ServeArgs {
@@ -536,6 +573,83 @@ fn load_seal_keys(args: &ServeArgs) -> anyhow::Result<SealKeys> {
     Ok(keys)
 }
 
+/// Whether callers must authenticate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthMode {
+    Off,
+    On,
+}
+
+/// The authenticator `--auth on` asks for, its credential sources started.
+async fn authenticator(args: &ServeArgs) -> anyhow::Result<Option<Arc<Authenticator>>> {
+    if args.auth == AuthMode::Off {
+        return Ok(None);
+    }
+    if !args.auth_service_accounts
+        && args.api_tokens_file.is_none()
+        && args.api_token_secrets_namespace.is_none()
+    {
+        anyhow::bail!(
+            "--auth on: no credentials would be accepted; give --auth-service-accounts, \
+             --api-tokens-file or --api-token-secrets-namespace"
+        );
+    }
+    let tokens = Arc::new(ApiTokens::default());
+    if let Some(path) = &args.api_tokens_file {
+        api_tokens::watch_file(tokens.clone(), path.clone(), Duration::from_secs(5))?;
+    }
+    let needs_kube = args.auth_service_accounts || args.api_token_secrets_namespace.is_some();
+    let client = if needs_kube {
+        Some(
+            kube::Client::try_default()
+                .await
+                .map_err(|e| anyhow::anyhow!("--auth on: Kubernetes client: {e}"))?,
+        )
+    } else {
+        None
+    };
+    if let (Some(namespace), Some(client)) = (&args.api_token_secrets_namespace, &client) {
+        api_tokens::watch_secrets(
+            tokens.clone(),
+            client.clone(),
+            namespace,
+            &args.api_token_selector,
+        );
+    }
+    let service_accounts = match (args.auth_service_accounts, client) {
+        (true, Some(client)) => Some(ServiceAccounts::new(
+            client,
+            args.auth_audience.clone(),
+            Duration::from_secs(args.auth_cache_seconds),
+        )),
+        _ => None,
+    };
+    tracing::info!(
+        service_accounts = args.auth_service_accounts,
+        audience = %args.auth_audience,
+        "authentication on"
+    );
+    Ok(Some(Arc::new(Authenticator {
+        api_tokens: tokens,
+        service_accounts,
+    })))
+}
+
+/// Serves the probes and metrics without authentication on `addr`, until the process ends.
+async fn serve_probes(addr: SocketAddr, app: Arc<AppState>) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (--probes-listen): {e}"))?;
+    tracing::info!(addr = %listener.local_addr()?, "probes and metrics listening");
+    let router = http::probes_router(app);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(error = %e, "probes listener stopped");
+        }
+    });
+    Ok(())
+}
+
 /// Loads the configuration (files, or the operator's snapshots through the config channel),
 /// binds, and serves until SIGINT/SIGTERM, then drains.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -629,6 +743,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
     );
+    let auth = authenticator(&args).await?;
     let lifecycle = Arc::new(Lifecycle::new(&gateway.metrics.registry));
     // One check before listening, so that `/readyz` is right from the first request.
     lifecycle.check(&gateway).await;
@@ -642,7 +757,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         body_limit: args.body_limit,
         body_timeout: Duration::from_millis(args.http_body_timeout_ms),
         lifecycle,
+        auth,
     });
+    if let Some(addr) = args.probes_listen {
+        serve_probes(addr, app.clone()).await?;
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;

@@ -42,6 +42,8 @@ pub struct Metrics {
     pub config_reloads: IntCounter,
     /// Published snapshots that could not be applied (the previous one kept serving).
     pub config_reload_failures: IntCounter,
+    /// Authentication decisions (`--auth on`): ok, unauthenticated, forbidden, unavailable.
+    pub auth: IntCounterVec,
     /// Seal key files found changed and reloaded (a key rotation reaching this gateway).
     pub seal_key_reloads: IntCounter,
     /// Actions parked by kind (group, schedule).
@@ -249,6 +251,12 @@ impl Metrics {
                 &r,
                 "acteon_config_reloads_total",
                 "Configuration snapshots applied from the config channel",
+            ),
+            auth: counter(
+                &r,
+                "acteon_auth_decisions_total",
+                "Authentication and authorization decisions, by result",
+                &["result"],
             ),
             seal_key_reloads: int_counter(
                 &r,

@@ -4,10 +4,11 @@
 
 use std::sync::Arc;
 
+use crate::auth::Caller;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -196,6 +197,7 @@ pub async fn cancel_chain(
     State(app): State<Arc<AppState>>,
     Path(chain_id): Path<String>,
     query: Result<Query<CancelRequest>, QueryRejection>,
+    caller: Option<Extension<Caller>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<ChainRecord>, ApiError> {
@@ -217,6 +219,9 @@ pub async fn cancel_chain(
             .ok_or_else(|| ApiError::invalid("tenant: required (in the body or the query)"))?,
     };
     namespace_ok(&scope.namespace)?;
+    if let Some(Extension(caller)) = &caller {
+        caller.check_scope(&scope.namespace, Some(&scope.tenant))?;
+    }
     let gw = &app.gateway;
     let Some(mut run) = running(gw, &scope, &chain_id).await? else {
         return match ended(gw, &scope, &chain_id).await? {

@@ -12,9 +12,11 @@ use serde_json::value::RawValue;
 use utoipa::IntoParams;
 
 use super::AppState;
+use super::auth;
 use super::error::{ApiError, ErrorBody, ItemError};
 use super::json::{self, JsonBody};
 use crate::action::{self, Action};
+use crate::auth::Caller;
 use crate::outcome::ActionOutcome;
 
 /// Largest batch accepted.
@@ -88,11 +90,29 @@ where
 {
     let params = params(query)?;
     let (parts, body) = request.into_parts();
+    let caller = auth::dispatch_caller(app, &parts.headers).await?;
     let bytes = json::read_body(&parts.headers, body, app.body_limit, app.body_timeout).await?;
     let action = parse_action(&bytes, "action", app)?;
+    in_scope(app, caller.as_ref(), &action)?;
     Ok(JsonBody(
         app.gateway.dispatch(action, params.dry_run).await?,
     ))
+}
+
+/// The 403 of an action outside its caller's scope (nothing to check without auth).
+fn in_scope(app: &AppState, caller: Option<&Caller>, action: &Action) -> Result<(), ApiError> {
+    let Some(caller) = caller else {
+        return Ok(());
+    };
+    caller
+        .check_scope(&action.namespace, Some(&action.tenant))
+        .inspect_err(|_| {
+            app.gateway
+                .metrics
+                .auth
+                .with_label_values(&["forbidden"])
+                .inc();
+        })
 }
 
 /// One batch result: an outcome, or `{"error": {"code", "message", "retryable"}}` for that
@@ -120,6 +140,7 @@ pub async fn dispatch_batch(
 ) -> Result<JsonBody<Vec<BatchItem>>, ApiError> {
     let params = params(query)?;
     let (parts, body) = request.into_parts();
+    let caller = auth::dispatch_caller(&app, &parts.headers).await?;
     let bytes = json::read_body(&parts.headers, body, app.body_limit, app.body_timeout).await?;
     let items: Vec<Box<RawValue>> =
         json::parse(&bytes, "batch (expected a JSON array of actions)")?;
@@ -135,10 +156,13 @@ pub async fn dispatch_batch(
         )));
     }
     let app = &app;
+    let caller = caller.as_ref();
     let dry_run = params.dry_run;
     let results: Vec<BatchItem> = futures::stream::iter(items.into_iter().enumerate())
         .map(|(i, raw)| async move {
-            let action = match parse_action(raw.get().as_bytes(), &format!("action [{i}]"), app) {
+            let action = match parse_action(raw.get().as_bytes(), &format!("action [{i}]"), app)
+                .and_then(|a| in_scope(app, caller, &a).map(|()| a))
+            {
                 Ok(a) => a,
                 Err(e) => return BatchItem::from(e),
             };

@@ -1,5 +1,6 @@
 //! The HTTP API (axum), wire-compatible with Acteon's server.
 
+pub mod auth;
 pub mod chains;
 pub mod conn;
 pub mod dispatch;
@@ -33,6 +34,8 @@ pub struct AppState {
     pub body_limit: usize,
     pub body_timeout: Duration,
     pub lifecycle: Arc<lifecycle::Lifecycle>,
+    /// Who may call (`--auth on`); `None` lets everyone in.
+    pub auth: Option<Arc<crate::auth::Authenticator>>,
 }
 
 #[derive(OpenApi)]
@@ -105,6 +108,17 @@ async fn method_not_allowed() -> error::ApiError {
     error::ApiError::method_not_allowed()
 }
 
+/// The probes and metrics alone, never authenticated (`--probes-listen`).
+pub fn probes_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/health", get(ops::health))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(not_found)
+        .with_state(state)
+}
+
 /// The router with every endpoint. Bodies are read by the handlers (bounded in size and
 /// time, see [`json::read_body`]); every error, 404 and 405 included, is a JSON body.
 pub fn router(state: Arc<AppState>) -> Router {
@@ -140,5 +154,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api-doc/openapi.json", get(openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authorize,
+        ))
         .with_state(state)
 }

@@ -3,10 +3,11 @@
 
 use std::sync::Arc;
 
+use crate::auth::Caller;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -246,11 +247,15 @@ pub struct TransitionRequest {
 pub async fn transition(
     State(app): State<Arc<AppState>>,
     Path(fingerprint): Path<String>,
+    caller: Option<Extension<Caller>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<ActionOutcome>, ApiError> {
     let bytes = json::read_body(&headers, body, app.body_limit, app.body_timeout).await?;
     let req: TransitionRequest = json::parse_object(&bytes, "transition")?;
+    if let Some(Extension(caller)) = &caller {
+        caller.check_scope(&req.namespace, Some(&req.tenant))?;
+    }
     let r = EventRef {
         namespace: req.namespace.clone(),
         tenant: req.tenant.clone(),

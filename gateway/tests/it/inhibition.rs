@@ -751,6 +751,7 @@ async fn a_move_by_hand_ends_the_inhibition() {
         body_limit: 1 << 20,
         body_timeout: Duration::from_secs(5),
         lifecycle: Arc::new(Lifecycle::new(&prometheus::Registry::new())),
+        auth: None,
     });
     let mut headers = axum::http::HeaderMap::new();
     headers.insert("content-type", "application/json".parse().unwrap());
@@ -758,6 +759,7 @@ async fn a_move_by_hand_ends_the_inhibition() {
     let outcome = parked::transition(
         State(app),
         Path(fingerprint),
+        None,
         headers,
         axum::body::Body::from(body.to_string()),
     )
