@@ -1077,6 +1077,18 @@ pub fn http_post(port: u16, path: &str, body: &Value) -> Option<(u16, String)> {
     )
 }
 
+/// `POST` a JSON body with `Authorization: Bearer <token>` → `(status, body)`; `None` when
+/// there is no answer.
+pub fn http_post_bearer(port: u16, path: &str, token: &str, body: &Value) -> Option<(u16, String)> {
+    answer(
+        agent()
+            .post(format!("http://127.0.0.1:{port}{path}"))
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {token}"))
+            .send(body.to_string()),
+    )
+}
+
 /// `POST /v1/dispatch` with an action → `(status, JSON body)`; panics when the gateway does not
 /// answer or the body is not JSON.
 pub fn dispatch(port: u16, action: &Value) -> (u16, Value) {

@@ -1,7 +1,10 @@
 //! The chart's operator RBAC (charts/acteon/templates/operator-rbac.yaml) against a real
 //! kube-apiserver: the operator's token can do exactly what the operator needs, and no more.
 
+use std::time::Duration;
+
 use acteon_e2e::*;
+use serde_json::json;
 
 /// Asks as the operator (a SelfSubjectAccessReview through `kubectl auth can-i`) and collects
 /// every answer that is not the expected one, so one failure lists them all.
@@ -299,4 +302,117 @@ fn the_chart_renders_the_operator_rbac_with_the_expected_names() {
         "{all}"
     );
     assert!(all.contains("automountServiceAccountToken: false"), "{all}");
+}
+
+/// `--auth on` against the real API server. ServiceAccount tokens (TokenRequest, audience
+/// `acteon`) scope a caller to its namespace: its own → 200, another → 403; a token for
+/// another audience → 401; a deleted ServiceAccount's token stops working within the cache
+/// TTL. API tokens from labelled Secrets: role and scope enforced, and editing the Secret
+/// swaps the token without a restart.
+#[test]
+fn gateway_callers_are_who_the_api_server_says_within_their_namespace() {
+    let kube = Kube::get();
+    let (a, b) = (unique_name("auth-a"), unique_name("auth-b"));
+    let tokens_ns = unique_name("auth-gw");
+    for ns in [&a, &b, &tokens_ns] {
+        kube.create_namespace(ns);
+    }
+    for ns in [&a, &b] {
+        kube.kubectl_ok(&["create", "serviceaccount", "app", "-n", ns]);
+    }
+    let token = |ns: &str, audience: &str| {
+        kube.kubectl_ok(&[
+            "create",
+            "token",
+            "app",
+            "-n",
+            ns,
+            "--audience",
+            audience,
+            "--duration",
+            "10m",
+        ])
+        .trim()
+        .to_owned()
+    };
+    let (token_a, token_b, token_other) =
+        (token(&a, "acteon"), token(&b, "acteon"), token(&a, "other"));
+    let config = test_dir().join(format!("{}.yaml", unique_name("auth-config")));
+    std::fs::write(
+        &config,
+        format!(
+            "apiVersion: acteon.dev/v1alpha1\nkind: Provider\nmetadata: {{name: p, namespace: {a}}}\nspec: {{type: noop}}\n---\n\
+             apiVersion: acteon.dev/v1alpha1\nkind: Provider\nmetadata: {{name: p, namespace: {b}}}\nspec: {{type: noop}}\n"
+        ),
+    )
+    .expect("config");
+    let port = free_port();
+    let mut cmd = gateway_command(
+        port,
+        &[
+            "--config",
+            config.to_str().expect("utf-8"),
+            "--auth",
+            "on",
+            "--auth-service-accounts",
+            "--auth-cache-seconds",
+            "2",
+            "--api-token-secrets-namespace",
+            &tokens_ns,
+        ],
+    );
+    cmd.env("KUBECONFIG", kube.admin_kubeconfig_path());
+    let gateway = Proc::spawn("acteon-gateway", cmd);
+    wait_healthy(&gateway, port, Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}"));
+    let action = |ns: &str| json!({"namespace": ns, "tenant": "t", "provider": "p", "action_type": "x", "payload": {}});
+    let status = |token: &str, ns: &str| {
+        http_post_bearer(port, "/v1/dispatch", token, &action(ns))
+            .unwrap_or_else(|| panic!("no answer:\n{}", gateway.log_tail(20)))
+    };
+    let (code, body) = status(&token_a, &a);
+    assert_eq!(code, 200, "{body}\n{}", gateway.log_tail(20));
+    assert_eq!(status(&token_b, &b).0, 200);
+    let (code, body) = status(&token_a, &b);
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body.contains(&format!("system:serviceaccount:{a}:app")),
+        "{body}"
+    );
+    let (code, body) = status(&token_other, &a);
+    assert_eq!(code, 401, "another audience: {body}");
+    assert!(!body.contains(&token_other), "{body}");
+    assert_eq!(
+        http_post(port, "/v1/dispatch", &action(&a)).map(|r| r.0),
+        Some(401)
+    );
+
+    // A deleted ServiceAccount: its token stops working once the cached review expires.
+    kube.kubectl_ok(&["delete", "serviceaccount", "app", "-n", &a]);
+    wait_until(Duration::from_secs(20), Duration::from_millis(250), || {
+        (status(&token_a, &a).0 == 401).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the deleted ServiceAccount's token still works"));
+    assert_eq!(status(&token_b, &b).0, 200, "others unaffected");
+
+    // API tokens from labelled Secrets in the gateway's namespace.
+    let secret = |name: &str, token: &str, role: &str| {
+        kube.apply(&format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: {tokens_ns}\n  labels: {{acteon.dev/api-token: \"true\"}}\n\
+             stringData: {{token: {token}, role: {role}, namespaces: {a}}}\n"
+        ));
+    };
+    secret("ci", "ci-token-1", "dispatch");
+    secret("viewer", "viewer-token", "read");
+    let works = |token: &str, ns: &str, want: u16| {
+        wait_until(Duration::from_secs(20), Duration::from_millis(200), || {
+            (status(token, ns).0 == want).then_some(())
+        })
+        .unwrap_or_else(|| panic!("{token} into {ns}: never {want}: {:?}", status(token, ns)));
+    };
+    works("ci-token-1", &a, 200);
+    assert_eq!(status("ci-token-1", &b).0, 403, "outside its namespaces");
+    assert_eq!(status("viewer-token", &a).0, 403, "read may not dispatch");
+    secret("ci", "ci-token-2", "dispatch");
+    works("ci-token-2", &a, 200);
+    assert_eq!(status("ci-token-1", &a).0, 401, "the old token is gone");
 }
