@@ -240,3 +240,12 @@ What the operator needs in a namespace it watches (ClusterRole, or a Role per wa
   resources: ["events"]
   verbs: ["create", "patch"]
 {{- end }}
+
+{{/*
+Whether the gateways call the Kubernetes API (authentication through TokenReview or API
+token Secrets): "true" or "false".
+*/}}
+{{- define "acteon.gateway.usesKubeApi" -}}
+{{- $a := .Values.gateway.auth -}}
+{{- and $a.enabled (or $a.serviceAccounts $a.apiTokenSecrets) | toString -}}
+{{- end }}

@@ -224,35 +224,75 @@ fn every_container_is_locked_down_and_probed() {
                 );
             }
         }
-        gateway_has_no_api_access(&name, &docs);
+        gateway_has_only_the_api_access_auth_needs(&name, &docs);
     }
+    let off = render(
+        &repo_path("charts/acteon/ci/defaults-values.yaml"),
+        &["--set", "gateway.auth.enabled=false"],
+    );
+    gateway_has_only_the_api_access_auth_needs("auth off", &off);
+    assert_eq!(
+        named(&off, "Deployment", "acteon-gateway")["spec"]["template"]["spec"]["automountServiceAccountToken"],
+        false
+    );
 }
 
-/// The gateway's ServiceAccount has no token mounted and no role bound.
-fn gateway_has_no_api_access(name: &str, docs: &[Value]) {
+/// The gateway's API access follows authentication: with it off, no token mounted and no role
+/// bound; with it on (the default), exactly token reviews (system:auth-delegator) and reading
+/// the Secrets of the release namespace (API tokens), nothing else.
+fn gateway_has_only_the_api_access_auth_needs(name: &str, docs: &[Value]) {
     let gateway = named(docs, "Deployment", "acteon-gateway");
     let pod = &gateway["spec"]["template"]["spec"];
-    assert_eq!(pod["automountServiceAccountToken"], false, "{name}");
+    let env = |key: &str| {
+        pod["containers"][0]["env"]
+            .as_array()
+            .and_then(|e| e.iter().find(|v| v["name"] == key))
+            .map(|v| v["value"].clone())
+    };
+    let auth_on = env("ACTEON_AUTH") == Some(json!("on"));
+    assert_eq!(pod["automountServiceAccountToken"], auth_on, "{name}");
     let account = pod["serviceAccountName"]
         .as_str()
         .expect("serviceAccountName");
     assert_eq!(
         named(docs, "ServiceAccount", account)["automountServiceAccountToken"],
-        false,
+        auth_on,
         "{name}"
     );
+    let mut roles = Vec::new();
     for binding in of_kind(docs, "RoleBinding")
         .into_iter()
         .chain(of_kind(docs, "ClusterRoleBinding"))
     {
-        for subject in binding["subjects"].as_array().into_iter().flatten() {
-            assert_ne!(
-                subject["name"], account,
-                "{name}: {} binds a role to the gateway",
-                binding["metadata"]["name"]
-            );
+        if binding["subjects"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|s| s["name"] == account)
+        {
+            roles.push((binding["kind"].clone(), binding["roleRef"]["name"].clone()));
         }
     }
+    if !auth_on {
+        assert!(
+            roles.is_empty(),
+            "{name}: roles bound to the gateway: {roles:?}"
+        );
+        return;
+    }
+    let mut want = vec![(json!("RoleBinding"), json!("acteon-gateway-api-tokens"))];
+    if env("ACTEON_AUTH_SERVICE_ACCOUNTS") == Some(json!("true")) {
+        want.push((json!("ClusterRoleBinding"), json!("system:auth-delegator")));
+    }
+    roles.sort_by_key(|r| r.0.to_string());
+    want.sort_by_key(|r| r.0.to_string());
+    assert_eq!(roles, want, "{name}");
+    let role = named(docs, "Role", "acteon-gateway-api-tokens");
+    assert_eq!(
+        role["rules"],
+        json!([{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]}]),
+        "{name}"
+    );
 }
 
 /// Rendering is a pure function of the values (Argo CD and Flux render on every sync): two
@@ -920,6 +960,10 @@ fn the_installed_chart_runs_and_its_crds_follow_crds_keep() {
         let (mut cmd, projection) =
             container_command(kube, SYSTEM_NAMESPACE, gateway, &format!("gw-{i}"));
         cmd.env("ACTEON_LISTEN", format!("127.0.0.1:{port}"));
+        cmd.env("ACTEON_PROBES_LISTEN", format!("127.0.0.1:{}", free_port()));
+        // Stands in for the ServiceAccount token the pod mounts (what that ServiceAccount
+        // may do is checked below).
+        cmd.env("KUBECONFIG", kube.admin_kubeconfig_path());
         let proc = Proc::spawn("acteon-gateway", cmd);
         wait_healthy(&proc, port, WAIT).unwrap_or_else(|e| panic!("{e}"));
         gateways.push((proc, port));
@@ -930,9 +974,40 @@ fn the_installed_chart_runs_and_its_crds_follow_crds_keep() {
     })
     .unwrap_or_else(|| panic!("operator not ready:\n{}", operator.log_tail(40)));
 
-    // A team's Provider and Rule become Ready and are served by both gateways.
+    // A team's Provider and Rule become Ready and are served by both gateways, to the
+    // team's own ServiceAccount (authentication is on by default).
     let team = unique_name("team");
     kube.create_namespace(&team);
+    kube.kubectl_ok(&["create", "serviceaccount", "app", "-n", &team]);
+    let token = kube
+        .kubectl_ok(&[
+            "create",
+            "token",
+            "app",
+            "-n",
+            &team,
+            "--audience",
+            "acteon",
+        ])
+        .trim()
+        .to_owned();
+    let dispatch = |port: u16, action: &Value| {
+        let (status, body) = http_post_bearer(port, "/v1/dispatch", &token, action)
+            .unwrap_or_else(|| panic!("no answer from :{port}"));
+        (
+            status,
+            serde_json::from_str::<Value>(&body).unwrap_or(Value::String(body)),
+        )
+    };
+    let gateway_sa = format!("system:serviceaccount:{SYSTEM_NAMESPACE}:acteon-gateway");
+    assert!(kube.user_can(
+        &gateway_sa,
+        "create",
+        "tokenreviews.authentication.k8s.io",
+        None
+    ));
+    assert!(kube.user_can(&gateway_sa, "watch", "secrets", Some(SYSTEM_NAMESPACE)));
+    assert!(!kube.user_can(&gateway_sa, "get", "secrets", Some(&team)));
     kube.apply(&format!(
         "apiVersion: acteon.dev/v1alpha1\nkind: Provider\nmetadata: {{name: out, namespace: {team}}}\n\
          spec: {{type: log}}\n---\n\
@@ -950,6 +1025,8 @@ fn the_installed_chart_runs_and_its_crds_follow_crds_keep() {
         let (status, body) = dispatch(*port, &action);
         assert_eq!(status, 200, "{body}");
         assert!(body.get("Suppressed").is_some(), "{body}");
+        let anonymous = http_post(*port, "/v1/dispatch", &action).map(|a| a.0);
+        assert_eq!(anonymous, Some(401), "authentication is on by default");
     }
     assert_eq!(argocd_health(&rule).0, "Healthy");
 
