@@ -32,13 +32,13 @@ use super::{Caller, Role, Scope, TokenDigest, digest};
 /// Every API token, by digest.
 #[derive(Default)]
 pub struct ApiTokens {
-    current: RwLock<Arc<HashMap<TokenDigest, Caller>>>,
+    current: RwLock<Arc<HashMap<TokenDigest, Arc<Caller>>>>,
     /// Tokens by source (`file`, `secret`), merged into `current` on every change.
     sources: Mutex<BTreeMap<&'static str, HashMap<TokenDigest, Caller>>>,
 }
 
 impl ApiTokens {
-    pub fn get(&self, digest: &TokenDigest) -> Option<Caller> {
+    pub fn get(&self, digest: &TokenDigest) -> Option<Arc<Caller>> {
         self.current.read().get(digest).cloned()
     }
 
@@ -55,9 +55,9 @@ impl ApiTokens {
     pub fn replace(&self, source: &'static str, tokens: HashMap<TokenDigest, Caller>) {
         let mut sources = self.sources.lock();
         sources.insert(source, tokens);
-        let merged: HashMap<TokenDigest, Caller> = sources
+        let merged: HashMap<TokenDigest, Arc<Caller>> = sources
             .values()
-            .flat_map(|m| m.iter().map(|(k, v)| (*k, v.clone())))
+            .flat_map(|m| m.iter().map(|(k, v)| (*k, Arc::new(v.clone()))))
             .collect();
         *self.current.write() = Arc::new(merged);
     }

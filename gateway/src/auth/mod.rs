@@ -167,7 +167,7 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
-    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, AuthError> {
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Caller>, AuthError> {
         let token = header::bearer_token(headers).map_err(AuthError::Unauthenticated)?;
         let digest = digest(token);
         if let Some(caller) = self.api_tokens.get(&digest) {

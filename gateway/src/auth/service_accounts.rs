@@ -4,6 +4,7 @@
 //! token wait for one review. An unreachable API server is a 503, never a 401, and is not
 //! cached.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
@@ -22,7 +23,7 @@ const CACHE_ENTRIES: usize = 10_000;
 #[derive(Clone)]
 struct Reviewed {
     expires: Instant,
-    verdict: Result<Caller, String>,
+    verdict: Result<Arc<Caller>, String>,
 }
 
 pub struct ServiceAccounts {
@@ -46,7 +47,7 @@ impl ServiceAccounts {
         &self,
         token: &str,
         digest: TokenDigest,
-    ) -> Result<Caller, AuthError> {
+    ) -> Result<Arc<Caller>, AuthError> {
         if let Some(hit) = self.cache.get(&digest) {
             if hit.expires > Instant::now() {
                 return hit.verdict.map_err(AuthError::Unauthenticated);
@@ -56,7 +57,7 @@ impl ServiceAccounts {
         let reviewed = self
             .cache
             .get_or_insert_async(&digest, async {
-                let verdict = self.review(token).await?;
+                let verdict = self.review(token).await?.map(Arc::new);
                 Ok::<_, AuthError>(Reviewed {
                     expires: Instant::now() + self.ttl,
                     verdict,

@@ -82,7 +82,7 @@ pub async fn authorize(
 pub async fn dispatch_caller(
     app: &AppState,
     headers: &HeaderMap,
-) -> Result<Option<Caller>, ApiError> {
+) -> Result<Option<Arc<Caller>>, ApiError> {
     let Some(auth) = &app.auth else {
         return Ok(None);
     };
@@ -95,7 +95,7 @@ async fn authenticate(
     app: &AppState,
     auth: &crate::auth::Authenticator,
     headers: &HeaderMap,
-) -> Result<Caller, ApiError> {
+) -> Result<Arc<Caller>, ApiError> {
     let result = auth.authenticate(headers).await;
     let label = match &result {
         Ok(_) => "ok",

@@ -197,7 +197,7 @@ pub async fn cancel_chain(
     State(app): State<Arc<AppState>>,
     Path(chain_id): Path<String>,
     query: Result<Query<CancelRequest>, QueryRejection>,
-    caller: Option<Extension<Caller>>,
+    caller: Option<Extension<Arc<Caller>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<ChainRecord>, ApiError> {

@@ -93,7 +93,7 @@ where
     let caller = auth::dispatch_caller(app, &parts.headers).await?;
     let bytes = json::read_body(&parts.headers, body, app.body_limit, app.body_timeout).await?;
     let action = parse_action(&bytes, "action", app)?;
-    in_scope(app, caller.as_ref(), &action)?;
+    in_scope(app, caller.as_deref(), &action)?;
     Ok(JsonBody(
         app.gateway.dispatch(action, params.dry_run).await?,
     ))
@@ -156,7 +156,7 @@ pub async fn dispatch_batch(
         )));
     }
     let app = &app;
-    let caller = caller.as_ref();
+    let caller = caller.as_deref();
     let dry_run = params.dry_run;
     let results: Vec<BatchItem> = futures::stream::iter(items.into_iter().enumerate())
         .map(|(i, raw)| async move {

@@ -247,7 +247,7 @@ pub struct TransitionRequest {
 pub async fn transition(
     State(app): State<Arc<AppState>>,
     Path(fingerprint): Path<String>,
-    caller: Option<Extension<Caller>>,
+    caller: Option<Extension<Arc<Caller>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<ActionOutcome>, ApiError> {

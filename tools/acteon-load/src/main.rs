@@ -22,7 +22,7 @@ use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper::header::{CONTENT_TYPE, HOST};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper::{Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -69,6 +69,9 @@ struct Args {
     /// Runtime worker threads (default: one per CPU).
     #[arg(long)]
     threads: Option<usize>,
+    /// Send `Authorization: Bearer <token>` (a gateway with `--auth on`).
+    #[arg(long)]
+    bearer: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -220,6 +223,8 @@ struct Plan {
     /// Seconds between two requests of one connection, in `--rate` mode.
     interval: Option<Duration>,
     concurrency: usize,
+    /// The `Authorization` header value, if any.
+    authorization: Option<String>,
     start: Instant,
 }
 
@@ -393,9 +398,13 @@ async fn worker(plan: Arc<Plan>, id: usize) -> Tally {
         };
         body(&plan, id, seq, &mut buf);
         seq += 1;
-        let request = Request::post(plan.path.as_str())
+        let mut request = Request::post(plan.path.as_str())
             .header(HOST, plan.authority.as_str())
-            .header(CONTENT_TYPE, "application/json")
+            .header(CONTENT_TYPE, "application/json");
+        if let Some(value) = &plan.authorization {
+            request = request.header(AUTHORIZATION, value.as_str());
+        }
+        let request = request
             .body(Full::new(Bytes::copy_from_slice(buf.as_bytes())))
             .expect("a valid request");
         let ready = s.ready().await;
@@ -554,6 +563,7 @@ async fn run(args: &Args) -> Result<bool, String> {
         deadline: start + args.duration,
         interval,
         concurrency: args.concurrency,
+        authorization: args.bearer.as_ref().map(|t| format!("Bearer {t}")),
         start,
     });
     let workers: Vec<_> = (0..args.concurrency)
@@ -651,6 +661,7 @@ mod tests {
             deadline: Instant::now(),
             interval: None,
             concurrency: 1,
+            authorization: None,
             start: Instant::now(),
         };
         let mut buf = String::new();
@@ -685,6 +696,7 @@ mod tests {
             deadline: Instant::now(),
             interval: None,
             concurrency: 1,
+            authorization: None,
             start: Instant::now(),
         };
         let mut buf = String::new();
