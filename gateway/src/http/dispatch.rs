@@ -15,6 +15,7 @@ use super::AppState;
 use super::error::{ApiError, ErrorBody, ItemError};
 use super::json::{self, JsonBody};
 use crate::action::{self, Action};
+use crate::audit::CallerIdentity;
 use crate::outcome::ActionOutcome;
 
 /// Largest batch accepted.
@@ -90,8 +91,12 @@ where
     let (parts, body) = request.into_parts();
     let bytes = json::read_body(&parts.headers, body, app.body_limit, app.body_timeout).await?;
     let action = parse_action(&bytes, "action", app)?;
+    // Set by the authentication middleware, when there is one (the audit trail's caller).
+    let caller = parts.extensions.get::<CallerIdentity>();
     Ok(JsonBody(
-        app.gateway.dispatch(action, params.dry_run).await?,
+        app.gateway
+            .dispatch_as(action, params.dry_run, caller)
+            .await?,
     ))
 }
 
@@ -136,13 +141,14 @@ pub async fn dispatch_batch(
     }
     let app = &app;
     let dry_run = params.dry_run;
+    let caller = parts.extensions.get::<CallerIdentity>();
     let results: Vec<BatchItem> = futures::stream::iter(items.into_iter().enumerate())
         .map(|(i, raw)| async move {
             let action = match parse_action(raw.get().as_bytes(), &format!("action [{i}]"), app) {
                 Ok(a) => a,
                 Err(e) => return BatchItem::from(e),
             };
-            match app.gateway.dispatch(action, dry_run).await {
+            match app.gateway.dispatch_as(action, dry_run, caller).await {
                 Ok(o) => BatchItem::Outcome(o),
                 Err(e) => BatchItem::from(ApiError::from(e)),
             }
