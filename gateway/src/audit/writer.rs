@@ -179,6 +179,15 @@ impl AuditSink {
                 .original_payload
                 .unwrap_or_else(|| f.action.payload.clone());
             self.options.redactor.payload(&mut p);
+            // A group notification carries the grouped actions' payloads as they were
+            // received: the paths apply to each of them too.
+            if f.source == AuditSource::Group
+                && let Some(events) = p.get_mut("events").and_then(Value::as_array_mut)
+            {
+                for event in events {
+                    self.options.redactor.payload(event);
+                }
+            }
             Some(p)
         } else {
             None

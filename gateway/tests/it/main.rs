@@ -5,6 +5,7 @@
 mod common;
 
 mod acteon_compat;
+mod audit;
 mod chains;
 mod cli;
 mod dead_letters;
