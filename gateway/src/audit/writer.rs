@@ -26,6 +26,8 @@ use crate::outcome::ActionOutcome;
 
 /// Most rows one write carries.
 pub const BATCH: usize = 500;
+/// Batches written at once.
+const WRITERS: usize = 2;
 /// Attempts per batch before its records are counted as lost.
 const ATTEMPTS: u32 = 3;
 /// Pause before the 2nd attempt (doubled before the 3rd).
@@ -131,13 +133,26 @@ pub struct Finished<'a> {
     pub action: &'a Action,
     /// The payload as received (before `modify` rules); the action's when `None`.
     pub original_payload: Option<Value>,
-    pub outcome: &'a ActionOutcome,
+    /// `ActionOutcome::label()`, or `executed` / `failed` for a worker's provider call.
+    pub outcome: &'a str,
+    pub error: Option<String>,
     pub verdict: &'a str,
     pub matched_rule: Option<String>,
     pub caller: Option<&'a CallerIdentity>,
     pub source: AuditSource,
     pub dispatched_at: DateTime<Utc>,
     pub started: Instant,
+}
+
+impl Finished<'_> {
+    /// The record's `outcome` and `error` of a pipeline outcome.
+    pub fn outcome_of(outcome: &ActionOutcome) -> (&'static str, Option<String>) {
+        let error = match outcome {
+            ActionOutcome::Failed(e) => Some(format!("{}: {}", e.code, e.message)),
+            _ => None,
+        };
+        (outcome.label(), error)
+    }
 }
 
 impl AuditSink {
@@ -170,10 +185,6 @@ impl AuditSink {
 
     /// The redacted record (public for the bench and tests).
     pub fn build(&self, f: Finished<'_>) -> AuditRecord {
-        let error = match f.outcome {
-            ActionOutcome::Failed(e) => Some(format!("{}: {}", e.code, e.message)),
-            _ => None,
-        };
         let payload = if self.options.store_payload {
             let mut p = f
                 .original_payload
@@ -203,8 +214,8 @@ impl AuditSink {
             action_type: f.action.action_type.clone(),
             verdict: f.verdict.to_owned(),
             matched_rule: f.matched_rule,
-            outcome: f.outcome.label().to_owned(),
-            error,
+            outcome: f.outcome.to_owned(),
+            error: f.error,
             caller: f.caller.map(|c| c.0.clone()),
             source: f.source.as_str().to_owned(),
             dispatched_at: f.dispatched_at,
@@ -327,29 +338,38 @@ async fn write_loop(
     mut rx: mpsc::Receiver<AuditRecord>,
     mut stopped: watch::Receiver<bool>,
 ) {
-    let last_warn = AtomicI64::new(0);
-    let mut buf = Vec::with_capacity(BATCH);
+    let last_warn = Arc::new(AtomicI64::new(0));
+    // Up to WRITERS batches in flight: while one waits for its commit, the next is sent.
+    // Records carry their own time, so the order batches land in does not matter.
+    let mut running = tokio::task::JoinSet::new();
+    let mut stopping = false;
     loop {
-        let n = tokio::select! {
-            n = rx.recv_many(&mut buf, BATCH) => n,
-            _ = stopped.changed() => {
-                // Shutdown: write what is queued, then end.
-                rx.close();
-                while rx.recv_many(&mut buf, BATCH).await > 0 {
-                    write(&*store, &metrics, &last_warn, &buf).await;
-                    buf.clear();
+        while running.len() >= WRITERS {
+            let _ = running.join_next().await;
+        }
+        let mut buf = Vec::with_capacity(BATCH);
+        let n = if stopping {
+            rx.recv_many(&mut buf, BATCH).await
+        } else {
+            tokio::select! {
+                n = rx.recv_many(&mut buf, BATCH) => n,
+                _ = stopped.changed() => {
+                    // Shutdown: take no more records, write what is queued, then end.
+                    rx.close();
+                    stopping = true;
+                    continue;
                 }
-                metrics.queue_depth.set(0);
-                return;
             }
         };
         if n == 0 {
-            return;
+            break;
         }
         metrics.queue_depth.set(rx.len() as i64);
-        write(&*store, &metrics, &last_warn, &buf).await;
-        buf.clear();
+        let (store, metrics, last_warn) = (store.clone(), metrics.clone(), last_warn.clone());
+        running.spawn(async move { write(&*store, &metrics, &last_warn, &buf).await });
     }
+    while running.join_next().await.is_some() {}
+    metrics.queue_depth.set(0);
 }
 
 async fn write(

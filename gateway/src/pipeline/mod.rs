@@ -142,11 +142,13 @@ impl Gateway {
                 0,
             );
             if let (Some(audit), false) = (&self.audit, dry_run) {
+                let (label, error) = Finished::outcome_of(&outcome);
                 audit
                     .record(Finished {
                         action: &action,
                         original_payload: None,
-                        outcome: &outcome,
+                        outcome: label,
+                        error,
                         verdict: "none",
                         matched_rule: None,
                         caller,
@@ -309,14 +311,50 @@ impl Gateway {
             return;
         };
         let (verdict, matched_rule) = self.verdict(rt, eval);
+        let (label, error) = Finished::outcome_of(outcome);
         audit
             .record(Finished {
                 action,
                 original_payload,
-                outcome,
+                outcome: label,
+                error,
                 verdict,
                 matched_rule,
                 caller,
+                source,
+                dispatched_at,
+                started,
+            })
+            .await;
+    }
+
+    /// The record of a provider call made by the worker outside the pipeline (a chain
+    /// step, a state timeout's notification): `verdict` names the rule type behind it.
+    pub async fn audit_delivery(
+        &self,
+        action: &Action,
+        result: Result<(), String>,
+        verdict: &str,
+        source: AuditSource,
+        dispatched_at: chrono::DateTime<Utc>,
+        started: Instant,
+    ) {
+        let Some(audit) = &self.audit else {
+            return;
+        };
+        let (outcome, error) = match result {
+            Ok(()) => ("executed", None),
+            Err(e) => ("failed", Some(e)),
+        };
+        audit
+            .record(Finished {
+                action,
+                original_payload: None,
+                outcome,
+                error,
+                verdict,
+                matched_rule: None,
+                caller: None,
                 source,
                 dispatched_at,
                 started,

@@ -54,6 +54,20 @@ metadata: {{name: batch-up, namespace: au}}
 spec:
   condition: {{field: action.action_type, eq: grouped}}
   action: {{type: group, groupBy: [payload.key], groupWaitSeconds: 1, groupIntervalSeconds: 60}}
+---
+apiVersion: acteon.dev/v1alpha1
+kind: Chain
+metadata: {{name: two-steps, namespace: au}}
+spec:
+  steps:
+    - {{name: first, provider: hook}}
+---
+apiVersion: acteon.dev/v1alpha1
+kind: Rule
+metadata: {{name: start-chain, namespace: au}}
+spec:
+  condition: {{field: action.action_type, eq: chained}}
+  action: {{type: chain, chain: two-steps}}
 "#,
         hook.url("/hook")
     )
@@ -258,7 +272,22 @@ async fn outcomes(state: &str) {
         released[0]["payload"]["events"][0]["password"],
         "[REDACTED]"
     );
-    let all = wait_records(&c, &gw, "", expected.len() + 2).await;
+    // A chain: the dispatch (chain_started), then its step delivered by the worker.
+    dispatch(&c, &gw, &action("chained", "hook", "a-chained")).await;
+    let started = wait_records(&c, &gw, "namespace=au&outcome=chain_started", 1).await;
+    assert_eq!(started[0]["matched_rule"], "start-chain");
+    let step = wait_records(
+        &c,
+        &gw,
+        "namespace=au&action_type=chained&outcome=executed",
+        1,
+    )
+    .await;
+    assert_eq!(step[0]["source"], "chain");
+    assert_eq!(step[0]["verdict"], "chain");
+    assert_eq!(step[0]["metadata"]["chain_step"], "first");
+    assert_eq!(step[0]["payload"]["password"], "[REDACTED]");
+    let all = wait_records(&c, &gw, "", expected.len() + 4).await;
     assert!(!Value::Array(all).to_string().contains(SECRET));
 
     if state.starts_with("postgres") {
@@ -281,7 +310,7 @@ async fn outcomes(state: &str) {
                 .fetch_one(&mut conn)
                 .await
                 .expect("count");
-        assert_eq!(rows, expected.len() as i64 + 2);
+        assert_eq!(rows, expected.len() as i64 + 4);
         let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
             "DROP SCHEMA \"{schema}\" CASCADE"
         )))
@@ -605,5 +634,77 @@ async fn audit_postgres_outage_drops_records_not_dispatches() {
     assert!(errors >= 1.0);
     assert!(lost >= dropped + errors);
     drop(gw);
+    drop_schema(&schema).await;
+}
+
+/// Records per second the writer alone puts in Postgres (batches of up to 500, one
+/// `INSERT … SELECT FROM UNNEST` each). Run:
+/// `cargo test --release -p acteon-gateway --test it -- --ignored audit_writer_throughput --nocapture`
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a measurement; prints audit records/s"]
+async fn audit_writer_throughput_postgres() {
+    use acteon_gateway::audit::postgres::PostgresAuditStore;
+    use acteon_gateway::audit::redact::Redactor;
+    use acteon_gateway::audit::{
+        AuditOptions, AuditRecord, AuditSink, AuditStore, Retention, WhenFull,
+    };
+    use std::sync::Arc;
+    const N: usize = 200_000;
+    let schema = schema();
+    let store = Arc::new(
+        PostgresAuditStore::new(&postgres_url(), &schema, Duration::from_secs(30)).unwrap(),
+    );
+    // Creates the table before timing.
+    assert_eq!(store.count().await.unwrap(), 0);
+    let registry = prometheus::Registry::new();
+    let sink = AuditSink::start(
+        store.clone() as Arc<dyn AuditStore>,
+        AuditOptions {
+            queue_capacity: 10_000,
+            when_full: WhenFull::Block,
+            store_payload: true,
+            redactor: Redactor::default(),
+            retention: Retention::parse(30, &[]).unwrap(),
+        },
+        &registry,
+    );
+    let template = AuditRecord {
+        id: String::new(),
+        action_id: String::new(),
+        namespace: "bench".into(),
+        tenant: "tenant-1".into(),
+        provider: "webhook".into(),
+        action_type: "alert".into(),
+        verdict: "allow".into(),
+        matched_rule: Some("route-critical".into()),
+        outcome: "executed".into(),
+        error: None,
+        caller: Some("system:serviceaccount:bench:client".into()),
+        source: "dispatch".into(),
+        dispatched_at: chrono::Utc::now(),
+        duration_ms: 3,
+        payload: Some(json!({"severity": "critical", "host": "db-1", "value": 97.5})),
+        metadata: [("team".to_owned(), "ops".to_owned())].into(),
+    };
+    let started = Instant::now();
+    for i in 0..N {
+        let mut r = template.clone();
+        r.id = uuid::Uuid::now_v7().hyphenated().to_string();
+        r.action_id = format!("bench-{i}");
+        r.dispatched_at = acteon_gateway::audit::now_micros();
+        sink.enqueue(r).await;
+    }
+    sink.shutdown(Duration::from_secs(120)).await;
+    let took = started.elapsed();
+    let written = sink.metrics.records.with_label_values(&["written"]).get();
+    assert_eq!(written as usize, N);
+    assert_eq!(store.count().await.unwrap() as usize, N);
+    let rate = N as f64 / took.as_secs_f64();
+    let batches = sink.metrics.batch_seconds.get_sample_count();
+    eprintln!(
+        "audit writer: {N} records to Postgres in {took:.2?}: {rate:.0} records/s \
+         ({batches} batches, mean {:.1} ms per batch)",
+        sink.metrics.batch_seconds.get_sample_sum() * 1000.0 / batches.max(1) as f64
+    );
     drop_schema(&schema).await;
 }
