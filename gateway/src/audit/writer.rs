@@ -410,3 +410,118 @@ async fn write(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{AuditError, AuditPage, AuditQuery};
+    use chrono::DateTime;
+    use tokio::sync::Semaphore;
+
+    /// A store whose writes wait for a permit, then succeed.
+    struct Gated {
+        permits: Semaphore,
+        written: Mutex<usize>,
+    }
+
+    #[async_trait::async_trait]
+    impl AuditStore for Gated {
+        fn kind(&self) -> &'static str {
+            "gated"
+        }
+        fn shared(&self) -> bool {
+            false
+        }
+        async fn write_batch(&self, records: &[AuditRecord]) -> Result<(), AuditError> {
+            self.permits.acquire().await.unwrap().forget();
+            *self.written.lock() += records.len();
+            Ok(())
+        }
+        async fn query(&self, _: &AuditQuery) -> Result<AuditPage, AuditError> {
+            Ok(AuditPage::default())
+        }
+        async fn get(&self, _: &str) -> Result<Vec<AuditRecord>, AuditError> {
+            Ok(vec![])
+        }
+        async fn sweep(&self, _: DateTime<Utc>, _: &Retention) -> Result<u64, AuditError> {
+            Ok(0)
+        }
+    }
+
+    fn record() -> AuditRecord {
+        AuditRecord {
+            id: uuid::Uuid::now_v7().to_string(),
+            action_id: "a".into(),
+            namespace: "n".into(),
+            tenant: "t".into(),
+            provider: "p".into(),
+            action_type: "x".into(),
+            verdict: "allow".into(),
+            matched_rule: None,
+            outcome: "executed".into(),
+            error: None,
+            caller: None,
+            source: "dispatch".into(),
+            dispatched_at: Utc::now(),
+            duration_ms: 0,
+            payload: None,
+            metadata: Default::default(),
+        }
+    }
+
+    fn gated_sink(when_full: WhenFull) -> (Arc<Gated>, Arc<AuditSink>) {
+        let store = Arc::new(Gated {
+            permits: Semaphore::new(0),
+            written: Mutex::new(0),
+        });
+        let options = AuditOptions {
+            queue_capacity: 2,
+            when_full,
+            store_payload: false,
+            redactor: Redactor::default(),
+            retention: Retention::parse(30, &[]).unwrap(),
+        };
+        let sink = AuditSink::start(store.clone(), options, &Registry::new());
+        (store, sink)
+    }
+
+    #[tokio::test]
+    async fn full_queue_drops_and_counts_or_blocks() {
+        // Two batches stuck in the store, two records queued: the rest are dropped.
+        let (store, sink) = gated_sink(WhenFull::Drop);
+        for _ in 0..10 {
+            sink.enqueue(record()).await;
+            tokio::task::yield_now().await;
+        }
+        let dropped = sink.metrics.dropped.get();
+        assert!((6..=8).contains(&dropped), "{dropped}");
+        assert_eq!(
+            sink.metrics.records.with_label_values(&["dropped"]).get(),
+            dropped
+        );
+        store.permits.add_permits(100);
+        sink.shutdown(Duration::from_secs(5)).await;
+        assert_eq!(*store.written.lock() as u64 + dropped, 10);
+
+        // Block: the dispatch waits for room; nothing is lost.
+        let (store, sink) = gated_sink(WhenFull::Block);
+        let producer = {
+            let sink = sink.clone();
+            tokio::spawn(async move {
+                for _ in 0..10 {
+                    sink.enqueue(record()).await;
+                }
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!producer.is_finished(), "blocked on the full queue");
+        store.permits.add_permits(100);
+        tokio::time::timeout(Duration::from_secs(5), producer)
+            .await
+            .unwrap()
+            .unwrap();
+        sink.shutdown(Duration::from_secs(5)).await;
+        assert_eq!(*store.written.lock(), 10);
+        assert_eq!(sink.metrics.dropped.get(), 0);
+    }
+}

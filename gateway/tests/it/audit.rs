@@ -708,3 +708,61 @@ async fn audit_writer_throughput_postgres() {
     );
     drop_schema(&schema).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_postgres_sweep_applies_namespace_retention() {
+    use acteon_gateway::audit::postgres::PostgresAuditStore;
+    use acteon_gateway::audit::{AuditRecord, AuditStore, Retention};
+    let schema = schema();
+    let store = PostgresAuditStore::new(&postgres_url(), &schema, Duration::from_secs(10)).unwrap();
+    let now = chrono::Utc::now();
+    let record = |id: &str, ns: &str, days: i64| AuditRecord {
+        id: uuid::Uuid::now_v7().hyphenated().to_string(),
+        action_id: id.into(),
+        namespace: ns.into(),
+        tenant: "t".into(),
+        provider: "p".into(),
+        action_type: "x".into(),
+        verdict: "allow".into(),
+        matched_rule: None,
+        outcome: "executed".into(),
+        error: None,
+        caller: None,
+        source: "dispatch".into(),
+        dispatched_at: chrono::DateTime::from_timestamp_micros(
+            (now - chrono::Duration::days(days)).timestamp_micros(),
+        )
+        .unwrap(),
+        duration_ms: 0,
+        payload: None,
+        metadata: Default::default(),
+    };
+    store
+        .write_batch(&[
+            record("short-old", "short", 10),
+            record("short-new", "short", 1),
+            record("long-old", "long", 60),
+            record("long-kept", "long", 10),
+            record("default-old", "other", 40),
+            record("default-kept", "other", 10),
+        ])
+        .await
+        .unwrap();
+    let retention = Retention::parse(30, &["short=7".into(), "long=90".into()]).unwrap();
+    assert_eq!(store.sweep(now, &retention).await.unwrap(), 2);
+    for (id, kept) in [
+        ("short-old", false),
+        ("short-new", true),
+        ("long-old", true),
+        ("long-kept", true),
+        ("default-old", false),
+        ("default-kept", true),
+    ] {
+        assert_eq!(!store.get(id).await.unwrap().is_empty(), kept, "{id}");
+    }
+    // The same record written twice (a retried batch) is stored once.
+    let again = store.get("short-new").await.unwrap();
+    store.write_batch(&again).await.unwrap();
+    assert_eq!(store.count().await.unwrap(), 4);
+    drop_schema(&schema).await;
+}
