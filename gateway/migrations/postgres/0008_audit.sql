@@ -24,17 +24,14 @@ CREATE TABLE IF NOT EXISTS acteon_audit (
     metadata      jsonb       NOT NULL DEFAULT '{}'
 );
 
--- Unfiltered pages and the default-retention sweep.
+-- Few indexes on purpose: the table is written far more than it is read, and every index
+-- costs each insert (measured: 6 indexes → 3 made bulk inserts ~30% cheaper). Queries scan
+-- one of these newest-first and filter the rest (tenant, outcome, caller, …) as they go, so
+-- a page of frequent matches reads little; a rare filter across a whole namespace is slower.
+-- Unfiltered pages, time ranges and the default-retention sweep.
 CREATE INDEX IF NOT EXISTS acteon_audit_time ON acteon_audit (dispatched_at DESC, id DESC);
 -- `GET /v1/audit/{action_id}` and replays.
 CREATE INDEX IF NOT EXISTS acteon_audit_action ON acteon_audit (action_id);
--- The usual filter (a namespace, often a tenant), and per-namespace retention.
+-- The usual filter (a namespace, with or without more), and per-namespace retention.
 CREATE INDEX IF NOT EXISTS acteon_audit_ns_time
-    ON acteon_audit (namespace, tenant, dispatched_at DESC, id DESC);
-CREATE INDEX IF NOT EXISTS acteon_audit_ns_outcome_time
-    ON acteon_audit (namespace, outcome, dispatched_at DESC, id DESC);
--- Filters across namespaces that are selective on their own.
-CREATE INDEX IF NOT EXISTS acteon_audit_caller_time
-    ON acteon_audit (caller, dispatched_at DESC, id DESC) WHERE caller IS NOT NULL;
-CREATE INDEX IF NOT EXISTS acteon_audit_rule_time
-    ON acteon_audit (matched_rule, dispatched_at DESC, id DESC) WHERE matched_rule IS NOT NULL;
+    ON acteon_audit (namespace, dispatched_at DESC, id DESC);

@@ -180,52 +180,39 @@ impl AuditStore for PostgresAuditStore {
             return Ok(());
         }
         self.ensure().await?;
-        let n = records.len();
-        let mut c: [Vec<String>; 9] = Default::default();
-        let (mut rule, mut error, mut caller, mut payload) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        let (mut at, mut duration, mut metadata) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        for r in records {
-            for (col, v) in c.iter_mut().zip([
-                &r.id,
-                &r.action_id,
-                &r.namespace,
-                &r.tenant,
-                &r.provider,
-                &r.action_type,
-                &r.verdict,
-                &r.outcome,
-                &r.source,
-            ]) {
-                col.push(v.clone());
-            }
-            rule.push(r.matched_rule.clone());
-            error.push(r.error.clone());
-            caller.push(r.caller.clone());
-            payload.push(r.payload.as_ref().map(|p| p.to_string()));
-            at.push(r.dispatched_at.timestamp_micros());
-            duration.push(i64::try_from(r.duration_ms).unwrap_or(i64::MAX));
-            metadata.push(serde_json::to_string(&r.metadata).unwrap_or_else(|_| "{}".into()));
-        }
-        let [
-            id,
-            action_id,
-            namespace,
-            tenant,
-            provider,
-            action_type,
-            verdict,
-            outcome,
-            source,
-        ] = c;
+        // Columns borrowed from the records: nothing is copied but the JSON texts.
+        let col = |f: fn(&AuditRecord) -> &str| records.iter().map(f).collect::<Vec<&str>>();
+        let opt = |f: fn(&AuditRecord) -> Option<&str>| {
+            records.iter().map(f).collect::<Vec<Option<&str>>>()
+        };
+        let id = col(|r| &r.id);
+        let action_id = col(|r| &r.action_id);
+        let namespace = col(|r| &r.namespace);
+        let tenant = col(|r| &r.tenant);
+        let provider = col(|r| &r.provider);
+        let action_type = col(|r| &r.action_type);
+        let verdict = col(|r| &r.verdict);
+        let outcome = col(|r| &r.outcome);
+        let source = col(|r| &r.source);
+        let rule = opt(|r| r.matched_rule.as_deref());
+        let error = opt(|r| r.error.as_deref());
+        let caller = opt(|r| r.caller.as_deref());
+        let payload: Vec<Option<String>> = records
+            .iter()
+            .map(|r| r.payload.as_ref().map(|p| p.to_string()))
+            .collect();
+        let at: Vec<i64> = records
+            .iter()
+            .map(|r| r.dispatched_at.timestamp_micros())
+            .collect();
+        let duration: Vec<i64> = records
+            .iter()
+            .map(|r| i64::try_from(r.duration_ms).unwrap_or(i64::MAX))
+            .collect();
+        let metadata: Vec<String> = records
+            .iter()
+            .map(|r| serde_json::to_string(&r.metadata).unwrap_or_else(|_| "{}".into()))
+            .collect();
         let sql = format!(
             "INSERT INTO acteon_audit (id, action_id, namespace, tenant, provider, action_type, \
                verdict, matched_rule, outcome, error, caller, source, dispatched_at, duration_ms, \
