@@ -68,6 +68,27 @@ metadata: {{name: start-chain, namespace: au}}
 spec:
   condition: {{field: action.action_type, eq: chained}}
   action: {{type: chain, chain: two-steps}}
+---
+apiVersion: acteon.dev/v1alpha1
+kind: StateMachine
+metadata: {{name: acks, namespace: au}}
+spec:
+  states: [open, acked, expired]
+  initialState: open
+  terminalStates: [expired]
+  notifyProvider: hook
+  transitions:
+    - {{from: open, to: acked}}
+    - {{from: acked, to: expired, notify: true}}
+  timeouts:
+    - {{state: acked, afterSeconds: 1, transitionTo: expired}}
+---
+apiVersion: acteon.dev/v1alpha1
+kind: Rule
+metadata: {{name: track, namespace: au}}
+spec:
+  condition: {{field: action.action_type, eq: tracked}}
+  action: {{type: stateMachine, stateMachine: acks, fingerprintFields: [payload.key]}}
 "#,
         hook.url("/hook")
     )
@@ -287,7 +308,22 @@ async fn outcomes(state: &str) {
     assert_eq!(step[0]["verdict"], "chain");
     assert_eq!(step[0]["metadata"]["chain_step"], "first");
     assert_eq!(step[0]["payload"]["password"], "[REDACTED]");
-    let all = wait_records(&c, &gw, "", expected.len() + 4).await;
+    // A state timeout: the dispatch moves the event (state_changed); its timeout's
+    // notification, sent by the worker, is a record of its own.
+    let mut tracked = action("tracked", "hook", "a-tracked");
+    tracked["status"] = json!("acked");
+    let moved = dispatch(&c, &gw, &tracked).await;
+    assert_eq!(moved["StateChanged"]["new_state"], "acked", "{moved}");
+    let timed_out = wait_records(
+        &c,
+        &gw,
+        "namespace=au&action_type=tracked&outcome=executed",
+        1,
+    )
+    .await;
+    assert_eq!(timed_out[0]["source"], "state_timeout");
+    assert_eq!(timed_out[0]["verdict"], "state_machine");
+    let all = wait_records(&c, &gw, "", expected.len() + 6).await;
     assert!(!Value::Array(all).to_string().contains(SECRET));
 
     if state.starts_with("postgres") {
@@ -310,7 +346,7 @@ async fn outcomes(state: &str) {
                 .fetch_one(&mut conn)
                 .await
                 .expect("count");
-        assert_eq!(rows, expected.len() as i64 + 4);
+        assert_eq!(rows, expected.len() as i64 + 6);
         let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
             "DROP SCHEMA \"{schema}\" CASCADE"
         )))
