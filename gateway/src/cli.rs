@@ -829,4 +829,27 @@ mod tests {
         assert_eq!(follower.config_poll_seconds, 5);
         assert_eq!(follower.report_interval_seconds, 5);
     }
+
+    #[test]
+    fn audit_flags() {
+        let a = serve_args(&[]);
+        assert_eq!(a.audit, "on");
+        assert_eq!(a.audit_when_full, crate::audit::WhenFull::Drop);
+        assert_eq!(a.audit_queue_capacity, 10_000);
+        assert_eq!(a.audit_retention_days, 30);
+        assert!(!a.audit_store_payload);
+        let a = serve_args(&[
+            "--audit-redact",
+            "payload.password,payload.card.number",
+            "--audit-retention-namespace",
+            "team-a=7,team-b=90",
+            "--audit-when-full",
+            "block",
+        ]);
+        assert_eq!(a.audit_redact.len(), 2);
+        assert_eq!(a.audit_retention_namespace, vec!["team-a=7", "team-b=90"]);
+        assert_eq!(a.audit_when_full, crate::audit::WhenFull::Block);
+        let argv = ["acteon-gateway", "serve", "--audit", "maybe"];
+        assert!(Cli::try_parse_from(argv).is_err());
+    }
 }
