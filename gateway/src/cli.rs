@@ -226,6 +226,44 @@ pub struct ServeArgs {
     /// authentication, for kubelet probes and Prometheus.
     #[arg(long, env = "ACTEON_PROBES_LISTEN")]
     pub probes_listen: Option<SocketAddr>,
+    /// Audit trail: `on` (default) or `off`. Kept in Postgres when `--state` is Postgres or
+    /// `--audit-postgres-url` is given, else in memory (per process).
+    #[arg(long, env = "ACTEON_AUDIT", default_value = "on", value_parser = ["on", "off"])]
+    pub audit: String,
+    /// Postgres for the audit trail when the state is elsewhere (Redis); its schema is
+    /// `--state-prefix`.
+    #[arg(long, env = "ACTEON_AUDIT_POSTGRES_URL", hide_env_values = true)]
+    pub audit_postgres_url: Option<String>,
+    /// Keep the action payload (redacted) in audit records; needed by audit replay.
+    #[arg(long, env = "ACTEON_AUDIT_STORE_PAYLOAD")]
+    pub audit_store_payload: bool,
+    /// Field paths replaced by `[REDACTED]` before a record is queued, comma-separated:
+    /// `payload.password,payload.card.number,metadata.api_key` (keys match ignoring case).
+    #[arg(long, env = "ACTEON_AUDIT_REDACT", value_delimiter = ',')]
+    pub audit_redact: Vec<String>,
+    /// Records waiting to be written, at most.
+    #[arg(long, env = "ACTEON_AUDIT_QUEUE_CAPACITY", default_value_t = 10_000)]
+    pub audit_queue_capacity: usize,
+    /// When the queue is full: `drop` the record (counted) or `block` the dispatch.
+    #[arg(
+        long,
+        env = "ACTEON_AUDIT_WHEN_FULL",
+        value_enum,
+        default_value = "drop"
+    )]
+    pub audit_when_full: crate::audit::WhenFull,
+    /// Days audit records are kept.
+    #[arg(long, env = "ACTEON_AUDIT_RETENTION_DAYS", default_value_t = 30)]
+    pub audit_retention_days: u32,
+    /// Per-namespace retention in days: `team-a=7,team-b=90`.
+    #[arg(long, env = "ACTEON_AUDIT_RETENTION_NAMESPACE", value_delimiter = ',')]
+    pub audit_retention_namespace: Vec<String>,
+    /// Records the memory audit store keeps (the oldest go first).
+    #[arg(long, env = "ACTEON_AUDIT_MEMORY_CAPACITY", default_value_t = 100_000)]
+    pub audit_memory_capacity: usize,
+    /// Seconds between retention sweeps (one replica sweeps a shared store).
+    #[arg(long, env = "ACTEON_AUDIT_SWEEP_SECONDS", default_value_t = 300)]
+    pub audit_sweep_seconds: u64,
 }
 
 impl ServeArgs {
@@ -712,6 +750,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             )
         }
     };
+    let audit = audit_sink(&args, &metrics.registry)?;
     let gateway = Arc::new(Gateway {
         config,
         state,
@@ -730,6 +769,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             args.dedup_cache_entries
         }),
         chain_activity: Default::default(),
+        audit,
     });
     if let Some(((url, prefix, timeout), options)) = follower {
         crate::follow::spawn_when_connected(url, prefix, timeout, gateway.clone(), options);
@@ -744,6 +784,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
     );
     let auth = authenticator(&args).await?;
+    let sweeper = gateway.audit.as_ref().map(|a| {
+        a.spawn_sweeper(
+            gateway.state.clone(),
+            Duration::from_secs(args.audit_sweep_seconds),
+        )
+    });
     let lifecycle = Arc::new(Lifecycle::new(&gateway.metrics.registry));
     // One check before listening, so that `/readyz` is right from the first request.
     lifecycle.check(&gateway).await;
@@ -752,6 +798,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Duration::from_secs(args.state_check_seconds),
     );
     let registry = gateway.metrics.registry.clone();
+    let audit = gateway.audit.clone();
     let app = Arc::new(AppState {
         gateway,
         body_limit: args.body_limit,
@@ -778,8 +825,69 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     http::serve::serve(listener, app, &registry, options, shutdown_signal(delay)).await;
     // After the HTTP drain: running tasks finish (bounded), unfinished claims are released.
     worker.stop().await;
+    // Last: the records of the requests and tasks above are queued by now.
+    if let Some(audit) = audit {
+        audit.shutdown(AUDIT_FLUSH_TIMEOUT).await;
+    }
+    if let Some(s) = sweeper {
+        s.abort();
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Longest wait for the audit queue to be written on shutdown.
+const AUDIT_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The audit trail of `serve`: Postgres when the state is (or `--audit-postgres-url`),
+/// else memory; `None` with `--audit off`.
+fn audit_sink(
+    args: &ServeArgs,
+    registry: &prometheus::Registry,
+) -> anyhow::Result<Option<Arc<crate::audit::AuditSink>>> {
+    use crate::audit::{AuditOptions, AuditSink, AuditStore, Retention, redact::Redactor};
+    if args.audit == "off" {
+        return Ok(None);
+    }
+    let redactor =
+        Redactor::new(&args.audit_redact).map_err(|e| anyhow::anyhow!("--audit-redact: {e}"))?;
+    let retention = Retention::parse(args.audit_retention_days, &args.audit_retention_namespace)
+        .map_err(|e| anyhow::anyhow!("--audit-retention-namespace: {e}"))?;
+    let state_pg = args.state.starts_with("postgres://") || args.state.starts_with("postgresql://");
+    let pg_url = args
+        .audit_postgres_url
+        .clone()
+        .filter(|u| !u.trim().is_empty())
+        .or_else(|| state_pg.then(|| args.state.clone()));
+    let store: Arc<dyn AuditStore> = match pg_url {
+        Some(url) => {
+            let store = crate::audit::postgres::PostgresAuditStore::new(
+                &url,
+                &args.state_prefix,
+                Duration::from_secs(5),
+            )
+            .map_err(|e| anyhow::anyhow!("audit store: {e}"))?;
+            tracing::info!(schema = %args.state_prefix, "audit trail: postgres");
+            Arc::new(store)
+        }
+        None => {
+            tracing::info!(capacity = args.audit_memory_capacity, "audit trail: memory");
+            Arc::new(crate::audit::memory::MemoryAuditStore::new(
+                args.audit_memory_capacity,
+            ))
+        }
+    };
+    if args.audit_queue_capacity == 0 || args.audit_queue_capacity > 10_000_000 {
+        anyhow::bail!("--audit-queue-capacity: between 1 and 10000000");
+    }
+    let options = AuditOptions {
+        queue_capacity: args.audit_queue_capacity,
+        when_full: args.audit_when_full,
+        store_payload: args.audit_store_payload,
+        redactor,
+        retention,
+    };
+    Ok(Some(AuditSink::start(store, options, registry)))
 }
 
 /// Waits for SIGTERM (answers `delay`: keep serving while unready) or SIGINT (no delay).
@@ -839,5 +947,28 @@ mod tests {
         assert_eq!(follower.gateway_id.as_deref(), Some("g-1"));
         assert_eq!(follower.config_poll_seconds, 5);
         assert_eq!(follower.report_interval_seconds, 5);
+    }
+
+    #[test]
+    fn audit_flags() {
+        let a = serve_args(&[]);
+        assert_eq!(a.audit, "on");
+        assert_eq!(a.audit_when_full, crate::audit::WhenFull::Drop);
+        assert_eq!(a.audit_queue_capacity, 10_000);
+        assert_eq!(a.audit_retention_days, 30);
+        assert!(!a.audit_store_payload);
+        let a = serve_args(&[
+            "--audit-redact",
+            "payload.password,payload.card.number",
+            "--audit-retention-namespace",
+            "team-a=7,team-b=90",
+            "--audit-when-full",
+            "block",
+        ]);
+        assert_eq!(a.audit_redact.len(), 2);
+        assert_eq!(a.audit_retention_namespace, vec!["team-a=7", "team-b=90"]);
+        assert_eq!(a.audit_when_full, crate::audit::WhenFull::Block);
+        let argv = ["acteon-gateway", "serve", "--audit", "maybe"];
+        assert!(Cli::try_parse_from(argv).is_err());
     }
 }

@@ -2,6 +2,7 @@
 //! delivers them through providers, with shared state in a backend.
 
 pub mod action;
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;

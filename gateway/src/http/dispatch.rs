@@ -16,6 +16,7 @@ use super::auth;
 use super::error::{ApiError, ErrorBody, ItemError};
 use super::json::{self, JsonBody};
 use crate::action::{self, Action};
+use crate::audit::CallerIdentity;
 use crate::auth::Caller;
 use crate::outcome::ActionOutcome;
 
@@ -94,8 +95,11 @@ where
     let bytes = json::read_body(&parts.headers, body, app.body_limit, app.body_timeout).await?;
     let action = parse_action(&bytes, "action", app)?;
     in_scope(app, caller.as_deref(), &action)?;
+    let identity = caller.as_ref().map(|c| CallerIdentity(c.identity.clone()));
     Ok(JsonBody(
-        app.gateway.dispatch(action, params.dry_run).await?,
+        app.gateway
+            .dispatch_as(action, params.dry_run, identity.as_ref())
+            .await?,
     ))
 }
 
@@ -156,7 +160,8 @@ pub async fn dispatch_batch(
         )));
     }
     let app = &app;
-    let caller = caller.as_deref();
+    let identity = caller.as_ref().map(|c| CallerIdentity(c.identity.clone()));
+    let (caller, identity) = (caller.as_deref(), identity.as_ref());
     let dry_run = params.dry_run;
     let results: Vec<BatchItem> = futures::stream::iter(items.into_iter().enumerate())
         .map(|(i, raw)| async move {
@@ -166,7 +171,7 @@ pub async fn dispatch_batch(
                 Ok(a) => a,
                 Err(e) => return BatchItem::from(e),
             };
-            match app.gateway.dispatch(action, dry_run).await {
+            match app.gateway.dispatch_as(action, dry_run, identity).await {
                 Ok(o) => BatchItem::Outcome(o),
                 Err(e) => BatchItem::from(ApiError::from(e)),
             }

@@ -1,5 +1,6 @@
 //! The HTTP API (axum), wire-compatible with Acteon's server.
 
+pub mod audit;
 pub mod auth;
 pub mod chains;
 pub mod conn;
@@ -68,7 +69,10 @@ pub struct AppState {
         dlq::dlq_stats,
         dlq::drain_dlq,
         chains::get_chain,
-        chains::cancel_chain
+        chains::cancel_chain,
+        audit::list_audit,
+        audit::get_audit,
+        audit::replay_audit
     ),
     components(schemas(
         crate::action::Action,
@@ -91,7 +95,11 @@ pub struct AppState {
         dlq::ReplayResult,
         dlq::BulkReplay,
         dlq::DlqStats,
-        chains::CancelRequest
+        chains::CancelRequest,
+        crate::audit::AuditRecord,
+        audit::AuditList,
+        audit::AuditOfAction,
+        audit::AuditReplay
     ))
 )]
 pub struct ApiDoc;
@@ -146,6 +154,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/dlq/{id}/replay", post(dlq::replay_dlq))
         .route("/v1/chains/{chain_id}", get(chains::get_chain))
         .route("/v1/chains/{chain_id}/cancel", post(chains::cancel_chain))
+        .route("/v1/audit", get(audit::list_audit))
+        .route("/v1/audit/{action_id}", get(audit::get_audit))
+        .route("/v1/audit/{action_id}/replay", post(audit::replay_audit))
         .route("/v1/config", get(ops::config))
         .route("/healthz", get(ops::healthz))
         .route("/health", get(ops::health))

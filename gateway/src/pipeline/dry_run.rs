@@ -17,29 +17,12 @@ impl Gateway {
         action: &Action,
         eval: &Evaluation,
     ) -> ActionOutcome {
-        let name = |pos: u32| Some(rt.rules.rule(pos).name.clone());
-        let requested = || action.provider.clone();
-        let (verdict, matched_rule, provider) = match &eval.decision {
-            Decision::Deliver { rule: None, .. } if self.options.default_deny => {
-                ("deny", None, requested())
-            }
-            Decision::Deliver { rule: None, .. } => match first_gate_rule(rt, eval) {
-                Some(pos) => (effect_kind(rt, pos), name(pos), requested()),
-                None => ("allow", None, requested()),
-            },
+        let (verdict, matched_rule) = self.verdict(rt, eval);
+        let provider = match &eval.decision {
             Decision::Deliver {
-                rule: Some(pos),
-                reroute,
-            } => (
-                effect_kind(rt, *pos),
-                name(*pos),
-                reroute.clone().unwrap_or_else(requested),
-            ),
-            Decision::Stop { rule }
-            | Decision::Park { rule, .. }
-            | Decision::NotImplemented { rule, .. } => {
-                (effect_kind(rt, *rule), name(*rule), requested())
-            }
+                reroute: Some(to), ..
+            } => to.clone(),
+            _ => action.provider.clone(),
         };
         let errors = eval
             .errors
@@ -54,6 +37,31 @@ impl Gateway {
             matched_rule,
             would_be_provider: provider,
             errors,
+        }
+    }
+}
+
+impl Gateway {
+    /// The verdict and deciding rule of an evaluation, as the dry run names them (the audit
+    /// trail records the same for real dispatches).
+    pub(super) fn verdict(
+        &self,
+        rt: &Runtime,
+        eval: &Evaluation,
+    ) -> (&'static str, Option<String>) {
+        let name = |pos: u32| Some(rt.rules.rule(pos).name.clone());
+        match &eval.decision {
+            Decision::Deliver { rule: None, .. } if self.options.default_deny => ("deny", None),
+            Decision::Deliver { rule: None, .. } => match first_gate_rule(rt, eval) {
+                Some(pos) => (effect_kind(rt, pos), name(pos)),
+                None => ("allow", None),
+            },
+            Decision::Deliver {
+                rule: Some(pos), ..
+            } => (effect_kind(rt, *pos), name(*pos)),
+            Decision::Stop { rule }
+            | Decision::Park { rule, .. }
+            | Decision::NotImplemented { rule, .. } => (effect_kind(rt, *rule), name(*rule)),
         }
     }
 }

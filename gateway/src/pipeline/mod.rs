@@ -13,6 +13,8 @@ use chrono::Utc;
 use smallvec::SmallVec;
 
 use crate::action::Action;
+use crate::audit::writer::Finished;
+use crate::audit::{AuditSource, CallerIdentity};
 use crate::config::{LiveConfig, QuotaRule, Runtime};
 
 use crate::metrics::Metrics;
@@ -78,6 +80,8 @@ pub struct Gateway {
     pub delivered: DeliveredMarks,
     /// Running chains (census) and chain failures, for the report to the operator.
     pub chain_activity: crate::worker::census::ChainActivityLog,
+    /// The audit trail (`--audit on`); `None`: nothing is recorded.
+    pub audit: Option<Arc<crate::audit::AuditSink>>,
 }
 
 /// Where an action will be delivered, once the verdict is known.
@@ -94,13 +98,25 @@ impl Gateway {
     /// result, failures of delivery included, is an outcome.
     // User strings are logged with `?` (Debug): it escapes control characters, so no request
     // can forge a log line.
-    #[tracing::instrument(level = "debug", skip_all, fields(ns = ?action.namespace, tenant = ?action.tenant, provider = ?action.provider))]
     pub async fn dispatch(
+        &self,
+        action: Action,
+        dry_run: bool,
+    ) -> Result<ActionOutcome, DispatchError> {
+        self.dispatch_as(action, dry_run, None).await
+    }
+
+    /// [`Gateway::dispatch`] on behalf of an authenticated caller (recorded in the audit
+    /// trail). Dry runs are not recorded: they change nothing.
+    #[tracing::instrument(level = "debug", skip_all, fields(ns = ?action.namespace, tenant = ?action.tenant, provider = ?action.provider))]
+    pub async fn dispatch_as(
         &self,
         mut action: Action,
         dry_run: bool,
+        caller: Option<&CallerIdentity>,
     ) -> Result<ActionOutcome, DispatchError> {
         let started = Instant::now();
+        let dispatched_at = crate::audit::now_micros();
         action.complete();
         let rt = self.config.load();
         if !rt.loaded {
@@ -116,7 +132,7 @@ impl Gateway {
                 .with_label_values(&["unknown_provider"])
                 .inc();
             // An outcome, as in Acteon: the action is well-formed, only its target is unknown.
-            return Ok(ActionOutcome::failed(
+            let outcome = ActionOutcome::failed(
                 "PROVIDER_NOT_FOUND",
                 format!(
                     "unknown provider {:?} for namespace {:?}",
@@ -124,20 +140,55 @@ impl Gateway {
                 ),
                 false,
                 0,
-            ));
+            );
+            if let (Some(audit), false) = (&self.audit, dry_run) {
+                let (label, error) = Finished::outcome_of(&outcome);
+                audit
+                    .record(Finished {
+                        action: &action,
+                        original_payload: None,
+                        outcome: label,
+                        error,
+                        verdict: "none",
+                        matched_rule: None,
+                        caller,
+                        source: AuditSource::Dispatch,
+                        dispatched_at,
+                        started,
+                    })
+                    .await;
+            }
+            return Ok(outcome);
         }
         let now = Utc::now();
         let state = self.read_state(&rt, &action, now, None).await?;
         let mut eval = rt.rules.evaluate_with(&action, now, state.as_ref());
         self.record_rules(&rt, &eval);
-        if let Some(p) = eval.payload.take() {
-            action.payload = p;
-        }
+        // The payload as received is what the audit trail keeps (a replay runs the `modify`
+        // rules again).
+        let original_payload = eval
+            .payload
+            .take()
+            .map(|p| std::mem::replace(&mut action.payload, p));
         let outcome = if dry_run {
             self.dry_run(&rt, &action, &eval)
         } else {
             self.run(&rt, &action, &eval).await?
         };
+        if !dry_run {
+            self.audit(
+                &rt,
+                &eval,
+                &action,
+                original_payload,
+                &outcome,
+                caller,
+                AuditSource::Dispatch,
+                dispatched_at,
+                started,
+            )
+            .await;
+        }
         let label = outcome.label();
         let ns = if rt.providers.has_namespace(&action.namespace) {
             action.namespace.as_str()
@@ -165,6 +216,8 @@ impl Gateway {
         after: &RulePlace,
         kind: &'static str,
     ) -> Result<ActionOutcome, DispatchError> {
+        let started = Instant::now();
+        let dispatched_at = crate::audit::now_micros();
         let rt = self.config.load();
         if !rt.loaded {
             return Err(DispatchError::NotLoaded);
@@ -173,10 +226,24 @@ impl Gateway {
         let state = self.read_state(&rt, &action, now, Some(after)).await?;
         let mut eval = rt.rules.evaluate_after(&action, now, after, state.as_ref());
         self.record_rules(&rt, &eval);
-        if let Some(p) = eval.payload.take() {
-            action.payload = p;
-        }
+        let original_payload = eval
+            .payload
+            .take()
+            .map(|p| std::mem::replace(&mut action.payload, p));
         let outcome = self.run(&rt, &action, &eval).await?;
+        let source = AuditSource::of_release(kind);
+        self.audit(
+            &rt,
+            &eval,
+            &action,
+            original_payload,
+            &outcome,
+            None,
+            source,
+            dispatched_at,
+            started,
+        )
+        .await;
         self.metrics
             .released
             .with_label_values(&[kind, outcome.label()])
@@ -224,6 +291,75 @@ impl Gateway {
             Ok(r) => r,
             Err(_) => Err(StateError::Timeout(self.options.state_timeout)),
         }
+    }
+
+    /// Hands the record of a finished dispatch or release to the audit trail, if on.
+    #[allow(clippy::too_many_arguments)]
+    async fn audit(
+        &self,
+        rt: &Runtime,
+        eval: &Evaluation,
+        action: &Action,
+        original_payload: Option<serde_json::Value>,
+        outcome: &ActionOutcome,
+        caller: Option<&CallerIdentity>,
+        source: AuditSource,
+        dispatched_at: chrono::DateTime<Utc>,
+        started: Instant,
+    ) {
+        let Some(audit) = &self.audit else {
+            return;
+        };
+        let (verdict, matched_rule) = self.verdict(rt, eval);
+        let (label, error) = Finished::outcome_of(outcome);
+        audit
+            .record(Finished {
+                action,
+                original_payload,
+                outcome: label,
+                error,
+                verdict,
+                matched_rule,
+                caller,
+                source,
+                dispatched_at,
+                started,
+            })
+            .await;
+    }
+
+    /// The record of a provider call made by the worker outside the pipeline (a chain
+    /// step, a state timeout's notification): `verdict` names the rule type behind it.
+    pub async fn audit_delivery(
+        &self,
+        action: &Action,
+        result: Result<(), String>,
+        verdict: &str,
+        source: AuditSource,
+        dispatched_at: chrono::DateTime<Utc>,
+        started: Instant,
+    ) {
+        let Some(audit) = &self.audit else {
+            return;
+        };
+        let (outcome, error) = match result {
+            Ok(()) => ("executed", None),
+            Err(e) => ("failed", Some(e)),
+        };
+        audit
+            .record(Finished {
+                action,
+                original_payload: None,
+                outcome,
+                error,
+                verdict,
+                matched_rule: None,
+                caller: None,
+                source,
+                dispatched_at,
+                started,
+            })
+            .await;
     }
 
     fn record_rules(&self, rt: &Runtime, eval: &Evaluation) {

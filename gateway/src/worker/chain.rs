@@ -17,6 +17,7 @@ use super::chain_record::{self as record, ChainRecord, record_timer_id};
 use super::chain_step::next_step;
 use super::task::{ChainRun, ParentChain, StepResult, Task};
 use super::{Done, observe_lateness};
+use crate::audit::AuditSource;
 use crate::config::Runtime;
 use crate::dead_letter::{self, DeadLetter, FROM_CHAIN};
 use crate::pipeline::Gateway;
@@ -137,6 +138,7 @@ async fn step_once(
         let due = unix_ms() + (backoff * run.attempt).as_millis() as u64;
         return move_on(gateway, run, timer, due, None).await;
     }
+    audit_step(gateway, &run, &step, &delivery.request, &outcome, started).await;
     if let Err(e) = &outcome
         && step.on_failure.as_deref() == Some("dlq")
     {
@@ -151,6 +153,44 @@ async fn step_once(
         tracing::warn!(chain = %run.chain, chain_id = %run.chain_id, step = %step.name, %error, "chain step failed");
     }
     settle(gateway, run, timer, result, hold).await
+}
+
+/// The audit record of a step's last attempt (a retried attempt is followed by another).
+async fn audit_step(
+    gateway: &Gateway,
+    run: &ChainRun,
+    step: &ChainStep,
+    request: &serde_json::Value,
+    outcome: &Result<serde_json::Value, StepError>,
+    started: Instant,
+) {
+    if gateway.audit.is_none() {
+        return;
+    }
+    // A parallel step has no one provider: its record names `parallel` and carries the
+    // rendered payloads of every call.
+    let call = Call::of_step(step).unwrap_or(Call {
+        name: &step.name,
+        provider: "parallel",
+        action_type: None,
+        payload_template: None,
+    });
+    let action = call_action(run, &call, request.clone());
+    let dispatched_at =
+        chrono::Utc::now() - chrono::Duration::from_std(started.elapsed()).unwrap_or_default();
+    let dispatched_at = chrono::DateTime::from_timestamp_micros(dispatched_at.timestamp_micros())
+        .unwrap_or(dispatched_at);
+    let result = outcome.as_ref().map(|_| ()).map_err(|e| e.message.clone());
+    gateway
+        .audit_delivery(
+            &action,
+            result,
+            "chain",
+            AuditSource::Chain,
+            dispatched_at,
+            started,
+        )
+        .await;
 }
 
 /// A failed step with `onFailure: dlq`: its call is kept as a dead letter (replayable with

@@ -5,6 +5,7 @@
 
 use super::Done;
 use super::task::NotifyMove;
+use crate::audit::AuditSource;
 use crate::pipeline::Gateway;
 use crate::state::unix_ms;
 
@@ -25,9 +26,32 @@ pub(super) async fn send(gateway: &Gateway, task: NotifyMove) -> Done {
         tracing::warn!(machine = ?task.machine, provider = ?task.provider, "state machine notification: provider not found; dropped");
         return Done::Complete;
     };
-    let Err(e) = handle.provider.execute(&task.action).await else {
-        counted("sent");
-        return Done::Complete;
+    let started = std::time::Instant::now();
+    let dispatched_at = crate::audit::now_micros();
+    let result = handle.provider.execute(&task.action).await;
+    // A timeout's notification is a delivery of its own (a dispatch's move is recorded
+    // with the dispatch); each attempt that ends the task is recorded once.
+    let audited = |r: Result<(), String>| async {
+        if super::state_timeout::is_timeout_notification(&task.action.id) {
+            gateway
+                .audit_delivery(
+                    &task.action,
+                    r,
+                    "state_machine",
+                    AuditSource::StateTimeout,
+                    dispatched_at,
+                    started,
+                )
+                .await;
+        }
+    };
+    let e = match result {
+        Ok(_) => {
+            counted("sent");
+            audited(Ok(())).await;
+            return Done::Complete;
+        }
+        Err(e) => e,
     };
     let too_old = unix_ms().saturating_sub(task.moved_ms) > NotifyMove::GIVE_UP_AFTER_MS;
     if e.retryable && !too_old {
@@ -38,6 +62,7 @@ pub(super) async fn send(gateway: &Gateway, task: NotifyMove) -> Done {
         ));
     }
     counted("failed");
+    audited(Err(format!("{}: {}", e.code, e.message))).await;
     tracing::warn!(machine = ?task.machine, provider = %handle.name, code = %e.code, too_old, "state machine notification failed; dropped");
     Done::Complete
 }

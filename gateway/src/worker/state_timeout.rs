@@ -67,10 +67,17 @@ pub(super) async fn fire(gateway: &Gateway, task: StateTimeout, timer_id: &str) 
     Done::Complete
 }
 
+/// Whether an action id is one [`timeout_notification`] made (the audit trail's source).
+pub(super) fn is_timeout_notification(id: &str) -> bool {
+    id.contains(TIMEOUT_ID_MARK)
+}
+
+const TIMEOUT_ID_MARK: &str = ":timeout:";
+
 /// The notification of a timeout move: the event's namespace, tenant and action type.
 fn timeout_notification(task: &StateTimeout) -> Action {
     Action {
-        id: format!("{}:timeout:{}", task.fingerprint, task.due_ms),
+        id: format!("{}{TIMEOUT_ID_MARK}{}", task.fingerprint, task.due_ms),
         namespace: task.namespace.clone(),
         tenant: task.tenant.clone(),
         provider: task.provider.clone(),

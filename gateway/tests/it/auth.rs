@@ -285,3 +285,73 @@ async fn fuzzed_authorization_headers_get_401_never_5xx() {
     }
     assert_eq!(s.dispatch(Some("dispatch-token-1"), "ns-a").await.0, 200);
 }
+
+/// The audit trail names the authenticated caller, and a caller reads only the records of
+/// its scope (another tenant's action is a 404, as if it did not exist).
+#[tokio::test]
+async fn the_audit_trail_names_callers_and_shows_only_their_scope() {
+    let s = setup();
+    let mut a = action("ns-a", "acme");
+    a["id"] = json!("audited-a");
+    let mut b = action("ns-b", "globex");
+    b["id"] = json!("audited-b");
+    for (token, body) in [("dispatch-token-1", a), ("admin-token", b)] {
+        let (status, answer) = s
+            .send(
+                reqwest::Method::POST,
+                "/v1/dispatch",
+                Some(token),
+                Some(body),
+            )
+            .await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let records = loop {
+        let (status, body) = s
+            .send(
+                reqwest::Method::GET,
+                "/v1/audit?namespace=ns-a&tenant=acme",
+                Some("reader-token"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        if body["count"].as_u64().unwrap_or(0) >= 1 {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "no audit record: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let record = &records["records"][0];
+    assert_eq!(record["action_id"], "audited-a", "{records}");
+    assert_eq!(record["caller"], "token:dispatcher", "{records}");
+    let mine = s
+        .send(
+            reqwest::Method::GET,
+            "/v1/audit/audited-a?namespace=ns-a&tenant=acme",
+            Some("reader-token"),
+            None,
+        )
+        .await;
+    assert_eq!(mine.0, 200, "{}", mine.1);
+    let (status, body) = s
+        .send(
+            reqwest::Method::GET,
+            "/v1/audit/audited-b?namespace=ns-a&tenant=acme",
+            Some("reader-token"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404, "another tenant's record: {body}");
+    let (status, body) = s
+        .send(
+            reqwest::Method::GET,
+            "/v1/audit/audited-b",
+            Some("admin-token"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["records"][0]["caller"], "token:ops");
+}

@@ -207,6 +207,7 @@ fn gateway_on(yaml: &str, state: Arc<dyn StateStore>) -> Arc<Gateway> {
         confirmer: Default::default(),
         delivered: Default::default(),
         chain_activity: Default::default(),
+        audit: None,
     })
 }
 

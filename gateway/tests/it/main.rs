@@ -5,6 +5,7 @@
 mod common;
 
 mod acteon_compat;
+mod audit;
 mod auth;
 mod chains;
 mod cli;
