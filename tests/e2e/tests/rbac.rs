@@ -198,8 +198,10 @@ fn the_operator_token_really_is_limited() {
     assert!(!denied.status.success(), "the operator listed pods");
 }
 
+/// The gateway's ServiceAccount (authentication on, the chart's default) may review tokens and
+/// read the Secrets of its own namespace (API tokens) — nothing else.
 #[test]
-fn the_gateway_service_account_has_no_api_rights() {
+fn the_gateway_service_account_has_only_what_authentication_needs() {
     let kube = Kube::get();
     kube.ensure_installed();
     kube.apply(&render_chart_template(
@@ -208,21 +210,29 @@ fn the_gateway_service_account_has_no_api_rights() {
     let gateway = format!("system:serviceaccount:{SYSTEM_NAMESPACE}:acteon-gateway");
     let team = unique_name("team");
     kube.create_namespace(&team);
-    let mut granted = Vec::new();
-    for (verb, resource, ns) in [
-        ("list", "rules.acteon.dev", None),
-        ("get", "providers.acteon.dev", Some(team.as_str())),
-        ("get", "secrets", Some(team.as_str())),
-        ("get", "secrets", Some(SYSTEM_NAMESPACE)),
-        ("create", "events", Some(SYSTEM_NAMESPACE)),
-        ("get", "leases.coordination.k8s.io", Some(SYSTEM_NAMESPACE)),
-        ("get", "configmaps", Some(SYSTEM_NAMESPACE)),
+    let mut wrong = Vec::new();
+    for (verb, resource, ns, expected) in [
+        ("create", "tokenreviews.authentication.k8s.io", None, true),
+        ("watch", "secrets", Some(SYSTEM_NAMESPACE), true),
+        ("get", "secrets", Some(SYSTEM_NAMESPACE), true),
+        ("list", "secrets", Some(team.as_str()), false),
+        ("create", "secrets", Some(SYSTEM_NAMESPACE), false),
+        ("list", "rules.acteon.dev", None, false),
+        ("get", "providers.acteon.dev", Some(team.as_str()), false),
+        ("create", "events", Some(SYSTEM_NAMESPACE), false),
+        (
+            "get",
+            "leases.coordination.k8s.io",
+            Some(SYSTEM_NAMESPACE),
+            false,
+        ),
+        ("get", "configmaps", Some(SYSTEM_NAMESPACE), false),
     ] {
-        if kube.user_can(&gateway, verb, resource, ns) {
-            granted.push(format!("{verb} {resource} in {ns:?}"));
+        if kube.user_can(&gateway, verb, resource, ns) != expected {
+            wrong.push(format!("{verb} {resource} in {ns:?}: expected {expected}"));
         }
     }
-    assert!(granted.is_empty(), "the gateway may: {granted:?}");
+    assert!(wrong.is_empty(), "the gateway's rights: {wrong:?}");
 }
 
 #[test]
