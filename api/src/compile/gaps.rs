@@ -9,7 +9,7 @@ use super::documents::Spec;
 use super::error::Kind;
 
 /// Provider types whose deliveries answer `NOT_IMPLEMENTED` today.
-const PROVIDER_TYPES_NOT_YET: &[&str] = &["teams", "discord"];
+const PROVIDER_TYPES_NOT_YET: &[&str] = &["teams"];
 /// Rule actions that answer `NOT_IMPLEMENTED` today.
 const ACTIONS_NOT_YET: &[&str] = &["requestApproval"];
 /// Provider settings validated and not enforced yet.

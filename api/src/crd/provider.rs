@@ -14,7 +14,7 @@ use super::status::ResourceStatus;
     group = "acteon.dev",
     version = "v1alpha1",
     kind = "Provider",
-    doc = "A Provider (acteon.dev/v1alpha1): where actions are delivered. Actions, Rules, Chains, StateMachines and Quotas name it; it serves its namespace, or every namespace when in the shared one. Credentials come from Secrets of its namespace, read by the operator and sealed before they reach the gateways. Types log, noop, webhook, slack, email and pagerduty deliver; teams and discord are validated and not implemented yet (Ready=False NotImplemented).",
+    doc = "A Provider (acteon.dev/v1alpha1): where actions are delivered. Actions, Rules, Chains, StateMachines and Quotas name it; it serves its namespace, or every namespace when in the shared one. Credentials come from Secrets of its namespace, read by the operator and sealed before they reach the gateways. Types log, noop, webhook, slack, email, pagerduty and discord deliver; teams is validated and not implemented yet (Ready=False NotImplemented).",
     namespaced,
     status = "ResourceStatus",
     shortname = "aprov",
@@ -59,8 +59,7 @@ pub struct ProviderSpec {
     /// implemented yet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub teams: Option<WebhookUrlProvider>,
-    /// Settings of a `discord` provider (required with type `discord`, else absent; not
-    /// implemented yet).
+    /// Settings of a `discord` provider (required with type `discord`, else absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discord: Option<WebhookUrlProvider>,
     /// Per-attempt timeout (default 10 s).

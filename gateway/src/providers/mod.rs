@@ -1,6 +1,7 @@
 //! Providers deliver actions. The registry maps (namespace, name) to a built provider;
 //! a Provider in namespace N serves actions of N, shared ones serve everyone.
 
+pub mod discord;
 pub mod email;
 pub mod http;
 pub mod log;
@@ -341,6 +342,19 @@ fn build(
                 Arc::new(
                     email::EmailProvider::new(e, spec, credentials)
                         .map_err(|(field, m)| build_error(entry, &field, &m))?,
+                )
+            }
+            None => Arc::new(NotImplemented(spec.provider_type)),
+        },
+        ProviderType::Discord => match &spec.discord {
+            Some(_) => {
+                let field = "spec.discord.webhookUrlSecretRef";
+                let url = std::str::from_utf8(secret(&opened, entry, field)?.as_bytes())
+                    .map_err(|_| build_error(entry, field, "the Secret's value is not UTF-8"))?
+                    .to_owned();
+                Arc::new(
+                    discord::DiscordProvider::new(spec, &url, http.clone())
+                        .map_err(|m| build_error(entry, field, &m))?,
                 )
             }
             None => Arc::new(NotImplemented(spec.provider_type)),

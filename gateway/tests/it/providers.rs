@@ -1,4 +1,4 @@
-//! The `slack`, `pagerduty` and `email` providers through the whole gateway (sealed
+//! The `slack`, `pagerduty`, `email` and `discord` providers through the whole gateway (sealed
 //! credentials, the pipeline, metrics), each against a local peer speaking its protocol:
 //! HTTP servers that check requests the way Slack and PagerDuty do and answer with their
 //! success and error shapes, and a real SMTP server (Debian's aiosmtpd, with STARTTLS and
@@ -162,6 +162,7 @@ struct Seen {
 enum Protocol {
     Slack,
     PagerDuty,
+    Discord,
 }
 
 #[derive(Clone)]
@@ -220,6 +221,7 @@ async fn handle(State(peer): State<Peer>, uri: Uri, headers: HeaderMap, body: By
         Answer::Real => match peer.protocol {
             Protocol::Slack => slack_answer(&peer, uri.path(), &headers, &parsed),
             Protocol::PagerDuty => pagerduty_answer(&peer, uri.path(), &parsed),
+            Protocol::Discord => discord_answer(&peer, &uri, &parsed),
         },
     }
 }
@@ -313,6 +315,39 @@ fn pagerduty_answer(peer: &Peer, path: &str, body: &Value) -> Response {
         StatusCode::ACCEPTED,
         axum::Json(json!({"status": "success", "message": "Event processed", "dedup_key": dedup})),
     )
+        .into_response()
+}
+
+/// Discord webhooks: `/api/webhooks/{id}/{token}`; with `wait=true` 200 and the message,
+/// else 204; 400 `{"code": 50006, …}` for an empty message, 401/404 for a wrong token.
+fn discord_answer(peer: &Peer, uri: &Uri, body: &Value) -> Response {
+    if uri.path() != format!("/api/webhooks/1234/{}", peer.secret) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({"message": "Invalid Webhook Token", "code": 50027})),
+        )
+            .into_response();
+    }
+    let content = body.get("content").and_then(Value::as_str).unwrap_or("");
+    let embeds = body.get("embeds").and_then(Value::as_array);
+    if content.is_empty() && embeds.is_none_or(|e| e.is_empty()) {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"message": "Cannot send an empty message", "code": 50006})),
+        )
+            .into_response();
+    }
+    if content.chars().count() > 2000 {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"message": "Invalid Form Body", "code": 50035})),
+        )
+            .into_response();
+    }
+    if !uri.query().unwrap_or("").contains("wait=true") {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    axum::Json(json!({"id": "1188000000000000001", "channel_id": "1100", "content": content}))
         .into_response()
 }
 
@@ -982,4 +1017,113 @@ spec:
     );
     assert_not_shown(&[SMTP_PASSWORD, "wr0ng-pa55w0rd"], &e, &wrong, &log);
     assert_not_shown(&[SMTP_PASSWORD], &e, &gw, &log);
+}
+
+// ---------------------------------------------------------------------------------------
+// Discord
+
+const DISCORD_TOKEN: &str = "d1sc0rdW3bh00kT0k3n";
+
+fn discord_gateway(peer: &Peer, max_attempts: u32) -> Gateway {
+    gateway_with_secrets(
+        &format!(
+            r#"apiVersion: acteon.dev/v1alpha1
+kind: Provider
+metadata: {{name: dc, namespace: ns}}
+spec:
+  type: discord
+  discord: {{webhookUrlSecretRef: {{name: dc, key: url}}}}
+  retry: {{maxAttempts: {max_attempts}, initialBackoffMs: 10, maxBackoffMs: 2000}}
+"#
+        ),
+        &[(
+            "dc",
+            "url",
+            &format!("{}/api/webhooks/1234/{DISCORD_TOKEN}", peer.base),
+        )],
+    )
+}
+
+#[tokio::test]
+async fn discord_posts_content_and_embeds_and_returns_the_message_id() {
+    let peer = Peer::start(Protocol::Discord, DISCORD_TOKEN, vec![]).await;
+    let gw = discord_gateway(&peer, 3);
+    let embeds = json!([{"title": "Disk full", "description": "db-1", "color": 15158332}]);
+    let r = executed(
+        &gw,
+        act(
+            "dc",
+            json!({"summary": "disk full", "embeds": embeds, "username": "acteon"}),
+        ),
+    )
+    .await;
+    assert_eq!(r.body["id"], "1188000000000000001", "{:?}", r.body);
+    let seen = peer.seen();
+    assert_eq!(seen[0].path, format!("/api/webhooks/1234/{DISCORD_TOKEN}"));
+    assert_eq!(
+        seen[0].body,
+        json!({"content": "disk full", "embeds": embeds, "username": "acteon"})
+    );
+    // Longer content is cut to Discord's 2000 characters rather than refused.
+    executed(&gw, act("dc", json!({"text": "x".repeat(5000)}))).await;
+    assert_eq!(
+        peer.seen()[1].body["content"].as_str().map(str::len),
+        Some(2000)
+    );
+}
+
+#[tokio::test]
+async fn discord_429_waits_for_retry_after_and_400_is_not_retried() {
+    let peer = Peer::start(
+        Protocol::Discord,
+        DISCORD_TOKEN,
+        vec![
+            Answer::Raw(
+                429,
+                vec![("content-type", "application/json")],
+                r#"{"message": "You are being rate limited.", "retry_after": 0.6, "global": false}"#,
+            ),
+            Answer::Raw(502, vec![], "bad gateway"),
+        ],
+    )
+    .await;
+    let gw = discord_gateway(&peer, 3);
+    executed(&gw, act("dc", json!({"text": "x"}))).await;
+    let seen = peer.seen();
+    assert_eq!(seen.len(), 3, "429, 502, then ok");
+    let waited = seen[1].at - seen[0].at;
+    assert!(
+        waited >= Duration::from_millis(550),
+        "retry_after honoured: {waited:?}"
+    );
+
+    let e = failed(&gw, act("dc", json!({"embeds": []}))).await;
+    assert_eq!(
+        (e.code.as_str(), e.retryable, e.attempts),
+        ("HTTP_4XX", false, 1)
+    );
+    assert!(
+        e.message
+            .contains("Cannot send an empty message (code 50006)"),
+        "{}",
+        e.message
+    );
+}
+
+#[tokio::test]
+async fn discord_webhook_token_is_not_shown() {
+    let (log, _guard) = Log::capture();
+    let peer = Peer::start(Protocol::Discord, "another-token", vec![]).await;
+    let gw = discord_gateway(&peer, 2);
+    let e = failed(&gw, act("dc", json!({"text": "x"}))).await;
+    assert!(e.message.contains("Invalid Webhook Token"), "{}", e.message);
+    assert_not_shown(&[DISCORD_TOKEN], &e, &gw, &log);
+    let dead = Peer {
+        base: format!("http://127.0.0.1:{}", free_port()),
+        ..peer.clone()
+    };
+    let gw = discord_gateway(&dead, 1);
+    let e = failed(&gw, act("dc", json!({"text": "x"}))).await;
+    assert_eq!((e.code.as_str(), e.retryable), ("CONNECTION", true));
+    assert_not_shown(&[DISCORD_TOKEN], &e, &gw, &log);
 }
