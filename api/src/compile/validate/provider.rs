@@ -148,6 +148,14 @@ pub(super) fn check(spec: &ProviderSpec) -> Result<(), Problem> {
                 "must not be empty",
             ));
         }
+        if e.tls.as_deref() == Some("none") && e.password_secret_ref.is_some() {
+            return Err(Problem::new(
+                "spec.email.tls",
+                "InvalidProvider",
+                "`none` with usernameSecretRef/passwordSecretRef would send the password in \
+                 clear: use starttls or tls",
+            ));
+        }
         if e.username_secret_ref.is_some() != e.password_secret_ref.is_some() {
             return Err(Problem::new(
                 "spec.email",
