@@ -385,9 +385,24 @@ acteon_test_services_stop() {
     return 0
 }
 
+# A real SMTP server for the email provider's tests (gateway/tests/it/providers_email.rs
+# starts its own aiosmtpd on a free port with Debian's /usr/bin/python3, not whatever
+# python3 is first on PATH): Debian's python3-aiosmtpd, installed if missing.
+_acteon_aiosmtpd() {
+    if /usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1; then
+        return 0
+    fi
+    _acteon_apt_install python3-aiosmtpd || return 1
+    if ! /usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1; then
+        _acteon_err "/usr/bin/python3 cannot import aiosmtpd after apt-get install python3-aiosmtpd"
+        return 1
+    fi
+}
+
 _acteon_test_services_start() {
     _acteon_redis || return 1
     _acteon_postgres || return 1
+    _acteon_aiosmtpd || return 1
 }
 
 if ! _acteon_test_services_start; then

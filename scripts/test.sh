@@ -2,7 +2,8 @@
 # The project's one test command: checks formatting and lints, then runs every test.
 # It installs nothing the Rust toolchain does not already have, except the test services:
 # - Redis and Postgres (scripts/test-services.sh): the local servers when they answer, else
-#   installed from Debian when missing and private ones started;
+#   installed from Debian when missing and private ones started; Debian's python3-aiosmtpd
+#   (a real SMTP server for the email provider's tests) when missing;
 # - a real kube-apiserver + etcd for the end-to-end tests (tests/e2e/kube-env.sh): installed
 #   and built once per machine into a cache outside the repo (~/.cache/acteon-e2e; minutes the
 #   first time, under a second afterwards), started on free loopback ports (~5 s).

@@ -9,7 +9,7 @@ use super::documents::Spec;
 use super::error::Kind;
 
 /// Provider types whose deliveries answer `NOT_IMPLEMENTED` today.
-const PROVIDER_TYPES_NOT_YET: &[&str] = &["slack", "email", "pagerduty", "teams", "discord"];
+const PROVIDER_TYPES_NOT_YET: &[&str] = &["teams"];
 /// Rule actions that answer `NOT_IMPLEMENTED` today.
 const ACTIONS_NOT_YET: &[&str] = &["requestApproval"];
 /// Provider settings validated and not enforced yet.
@@ -78,10 +78,16 @@ mod tests {
         );
         let chain_rule = Spec::from_value(&json!({"action": {"type": "chain", "chain": "c"}}));
         assert_eq!(gaps(Kind::Rule, &chain_rule), Gaps::default(), "chains run");
-        let slack =
-            Spec::from_value(&json!({"type": "slack", "circuitBreaker": {"failureThreshold": 2}}));
-        let g = gaps(Kind::Provider, &slack);
-        assert!(g.not_implemented.unwrap_or_default().contains("`slack`"));
+        let teams =
+            Spec::from_value(&json!({"type": "teams", "circuitBreaker": {"failureThreshold": 2}}));
+        let g = gaps(Kind::Provider, &teams);
+        assert!(g.not_implemented.unwrap_or_default().contains("`teams`"));
+        let slack = Spec::from_value(&json!({"type": "slack", "slack": {}}));
+        assert_eq!(
+            gaps(Kind::Provider, &slack),
+            Gaps::default(),
+            "slack delivers"
+        );
         assert_eq!(g.not_enforced, ["circuitBreaker"]);
         let webhook = Spec::from_value(&json!({"type": "webhook", "webhook": {"url": "http://x"}}));
         assert_eq!(gaps(Kind::Provider, &webhook), Gaps::default());

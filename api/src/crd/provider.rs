@@ -14,7 +14,7 @@ use super::status::ResourceStatus;
     group = "acteon.dev",
     version = "v1alpha1",
     kind = "Provider",
-    doc = "A Provider (acteon.dev/v1alpha1): where actions are delivered. Actions, Rules, Chains, StateMachines and Quotas name it; it serves its namespace, or every namespace when in the shared one. Credentials come from Secrets of its namespace, read by the operator and sealed before they reach the gateways. Types log, noop and webhook deliver; slack, email, pagerduty, teams and discord are validated and not implemented yet (Ready=False NotImplemented).",
+    doc = "A Provider (acteon.dev/v1alpha1): where actions are delivered. Actions, Rules, Chains, StateMachines and Quotas name it; it serves its namespace, or every namespace when in the shared one. Credentials come from Secrets of its namespace, read by the operator and sealed before they reach the gateways. Types log, noop, webhook, slack, email, pagerduty and discord deliver; teams is validated and not implemented yet (Ready=False NotImplemented).",
     namespaced,
     status = "ResourceStatus",
     shortname = "aprov",
@@ -33,7 +33,8 @@ use super::status::ResourceStatus;
     {"rule": "self.type != 'email' || has(self.email)", "message": "type email needs spec.email"},
     {"rule": "self.type != 'pagerduty' || has(self.pagerduty)", "message": "type pagerduty needs spec.pagerduty"},
     {"rule": "self.type != 'teams' || has(self.teams)", "message": "type teams needs spec.teams"},
-    {"rule": "self.type != 'discord' || has(self.discord)", "message": "type discord needs spec.discord"}
+    {"rule": "self.type != 'discord' || has(self.discord)", "message": "type discord needs spec.discord"},
+    {"rule": "!has(self.slack) || has(self.slack.tokenSecretRef) != has(self.slack.webhookUrlSecretRef)", "message": "spec.slack needs exactly one of tokenSecretRef and webhookUrlSecretRef"}
 ]))]
 pub struct ProviderSpec {
     /// Provider type; the block of the same name configures it.
@@ -45,31 +46,29 @@ pub struct ProviderSpec {
     /// Settings of a `webhook` provider (required with type `webhook`, else absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<WebhookProvider>,
-    /// Settings of a `slack` provider (required with type `slack`, else absent; not
-    /// implemented yet).
+    /// Settings of a `slack` provider (required with type `slack`, else absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slack: Option<SlackProvider>,
-    /// Settings of an `email` provider (required with type `email`, else absent; not
-    /// implemented yet).
+    /// Settings of an `email` provider (required with type `email`, else absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<EmailProvider>,
-    /// Settings of a `pagerduty` provider (required with type `pagerduty`, else absent; not
-    /// implemented yet).
+    /// Settings of a `pagerduty` provider (required with type `pagerduty`, else absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pagerduty: Option<PagerDutyProvider>,
     /// Settings of a `teams` provider (required with type `teams`, else absent; not
     /// implemented yet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub teams: Option<WebhookUrlProvider>,
-    /// Settings of a `discord` provider (required with type `discord`, else absent; not
-    /// implemented yet).
+    /// Settings of a `discord` provider (required with type `discord`, else absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discord: Option<WebhookUrlProvider>,
     /// Per-attempt timeout (default 10 s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_seconds: Option<u64>,
-    /// Attempts of a delivery that fails in a way worth retrying (webhook: connect errors,
-    /// timeouts and 5xx answers), with exponential backoff and jitter.
+    /// Attempts of a delivery that fails in a way worth retrying (connect errors, timeouts,
+    /// 5xx and 429 answers, transient SMTP replies), with exponential backoff and jitter; a
+    /// provider's retry hint (`Retry-After`) is waited for when it is at most
+    /// `maxBackoffMs`, else the delivery fails retryable at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryPolicy>,
     /// Stops calling the provider after repeated failures (validated, not enforced yet).
@@ -155,13 +154,22 @@ pub struct WebhookProvider {
     pub secret_headers: BTreeMap<String, SecretKeyRef>,
 }
 
-/// `slack`: posts to a Slack incoming webhook.
+/// `slack`: posts with the Web API (`chat.postMessage`, a bot token) or to an incoming
+/// webhook; exactly one of `tokenSecretRef` and `webhookUrlSecretRef`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SlackProvider {
-    /// Incoming-webhook URL, from a Secret.
-    pub webhook_url_secret_ref: SecretKeyRef,
-    /// Channel to post to (default: the webhook's own).
+    /// Bot token (`xoxb-…`), from a Secret: messages go through `chat.postMessage`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_secret_ref: Option<SecretKeyRef>,
+    /// Incoming-webhook URL, from a Secret (instead of a token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_url_secret_ref: Option<SecretKeyRef>,
+    /// Web API base URL, http(s) (default `https://slack.com/api`); only with a token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_url: Option<String>,
+    /// Channel when the payload names none (with a token one of the two is needed; a
+    /// webhook posts to its own channel by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channel: Option<String>,
 }
@@ -177,12 +185,25 @@ pub struct EmailProvider {
     pub smtp_port: Option<u16>,
     /// Sender address.
     pub from: String,
-    /// Recipient addresses.
+    /// Recipient addresses when the payload names none (`to`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub to: Vec<String>,
-    /// `none`, `starttls` or `tls`.
+    /// Copy addresses when the payload names none (`cc`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cc: Vec<String>,
+    /// Subject when the payload has none (`subject`, else `summary`); default
+    /// `Acteon: <action type>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// `none`, `starttls` (default; the server must offer it) or `tls` (implicit TLS).
+    /// Default port: 25, 587 and 465 respectively.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["none", "starttls", "tls"]))]
     pub tls: Option<String>,
+    /// PEM certificates trusted for the server, besides the public roots (a relay with a
+    /// private CA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<String>,
     /// SMTP user name, from a Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username_secret_ref: Option<SecretKeyRef>,
@@ -197,9 +218,18 @@ pub struct EmailProvider {
 pub struct PagerDutyProvider {
     /// Routing (integration) key of the PagerDuty service, from a Secret.
     pub routing_key_secret_ref: SecretKeyRef,
-    /// Events API URL, http(s) (default PagerDuty's).
+    /// Events API base URL, http(s) (default `https://events.pagerduty.com`); events are
+    /// posted to `<apiUrl>/v2/enqueue`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_url: Option<String>,
+    /// Severity when the payload has none: `critical`, `error` (default), `warning`,
+    /// `info`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["critical", "error", "warning", "info"]))]
+    pub severity: Option<String>,
+    /// Source when the payload has none (default: the action's namespace/tenant).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// `teams` or `discord`: posts to an incoming webhook.
@@ -258,10 +288,12 @@ impl ProviderSpec {
             }
         }
         if let Some(s) = &self.slack {
-            refs.push((
-                "spec.slack.webhookUrlSecretRef".into(),
-                &s.webhook_url_secret_ref,
-            ));
+            if let Some(r) = &s.token_secret_ref {
+                refs.push(("spec.slack.tokenSecretRef".into(), r));
+            }
+            if let Some(r) = &s.webhook_url_secret_ref {
+                refs.push(("spec.slack.webhookUrlSecretRef".into(), r));
+            }
         }
         if let Some(e) = &self.email {
             if let Some(r) = &e.username_secret_ref {

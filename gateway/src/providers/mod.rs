@@ -1,8 +1,13 @@
 //! Providers deliver actions. The registry maps (namespace, name) to a built provider;
 //! a Provider in namespace N serves actions of N, shared ones serve everyone.
 
+pub mod discord;
+pub mod email;
+pub mod http;
 pub mod log;
+pub mod pagerduty;
 pub mod response;
+pub mod slack;
 pub mod webhook;
 
 use std::collections::BTreeMap;
@@ -270,8 +275,111 @@ fn build(
             }
             None => Arc::new(NotImplemented(spec.provider_type)),
         },
+        ProviderType::Slack => match &spec.slack {
+            Some(s) => {
+                let credential = match (&s.token_secret_ref, &s.webhook_url_secret_ref) {
+                    (Some(_), _) => slack::SlackCredential::Token(
+                        secret(&opened, entry, "spec.slack.tokenSecretRef")?
+                            .as_bytes()
+                            .to_vec(),
+                    ),
+                    (None, Some(_)) => {
+                        let field = "spec.slack.webhookUrlSecretRef";
+                        let url = std::str::from_utf8(secret(&opened, entry, field)?.as_bytes())
+                            .map_err(|_| {
+                                build_error(entry, field, "the Secret's value is not UTF-8")
+                            })?
+                            .to_owned();
+                        slack::SlackCredential::WebhookUrl(url)
+                    }
+                    (None, None) => {
+                        return Err(build_error(
+                            entry,
+                            "spec.slack",
+                            "needs tokenSecretRef or webhookUrlSecretRef",
+                        ));
+                    }
+                };
+                let field = if s.token_secret_ref.is_some() {
+                    "spec.slack.tokenSecretRef"
+                } else {
+                    "spec.slack.webhookUrlSecretRef"
+                };
+                Arc::new(
+                    slack::SlackProvider::new(s, spec, credential, http.clone())
+                        .map_err(|m| build_error(entry, field, &m))?,
+                )
+            }
+            None => Arc::new(NotImplemented(spec.provider_type)),
+        },
+        ProviderType::Pagerduty => match &spec.pagerduty {
+            Some(p) => {
+                let field = "spec.pagerduty.routingKeySecretRef";
+                let key = secret(&opened, entry, field)?;
+                Arc::new(
+                    pagerduty::PagerDutyProvider::new(p, spec, key.as_bytes(), http.clone())
+                        .map_err(|m| build_error(entry, field, &m))?,
+                )
+            }
+            None => Arc::new(NotImplemented(spec.provider_type)),
+        },
+        ProviderType::Email => match &spec.email {
+            Some(e) => {
+                let credentials = match (&e.username_secret_ref, &e.password_secret_ref) {
+                    (Some(_), Some(_)) => Some((
+                        secret(&opened, entry, "spec.email.usernameSecretRef")?.as_bytes(),
+                        secret(&opened, entry, "spec.email.passwordSecretRef")?.as_bytes(),
+                    )),
+                    (None, None) => None,
+                    _ => {
+                        return Err(build_error(
+                            entry,
+                            "spec.email",
+                            "usernameSecretRef and passwordSecretRef go together",
+                        ));
+                    }
+                };
+                Arc::new(
+                    email::EmailProvider::new(e, spec, credentials)
+                        .map_err(|(field, m)| build_error(entry, &field, &m))?,
+                )
+            }
+            None => Arc::new(NotImplemented(spec.provider_type)),
+        },
+        ProviderType::Discord => match &spec.discord {
+            Some(_) => {
+                let field = "spec.discord.webhookUrlSecretRef";
+                let url = std::str::from_utf8(secret(&opened, entry, field)?.as_bytes())
+                    .map_err(|_| build_error(entry, field, "the Secret's value is not UTF-8"))?
+                    .to_owned();
+                Arc::new(
+                    discord::DiscordProvider::new(spec, &url, http.clone())
+                        .map_err(|m| build_error(entry, field, &m))?,
+                )
+            }
+            None => Arc::new(NotImplemented(spec.provider_type)),
+        },
         other => Arc::new(NotImplemented(other)),
     })
+}
+
+/// The opened credential of `field`.
+fn secret<'o>(
+    opened: &'o BTreeMap<String, SecretValue>,
+    entry: &Entry<ProviderSpec>,
+    field: &str,
+) -> Result<&'o SecretValue, ProviderBuildError> {
+    opened
+        .get(field)
+        .ok_or_else(|| build_error(entry, field, "credential not resolved"))
+}
+
+fn build_error(entry: &Entry<ProviderSpec>, field: &str, message: &str) -> ProviderBuildError {
+    ProviderBuildError {
+        provider: qualified_name(entry),
+        field: field.to_owned(),
+        message: message.to_owned(),
+    }
 }
 
 impl ProviderRegistry {

@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use acteon_api::crd::ProviderSpec;
 use acteon_api::crd::provider::WebhookProvider as WebhookSpec;
-use acteon_api::redact::{redact_url, redact_urls_in};
+use acteon_api::redact::redact_url;
 use async_trait::async_trait;
-use backon::{ExponentialBuilder, Retryable};
 use reqwest::Method;
 use reqwest::header::{HeaderName, HeaderValue};
 
+use super::http::{Attempt, with_retries};
 use super::response::{ResponsePolicy, read_bounded};
 use super::{Provider, ProviderError, Retry};
 use crate::action::Action;
@@ -55,13 +55,6 @@ impl std::fmt::Debug for WebhookProvider {
             .field("retry", &self.retry)
             .finish_non_exhaustive()
     }
-}
-
-/// One attempt's failure, and whether another attempt may help.
-struct Attempt {
-    code: &'static str,
-    message: String,
-    retryable: bool,
 }
 
 impl WebhookProvider {
@@ -118,102 +111,51 @@ impl WebhookProvider {
             // Cheap clones: a static name or shared bytes.
             req = req.header(k.clone(), v.clone());
         }
-        let resp = req.send().await.map_err(|e| Attempt {
-            code: if e.is_timeout() {
-                "TIMEOUT"
-            } else {
-                "CONNECTION"
-            },
-            message: self.transport_error(&e),
-            retryable: e.is_timeout() || e.is_connect() || e.is_request(),
+        let resp = req.send().await.map_err(|e| {
+            let mut a = Attempt::transport(&self.target(), &e);
+            // An answer cut short is retried; a request that failed before any answer
+            // only when it may not have reached the server (as `transport` decides).
+            a.retryable = e.is_timeout() || e.is_connect() || e.is_request();
+            a
         })?;
         let status = resp.status();
         let headers = self.response.headers(resp.headers());
-        let read = read_bounded(resp).await.map_err(|e| Attempt {
-            code: "CONNECTION",
-            message: self.transport_error(&e),
-            retryable: true,
+        let read = read_bounded(resp).await.map_err(|e| {
+            let mut a = Attempt::transport(&self.target(), &e);
+            a.code = "CONNECTION";
+            a.retryable = true;
+            a
         })?;
         if !status.is_success() {
-            return Err(Attempt {
-                code: if status.is_server_error() {
+            return Err(Attempt::new(
+                if status.is_server_error() {
                     "HTTP_5XX"
                 } else {
                     "HTTP_4XX"
                 },
-                message: format!(
-                    "{} {} answered {status}{}",
-                    self.method,
-                    self.url_shown,
+                format!(
+                    "{} answered {status}{}",
+                    self.target(),
                     self.response.excerpt(&read)
                 ),
-                retryable: status.is_server_error() || status.as_u16() == 429,
-            });
+                status.is_server_error() || status.as_u16() == 429,
+            ));
         }
         let mut r = ProviderResponse::success(self.response.body(&read));
         r.headers = headers;
         Ok(r)
     }
 
-    /// A transport error, naming the redacted URL: reqwest's own text quotes the full URL,
-    /// so it is dropped (`without_url`) and whatever the text still holds is redacted.
-    fn transport_error(&self, e: &reqwest::Error) -> String {
-        let text = match e.url() {
-            Some(_) => clone_without_url(e),
-            None => e.to_string(),
-        };
-        format!(
-            "{} {}: {}",
-            self.method,
-            self.url_shown,
-            redact_urls_in(&text)
-        )
+    /// What messages call the request: method and redacted URL.
+    fn target(&self) -> String {
+        format!("{} {}", self.method, self.url_shown)
     }
-}
-
-/// The text of `e` without its URL. `reqwest::Error::without_url` takes the error by
-/// value and errors are not `Clone`: the text is rebuilt from the error kind and sources.
-fn clone_without_url(e: &reqwest::Error) -> String {
-    use std::error::Error as _;
-    let kind = if e.is_timeout() {
-        "operation timed out"
-    } else if e.is_connect() {
-        "error connecting"
-    } else if e.is_request() {
-        "error sending request"
-    } else if e.is_body() || e.is_decode() {
-        "error reading the answer"
-    } else {
-        "request failed"
-    };
-    let mut text = kind.to_owned();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[async_trait]
 impl Provider for WebhookProvider {
     async fn execute(&self, a: &Action) -> Result<ProviderResponse, ProviderError> {
-        let attempts = std::sync::atomic::AtomicU32::new(0);
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(self.retry.initial_backoff)
-            .with_max_delay(self.retry.max_backoff)
-            .with_max_times(self.retry.max_attempts.saturating_sub(1) as usize)
-            .with_jitter();
-        let result = (|| {
-            attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.attempt(a)
-        })
-        .retry(backoff)
-        .when(|e: &Attempt| e.retryable)
-        .await;
-        let attempts = attempts.load(std::sync::atomic::Ordering::Relaxed);
-        result.map_err(|e| ProviderError::new(e.code, e.message, e.retryable, attempts))
+        with_retries(self.retry, || self.attempt(a)).await
     }
 
     fn max_delivery_time(&self) -> Option<Duration> {

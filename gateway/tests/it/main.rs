@@ -17,6 +17,7 @@ mod http_api;
 mod inhibition;
 mod parked;
 mod pipeline;
+mod providers;
 mod proxy_selftest;
 mod replicas;
 mod samples_e2e;

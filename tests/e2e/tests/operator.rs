@@ -648,12 +648,17 @@ fn what_is_not_implemented_is_not_ready() {
     let _op = s.operator("op-a", &[]);
     s.kube.apply(&format!(
         r#"{out}---
+apiVersion: v1
+kind: Secret
+metadata: {{name: chat-hook, namespace: {ns}}}
+stringData: {{url: "http://127.0.0.1:9/hook"}}
+---
 apiVersion: acteon.dev/v1alpha1
 kind: Provider
 metadata: {{name: chat, namespace: {ns}}}
 spec:
-  type: email
-  email: {{smtpHost: mail.example, from: "acteon@example.com"}}
+  type: teams
+  teams: {{webhookUrlSecretRef: {{name: chat-hook, key: url}}}}
 ---
 apiVersion: acteon.dev/v1alpha1
 kind: Rule
@@ -675,7 +680,7 @@ spec:
     let (_, _, why) = wait_ready(s.kube, "rule", &ns, "approve", ("False", "NotImplemented"));
     assert!(why.contains("requestApproval"), "{why}");
     let (_, _, why) = wait_ready(s.kube, "provider", &ns, "chat", ("False", "NotImplemented"));
-    assert!(why.contains("`email`"), "{why}");
+    assert!(why.contains("`teams`"), "{why}");
     let stalled = s.kube.kubectl_ok(&[
         "get",
         "provider",

@@ -12,6 +12,23 @@ fn is_http_url(url: &str) -> bool {
     matches!(rest, Some(r) if !r.is_empty() && !r.starts_with('/'))
 }
 
+/// `local@domain`, or `Name <local@domain>`, without spaces or line breaks in the address.
+fn looks_like_address(a: &str) -> bool {
+    let addr = match (a.rfind('<'), a.strip_suffix('>')) {
+        (Some(i), Some(rest)) => &rest[i + 1..],
+        _ => a,
+    };
+    match addr.split_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && !domain.is_empty()
+                && !domain.contains('@')
+                && !addr.chars().any(|c| c.is_whitespace() || c.is_control())
+        }
+        None => false,
+    }
+}
+
 /// Which type blocks are set, by name.
 fn blocks(spec: &ProviderSpec) -> Vec<&'static str> {
     [
@@ -75,6 +92,89 @@ pub(super) fn check(spec: &ProviderSpec) -> Result<(), Problem> {
             "InvalidProvider",
             format!("`{}` is not an http(s) URL", redact_url(url)),
         ));
+    }
+    if let Some(p) = &spec.pagerduty
+        && let Some(sev) = &p.severity
+        && !matches!(sev.as_str(), "critical" | "error" | "warning" | "info")
+    {
+        return Err(Problem::new(
+            "spec.pagerduty.severity",
+            "InvalidProvider",
+            format!("`{sev}` is not one of critical, error, warning, info"),
+        ));
+    }
+    if let Some(s) = &spec.slack {
+        match (&s.token_secret_ref, &s.webhook_url_secret_ref) {
+            (Some(_), Some(_)) | (None, None) => {
+                return Err(Problem::new(
+                    "spec.slack",
+                    "InvalidProvider",
+                    "needs exactly one of tokenSecretRef (Web API) and webhookUrlSecretRef",
+                ));
+            }
+            (None, Some(_)) if s.api_url.is_some() => {
+                return Err(Problem::new(
+                    "spec.slack.apiUrl",
+                    "InvalidProvider",
+                    "only used with tokenSecretRef (an incoming webhook has its own URL)",
+                ));
+            }
+            _ => {}
+        }
+        if let Some(url) = &s.api_url
+            && !is_http_url(url)
+        {
+            return Err(Problem::new(
+                "spec.slack.apiUrl",
+                "InvalidProvider",
+                format!("`{}` is not an http(s) URL", redact_url(url)),
+            ));
+        }
+    }
+    if let Some(e) = &spec.email {
+        if let Some(tls) = &e.tls
+            && !matches!(tls.as_str(), "none" | "starttls" | "tls")
+        {
+            return Err(Problem::new(
+                "spec.email.tls",
+                "InvalidProvider",
+                format!("`{tls}` is not one of none, starttls, tls"),
+            ));
+        }
+        if e.smtp_host.trim().is_empty() {
+            return Err(Problem::new(
+                "spec.email.smtpHost",
+                "InvalidProvider",
+                "must not be empty",
+            ));
+        }
+        if e.tls.as_deref() == Some("none") && e.password_secret_ref.is_some() {
+            return Err(Problem::new(
+                "spec.email.tls",
+                "InvalidProvider",
+                "`none` with usernameSecretRef/passwordSecretRef would send the password in \
+                 clear: use starttls or tls",
+            ));
+        }
+        if e.username_secret_ref.is_some() != e.password_secret_ref.is_some() {
+            return Err(Problem::new(
+                "spec.email",
+                "InvalidProvider",
+                "usernameSecretRef and passwordSecretRef go together",
+            ));
+        }
+        // A rough shape check; the gateway parses each address fully.
+        let bad = std::iter::once(("spec.email.from", &e.from))
+            .chain(e.to.iter().map(|a| ("spec.email.to", a)))
+            .chain(e.cc.iter().map(|a| ("spec.email.cc", a)))
+            .find(|(_, a)| !looks_like_address(a));
+        if let Some((field, a)) = bad {
+            return Err(Problem::new(
+                field,
+                "InvalidProvider",
+                format!("`{a}` is not an email address"),
+            ));
+        }
     }
     if let Some(level) = spec.log.as_ref().and_then(|l| l.level.as_deref())
         && !matches!(level, "info" | "warn" | "debug")
@@ -196,5 +296,57 @@ mod tests {
             problem.message
         );
         assert!(!problem.message.contains("hunter2") && !problem.message.contains("k3y"));
+    }
+
+    fn problem(spec: serde_json::Value) -> Option<(String, String)> {
+        let spec: ProviderSpec = serde_json::from_value(spec).expect("parses");
+        check(&spec).err().map(|p| (p.field, p.message))
+    }
+
+    #[test]
+    fn slack_email_and_pagerduty_blocks_are_checked() {
+        let r = |name: &str| serde_json::json!({"name": name, "key": "k"});
+        assert_eq!(
+            problem(serde_json::json!({"type": "slack", "slack": {"tokenSecretRef": r("s")}})),
+            None
+        );
+        let (field, _) =
+            problem(serde_json::json!({"type": "slack", "slack": {}})).expect("neither");
+        assert_eq!(field, "spec.slack");
+        let both = serde_json::json!({"type": "slack", "slack": {"tokenSecretRef": r("s"), "webhookUrlSecretRef": r("w")}});
+        assert_eq!(problem(both).expect("both").0, "spec.slack");
+        let hook_with_api = serde_json::json!({"type": "slack", "slack": {"webhookUrlSecretRef": r("w"), "apiUrl": "http://x"}});
+        assert_eq!(
+            problem(hook_with_api).expect("apiUrl").0,
+            "spec.slack.apiUrl"
+        );
+        let email = |extra: serde_json::Value| {
+            let mut e = serde_json::json!({"smtpHost": "mail", "from": "Acteon <a@example.com>", "to": ["b@example.com"]});
+            if let (Some(e), Some(x)) = (e.as_object_mut(), extra.as_object()) {
+                e.extend(x.clone());
+            }
+            problem(serde_json::json!({"type": "email", "email": e}))
+        };
+        assert_eq!(email(serde_json::json!({})), None);
+        assert_eq!(
+            email(serde_json::json!({"tls": "ssl"})).expect("tls").0,
+            "spec.email.tls"
+        );
+        assert_eq!(
+            email(serde_json::json!({"to": ["nobody"]})).expect("to").0,
+            "spec.email.to"
+        );
+        assert_eq!(
+            email(serde_json::json!({"cc": ["a b@c"]})).expect("cc").0,
+            "spec.email.cc"
+        );
+        assert_eq!(
+            email(serde_json::json!({"usernameSecretRef": r("u")}))
+                .expect("pair")
+                .0,
+            "spec.email"
+        );
+        let pd = serde_json::json!({"type": "pagerduty", "pagerduty": {"routingKeySecretRef": r("p"), "severity": "high"}});
+        assert_eq!(problem(pd).expect("severity").0, "spec.pagerduty.severity");
     }
 }

@@ -1,0 +1,189 @@
+//! The `discord` provider: a Discord webhook (`POST <webhook URL>?wait=true`).
+//!
+//! Payload mapping: `content` (else `text`, else `summary`, else the action type and
+//! payload as compact JSON; cut to Discord's 2000 characters), `embeds` (an array, passed
+//! as is, at most 10), `username`. `wait=true` makes Discord answer with the message, whose
+//! `id` is returned.
+//!
+//! 429 is retried after the answer's `retry_after` (seconds, JSON) or `Retry-After`; 5xx and
+//! transport errors with backoff; other 4xx (`{"code": 50006, "message": …}`) fail at once.
+//! The webhook URL is the credential: messages call it `discord webhook`.
+
+use std::time::Duration;
+
+use acteon_api::crd::ProviderSpec;
+use async_trait::async_trait;
+use reqwest::header::CONTENT_TYPE;
+use serde_json::{Map, Value, json};
+
+use super::http::{Attempt, bounded, retry_after, with_retries, worst_case};
+use super::response::{MAX_EXCERPT, ResponsePolicy, read_bounded};
+use super::{Provider, ProviderError, Retry};
+use crate::action::Action;
+use crate::outcome::ProviderResponse;
+
+/// Discord's limit for `content`, in characters.
+const MAX_CONTENT: usize = 2000;
+/// Discord's limit of embeds per message.
+const MAX_EMBEDS: usize = 10;
+const TARGET: &str = "discord webhook";
+
+pub struct DiscordProvider {
+    url: reqwest::Url,
+    response: ResponsePolicy,
+    timeout: Duration,
+    retry: Retry,
+    http: reqwest::Client,
+}
+
+impl std::fmt::Debug for DiscordProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiscordProvider")
+            .field("url", &"***")
+            .field("timeout", &self.timeout)
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DiscordProvider {
+    /// `url`: the webhook URL from its Secret. Fails naming what is wrong, never the URL.
+    pub fn new(
+        spec: &ProviderSpec,
+        url: &str,
+        http: reqwest::Client,
+    ) -> Result<DiscordProvider, String> {
+        let mut url = reqwest::Url::parse(url.trim())
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https"))
+            .ok_or_else(|| "the Secret's value is not an http(s) URL".to_owned())?;
+        // Without `wait=true` Discord answers 204 and no message id.
+        if !url.query_pairs().any(|(k, _)| k == "wait") {
+            url.query_pairs_mut().append_pair("wait", "true");
+        }
+        Ok(DiscordProvider {
+            url,
+            response: ResponsePolicy {
+                redact: spec.redact_response.unwrap_or(false),
+            },
+            timeout: Duration::from_secs(spec.timeout_seconds.unwrap_or(10)),
+            retry: Retry::from_spec(spec),
+            http,
+        })
+    }
+
+    /// The message for `a`.
+    fn message(&self, a: &Action) -> Result<Value, ProviderError> {
+        let p = &a.payload;
+        let text_of = |key: &str| p.get(key).and_then(Value::as_str).map(str::to_owned);
+        let embeds = p.get("embeds").and_then(Value::as_array);
+        if embeds.is_some_and(|e| e.len() > MAX_EMBEDS) {
+            return Err(ProviderError::new(
+                "INVALID_PAYLOAD",
+                format!("discord: more than {MAX_EMBEDS} embeds"),
+                false,
+                0,
+            ));
+        }
+        let content = text_of("content")
+            .or_else(|| text_of("text"))
+            .or_else(|| text_of("summary"));
+        let content = match (content, embeds) {
+            (Some(c), _) => Some(c),
+            (None, Some(_)) => None,
+            (None, None) => Some(format!("{}: {}", a.action_type, p)),
+        };
+        let mut m = Map::new();
+        if let Some(c) = content {
+            // Discord refuses longer content; a cut message beats none.
+            let cut = match c.char_indices().nth(MAX_CONTENT) {
+                Some((i, _)) => c[..i].to_owned(),
+                None => c,
+            };
+            m.insert("content".into(), Value::String(cut));
+        }
+        if let Some(e) = embeds {
+            m.insert("embeds".into(), Value::Array(e.clone()));
+        }
+        if let Some(u) = text_of("username") {
+            m.insert("username".into(), Value::String(u));
+        }
+        Ok(Value::Object(m))
+    }
+
+    async fn attempt(&self, body: &[u8]) -> Result<ProviderResponse, Attempt> {
+        let resp = self
+            .http
+            .post(self.url.clone())
+            .timeout(self.timeout)
+            .header(CONTENT_TYPE, "application/json")
+            .body(body.to_vec())
+            .send()
+            .await
+            .map_err(|e| Attempt::transport(TARGET, &e))?;
+        let status = resp.status();
+        let header_hint = retry_after(resp.headers());
+        let headers = self.response.headers(resp.headers());
+        let read = read_bounded(resp)
+            .await
+            .map_err(|e| Attempt::transport(TARGET, &e))?;
+        let answer: Value = serde_json::from_slice(&read.bytes).unwrap_or(Value::Null);
+        if status.is_success() {
+            let body = if self.response.redact {
+                json!({})
+            } else {
+                json!({"id": answer.get("id"), "channel_id": answer.get("channel_id")})
+            };
+            let mut r = ProviderResponse::success(body);
+            r.headers = headers;
+            return Ok(r);
+        }
+        // Discord's explanation: `message` (and its numeric `code`), bounded.
+        let said = if self.response.redact {
+            String::new()
+        } else {
+            match answer.get("message").and_then(Value::as_str) {
+                Some(m) => format!(
+                    ": {}{}",
+                    bounded(m, MAX_EXCERPT),
+                    answer
+                        .get("code")
+                        .and_then(Value::as_i64)
+                        .map(|c| format!(" (code {c})"))
+                        .unwrap_or_default()
+                ),
+                None => self.response.excerpt(&read),
+            }
+        };
+        let message = format!("{TARGET} answered {status}{said}");
+        Err(match status.as_u16() {
+            429 => {
+                let mut a = Attempt::new("RATE_LIMITED", message, true);
+                // The JSON `retry_after` is in seconds (fractional); the header rounds.
+                a.retry_after = answer
+                    .get("retry_after")
+                    .and_then(Value::as_f64)
+                    .filter(|s| s.is_finite() && *s >= 0.0)
+                    .map(|s| Duration::from_secs_f64(s.min(86_400.0)))
+                    .or(header_hint);
+                a
+            }
+            s if s >= 500 => Attempt::new("HTTP_5XX", message, true),
+            _ => Attempt::new("HTTP_4XX", message, false),
+        })
+    }
+}
+
+#[async_trait]
+impl Provider for DiscordProvider {
+    #[tracing::instrument(name = "discord", skip_all, fields(action = %a.id))]
+    async fn execute(&self, a: &Action) -> Result<ProviderResponse, ProviderError> {
+        let message = self.message(a)?;
+        let body = serde_json::to_vec(&message).unwrap_or_default();
+        with_retries(self.retry, || self.attempt(&body)).await
+    }
+
+    fn max_delivery_time(&self) -> Option<Duration> {
+        Some(worst_case(&self.retry, self.timeout))
+    }
+}
