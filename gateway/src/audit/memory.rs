@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 
-use super::{AuditError, AuditPage, AuditQuery, AuditRecord, AuditStore, Cursor, MAX_PER_ACTION};
+use super::{AuditError, AuditPage, AuditQuery, AuditRecord, AuditStore, MAX_PER_ACTION};
 use super::{MAX_LIMIT, Retention};
 
 type Key = (DateTime<Utc>, String);
@@ -62,23 +62,14 @@ impl AuditStore for MemoryAuditStore {
             Some(c) => map.range(..(c.at, c.id.clone())),
             None => map.range(..),
         };
-        let mut records: Vec<AuditRecord> = range
+        let records: Vec<AuditRecord> = range
             .rev()
             .map(|(_, r)| r)
             .filter(|r| query.matches(r))
             .take(limit + 1)
             .cloned()
             .collect();
-        let next_cursor = if records.len() > limit {
-            records.truncate(limit);
-            records.last().map(Cursor::of)
-        } else {
-            None
-        };
-        Ok(AuditPage {
-            records,
-            next_cursor,
-        })
+        Ok(AuditPage::of(records, limit))
     }
 
     async fn get(&self, action_id: &str) -> Result<Vec<AuditRecord>, AuditError> {
@@ -144,7 +135,7 @@ mod tests {
             let page = store.query(&query).await.unwrap();
             seen.extend(page.records.iter().map(|r| r.action_id.clone()));
             match page.next_cursor {
-                Some(c) => query.cursor = Some(Cursor::decode(&c.encode()).unwrap()),
+                Some(c) => query.cursor = Some(crate::audit::Cursor::decode(&c.encode()).unwrap()),
                 None => break,
             }
         }

@@ -152,6 +152,23 @@ pub struct AuditPage {
     pub next_cursor: Option<Cursor>,
 }
 
+impl AuditPage {
+    /// The page of `limit` records out of up to `limit + 1` read (the extra one only says
+    /// that more follow).
+    pub fn of(mut records: Vec<AuditRecord>, limit: usize) -> AuditPage {
+        let next_cursor = if records.len() > limit {
+            records.truncate(limit);
+            records.last().map(Cursor::of)
+        } else {
+            None
+        };
+        AuditPage {
+            records,
+            next_cursor,
+        }
+    }
+}
+
 /// A keyset position: the `(dispatched_at, id)` of the last record of a page. Encoded
 /// opaque (hex) so that clients treat it as a token, and checked on decode.
 #[derive(Clone, Debug, PartialEq, Eq)]

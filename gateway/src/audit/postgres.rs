@@ -17,7 +17,7 @@ use sqlx::{AssertSqlSafe, ConnectOptions, Postgres, QueryBuilder, Row};
 use tokio::sync::OnceCell;
 
 use super::{
-    AuditError, AuditPage, AuditQuery, AuditRecord, AuditStore, Cursor, MAX_LIMIT, MAX_PER_ACTION,
+    AuditError, AuditPage, AuditQuery, AuditRecord, AuditStore, MAX_LIMIT, MAX_PER_ACTION,
     Retention,
 };
 
@@ -297,21 +297,12 @@ impl AuditStore for PostgresAuditStore {
         let rows = self
             .bounded("query audit", b.build().fetch_all(&self.pool))
             .await?;
-        let mut records = rows
+        let records = rows
             .iter()
             .map(record_of)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| self.err("read audit row", &e))?;
-        let next_cursor = if records.len() > limit {
-            records.truncate(limit);
-            records.last().map(Cursor::of)
-        } else {
-            None
-        };
-        Ok(AuditPage {
-            records,
-            next_cursor,
-        })
+        Ok(AuditPage::of(records, limit))
     }
 
     async fn get(&self, action_id: &str) -> Result<Vec<AuditRecord>, AuditError> {

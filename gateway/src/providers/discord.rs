@@ -13,11 +13,10 @@ use std::time::Duration;
 
 use acteon_api::crd::ProviderSpec;
 use async_trait::async_trait;
-use reqwest::header::CONTENT_TYPE;
 use serde_json::{Map, Value, json};
 
-use super::http::{Attempt, bounded, retry_after, with_retries, worst_case};
-use super::response::{MAX_EXCERPT, ResponsePolicy, read_bounded};
+use super::http::{Answer, Attempt, bounded, send_json, with_retries, worst_case};
+use super::response::{MAX_EXCERPT, ResponsePolicy};
 use super::{Provider, ProviderError, Retry};
 use crate::action::Action;
 use crate::outcome::ProviderResponse;
@@ -112,21 +111,20 @@ impl DiscordProvider {
     }
 
     async fn attempt(&self, body: &[u8]) -> Result<ProviderResponse, Attempt> {
-        let resp = self
-            .http
-            .post(self.url.clone())
-            .timeout(self.timeout)
-            .header(CONTENT_TYPE, "application/json")
-            .body(body.to_vec())
-            .send()
-            .await
-            .map_err(|e| Attempt::transport(TARGET, &e))?;
-        let status = resp.status();
-        let header_hint = retry_after(resp.headers());
-        let headers = self.response.headers(resp.headers());
-        let read = read_bounded(resp)
-            .await
-            .map_err(|e| Attempt::transport(TARGET, &e))?;
+        let Answer {
+            status,
+            retry_after: header_hint,
+            headers,
+            read,
+        } = send_json(
+            self.http.post(self.url.clone()),
+            self.timeout,
+            "application/json",
+            body,
+            &self.response,
+            TARGET,
+        )
+        .await?;
         let answer: Value = serde_json::from_slice(&read.bytes).unwrap_or(Value::Null);
         if status.is_success() {
             let body = if self.response.redact {

@@ -5,13 +5,55 @@
 //! Error codes are a closed set (they label metrics); what the peer said goes in the
 //! message, bounded.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use reqwest::header::HeaderMap;
 
+use super::response::{Read, ResponsePolicy, read_bounded};
 use super::{ProviderError, Retry};
+
+/// One answered request: its status, the peer's retry hint, the headers the response
+/// policy keeps, and the body read within bounds.
+pub struct Answer {
+    pub status: reqwest::StatusCode,
+    pub retry_after: Option<Duration>,
+    pub headers: HashMap<String, String>,
+    pub read: Read,
+}
+
+/// Sends `req` with the JSON `body` (as `content_type`) under `timeout` and reads the
+/// answer within bounds; a transport failure names `target`, never the URL.
+pub async fn send_json(
+    req: reqwest::RequestBuilder,
+    timeout: Duration,
+    content_type: &'static str,
+    body: &[u8],
+    policy: &ResponsePolicy,
+    target: &str,
+) -> Result<Answer, Attempt> {
+    let resp = req
+        .timeout(timeout)
+        .header(reqwest::header::CONTENT_TYPE, content_type)
+        .body(body.to_vec())
+        .send()
+        .await
+        .map_err(|e| Attempt::transport(target, &e))?;
+    let status = resp.status();
+    let retry_after = retry_after(resp.headers());
+    let headers = policy.headers(resp.headers());
+    let read = read_bounded(resp)
+        .await
+        .map_err(|e| Attempt::transport(target, &e))?;
+    Ok(Answer {
+        status,
+        retry_after,
+        headers,
+        read,
+    })
+}
 
 /// One attempt's failure, and whether another attempt may help.
 #[derive(Debug)]

@@ -19,8 +19,8 @@ use acteon_api::crd::provider::PagerDutyProvider as PagerDutySpec;
 use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 
-use super::http::{Attempt, bounded, retry_after, with_retries, worst_case};
-use super::response::{MAX_EXCERPT, ResponsePolicy, read_bounded};
+use super::http::{Answer, Attempt, bounded, send_json, with_retries, worst_case};
+use super::response::{MAX_EXCERPT, ResponsePolicy};
 use super::{Provider, ProviderError, Retry};
 use crate::action::Action;
 use crate::outcome::ProviderResponse;
@@ -173,21 +173,20 @@ impl PagerDutyProvider {
 
     async fn attempt(&self, body: &[u8]) -> Result<ProviderResponse, Attempt> {
         const TARGET: &str = "pagerduty /v2/enqueue";
-        let resp = self
-            .http
-            .post(&self.url)
-            .timeout(self.timeout)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body.to_vec())
-            .send()
-            .await
-            .map_err(|e| Attempt::transport(TARGET, &e))?;
-        let status = resp.status();
-        let hint = retry_after(resp.headers());
-        let headers = self.response.headers(resp.headers());
-        let read = read_bounded(resp)
-            .await
-            .map_err(|e| Attempt::transport(TARGET, &e))?;
+        let Answer {
+            status,
+            retry_after: hint,
+            headers,
+            read,
+        } = send_json(
+            self.http.post(&self.url),
+            self.timeout,
+            "application/json",
+            body,
+            &self.response,
+            TARGET,
+        )
+        .await?;
         let answer: Value = serde_json::from_slice(&read.bytes).unwrap_or(Value::Null);
         if status.is_success() {
             let dedup_key = answer.get("dedup_key").cloned().unwrap_or(Value::Null);

@@ -16,11 +16,11 @@ use std::time::Duration;
 use acteon_api::crd::ProviderSpec;
 use acteon_api::crd::provider::SlackProvider as SlackSpec;
 use async_trait::async_trait;
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use reqwest::header::{AUTHORIZATION, HeaderValue};
 use serde_json::{Map, Value, json};
 
-use super::http::{Attempt, bounded, retry_after, with_retries, worst_case};
-use super::response::{ResponsePolicy, read_bounded};
+use super::http::{Answer, Attempt, bounded, send_json, with_retries, worst_case};
+use super::response::ResponsePolicy;
 use super::{Provider, ProviderError, Retry};
 use crate::action::Action;
 use crate::outcome::ProviderResponse;
@@ -164,19 +164,20 @@ impl SlackProvider {
             Endpoint::Api { url, auth } => self.http.post(url).header(AUTHORIZATION, auth.clone()),
             Endpoint::Webhook { url } => self.http.post(url),
         };
-        let resp = req
-            .timeout(self.timeout)
-            .header(CONTENT_TYPE, "application/json; charset=utf-8")
-            .body(body.to_vec())
-            .send()
-            .await
-            .map_err(|e| Attempt::transport(target, &e))?;
-        let status = resp.status();
-        let hint = retry_after(resp.headers());
-        let headers = self.response.headers(resp.headers());
-        let read = read_bounded(resp)
-            .await
-            .map_err(|e| Attempt::transport(target, &e))?;
+        let Answer {
+            status,
+            retry_after: hint,
+            headers,
+            read,
+        } = send_json(
+            req,
+            self.timeout,
+            "application/json; charset=utf-8",
+            body,
+            &self.response,
+            target,
+        )
+        .await?;
         if status.as_u16() == 429 {
             let mut a = Attempt::new("RATE_LIMITED", format!("{target} answered {status}"), true);
             a.retry_after = hint;
