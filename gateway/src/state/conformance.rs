@@ -16,6 +16,9 @@
 //! Use [`conformance_tests!`](crate::conformance_tests) to get one `#[tokio::test]` per
 //! check, or [`run_all`] to run them in sequence.
 
+mod rate_slots;
+pub use rate_slots::*;
+
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
@@ -122,6 +125,9 @@ macro_rules! __state_conformance_checks {
             concurrent_group_appends_count_all,
             timers_pending_and_release,
             timers_claimed_in_due_order,
+            get_many_answers_in_order,
+            rate_slots_spaced_and_bounded,
+            concurrent_rate_slots_distinct,
         ] }
     };
 }

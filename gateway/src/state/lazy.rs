@@ -175,6 +175,19 @@ impl StateStore for LazyStore {
         self.store()?.get(key).await
     }
 
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Versioned>>, StateError> {
+        self.store()?.get_many(keys).await
+    }
+
+    async fn reserve_slot(
+        &self,
+        key: &str,
+        interval: Duration,
+        max_wait: Duration,
+    ) -> Result<Option<Duration>, StateError> {
+        self.store()?.reserve_slot(key, interval, max_wait).await
+    }
+
     async fn compare_and_swap(
         &self,
         key: &str,

@@ -90,6 +90,9 @@ struct Shard {
     quotas: HashMap<String, (u64, u64, u64)>,
     kv: HashMap<String, (Versioned, Option<u64>)>,
     locks: HashMap<String, (String, u64)>,
+    /// Rate-limited streams: key → the next free slot (Unix µs). One per rate-limited
+    /// provider, so never swept.
+    rate_slots: HashMap<String, u64>,
     expiry: BinaryHeap<Due>,
 }
 
@@ -1196,6 +1199,26 @@ impl StateStore for MemoryStore {
         // An expired value counts as absent, as for `get`.
         let removed = self.shard(key).kv.remove(key);
         Ok(removed.is_some_and(|(_, exp)| exp.is_none_or(|e| e > now)))
+    }
+
+    async fn reserve_slot(
+        &self,
+        key: &str,
+        interval: Duration,
+        max_wait: Duration,
+    ) -> Result<Option<Duration>, StateError> {
+        let now = (self.clock)().saturating_mul(1000);
+        let mut shard = self.shard(key);
+        let next = shard.rate_slots.get(key).copied().unwrap_or(0).max(now);
+        let wait = next - now;
+        if u128::from(wait) > max_wait.as_micros() {
+            return Ok(None);
+        }
+        let step = u64::try_from(interval.as_micros()).unwrap_or(u64::MAX);
+        shard
+            .rate_slots
+            .insert(key.to_owned(), next.saturating_add(step));
+        Ok(Some(Duration::from_micros(wait)))
     }
 
     async fn try_lock(&self, key: &str, owner: &str, ttl: Duration) -> Result<bool, StateError> {

@@ -341,6 +341,31 @@ pub trait StateStore: Send + Sync + 'static {
 
     async fn get(&self, key: &str) -> Result<Option<Versioned>, StateError>;
 
+    /// [`StateStore::get`] of every key, answered in order, in one backend call (the
+    /// circuit breaker poll reads every breaker at once). The default reads one by one.
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Versioned>>, StateError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            out.push(self.get(key).await?);
+        }
+        Ok(out)
+    }
+
+    /// Reserves the next start slot of the rate-limited stream `key`: slots are `interval`
+    /// apart and never in the past (GCRA without burst), read on the backend's clock where
+    /// it has one. Answers how long from now the caller must wait for its slot, or `None`,
+    /// reserving nothing, when that would be longer than `max_wait`. Exact across callers:
+    /// two reservations never get slots less than `interval` apart.
+    async fn reserve_slot(
+        &self,
+        key: &str,
+        interval: Duration,
+        max_wait: Duration,
+    ) -> Result<Option<Duration>, StateError> {
+        let _ = (key, interval, max_wait);
+        Err(self.unsupported("rate limits"))
+    }
+
     /// Writes `value` if the current version is `expected` (`None` = key absent).
     /// Returns the new version, or `None` when the expectation did not hold.
     async fn compare_and_swap(

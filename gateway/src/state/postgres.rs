@@ -1189,6 +1189,51 @@ impl StateStore for PostgresStore {
         }))
     }
 
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Versioned>>, StateError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(String, Vec<u8>, i64)> = self
+            .run("get_many", async |conn: &mut PgConnection| {
+                sqlx::query_as(
+                    "SELECT key, value, version FROM acteon_kv \
+                     WHERE key = ANY($1) AND (expires_at IS NULL OR expires_at > acteon_now_ms())",
+                )
+                .bind(keys)
+                .fetch_all(conn)
+                .await
+            })
+            .await?;
+        let mut found: std::collections::HashMap<String, Versioned> = rows
+            .into_iter()
+            .map(|(key, value, version)| {
+                let version = version as u64;
+                (key, Versioned { value, version })
+            })
+            .collect();
+        Ok(keys.iter().map(|k| found.remove(k)).collect())
+    }
+
+    async fn reserve_slot(
+        &self,
+        key: &str,
+        interval: Duration,
+        max_wait: Duration,
+    ) -> Result<Option<Duration>, StateError> {
+        let micros = |d: Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
+        let wait: i64 = self
+            .run("reserve_slot", async |conn: &mut PgConnection| {
+                sqlx::query_scalar("SELECT acteon_reserve_slot($1, $2, $3)")
+                    .bind(key)
+                    .bind(micros(interval))
+                    .bind(micros(max_wait))
+                    .fetch_one(conn)
+                    .await
+            })
+            .await?;
+        Ok((wait >= 0).then(|| Duration::from_micros(wait as u64)))
+    }
+
     async fn compare_and_swap(
         &self,
         key: &str,

@@ -152,6 +152,22 @@ if ARGV[3] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
 return ver
 ";
 
+/// KEYS: next free slot (Unix µs, server clock). ARGV: interval µs, max wait µs.
+/// Answers the wait in µs, or -1 (nothing reserved) when it would exceed the max wait.
+/// Numbers stay below 2^53, so Lua's doubles hold them exactly; `%.0f` writes them whole.
+const RESERVE_SLOT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local next = tonumber(redis.call('GET', KEYS[1]) or '0')
+if next < now then next = now end
+local wait = next - now
+if wait > tonumber(ARGV[2]) then return -1 end
+local interval = tonumber(ARGV[1])
+redis.call('SET', KEYS[1], string.format('%.0f', next + interval), 'PX',
+  string.format('%.0f', math.floor((wait + interval) / 1000) + 60000))
+return wait
+";
+
 const TRY_LOCK: &str = r"
 local cur = redis.call('GET', KEYS[1])
 if (not cur) or cur == ARGV[1] then
@@ -710,6 +726,7 @@ struct Scripts {
     quota_usage: Script,
     cas: Script,
     try_lock: Script,
+    reserve_slot: Script,
     schedule_timer: Script,
     claim_timers: Script,
     complete_timer: Script,
@@ -799,6 +816,7 @@ impl RedisStore {
                 quota_usage: Script::new(QUOTA_USAGE),
                 cas: Script::new(COMPARE_AND_SWAP),
                 try_lock: Script::new(TRY_LOCK),
+                reserve_slot: Script::new(RESERVE_SLOT),
                 schedule_timer: Script::new(SCHEDULE_TIMER),
                 claim_timers: Script::new(CLAIM_TIMERS),
                 complete_timer: Script::new(COMPLETE_TIMER),
@@ -1265,6 +1283,48 @@ impl StateStore for RedisStore {
             (Some(value), Some(version)) => Some(Versioned { value, version }),
             _ => None,
         })
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Versioned>>, StateError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.cmd("HMGET")
+                .arg(self.key("kv", key))
+                .arg("v")
+                .arg("ver");
+        }
+        let rows: Vec<(Option<Vec<u8>>, Option<u64>)> = pipe
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(rows
+            .into_iter()
+            .map(|row| match row {
+                (Some(value), Some(version)) => Some(Versioned { value, version }),
+                _ => None,
+            })
+            .collect())
+    }
+
+    async fn reserve_slot(
+        &self,
+        key: &str,
+        interval: Duration,
+        max_wait: Duration,
+    ) -> Result<Option<Duration>, StateError> {
+        let wait: i64 = self
+            .scripts
+            .reserve_slot
+            .key(self.key("rate", key))
+            .arg(u64::try_from(interval.as_micros()).unwrap_or(u64::MAX))
+            .arg(u64::try_from(max_wait.as_micros()).unwrap_or(u64::MAX))
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok((wait >= 0).then(|| Duration::from_micros(wait as u64)))
     }
 
     async fn compare_and_swap(

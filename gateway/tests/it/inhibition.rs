@@ -122,6 +122,19 @@ impl StateStore for Counting {
     async fn get(&self, key: &str) -> Result<Option<Versioned>, StateError> {
         self.inner.get(key).await
     }
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Versioned>>, StateError> {
+        self.inner.get_many(keys).await
+    }
+
+    async fn reserve_slot(
+        &self,
+        key: &str,
+        interval: Duration,
+        max_wait: Duration,
+    ) -> Result<Option<Duration>, StateError> {
+        self.inner.reserve_slot(key, interval, max_wait).await
+    }
+
     async fn compare_and_swap(
         &self,
         key: &str,
