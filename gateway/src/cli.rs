@@ -110,6 +110,11 @@ pub struct ServeArgs {
     /// actions, state timeouts), in milliseconds: one backend call per poll when idle.
     #[arg(long, env = "ACTEON_WORKER_POLL_MS", default_value_t = 200)]
     pub worker_poll_ms: u64,
+    /// Pause between reads of the circuit breakers' shared state, in milliseconds: a
+    /// circuit opened by another replica is seen within this long. One backend call per
+    /// poll, none when no provider has a breaker.
+    #[arg(long, env = "ACTEON_CIRCUIT_POLL_MS", default_value_t = 250)]
+    pub circuit_poll_ms: u64,
     /// How long the worker's claim on a due timer holds: a replica that dies mid-task
     /// leaves its tasks to others after this long. Longer than any delivery takes.
     #[arg(long, env = "ACTEON_WORKER_LEASE_SECONDS", default_value_t = 60)]
@@ -769,6 +774,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             args.dedup_cache_entries
         }),
         chain_activity: Default::default(),
+        guards: Default::default(),
         audit,
     });
     if let Some(((url, prefix, timeout), options)) = follower {
@@ -782,6 +788,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             census_every: Duration::from_secs(args.chain_census_seconds),
             ..Default::default()
         },
+    );
+    let breaker_poll = crate::delivery::breaker::spawn_poll(
+        gateway.clone(),
+        Duration::from_millis(args.circuit_poll_ms.max(10)),
     );
     let auth = authenticator(&args).await?;
     let sweeper = gateway.audit.as_ref().map(|a| {
@@ -829,6 +839,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(audit) = audit {
         audit.shutdown(AUDIT_FLUSH_TIMEOUT).await;
     }
+    breaker_poll.abort();
     if let Some(s) = sweeper {
         s.abort();
     }

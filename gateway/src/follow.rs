@@ -427,6 +427,7 @@ spec: {type: noop}
             confirmer: Default::default(),
             delivered: Default::default(),
             chain_activity: Default::default(),
+            guards: Default::default(),
             audit: None,
         });
         let follower = Follower::new(

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod dead_letter;
+pub mod delivery;
 pub mod follow;
 pub mod http;
 pub mod metrics;

@@ -68,6 +68,19 @@ pub struct Metrics {
     /// Chain steps by chain and result: ok, failed, retry.
     pub chain_steps: IntCounterVec,
     pub chain_step_seconds: HistogramVec,
+    /// Circuit state per provider with a breaker: 0 closed, 1 open, 2 half-open.
+    pub circuit_state: IntGaugeVec,
+    /// Breaker changes made by this gateway, by provider and new state (open, closed).
+    pub circuit_transitions: IntCounterVec,
+    /// Deliveries an open circuit kept from its provider, by result (fallback, rejected).
+    pub circuit_rejections: IntCounterVec,
+    /// State backend calls of the circuit breakers, by kind: read and write (a delivery
+    /// that changed a breaker, or the probe), poll (the periodic read of all).
+    pub circuit_backend_calls: IntCounterVec,
+    /// Time deliveries waited for a rate-limit slot.
+    pub rate_limit_wait_seconds: HistogramVec,
+    /// Deliveries refused a slot within their bound (`RATE_LIMITED`).
+    pub rate_limited: IntCounterVec,
 }
 
 /// Timer lateness buckets from 10 ms to 5 min.
@@ -361,6 +374,43 @@ impl Metrics {
                 "acteon_chain_step_duration_seconds",
                 "Time to deliver one chain step (the provider call, its own retries included)",
                 &["chain"],
+            ),
+            circuit_state: gauge_vec(
+                &r,
+                "acteon_circuit_state",
+                "Circuit breaker state as this gateway sees it: 0 closed, 1 open, 2 half-open",
+                &["provider"],
+            ),
+            circuit_transitions: counter(
+                &r,
+                "acteon_circuit_transitions_total",
+                "Circuit breaker changes made by this gateway, by new state",
+                &["provider", "to"],
+            ),
+            circuit_rejections: counter(
+                &r,
+                "acteon_circuit_rejections_total",
+                "Deliveries an open circuit kept from its provider: sent to the fallback, or rejected",
+                &["provider", "result"],
+            ),
+            circuit_backend_calls: counter(
+                &r,
+                "acteon_circuit_backend_calls_total",
+                "State backend calls made by circuit breakers (none while circuits are closed and healthy)",
+                &["op"],
+            ),
+            rate_limit_wait_seconds: histogram_with(
+                &r,
+                "acteon_rate_limit_wait_seconds",
+                "Time deliveries waited for their provider's rate-limit slot",
+                &["provider"],
+                LATENESS_BUCKETS,
+            ),
+            rate_limited: counter(
+                &r,
+                "acteon_rate_limited_total",
+                "Deliveries refused a rate-limit slot within their bound",
+                &["provider"],
             ),
             transition_notifications: counter(
                 &r,

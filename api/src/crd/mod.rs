@@ -8,7 +8,9 @@ pub mod state_machine;
 pub mod status;
 
 pub use chain::{Chain, ChainBranch, ChainSpec, ChainStep, Parallel, ParallelStep, StepRetry};
-pub use provider::{Provider, ProviderSpec, ProviderType, SecretKeyRef};
+pub use provider::{
+    CircuitBreaker, Provider, ProviderRateLimit, ProviderSpec, ProviderType, SecretKeyRef,
+};
 pub use quota::{Overage, Quota, QuotaSpec};
 pub use rule::{Rule, RuleAction, RuleSpec};
 pub use state_machine::{StateMachine, StateMachineSpec};

@@ -274,8 +274,13 @@ pub struct CircuitBreaker {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ProviderRateLimit {
-    /// Deliveries allowed per second (at least 1).
+    /// Deliveries allowed per second (at least 1), across all gateways: deliveries start
+    /// at least 1/maxPerSecond apart (5% more, a margin for late starts).
     pub max_per_second: u32,
+    /// How long a delivery may wait for its slot (1–300, default 30); past it the
+    /// delivery fails with the retryable `RATE_LIMITED` (a dispatch's dead letter keeps it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_wait_seconds: Option<u32>,
 }
 
 impl ProviderSpec {

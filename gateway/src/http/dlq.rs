@@ -292,15 +292,10 @@ async fn replay_locked(gw: &Gateway, timer: &str) -> Result<Replayed, ApiError> 
         return Ok(Replayed::Gone);
     };
     let rt = gw.config.load();
-    let delivered = match rt.providers.get(&entry.namespace, &entry.provider) {
-        Some(handle) => handle.provider.execute(&entry.action).await,
-        None => Err(crate::providers::ProviderError::new(
-            "PROVIDER_NOT_FOUND",
-            format!("provider `{}` not found", entry.provider),
-            false,
-            0,
-        )),
-    };
+    let delivered = gw
+        .call_provider(&rt, &entry.namespace, &entry.provider, &entry.action)
+        .await
+        .into_result(&entry.provider);
     let id = entry.id.clone();
     match delivered {
         Ok(response) => {

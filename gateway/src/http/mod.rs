@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod breakers;
 pub mod chains;
 pub mod conn;
 pub mod dispatch;
@@ -54,6 +55,10 @@ pub struct AppState {
         ops::health,
         ops::readyz,
         ops::metrics,
+        breakers::list,
+        breakers::trip,
+        breakers::reset,
+        breakers::health,
         parked::list_groups,
         parked::get_group,
         parked::flush_group,
@@ -84,6 +89,11 @@ pub struct AppState {
         ops::BackendHealth,
         ops::RuleInfo,
         ops::ConfigInfo,
+        breakers::CircuitBreakerStatus,
+        breakers::CircuitBreakerList,
+        breakers::CircuitBreakerAction,
+        breakers::ProviderHealth,
+        breakers::ProviderHealthList,
         parked::GroupView,
         parked::EventView,
         parked::TransitionRequest,
@@ -157,6 +167,23 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/audit", get(audit::list_audit))
         .route("/v1/audit/{action_id}", get(audit::get_audit))
         .route("/v1/audit/{action_id}/replay", post(audit::replay_audit))
+        .route("/v1/circuit-breakers", get(breakers::list))
+        .route("/v1/circuit-breakers/{provider}/trip", post(breakers::trip))
+        .route(
+            "/v1/circuit-breakers/{provider}/reset",
+            post(breakers::reset),
+        )
+        // Acteon's paths of the same endpoints (its SDKs call these).
+        .route("/admin/circuit-breakers", get(breakers::list))
+        .route(
+            "/admin/circuit-breakers/{provider}/trip",
+            post(breakers::trip),
+        )
+        .route(
+            "/admin/circuit-breakers/{provider}/reset",
+            post(breakers::reset),
+        )
+        .route("/v1/providers/health", get(breakers::health))
         .route("/v1/config", get(ops::config))
         .route("/healthz", get(ops::healthz))
         .route("/health", get(ops::health))

@@ -1,11 +1,10 @@
-//! Delivery on the provider and the outcome it gives.
-
-use std::time::Instant;
+//! Delivery through the delivery layer and the outcome it gives.
 
 use super::{Delivery, Gateway};
 use crate::action::Action;
 use crate::config::Runtime;
 use crate::dead_letter::{self, DeadLetter, FROM_DISPATCH};
+use crate::delivery::Called;
 use crate::outcome::ActionOutcome;
 use crate::rules::Evaluation;
 
@@ -17,29 +16,39 @@ impl Gateway {
         eval: &Evaluation,
         delivery: &Delivery<'_>,
     ) -> ActionOutcome {
-        let Some(handle) = rt.providers.get(&action.namespace, &delivery.provider) else {
-            self.release_dedup(eval).await;
-            return ActionOutcome::failed(
-                "PROVIDER_NOT_FOUND",
-                format!("provider `{}` not found", delivery.provider),
-                false,
-                0,
-            );
+        let called = self
+            .call_provider(rt, &action.namespace, &delivery.provider, action)
+            .await;
+        let (provider, fallback, result) = match called {
+            Called::Done {
+                provider,
+                fallback,
+                result,
+            } => (provider, fallback, result),
+            Called::CircuitOpen { fallback_chain } => {
+                self.release_dedup(eval).await;
+                return ActionOutcome::CircuitOpen {
+                    provider: delivery.provider.clone(),
+                    fallback_chain,
+                };
+            }
+            Called::NotFound { provider } => {
+                self.release_dedup(eval).await;
+                return ActionOutcome::failed(
+                    "PROVIDER_NOT_FOUND",
+                    format!("provider `{provider}` not found"),
+                    false,
+                    0,
+                );
+            }
         };
-        let started = Instant::now();
-        let result = handle.provider.execute(action).await;
-        let elapsed = started.elapsed().as_secs_f64();
         match result {
             Ok(response) => {
-                self.metrics
-                    .provider_seconds
-                    .with_label_values(&[handle.name.as_str(), "success"])
-                    .observe(elapsed);
                 self.confirm_dedup(eval, delivery.lease);
-                if delivery.rerouted {
+                if delivery.rerouted || fallback {
                     ActionOutcome::Rerouted {
                         original_provider: action.provider.clone(),
-                        new_provider: delivery.provider.clone(),
+                        new_provider: provider,
                         response,
                     }
                 } else {
@@ -47,18 +56,10 @@ impl Gateway {
                 }
             }
             Err(e) => {
-                self.metrics
-                    .provider_seconds
-                    .with_label_values(&[handle.name.as_str(), "failure"])
-                    .observe(elapsed);
-                self.metrics
-                    .provider_failures
-                    .with_label_values(&[handle.name.as_str(), e.code.as_str()])
-                    .inc();
-                tracing::warn!(provider = %handle.name, code = %e.code, error = %e.message, attempts = e.attempts, "delivery failed");
                 self.release_dedup(eval).await;
                 if e.retryable && !self.options.dead_letter_retention.is_zero() {
                     let mut delivered = action.clone();
+                    // The provider asked for: a replay goes through its breaker again.
                     delivered.provider = delivery.provider.clone();
                     let retention = self.options.dead_letter_retention;
                     let entry = DeadLetter::new(&delivered, &e, FROM_DISPATCH, retention);

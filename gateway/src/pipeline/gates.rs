@@ -255,10 +255,7 @@ impl Gateway {
 /// How long a dedup mark may block retries before its delivery is confirmed: the
 /// provider's worst-case delivery time plus a margin, at least [`DEDUP_LEASE_FLOOR`].
 pub(super) fn dedup_lease(handle: &ProviderHandle) -> Duration {
-    let worst = handle
-        .provider
-        .max_delivery_time()
-        .unwrap_or(Duration::ZERO);
+    let worst = handle.max_delivery_time().unwrap_or(Duration::ZERO);
     worst
         .saturating_add(DEDUP_LEASE_MARGIN)
         .max(DEDUP_LEASE_FLOOR)

@@ -82,6 +82,8 @@ pub struct Gateway {
     pub chain_activity: crate::worker::census::ChainActivityLog,
     /// The audit trail (`--audit on`); `None`: nothing is recorded.
     pub audit: Option<Arc<crate::audit::AuditSink>>,
+    /// Circuit breakers and statistics of the delivery layer.
+    pub guards: crate::delivery::Guards,
 }
 
 /// Where an action will be delivered, once the verdict is known.

@@ -14,7 +14,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use acteon_api::crd::{ProviderSpec, ProviderType, SecretKeyRef};
+use acteon_api::crd::{
+    CircuitBreaker, ProviderRateLimit, ProviderSpec, ProviderType, SecretKeyRef,
+};
 use acteon_api::snapshot::{Entry, secret_id};
 use acteon_channel::seal::SealKey;
 use async_trait::async_trait;
@@ -60,11 +62,33 @@ pub trait Provider: Send + Sync {
     }
 }
 
-/// A provider and what it is called.
+/// A provider, what it is called, and the delivery settings that wrap it.
 pub struct ProviderHandle {
     pub name: String,
+    /// `namespace/name`, or the bare name of a shared provider: unique in a snapshot, the
+    /// key of its circuit breaker and rate limit in the state backend.
+    pub id: String,
+    /// Namespace of the Provider; `None` for a shared one.
+    pub namespace: Option<String>,
     pub kind: ProviderType,
     pub provider: Arc<dyn Provider>,
+    pub circuit: Option<CircuitBreaker>,
+    pub rate_limit: Option<ProviderRateLimit>,
+}
+
+impl ProviderHandle {
+    /// The longest a delivery through this handle can take: the provider's own bound plus
+    /// the longest wait for a rate-limit slot.
+    pub fn max_delivery_time(&self) -> Option<Duration> {
+        let slot = self
+            .rate_limit
+            .as_ref()
+            .map(crate::delivery::rate_limit::max_wait);
+        match (self.provider.max_delivery_time(), slot) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or_default().saturating_add(b.unwrap_or_default())),
+        }
+    }
 }
 
 /// Accepts everything and does nothing (benchmarks and tests).
@@ -394,8 +418,12 @@ impl ProviderRegistry {
         for e in entries {
             let handle = ProviderHandle {
                 name: e.name.clone(),
+                id: qualified_name(e),
+                namespace: e.namespace.clone(),
                 kind: e.spec.provider_type,
                 provider: build(e, http, secrets)?,
+                circuit: e.spec.circuit_breaker.clone(),
+                rate_limit: e.spec.rate_limit.clone(),
             };
             match &e.namespace {
                 Some(ns) => {
@@ -427,6 +455,13 @@ impl ProviderRegistry {
             .get(namespace)
             .and_then(|m| m.get(name))
             .or_else(|| self.shared.get(name))
+    }
+
+    /// Every provider, shared ones first.
+    pub fn iter(&self) -> impl Iterator<Item = &ProviderHandle> {
+        self.shared
+            .values()
+            .chain(self.by_namespace.values().flat_map(|m| m.values()))
     }
 
     /// Whether `namespace` has providers of its own.

@@ -82,7 +82,7 @@ async fn step_once(
         return Done::Retry("no configuration snapshot yet".into()).into();
     }
     if run.cancelled {
-        on_cancel(&rt, &run).await;
+        on_cancel(gateway, &rt, &run).await;
         return finish(gateway, &run, record::CANCELLED).await.into();
     }
     if unix_ms() >= run.deadline_ms {
@@ -106,8 +106,8 @@ async fn step_once(
     let started_ms = unix_ms();
     let started = Instant::now();
     let delivery = match (&step.parallel, Call::of_step(&step)) {
-        (Some(parallel), _) => deliver_parallel(&rt, &run, &step.name, parallel).await,
-        (None, Some(call)) => deliver(&rt, &run, &call).await,
+        (Some(parallel), _) => deliver_parallel(gateway, &rt, &run, &step.name, parallel).await,
+        (None, Some(call)) => deliver(gateway, &rt, &run, &call).await,
         (None, None) => Delivery {
             request: serde_json::Value::Null,
             outcome: Err(StepError {
@@ -234,7 +234,7 @@ fn retry_of(step: &ChainStep) -> (u32, Duration) {
 
 /// A cancelled run's `onCancel` call (of the chain that was started), once; its failure
 /// is logged, the run ends cancelled either way.
-async fn on_cancel(rt: &Runtime, run: &ChainRun) {
+async fn on_cancel(gw: &Gateway, rt: &Runtime, run: &ChainRun) {
     let root = run
         .parents
         .first()
@@ -242,7 +242,7 @@ async fn on_cancel(rt: &Runtime, run: &ChainRun) {
     let Some(step) = &root.on_cancel else {
         return;
     };
-    if let Err(e) = deliver(rt, run, &Call::of(step)).await.outcome {
+    if let Err(e) = deliver(gw, rt, run, &Call::of(step)).await.outcome {
         tracing::warn!(chain_id = %run.chain_id, error = %e.message, "chain onCancel failed");
     }
 }

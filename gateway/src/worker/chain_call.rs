@@ -13,6 +13,7 @@ use super::chain_step::{context, render};
 use super::task::ChainRun;
 use crate::action::Action;
 use crate::config::Runtime;
+use crate::pipeline::Gateway;
 use crate::state::unix_ms;
 
 /// Why a step failed.
@@ -67,7 +68,12 @@ pub(super) struct Delivery {
 }
 
 /// Renders the call's payload from the run and delivers it.
-pub(super) async fn deliver(rt: &Runtime, run: &ChainRun, call: &Call<'_>) -> Delivery {
+pub(super) async fn deliver(
+    gw: &Gateway,
+    rt: &Runtime,
+    run: &ChainRun,
+    call: &Call<'_>,
+) -> Delivery {
     let template = call.payload_template.unwrap_or(&run.origin.payload);
     let payload = match render(template, &context(run)) {
         Ok(payload) => payload,
@@ -78,7 +84,11 @@ pub(super) async fn deliver(rt: &Runtime, run: &ChainRun, call: &Call<'_>) -> De
             };
         }
     };
-    let Some(handle) = rt.providers.get(&run.origin.namespace, call.provider) else {
+    if rt
+        .providers
+        .get(&run.origin.namespace, call.provider)
+        .is_none()
+    {
         return Delivery {
             request: payload,
             outcome: Err(StepError::fatal(format!(
@@ -86,9 +96,12 @@ pub(super) async fn deliver(rt: &Runtime, run: &ChainRun, call: &Call<'_>) -> De
                 call.name, call.provider
             ))),
         };
-    };
+    }
     let action = call_action(run, call, payload);
-    let outcome = match handle.provider.execute(&action).await {
+    let called = gw
+        .call_provider(rt, &run.origin.namespace, call.provider, &action)
+        .await;
+    let outcome = match called.into_result(call.provider) {
         Ok(response) => Ok(response.body),
         Err(e) => Err(StepError {
             message: format!("step `{}`: {}: {}", call.name, e.code, e.message),
@@ -106,6 +119,7 @@ pub(super) async fn deliver(rt: &Runtime, run: &ChainRun, call: &Call<'_>) -> De
 /// every call (bounded by `timeoutSeconds`, else the run's remaining time). The body is
 /// `{"results": {NAME: {"success", "body", "error"}}}` (calls not waited for are absent).
 pub(super) async fn deliver_parallel(
+    gw: &Gateway,
     rt: &Runtime,
     run: &ChainRun,
     step_name: &str,
@@ -120,7 +134,7 @@ pub(super) async fn deliver_parallel(
     let mut pending: FuturesUnordered<_> = parallel
         .steps
         .iter()
-        .map(|s| async move { (s.name.as_str(), deliver(rt, run, &Call::of(s)).await) })
+        .map(|s| async move { (s.name.as_str(), deliver(gw, rt, run, &Call::of(s)).await) })
         .collect();
     let mut results = Map::new();
     let mut requests = Map::new();

@@ -21,14 +21,21 @@ pub(super) async fn send(gateway: &Gateway, task: NotifyMove) -> Done {
             .with_label_values(&[label])
             .inc();
     };
-    let Some(handle) = rt.providers.get(&task.action.namespace, &task.provider) else {
+    if rt
+        .providers
+        .get(&task.action.namespace, &task.provider)
+        .is_none()
+    {
         counted("provider_not_found");
         tracing::warn!(machine = ?task.machine, provider = ?task.provider, "state machine notification: provider not found; dropped");
         return Done::Complete;
-    };
+    }
     let started = std::time::Instant::now();
     let dispatched_at = crate::audit::now_micros();
-    let result = handle.provider.execute(&task.action).await;
+    let result = gateway
+        .call_provider(&rt, &task.action.namespace, &task.provider, &task.action)
+        .await
+        .into_result(&task.provider);
     // A timeout's notification is a delivery of its own (a dispatch's move is recorded
     // with the dispatch); each attempt that ends the task is recorded once.
     let audited = |r: Result<(), String>| async {
@@ -58,11 +65,11 @@ pub(super) async fn send(gateway: &Gateway, task: NotifyMove) -> Done {
         counted("retry");
         return Done::Retry(format!(
             "state machine notification to `{}` failed: {}",
-            handle.name, e.code
+            task.provider, e.code
         ));
     }
     counted("failed");
     audited(Err(format!("{}: {}", e.code, e.message))).await;
-    tracing::warn!(machine = ?task.machine, provider = %handle.name, code = %e.code, too_old, "state machine notification failed; dropped");
+    tracing::warn!(machine = ?task.machine, provider = ?task.provider, code = %e.code, too_old, "state machine notification failed; dropped");
     Done::Complete
 }

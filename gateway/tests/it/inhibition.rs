@@ -220,6 +220,7 @@ fn gateway_on(yaml: &str, state: Arc<dyn StateStore>) -> Arc<Gateway> {
         confirmer: Default::default(),
         delivered: Default::default(),
         chain_activity: Default::default(),
+        guards: Default::default(),
         audit: None,
     })
 }

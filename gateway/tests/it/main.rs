@@ -10,6 +10,7 @@ mod auth;
 mod chains;
 mod cli;
 mod dead_letters;
+mod delivery;
 mod faults;
 mod follow;
 mod golden;

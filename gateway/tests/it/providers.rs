@@ -66,6 +66,7 @@ fn gateway_with_secrets(yaml: &str, secrets: &[(&str, &str, &str)]) -> Gateway {
         confirmer: Default::default(),
         delivered: Default::default(),
         chain_activity: Default::default(),
+        guards: Default::default(),
         audit: None,
     }
 }

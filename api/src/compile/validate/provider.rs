@@ -230,6 +230,15 @@ pub(super) fn check(spec: &ProviderSpec) -> Result<(), Problem> {
             "must be at least 1",
         ));
     }
+    if let Some(wait) = spec.rate_limit.as_ref().and_then(|r| r.max_wait_seconds)
+        && !(1..=300).contains(&wait)
+    {
+        return Err(Problem::new(
+            "spec.rateLimit.maxWaitSeconds",
+            "InvalidProvider",
+            "must be between 1 and 300",
+        ));
+    }
     Ok(())
 }
 

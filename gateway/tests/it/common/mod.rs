@@ -43,6 +43,7 @@ pub fn gateway(yaml: &str) -> Gateway {
         confirmer: Default::default(),
         delivered: Default::default(),
         chain_activity: Default::default(),
+        guards: Default::default(),
         audit: None,
     }
 }
