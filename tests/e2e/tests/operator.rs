@@ -282,14 +282,8 @@ fn samples_are_served_by_both_gateways_and_every_object_is_ready() {
     );
     for (name, _, reason, message) in readiness(s.kube, "iot", "acteon") {
         assert_eq!(reason, "Served", "{name}");
-        // The samples' circuit breakers are accepted; the status says they do nothing yet.
-        let want =
-            if ["Provider/alert-fanout", "Provider/anomaly-detector"].contains(&name.as_str()) {
-                "served by all 2 gateways; not enforced yet: circuitBreaker"
-            } else {
-                "served by all 2 gateways"
-            };
-        assert_eq!(message, want, "{name}");
+        // The samples' circuit breakers are enforced: nothing left to name.
+        assert_eq!(message, "served by all 2 gateways", "{name}");
     }
     // The sample StateMachine and the Rule that drives it are among the Ready objects.
     let payments = readiness(s.kube, "payments", "acteon");
