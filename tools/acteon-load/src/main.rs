@@ -84,6 +84,8 @@ enum Scenario {
     ScheduledSoon,
     /// Each dispatch starts a chain (`chains.sh`).
     Chained,
+    /// Executed actions delivered by the webhook provider `sink` (`webhook.sh`).
+    Webhook,
 }
 
 impl Scenario {
@@ -96,6 +98,7 @@ impl Scenario {
             Scenario::Scheduled => "scheduled",
             Scenario::ScheduledSoon => "scheduled-soon",
             Scenario::Chained => "chained",
+            Scenario::Webhook => "webhook",
         }
     }
 
@@ -108,6 +111,7 @@ impl Scenario {
             Scenario::Scheduled => std::slice::from_ref(&SCHEDULED),
             Scenario::ScheduledSoon => std::slice::from_ref(&SCHEDULED_SOON),
             Scenario::Chained => std::slice::from_ref(&CHAINED),
+            Scenario::Webhook => std::slice::from_ref(&TO_SINK),
         }
     }
 }
@@ -155,6 +159,11 @@ struct Kind {
 const EXECUTED: Kind = Kind {
     action_type: "executed",
     provider: "noop-a",
+    dedup: Dedup::No,
+};
+const TO_SINK: Kind = Kind {
+    action_type: "executed",
+    provider: "sink",
     dedup: Dedup::No,
 };
 const GATED: Kind = Kind {
