@@ -14,7 +14,7 @@ use super::status::ResourceStatus;
     group = "acteon.dev",
     version = "v1alpha1",
     kind = "Provider",
-    doc = "A Provider (acteon.dev/v1alpha1): where actions are delivered. Actions, Rules, Chains, StateMachines and Quotas name it; it serves its namespace, or every namespace when in the shared one. Credentials come from Secrets of its namespace, read by the operator and sealed before they reach the gateways. Types log, noop, webhook, slack, email, pagerduty and discord deliver; teams is validated and not implemented yet (Ready=False NotImplemented).",
+    doc = "A Provider (acteon.dev/v1alpha1): where actions are delivered. Actions, Rules, Chains, StateMachines and Quotas name it; it serves its namespace, or every namespace when in the shared one. Credentials come from Secrets of its namespace, read by the operator and sealed before they reach the gateways. Types: log, noop, webhook, slack, email, pagerduty, teams, discord.",
     namespaced,
     status = "ResourceStatus",
     shortname = "aprov",
@@ -55,8 +55,7 @@ pub struct ProviderSpec {
     /// Settings of a `pagerduty` provider (required with type `pagerduty`, else absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pagerduty: Option<PagerDutyProvider>,
-    /// Settings of a `teams` provider (required with type `teams`, else absent; not
-    /// implemented yet).
+    /// Settings of a `teams` provider (required with type `teams`, else absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub teams: Option<WebhookUrlProvider>,
     /// Settings of a `discord` provider (required with type `discord`, else absent).
@@ -236,7 +235,8 @@ pub struct PagerDutyProvider {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WebhookUrlProvider {
-    /// Incoming-webhook URL, from a Secret.
+    /// Incoming-webhook URL (for teams also a Power Automate Workflows URL), from a
+    /// Secret: the URL is the credential.
     pub webhook_url_secret_ref: SecretKeyRef,
 }
 

@@ -8,6 +8,7 @@ pub mod log;
 pub mod pagerduty;
 pub mod response;
 pub mod slack;
+pub mod teams;
 pub mod webhook;
 
 use std::collections::BTreeMap;
@@ -76,21 +77,6 @@ impl Provider for Noop {
         Ok(ProviderResponse::success(serde_json::Value::Object(
             Default::default(),
         )))
-    }
-}
-
-/// A provider type whose client is not built yet: every delivery fails clearly.
-struct NotImplemented(ProviderType);
-
-#[async_trait]
-impl Provider for NotImplemented {
-    async fn execute(&self, _: &Action) -> Result<ProviderResponse, ProviderError> {
-        Err(ProviderError::new(
-            "NOT_IMPLEMENTED",
-            format!("provider type `{}` is not implemented yet", self.0.as_str()),
-            false,
-            0,
-        ))
     }
 }
 
@@ -238,8 +224,8 @@ fn build(
     secrets: Secrets<'_>,
 ) -> Result<Arc<dyn Provider>, ProviderBuildError> {
     let spec = &entry.spec;
-    // Every credential the Provider references must open, whether or not its type is
-    // implemented yet: a snapshot that cannot deliver is refused as a whole.
+    // Every credential the Provider references must open: a snapshot that cannot deliver
+    // is refused as a whole.
     let mut opened = BTreeMap::new();
     for (field, secret) in spec.secret_refs() {
         let value = secrets.open(entry, &field, secret)?;
@@ -273,7 +259,7 @@ fn build(
                         .with_secret_headers(headers),
                 )
             }
-            None => Arc::new(NotImplemented(spec.provider_type)),
+            None => return Err(missing_block(entry)),
         },
         ProviderType::Slack => match &spec.slack {
             Some(s) => {
@@ -310,7 +296,7 @@ fn build(
                         .map_err(|m| build_error(entry, field, &m))?,
                 )
             }
-            None => Arc::new(NotImplemented(spec.provider_type)),
+            None => return Err(missing_block(entry)),
         },
         ProviderType::Pagerduty => match &spec.pagerduty {
             Some(p) => {
@@ -321,7 +307,7 @@ fn build(
                         .map_err(|m| build_error(entry, field, &m))?,
                 )
             }
-            None => Arc::new(NotImplemented(spec.provider_type)),
+            None => return Err(missing_block(entry)),
         },
         ProviderType::Email => match &spec.email {
             Some(e) => {
@@ -344,7 +330,7 @@ fn build(
                         .map_err(|(field, m)| build_error(entry, &field, &m))?,
                 )
             }
-            None => Arc::new(NotImplemented(spec.provider_type)),
+            None => return Err(missing_block(entry)),
         },
         ProviderType::Discord => match &spec.discord {
             Some(_) => {
@@ -357,9 +343,21 @@ fn build(
                         .map_err(|m| build_error(entry, field, &m))?,
                 )
             }
-            None => Arc::new(NotImplemented(spec.provider_type)),
+            None => return Err(missing_block(entry)),
         },
-        other => Arc::new(NotImplemented(other)),
+        ProviderType::Teams => match &spec.teams {
+            Some(_) => {
+                let field = "spec.teams.webhookUrlSecretRef";
+                let url = std::str::from_utf8(secret(&opened, entry, field)?.as_bytes())
+                    .map_err(|_| build_error(entry, field, "the Secret's value is not UTF-8"))?
+                    .to_owned();
+                Arc::new(
+                    teams::TeamsProvider::new(spec, &url, http.clone())
+                        .map_err(|m| build_error(entry, field, &m))?,
+                )
+            }
+            None => return Err(missing_block(entry)),
+        },
     })
 }
 
@@ -372,6 +370,17 @@ fn secret<'o>(
     opened
         .get(field)
         .ok_or_else(|| build_error(entry, field, "credential not resolved"))
+}
+
+/// A type whose settings block is absent (validation refuses it; a snapshot from
+/// elsewhere may still hold one).
+fn missing_block(entry: &Entry<ProviderSpec>) -> ProviderBuildError {
+    let ty = entry.spec.provider_type.as_str();
+    build_error(
+        entry,
+        &format!("spec.{ty}"),
+        &format!("type `{ty}` needs a `{ty}` block"),
+    )
 }
 
 fn build_error(entry: &Entry<ProviderSpec>, field: &str, message: &str) -> ProviderBuildError {

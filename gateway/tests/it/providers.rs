@@ -28,6 +28,8 @@ use serde_json::{Value, json};
 
 use crate::common::{action, free_port};
 
+mod teams;
+
 // ---------------------------------------------------------------------------------------
 // The gateway, with sealed credentials, and what it shows
 
@@ -123,6 +125,25 @@ async fn failed(gw: &Gateway, a: acteon_gateway::action::Action) -> ActionError 
     }
 }
 
+/// None of `secrets` in what `GET /v1/config` answers for `gw`.
+async fn assert_not_in_config(secrets: &[&str], gw: Gateway) {
+    let app = acteon_gateway::http::AppState {
+        gateway: Arc::new(gw),
+        body_limit: 1 << 20,
+        body_timeout: Duration::from_secs(5),
+        lifecycle: Arc::new(acteon_gateway::http::lifecycle::Lifecycle::new(
+            &prometheus::Registry::new(),
+        )),
+        auth: None,
+    };
+    let axum::Json(info) = acteon_gateway::http::ops::config(State(Arc::new(app))).await;
+    let text = serde_json::to_string(&info).expect("serialises");
+    assert!(text.contains("\"providers\""), "{text}");
+    for s in secrets {
+        assert!(!text.contains(s), "/v1/config shows {s:?}: {text}");
+    }
+}
+
 /// None of `secrets` in the error, the metrics or the log.
 fn assert_not_shown(secrets: &[&str], error: &ActionError, gw: &Gateway, log: &Log) {
     let metrics = gw.metrics.render();
@@ -164,6 +185,7 @@ enum Protocol {
     Slack,
     PagerDuty,
     Discord,
+    Teams,
 }
 
 #[derive(Clone)]
@@ -223,6 +245,7 @@ async fn handle(State(peer): State<Peer>, uri: Uri, headers: HeaderMap, body: By
             Protocol::Slack => slack_answer(&peer, uri.path(), &headers, &parsed),
             Protocol::PagerDuty => pagerduty_answer(&peer, uri.path(), &parsed),
             Protocol::Discord => discord_answer(&peer, &uri, &parsed),
+            Protocol::Teams => teams::answer(&peer, &uri, &parsed),
         },
     }
 }
