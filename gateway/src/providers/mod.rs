@@ -5,6 +5,7 @@ pub mod discord;
 pub mod email;
 pub mod http;
 pub mod log;
+pub mod opsgenie;
 pub mod pagerduty;
 pub mod response;
 pub mod slack;
@@ -341,6 +342,16 @@ fn build(
                 Arc::new(
                     discord::DiscordProvider::new(spec, &url, http.clone())
                         .map_err(|m| build_error(entry, field, &m))?,
+                )
+            }
+            None => return Err(missing_block(entry)),
+        },
+        ProviderType::Opsgenie => match &spec.opsgenie {
+            Some(o) => {
+                let key = secret(&opened, entry, "spec.opsgenie.apiKeySecretRef")?;
+                Arc::new(
+                    opsgenie::OpsgenieProvider::new(o, spec, key.as_bytes(), http.clone())
+                        .map_err(|(field, m)| build_error(entry, field, &m))?,
                 )
             }
             None => return Err(missing_block(entry)),

@@ -28,6 +28,7 @@ use serde_json::{Value, json};
 
 use crate::common::{action, free_port};
 
+mod opsgenie;
 mod teams;
 
 // ---------------------------------------------------------------------------------------
@@ -186,6 +187,7 @@ enum Protocol {
     PagerDuty,
     Discord,
     Teams,
+    Opsgenie,
 }
 
 #[derive(Clone)]
@@ -246,6 +248,7 @@ async fn handle(State(peer): State<Peer>, uri: Uri, headers: HeaderMap, body: By
             Protocol::PagerDuty => pagerduty_answer(&peer, uri.path(), &parsed),
             Protocol::Discord => discord_answer(&peer, &uri, &parsed),
             Protocol::Teams => teams::answer(&peer, &uri, &parsed),
+            Protocol::Opsgenie => opsgenie::answer(&peer, &uri, &headers, &parsed),
         },
     }
 }
@@ -1150,4 +1153,78 @@ async fn discord_webhook_token_is_not_shown() {
     let e = failed(&gw, act("dc", json!({"text": "x"}))).await;
     assert_eq!((e.code.as_str(), e.retryable), ("CONNECTION", true));
     assert_not_shown(&[DISCORD_TOKEN], &e, &gw, &log);
+}
+
+// ---------------------------------------------------------------------------------------
+// The sample Providers of `config/samples/providers/`, each with its Secret
+
+/// Every sample Provider compiles without rejection and builds in a gateway with the
+/// values of the Secrets beside it, sealed as the operator seals them.
+#[test]
+fn provider_samples_build_with_their_secrets() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/samples/providers");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("samples directory")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 2, "{files:?}");
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("sample reads");
+        let (secrets, acteon) = split_secrets(&text);
+        let docs = parse_text(&file.display().to_string(), &acteon).expect("sample parses");
+        let compiled = compile(&docs, &CompileOptions::default());
+        assert!(
+            compiled.rejections.is_empty(),
+            "{file:?}: {:?}",
+            compiled.rejections
+        );
+        let mut snapshot = compiled.snapshot;
+        assert!(!snapshot.providers.is_empty(), "{file:?}");
+        let key = SealKey::generate();
+        for p in &snapshot.providers {
+            for (field, r) in p.spec.secret_refs() {
+                let ns = p.namespace.clone().unwrap_or_default();
+                let value = secrets
+                    .get(&(ns.clone(), r.name.clone(), r.key.clone()))
+                    .unwrap_or_else(|| panic!("{file:?}: no Secret {ns}/{} for {field}", r.name));
+                let id = acteon_api::snapshot::secret_id(p.namespace.as_deref(), r);
+                snapshot
+                    .secrets
+                    .insert(id.clone(), key.seal(&id, value.as_bytes()));
+            }
+        }
+        snapshot.seal();
+        if let Err(e) = Runtime::build(snapshot, &reqwest::Client::new(), Some(&key)) {
+            panic!("{file:?}: {e}");
+        }
+    }
+}
+
+/// The `v1` Secrets of a manifest file, by (namespace, name, key), and its other documents.
+fn split_secrets(
+    text: &str,
+) -> (
+    std::collections::HashMap<(String, String, String), String>,
+    String,
+) {
+    use serde::Deserialize as _;
+    let mut secrets = std::collections::HashMap::new();
+    let mut rest = String::new();
+    for de in serde_yaml_ng::Deserializer::from_str(text) {
+        let doc = Value::deserialize(de).expect("sample YAML parses");
+        if doc["kind"] != "Secret" {
+            rest.push_str("---\n");
+            rest.push_str(&serde_yaml_ng::to_string(&doc).expect("serialises"));
+            continue;
+        }
+        let ns = doc["metadata"]["namespace"].as_str().unwrap_or("default");
+        let name = doc["metadata"]["name"].as_str().unwrap_or_default();
+        for (k, v) in doc["stringData"].as_object().into_iter().flatten() {
+            let key = (ns.to_owned(), name.to_owned(), k.clone());
+            secrets.insert(key, v.as_str().unwrap_or_default().to_owned());
+        }
+    }
+    (secrets, rest)
 }
