@@ -65,6 +65,10 @@ pub struct ProviderSpec {
     /// Settings of an `opsgenie` provider (required with type `opsgenie`, else absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub opsgenie: Option<OpsgenieProvider>,
+    /// Templates rendered from the action into payload fields before the provider maps the
+    /// payload (any type).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub templates: Option<MessageTemplates>,
     /// Per-attempt timeout (default 10 s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_seconds: Option<u64>,
@@ -288,6 +292,25 @@ pub struct OpsgenieResponder {
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
+}
+
+/// Message templates (MiniJinja, Jinja2's syntax) rendered from the action — `payload`,
+/// `metadata`, `namespace`, `tenant`, `provider`, `action_type`, `id`, `dedup_key`,
+/// `fingerprint`, `status`, `created_at` — into top-level payload fields, which then map as
+/// the provider type maps them. A group notification's events are `payload.events`.
+/// Undefined values render empty. At most 32 templates of at most 16 KiB each; each renders
+/// at most 64 KiB.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MessageTemplates {
+    /// Payload field → template rendering its text (e.g. `text`, `subject`, `summary`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub fields: BTreeMap<String, String>,
+    /// Payload field → template rendering JSON (e.g. Slack `blocks`, a Teams `card`): every
+    /// `{{ … }}` writes its value as JSON (quoted and escaped), and the whole result must
+    /// parse as JSON.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub json_fields: BTreeMap<String, String>,
 }
 
 /// Attempts of a delivery and the pauses between them.

@@ -10,6 +10,7 @@ pub mod pagerduty;
 pub mod response;
 pub mod slack;
 pub mod teams;
+pub mod template;
 pub mod webhook;
 
 use std::collections::BTreeMap;
@@ -372,6 +373,27 @@ fn build(
     })
 }
 
+/// `provider`, rendering the Provider's `spec.templates` into each action's payload first.
+fn with_templates(
+    entry: &Entry<ProviderSpec>,
+    provider: Arc<dyn Provider>,
+) -> Result<Arc<dyn Provider>, ProviderBuildError> {
+    let Some(t) = entry
+        .spec
+        .templates
+        .as_ref()
+        .filter(|t| !t.fields.is_empty() || !t.json_fields.is_empty())
+    else {
+        return Ok(provider);
+    };
+    // Validation compiled them already; a snapshot from elsewhere is checked again here.
+    let compiled = acteon_api::message_template::compile(t)
+        .map_err(|p| build_error(entry, &p.field, &p.message))?;
+    Ok(Arc::new(template::TemplatedProvider::new(
+        provider, compiled,
+    )))
+}
+
 /// The opened credential of `field`.
 fn secret<'o>(
     opened: &'o BTreeMap<String, SecretValue>,
@@ -415,7 +437,7 @@ impl ProviderRegistry {
             let handle = ProviderHandle {
                 name: e.name.clone(),
                 kind: e.spec.provider_type,
-                provider: build(e, http, secrets)?,
+                provider: with_templates(e, build(e, http, secrets)?)?,
             };
             match &e.namespace {
                 Some(ns) => {

@@ -30,6 +30,7 @@ use crate::common::{action, free_port};
 
 mod opsgenie;
 mod teams;
+mod templates;
 
 // ---------------------------------------------------------------------------------------
 // The gateway, with sealed credentials, and what it shows
@@ -1193,6 +1194,22 @@ fn provider_samples_build_with_their_secrets() {
                 snapshot
                     .secrets
                     .insert(id.clone(), key.seal(&id, value.as_bytes()));
+            }
+        }
+        // Their templates render a typical action.
+        for p in &snapshot.providers {
+            let Some(t) = &p.spec.templates else { continue };
+            let compiled = acteon_api::message_template::compile(t).expect("compiles");
+            let templated = acteon_gateway::providers::template::TemplatedProvider::new(
+                Arc::new(acteon_gateway::providers::Noop),
+                compiled,
+            );
+            let a = act(
+                &p.name,
+                json!({"summary": "disk \"full\"", "severity": "critical"}),
+            );
+            if let Err(e) = templated.render(&a) {
+                panic!("{file:?}: {}: {e:?}", p.name);
             }
         }
         snapshot.seal();

@@ -181,6 +181,11 @@ pub(super) fn check(spec: &ProviderSpec) -> Result<(), Problem> {
     if let Some(o) = &spec.opsgenie {
         check_opsgenie(o)?;
     }
+    if let Some(t) = &spec.templates {
+        // Compiled as the gateway compiles them: what validates is what runs.
+        crate::message_template::compile(t)
+            .map_err(|p| Problem::new(p.field, "InvalidTemplate", p.message))?;
+    }
     if let Some(level) = spec.log.as_ref().and_then(|l| l.level.as_deref())
         && !matches!(level, "info" | "warn" | "debug")
     {
@@ -415,6 +420,15 @@ mod tests {
         );
         let pd = serde_json::json!({"type": "pagerduty", "pagerduty": {"routingKeySecretRef": r("p"), "severity": "high"}});
         assert_eq!(problem(pd).expect("severity").0, "spec.pagerduty.severity");
+    }
+
+    #[test]
+    fn a_bad_template_is_refused_naming_its_field() {
+        let spec = |text: &str| serde_json::json!({"type": "log", "templates": {"fields": {"text": text}}});
+        assert_eq!(problem(spec("{{ payload.summary }}")), None);
+        let (field, message) = problem(spec("{{ payload.summary")).expect("syntax error");
+        assert_eq!(field, "spec.templates.fields.text");
+        assert!(message.contains("syntax error"), "{message}");
     }
 
     #[test]
