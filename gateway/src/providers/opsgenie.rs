@@ -163,7 +163,13 @@ impl OpsgenieProvider {
     /// The body of a create request.
     fn alert(&self, a: &Action, alias: Option<String>) -> Value {
         let p = &a.payload;
-        let text_of = |key: &str| p.get(key).and_then(Value::as_str).map(str::to_owned);
+        // An empty text is no message: Opsgenie refuses an empty one.
+        let text_of = |key: &str| {
+            p.get(key)
+                .and_then(Value::as_str)
+                .filter(|t| !t.trim().is_empty())
+                .map(str::to_owned)
+        };
         let (message, from_text) = match ["message", "summary", "title"]
             .iter()
             .find_map(|k| text_of(k))

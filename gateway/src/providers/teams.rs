@@ -36,6 +36,9 @@ const MAX_ATTACHMENTS: usize = 10;
 
 pub struct TeamsProvider {
     url: reqwest::Url,
+    /// The parts of the URL that are secret (its path, and its query values: a
+    /// connector's token, a Workflows `sig`), cut out of anything Teams says back.
+    secret_parts: Vec<String>,
     response: ResponsePolicy,
     timeout: Duration,
     retry: Retry,
@@ -63,8 +66,17 @@ impl TeamsProvider {
             .ok()
             .filter(|u| matches!(u.scheme(), "http" | "https"))
             .ok_or_else(|| "the Secret's value is not an http(s) URL".to_owned())?;
+        let mut secret_parts: Vec<String> = url
+            .query_pairs()
+            .map(|(_, v)| v.into_owned())
+            .filter(|v| v.len() >= 8)
+            .collect();
+        if url.path().len() > 1 {
+            secret_parts.push(url.path().to_owned());
+        }
         Ok(TeamsProvider {
             url,
+            secret_parts,
             response: ResponsePolicy {
                 redact: spec.redact_response.unwrap_or(false),
             },
@@ -156,12 +168,19 @@ impl TeamsProvider {
             .or_else(|| answer.get("message"))
             .and_then(Value::as_str);
         match message {
-            Some(m) => format!(
-                ": {}",
-                acteon_api::redact::redact_urls_in(&bounded(m, MAX_EXCERPT))
-            ),
-            None => self.response.excerpt(read),
+            Some(m) => format!(": {}", self.scrub(&bounded(m, MAX_EXCERPT))),
+            None => self.scrub(&self.response.excerpt(read)),
         }
+    }
+
+    /// `text` with URLs redacted and the webhook URL's secret parts cut out (an answer
+    /// may echo the path, which holds a connector's token).
+    fn scrub(&self, text: &str) -> String {
+        let mut text = acteon_api::redact::redact_urls_in(text);
+        for part in &self.secret_parts {
+            text = text.replace(part.as_str(), "***");
+        }
+        text
     }
 }
 
@@ -289,7 +308,7 @@ mod tests {
         .expect("spec");
         let p = TeamsProvider::new(
             &spec,
-            "https://example.invalid/webhookb2/s3cr3t?sig=s1g",
+            "https://example.invalid/webhookb2/s3cr3t?sig=s1gnatureValue",
             reqwest::Client::new(),
         )
         .expect("builds");
