@@ -9,6 +9,7 @@ pub mod compile;
 pub mod condition;
 pub mod crd;
 pub mod field;
+pub mod message_template;
 pub mod redact;
 pub mod snapshot;
 pub mod template;

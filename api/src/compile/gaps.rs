@@ -1,15 +1,13 @@
 //! What a valid object asks for that this gateway does not do yet, so that its status can
-//! say so instead of claiming `Ready`: an effect or a provider type that answers
-//! `NOT_IMPLEMENTED` makes the object not ready; a setting that is accepted but not
-//! enforced yet is named in its `Ready` message.
+//! say so instead of claiming `Ready`: an effect that answers `NOT_IMPLEMENTED` makes the
+//! object not ready; a setting that is accepted but not enforced yet is named in its
+//! `Ready` message. Every provider type delivers.
 
 use serde_json::Value;
 
 use super::documents::Spec;
 use super::error::Kind;
 
-/// Provider types whose deliveries answer `NOT_IMPLEMENTED` today.
-const PROVIDER_TYPES_NOT_YET: &[&str] = &["teams"];
 /// Rule actions that answer `NOT_IMPLEMENTED` today.
 const ACTIONS_NOT_YET: &[&str] = &["requestApproval"];
 /// Provider settings validated and not enforced yet (none today: circuit breakers and
@@ -42,18 +40,13 @@ pub fn gaps(kind: Kind, spec: &Spec) -> Gaps {
             }
         }
         Kind::Provider => {
-            let not_implemented = text(&value, "type")
-                .filter(|t| PROVIDER_TYPES_NOT_YET.contains(&t.as_str()))
-                .map(|t| {
-                    format!("provider type `{t}` is not implemented by this gateway yet: deliveries answer NOT_IMPLEMENTED")
-                });
             let not_enforced = PROVIDER_SETTINGS_NOT_YET
                 .iter()
                 .copied()
                 .filter(|k| value.get(*k).is_some_and(|v| !v.is_null()))
                 .collect();
             Gaps {
-                not_implemented,
+                not_implemented: None,
                 not_enforced,
             }
         }
@@ -67,7 +60,7 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn unimplemented_effects_and_provider_types_are_named() {
+    fn unimplemented_effects_and_unenforced_settings_are_named() {
         let rule = Spec::from_value(
             &json!({"action": {"type": "requestApproval", "notifyProvider": "p"}}),
         );
@@ -82,7 +75,7 @@ mod tests {
         let teams =
             Spec::from_value(&json!({"type": "teams", "circuitBreaker": {"failureThreshold": 2}}));
         let g = gaps(Kind::Provider, &teams);
-        assert!(g.not_implemented.unwrap_or_default().contains("`teams`"));
+        assert_eq!(g.not_implemented, None, "teams delivers");
         let slack = Spec::from_value(&json!({"type": "slack", "slack": {}}));
         assert_eq!(
             gaps(Kind::Provider, &slack),

@@ -14,7 +14,7 @@ use super::status::ResourceStatus;
     group = "acteon.dev",
     version = "v1alpha1",
     kind = "Provider",
-    doc = "A Provider (acteon.dev/v1alpha1): where actions are delivered. Actions, Rules, Chains, StateMachines and Quotas name it; it serves its namespace, or every namespace when in the shared one. Credentials come from Secrets of its namespace, read by the operator and sealed before they reach the gateways. Types log, noop, webhook, slack, email, pagerduty and discord deliver; teams is validated and not implemented yet (Ready=False NotImplemented).",
+    doc = "A Provider (acteon.dev/v1alpha1): where actions are delivered. Actions, Rules, Chains, StateMachines and Quotas name it; it serves its namespace, or every namespace when in the shared one. Credentials come from Secrets of its namespace, read by the operator and sealed before they reach the gateways. Types: log, noop, webhook, slack, email, pagerduty, teams, discord, opsgenie.",
     namespaced,
     status = "ResourceStatus",
     shortname = "aprov",
@@ -34,6 +34,7 @@ use super::status::ResourceStatus;
     {"rule": "self.type != 'pagerduty' || has(self.pagerduty)", "message": "type pagerduty needs spec.pagerduty"},
     {"rule": "self.type != 'teams' || has(self.teams)", "message": "type teams needs spec.teams"},
     {"rule": "self.type != 'discord' || has(self.discord)", "message": "type discord needs spec.discord"},
+    {"rule": "self.type != 'opsgenie' || has(self.opsgenie)", "message": "type opsgenie needs spec.opsgenie"},
     {"rule": "!has(self.slack) || has(self.slack.tokenSecretRef) != has(self.slack.webhookUrlSecretRef)", "message": "spec.slack needs exactly one of tokenSecretRef and webhookUrlSecretRef"}
 ]))]
 pub struct ProviderSpec {
@@ -55,13 +56,19 @@ pub struct ProviderSpec {
     /// Settings of a `pagerduty` provider (required with type `pagerduty`, else absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pagerduty: Option<PagerDutyProvider>,
-    /// Settings of a `teams` provider (required with type `teams`, else absent; not
-    /// implemented yet).
+    /// Settings of a `teams` provider (required with type `teams`, else absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub teams: Option<WebhookUrlProvider>,
     /// Settings of a `discord` provider (required with type `discord`, else absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discord: Option<WebhookUrlProvider>,
+    /// Settings of an `opsgenie` provider (required with type `opsgenie`, else absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opsgenie: Option<OpsgenieProvider>,
+    /// Templates rendered from the action into payload fields before the provider maps the
+    /// payload (any type).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub templates: Option<MessageTemplates>,
     /// Per-attempt timeout (default 10 s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_seconds: Option<u64>,
@@ -98,6 +105,7 @@ pub enum ProviderType {
     Pagerduty,
     Teams,
     Discord,
+    Opsgenie,
 }
 
 impl ProviderType {
@@ -111,6 +119,7 @@ impl ProviderType {
             ProviderType::Pagerduty => "pagerduty",
             ProviderType::Teams => "teams",
             ProviderType::Discord => "discord",
+            ProviderType::Opsgenie => "opsgenie",
         }
     }
 }
@@ -236,8 +245,72 @@ pub struct PagerDutyProvider {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WebhookUrlProvider {
-    /// Incoming-webhook URL, from a Secret.
+    /// Incoming-webhook URL (for teams also a Power Automate Workflows URL), from a
+    /// Secret: the URL is the credential.
     pub webhook_url_secret_ref: SecretKeyRef,
+}
+
+/// `opsgenie`: creates, closes and acknowledges alerts with Opsgenie's Alert API (v2).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OpsgenieProvider {
+    /// API key of an Opsgenie API integration, from a Secret (sent as
+    /// `Authorization: GenieKey <key>`).
+    pub api_key_secret_ref: SecretKeyRef,
+    /// API base URL, http(s) (default `https://api.opsgenie.com`; EU accounts
+    /// `https://api.eu.opsgenie.com`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_url: Option<String>,
+    /// Priority when the payload gives neither `priority` nor a known `severity`: `P1`
+    /// (highest) to `P5`; default `P3`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["P1", "P2", "P3", "P4", "P5"]))]
+    pub priority: Option<String>,
+    /// Responders when the payload names none (at most 50).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub responders: Vec<OpsgenieResponder>,
+    /// Tags added to every alert, besides the payload's (at most 20 in all, each at most
+    /// 50 characters).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// Source when the payload has none (default: the action's namespace/tenant).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+/// Who Opsgenie notifies of an alert: a team, user, escalation or schedule, by exactly one
+/// of `id` and `name` (`username` for a user).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OpsgenieResponder {
+    #[serde(rename = "type")]
+    #[schemars(extend("enum" = ["team", "user", "escalation", "schedule"]))]
+    pub responder_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+}
+
+/// Message templates (MiniJinja, Jinja2's syntax) rendered from the action — `payload`,
+/// `metadata`, `namespace`, `tenant`, `provider`, `action_type`, `id`, `dedup_key`,
+/// `fingerprint`, `status`, `created_at` — into top-level payload fields, which then map as
+/// the provider type maps them. A group notification's events are `payload.events`.
+/// Undefined values render empty. At most 32 templates of at most 16 KiB each; each renders
+/// at most 64 KiB.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MessageTemplates {
+    /// Payload field → template rendering its text (e.g. `text`, `subject`, `summary`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub fields: BTreeMap<String, String>,
+    /// Payload field → template rendering JSON (e.g. Slack `blocks`, a Teams `card`): every
+    /// `{{ … }}` writes its value as JSON (quoted and escaped), and the whole result must
+    /// parse as JSON.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub json_fields: BTreeMap<String, String>,
 }
 
 /// Attempts of a delivery and the pauses between them.
@@ -324,6 +397,12 @@ impl ProviderSpec {
             refs.push((
                 "spec.discord.webhookUrlSecretRef".into(),
                 &d.webhook_url_secret_ref,
+            ));
+        }
+        if let Some(o) = &self.opsgenie {
+            refs.push((
+                "spec.opsgenie.apiKeySecretRef".into(),
+                &o.api_key_secret_ref,
             ));
         }
         refs

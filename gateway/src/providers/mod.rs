@@ -5,9 +5,12 @@ pub mod discord;
 pub mod email;
 pub mod http;
 pub mod log;
+pub mod opsgenie;
 pub mod pagerduty;
 pub mod response;
 pub mod slack;
+pub mod teams;
+pub mod template;
 pub mod webhook;
 
 use std::collections::BTreeMap;
@@ -100,21 +103,6 @@ impl Provider for Noop {
         Ok(ProviderResponse::success(serde_json::Value::Object(
             Default::default(),
         )))
-    }
-}
-
-/// A provider type whose client is not built yet: every delivery fails clearly.
-struct NotImplemented(ProviderType);
-
-#[async_trait]
-impl Provider for NotImplemented {
-    async fn execute(&self, _: &Action) -> Result<ProviderResponse, ProviderError> {
-        Err(ProviderError::new(
-            "NOT_IMPLEMENTED",
-            format!("provider type `{}` is not implemented yet", self.0.as_str()),
-            false,
-            0,
-        ))
     }
 }
 
@@ -262,8 +250,8 @@ fn build(
     secrets: Secrets<'_>,
 ) -> Result<Arc<dyn Provider>, ProviderBuildError> {
     let spec = &entry.spec;
-    // Every credential the Provider references must open, whether or not its type is
-    // implemented yet: a snapshot that cannot deliver is refused as a whole.
+    // Every credential the Provider references must open: a snapshot that cannot deliver
+    // is refused as a whole.
     let mut opened = BTreeMap::new();
     for (field, secret) in spec.secret_refs() {
         let value = secrets.open(entry, &field, secret)?;
@@ -297,7 +285,7 @@ fn build(
                         .with_secret_headers(headers),
                 )
             }
-            None => Arc::new(NotImplemented(spec.provider_type)),
+            None => return Err(missing_block(entry)),
         },
         ProviderType::Slack => match &spec.slack {
             Some(s) => {
@@ -334,7 +322,7 @@ fn build(
                         .map_err(|m| build_error(entry, field, &m))?,
                 )
             }
-            None => Arc::new(NotImplemented(spec.provider_type)),
+            None => return Err(missing_block(entry)),
         },
         ProviderType::Pagerduty => match &spec.pagerduty {
             Some(p) => {
@@ -345,7 +333,7 @@ fn build(
                         .map_err(|m| build_error(entry, field, &m))?,
                 )
             }
-            None => Arc::new(NotImplemented(spec.provider_type)),
+            None => return Err(missing_block(entry)),
         },
         ProviderType::Email => match &spec.email {
             Some(e) => {
@@ -368,7 +356,7 @@ fn build(
                         .map_err(|(field, m)| build_error(entry, &field, &m))?,
                 )
             }
-            None => Arc::new(NotImplemented(spec.provider_type)),
+            None => return Err(missing_block(entry)),
         },
         ProviderType::Discord => match &spec.discord {
             Some(_) => {
@@ -381,10 +369,53 @@ fn build(
                         .map_err(|m| build_error(entry, field, &m))?,
                 )
             }
-            None => Arc::new(NotImplemented(spec.provider_type)),
+            None => return Err(missing_block(entry)),
         },
-        other => Arc::new(NotImplemented(other)),
+        ProviderType::Opsgenie => match &spec.opsgenie {
+            Some(o) => {
+                let key = secret(&opened, entry, "spec.opsgenie.apiKeySecretRef")?;
+                Arc::new(
+                    opsgenie::OpsgenieProvider::new(o, spec, key.as_bytes(), http.clone())
+                        .map_err(|(field, m)| build_error(entry, field, &m))?,
+                )
+            }
+            None => return Err(missing_block(entry)),
+        },
+        ProviderType::Teams => match &spec.teams {
+            Some(_) => {
+                let field = "spec.teams.webhookUrlSecretRef";
+                let url = std::str::from_utf8(secret(&opened, entry, field)?.as_bytes())
+                    .map_err(|_| build_error(entry, field, "the Secret's value is not UTF-8"))?
+                    .to_owned();
+                Arc::new(
+                    teams::TeamsProvider::new(spec, &url, http.clone())
+                        .map_err(|m| build_error(entry, field, &m))?,
+                )
+            }
+            None => return Err(missing_block(entry)),
+        },
     })
+}
+
+/// `provider`, rendering the Provider's `spec.templates` into each action's payload first.
+fn with_templates(
+    entry: &Entry<ProviderSpec>,
+    provider: Arc<dyn Provider>,
+) -> Result<Arc<dyn Provider>, ProviderBuildError> {
+    let Some(t) = entry
+        .spec
+        .templates
+        .as_ref()
+        .filter(|t| !t.fields.is_empty() || !t.json_fields.is_empty())
+    else {
+        return Ok(provider);
+    };
+    // Validation compiled them already; a snapshot from elsewhere is checked again here.
+    let compiled = acteon_api::message_template::compile(t)
+        .map_err(|p| build_error(entry, &p.field, &p.message))?;
+    Ok(Arc::new(template::TemplatedProvider::new(
+        provider, compiled,
+    )))
 }
 
 /// The opened credential of `field`.
@@ -396,6 +427,17 @@ fn secret<'o>(
     opened
         .get(field)
         .ok_or_else(|| build_error(entry, field, "credential not resolved"))
+}
+
+/// A type whose settings block is absent (validation refuses it; a snapshot from
+/// elsewhere may still hold one).
+fn missing_block(entry: &Entry<ProviderSpec>) -> ProviderBuildError {
+    let ty = entry.spec.provider_type.as_str();
+    build_error(
+        entry,
+        &format!("spec.{ty}"),
+        &format!("type `{ty}` needs a `{ty}` block"),
+    )
 }
 
 fn build_error(entry: &Entry<ProviderSpec>, field: &str, message: &str) -> ProviderBuildError {
@@ -421,7 +463,7 @@ impl ProviderRegistry {
                 id: qualified_name(e),
                 namespace: e.namespace.clone(),
                 kind: e.spec.provider_type,
-                provider: build(e, http, secrets)?,
+                provider: with_templates(e, build(e, http, secrets)?)?,
                 circuit: e.spec.circuit_breaker.clone(),
                 rate_limit: e.spec.rate_limit.clone(),
             };

@@ -28,6 +28,10 @@ use serde_json::{Value, json};
 
 use crate::common::{action, free_port};
 
+mod opsgenie;
+mod teams;
+mod templates;
+
 // ---------------------------------------------------------------------------------------
 // The gateway, with sealed credentials, and what it shows
 
@@ -124,6 +128,25 @@ async fn failed(gw: &Gateway, a: acteon_gateway::action::Action) -> ActionError 
     }
 }
 
+/// None of `secrets` in what `GET /v1/config` answers for `gw`.
+async fn assert_not_in_config(secrets: &[&str], gw: Gateway) {
+    let app = acteon_gateway::http::AppState {
+        gateway: Arc::new(gw),
+        body_limit: 1 << 20,
+        body_timeout: Duration::from_secs(5),
+        lifecycle: Arc::new(acteon_gateway::http::lifecycle::Lifecycle::new(
+            &prometheus::Registry::new(),
+        )),
+        auth: None,
+    };
+    let axum::Json(info) = acteon_gateway::http::ops::config(State(Arc::new(app))).await;
+    let text = serde_json::to_string(&info).expect("serialises");
+    assert!(text.contains("\"providers\""), "{text}");
+    for s in secrets {
+        assert!(!text.contains(s), "/v1/config shows {s:?}: {text}");
+    }
+}
+
 /// None of `secrets` in the error, the metrics or the log.
 fn assert_not_shown(secrets: &[&str], error: &ActionError, gw: &Gateway, log: &Log) {
     let metrics = gw.metrics.render();
@@ -165,6 +188,8 @@ enum Protocol {
     Slack,
     PagerDuty,
     Discord,
+    Teams,
+    Opsgenie,
 }
 
 #[derive(Clone)]
@@ -224,6 +249,8 @@ async fn handle(State(peer): State<Peer>, uri: Uri, headers: HeaderMap, body: By
             Protocol::Slack => slack_answer(&peer, uri.path(), &headers, &parsed),
             Protocol::PagerDuty => pagerduty_answer(&peer, uri.path(), &parsed),
             Protocol::Discord => discord_answer(&peer, &uri, &parsed),
+            Protocol::Teams => teams::answer(&peer, &uri, &parsed),
+            Protocol::Opsgenie => opsgenie::answer(&peer, &uri, &headers, &parsed),
         },
     }
 }
@@ -1128,4 +1155,94 @@ async fn discord_webhook_token_is_not_shown() {
     let e = failed(&gw, act("dc", json!({"text": "x"}))).await;
     assert_eq!((e.code.as_str(), e.retryable), ("CONNECTION", true));
     assert_not_shown(&[DISCORD_TOKEN], &e, &gw, &log);
+}
+
+// ---------------------------------------------------------------------------------------
+// The sample Providers of `config/samples/providers/`, each with its Secret
+
+/// Every sample Provider compiles without rejection and builds in a gateway with the
+/// values of the Secrets beside it, sealed as the operator seals them.
+#[test]
+fn provider_samples_build_with_their_secrets() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/samples/providers");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("samples directory")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 2, "{files:?}");
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("sample reads");
+        let (secrets, acteon) = split_secrets(&text);
+        let docs = parse_text(&file.display().to_string(), &acteon).expect("sample parses");
+        let compiled = compile(&docs, &CompileOptions::default());
+        assert!(
+            compiled.rejections.is_empty(),
+            "{file:?}: {:?}",
+            compiled.rejections
+        );
+        let mut snapshot = compiled.snapshot;
+        assert!(!snapshot.providers.is_empty(), "{file:?}");
+        let key = SealKey::generate();
+        for p in &snapshot.providers {
+            for (field, r) in p.spec.secret_refs() {
+                let ns = p.namespace.clone().unwrap_or_default();
+                let value = secrets
+                    .get(&(ns.clone(), r.name.clone(), r.key.clone()))
+                    .unwrap_or_else(|| panic!("{file:?}: no Secret {ns}/{} for {field}", r.name));
+                let id = acteon_api::snapshot::secret_id(p.namespace.as_deref(), r);
+                snapshot
+                    .secrets
+                    .insert(id.clone(), key.seal(&id, value.as_bytes()));
+            }
+        }
+        // Their templates render a typical action.
+        for p in &snapshot.providers {
+            let Some(t) = &p.spec.templates else { continue };
+            let compiled = acteon_api::message_template::compile(t).expect("compiles");
+            let templated = acteon_gateway::providers::template::TemplatedProvider::new(
+                Arc::new(acteon_gateway::providers::Noop),
+                compiled,
+            );
+            let a = act(
+                &p.name,
+                json!({"summary": "disk \"full\"", "severity": "critical"}),
+            );
+            if let Err(e) = templated.render(&a) {
+                panic!("{file:?}: {}: {e:?}", p.name);
+            }
+        }
+        snapshot.seal();
+        if let Err(e) = Runtime::build(snapshot, &reqwest::Client::new(), Some(&key)) {
+            panic!("{file:?}: {e}");
+        }
+    }
+}
+
+/// The `v1` Secrets of a manifest file, by (namespace, name, key), and its other documents.
+fn split_secrets(
+    text: &str,
+) -> (
+    std::collections::HashMap<(String, String, String), String>,
+    String,
+) {
+    use serde::Deserialize as _;
+    let mut secrets = std::collections::HashMap::new();
+    let mut rest = String::new();
+    for de in serde_yaml_ng::Deserializer::from_str(text) {
+        let doc = Value::deserialize(de).expect("sample YAML parses");
+        if doc["kind"] != "Secret" {
+            rest.push_str("---\n");
+            rest.push_str(&serde_yaml_ng::to_string(&doc).expect("serialises"));
+            continue;
+        }
+        let ns = doc["metadata"]["namespace"].as_str().unwrap_or("default");
+        let name = doc["metadata"]["name"].as_str().unwrap_or_default();
+        for (k, v) in doc["stringData"].as_object().into_iter().flatten() {
+            let key = (ns.to_owned(), name.to_owned(), k.clone());
+            secrets.insert(key, v.as_str().unwrap_or_default().to_owned());
+        }
+    }
+    (secrets, rest)
 }

@@ -2,6 +2,7 @@
 
 use super::{Parsed, Problem, Run};
 use crate::compile::error::Kind;
+use crate::crd::provider::OpsgenieProvider;
 use crate::crd::{ProviderSpec, ProviderType};
 use crate::redact::redact_url;
 
@@ -39,6 +40,7 @@ fn blocks(spec: &ProviderSpec) -> Vec<&'static str> {
         ("pagerduty", spec.pagerduty.is_some()),
         ("teams", spec.teams.is_some()),
         ("discord", spec.discord.is_some()),
+        ("opsgenie", spec.opsgenie.is_some()),
     ]
     .into_iter()
     .filter_map(|(name, set)| set.then_some(name))
@@ -176,6 +178,14 @@ pub(super) fn check(spec: &ProviderSpec) -> Result<(), Problem> {
             ));
         }
     }
+    if let Some(o) = &spec.opsgenie {
+        check_opsgenie(o)?;
+    }
+    if let Some(t) = &spec.templates {
+        // Compiled as the gateway compiles them: what validates is what runs.
+        crate::message_template::compile(t)
+            .map_err(|p| Problem::new(p.field, "InvalidTemplate", p.message))?;
+    }
     if let Some(level) = spec.log.as_ref().and_then(|l| l.level.as_deref())
         && !matches!(level, "info" | "warn" | "debug")
     {
@@ -238,6 +248,68 @@ pub(super) fn check(spec: &ProviderSpec) -> Result<(), Problem> {
             "InvalidProvider",
             "must be between 1 and 300",
         ));
+    }
+    Ok(())
+}
+
+/// Opsgenie's own limits, so that a Provider it would refuse every alert of is refused
+/// here instead.
+fn check_opsgenie(o: &OpsgenieProvider) -> Result<(), Problem> {
+    let bad = |field: &str, message: String| Err(Problem::new(field, "InvalidProvider", message));
+    if let Some(url) = &o.api_url
+        && !is_http_url(url)
+    {
+        return bad(
+            "spec.opsgenie.apiUrl",
+            format!("`{}` is not an http(s) URL", redact_url(url)),
+        );
+    }
+    if let Some(p) = &o.priority
+        && !matches!(p.as_str(), "P1" | "P2" | "P3" | "P4" | "P5")
+    {
+        return bad(
+            "spec.opsgenie.priority",
+            format!("`{p}` is not one of P1, P2, P3, P4, P5"),
+        );
+    }
+    if o.tags.len() > 20 {
+        return bad("spec.opsgenie.tags", "at most 20 tags".into());
+    }
+    if let Some(t) = o
+        .tags
+        .iter()
+        .find(|t| t.trim().is_empty() || t.chars().count() > 50)
+    {
+        return bad(
+            "spec.opsgenie.tags",
+            format!("`{t}` is empty or longer than 50 characters"),
+        );
+    }
+    if o.source.as_ref().is_some_and(|s| s.chars().count() > 100) {
+        return bad("spec.opsgenie.source", "longer than 100 characters".into());
+    }
+    if o.responders.len() > 50 {
+        return bad("spec.opsgenie.responders", "at most 50 responders".into());
+    }
+    for (i, r) in o.responders.iter().enumerate() {
+        let field = format!("spec.opsgenie.responders[{i}]");
+        let ty = r.responder_type.as_str();
+        if !matches!(ty, "team" | "user" | "escalation" | "schedule") {
+            return bad(
+                &format!("{field}.type"),
+                format!("`{ty}` is not one of team, user, escalation, schedule"),
+            );
+        }
+        let given = [&r.id, &r.name, &r.username]
+            .iter()
+            .filter(|v| v.is_some())
+            .count();
+        if given != 1 || (r.username.is_some() && ty != "user") {
+            return bad(
+                &field,
+                "needs exactly one of id and name (or username, for a user)".into(),
+            );
+        }
     }
     Ok(())
 }
@@ -357,5 +429,68 @@ mod tests {
         );
         let pd = serde_json::json!({"type": "pagerduty", "pagerduty": {"routingKeySecretRef": r("p"), "severity": "high"}});
         assert_eq!(problem(pd).expect("severity").0, "spec.pagerduty.severity");
+    }
+
+    #[test]
+    fn a_bad_template_is_refused_naming_its_field() {
+        let spec = |text: &str| serde_json::json!({"type": "log", "templates": {"fields": {"text": text}}});
+        assert_eq!(problem(spec("{{ payload.summary }}")), None);
+        let (field, message) = problem(spec("{{ payload.summary")).expect("syntax error");
+        assert_eq!(field, "spec.templates.fields.text");
+        assert!(message.contains("syntax error"), "{message}");
+    }
+
+    #[test]
+    fn opsgenie_block_is_checked_field_by_field() {
+        let og = |extra: serde_json::Value| {
+            let mut o = serde_json::json!({"apiKeySecretRef": {"name": "og", "key": "k"}});
+            if let (Some(o), Some(x)) = (o.as_object_mut(), extra.as_object()) {
+                o.extend(x.clone());
+            }
+            problem(serde_json::json!({"type": "opsgenie", "opsgenie": o})).map(|p| p.0)
+        };
+        let good = serde_json::json!({
+            "apiUrl": "https://api.eu.opsgenie.com", "priority": "P2", "tags": ["db"],
+            "responders": [{"type": "team", "name": "ops"}, {"type": "user", "username": "a@b.c"}]
+        });
+        assert_eq!(og(good), None);
+        let cases = [
+            (
+                serde_json::json!({"apiUrl": "api.opsgenie.com"}),
+                "spec.opsgenie.apiUrl",
+            ),
+            (
+                serde_json::json!({"priority": "P6"}),
+                "spec.opsgenie.priority",
+            ),
+            (
+                serde_json::json!({"tags": ["x".repeat(51)]}),
+                "spec.opsgenie.tags",
+            ),
+            (
+                serde_json::json!({"tags": vec!["t"; 21]}),
+                "spec.opsgenie.tags",
+            ),
+            (
+                serde_json::json!({"responders": [{"type": "group", "name": "x"}]}),
+                "spec.opsgenie.responders[0].type",
+            ),
+            (
+                serde_json::json!({"responders": [{"type": "team", "name": "x", "id": "y"}]}),
+                "spec.opsgenie.responders[0]",
+            ),
+            (
+                serde_json::json!({"responders": [{"type": "team", "username": "x"}]}),
+                "spec.opsgenie.responders[0]",
+            ),
+        ];
+        for (extra, field) in cases {
+            assert_eq!(og(extra.clone()).as_deref(), Some(field), "{extra}");
+        }
+        let wrong_block = serde_json::json!({"type": "slack", "opsgenie": {"apiKeySecretRef": {"name": "og", "key": "k"}}});
+        assert_eq!(
+            problem(wrong_block).expect("wrong block").0,
+            "spec.opsgenie"
+        );
     }
 }
