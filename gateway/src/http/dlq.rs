@@ -292,8 +292,9 @@ async fn replay_locked(gw: &Gateway, timer: &str) -> Result<Replayed, ApiError> 
         return Ok(Replayed::Gone);
     };
     let rt = gw.config.load();
+    let trace = crate::trace::replay_of(&entry.action, gw.options.trace);
     let delivered = match rt.providers.get(&entry.namespace, &entry.provider) {
-        Some(handle) => handle.provider.execute(&entry.action).await,
+        Some(handle) => trace.run(handle.provider.execute(&entry.action)).await,
         None => Err(crate::providers::ProviderError::new(
             "PROVIDER_NOT_FOUND",
             format!("provider `{}` not found", entry.provider),

@@ -118,6 +118,7 @@ pub async fn flush_group(
         key: key.clone(),
         interval_ms: meta.interval_ms,
         repeat_ms: None,
+        trace: None,
     });
     let timer_id = group::timer_id(&key);
     let call = gw.state.schedule_timer(&timer_id, unix_ms(), task.encode());

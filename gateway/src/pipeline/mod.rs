@@ -36,6 +36,8 @@ pub struct GatewayOptions {
     pub chain_retention: Duration,
     /// How long a dead letter is kept; zero: failed deliveries are not kept.
     pub dead_letter_retention: Duration,
+    /// Whether dispatches continue or start traces (`--trace-propagation`).
+    pub trace: crate::trace::Propagation,
 }
 
 impl Default for GatewayOptions {
@@ -45,6 +47,7 @@ impl Default for GatewayOptions {
             default_deny: false,
             chain_retention: crate::worker::chain_record::DEFAULT_RETENTION,
             dead_letter_retention: crate::dead_letter::DEFAULT_RETENTION,
+            trace: crate::trace::Propagation::default(),
         }
     }
 }

@@ -116,6 +116,14 @@ pub struct FlushGroup {
     pub interval_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repeat_ms: Option<u64>,
+    /// The trace of the action that armed this flush (the first of the batch); the
+    /// notification continues it.
+    #[serde(
+        default,
+        deserialize_with = "crate::trace::context::lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub trace: Option<crate::trace::TraceContext>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -142,6 +150,14 @@ pub struct StateTimeout {
     /// Where a `notify` move's notification goes, and its action type.
     pub provider: String,
     pub action_type: String,
+    /// The trace context in effect when the work was deferred: the worker's span for the
+    /// task continues it. Absent in payloads written before traces were kept.
+    #[serde(
+        default,
+        deserialize_with = "crate::trace::context::lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub trace: Option<crate::trace::TraceContext>,
 }
 
 impl Task {
@@ -152,6 +168,18 @@ impl Task {
 
     pub fn decode(bytes: &[u8]) -> Result<Task, serde_json::Error> {
         serde_json::from_slice(bytes)
+    }
+
+    /// The trace context stored with the task, if any.
+    pub fn trace(&self) -> Option<&crate::trace::TraceContext> {
+        match self {
+            Task::FlushGroup(t) => t.trace.as_ref(),
+            Task::FireSchedule(t) => t.action.trace.as_ref(),
+            Task::StateTimeout(t) => t.trace.as_ref(),
+            Task::NotifyMove(t) => t.action.trace.as_ref(),
+            Task::AdvanceChain(run) => run.origin.trace.as_ref(),
+            Task::ChainEnded(_) | Task::DeadLetter(_) => None,
+        }
     }
 
     /// Bounded label for metrics.
