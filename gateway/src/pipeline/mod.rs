@@ -114,6 +114,22 @@ impl Gateway {
     #[tracing::instrument(level = "debug", skip_all, fields(ns = ?action.namespace, tenant = ?action.tenant, provider = ?action.provider))]
     pub async fn dispatch_as(
         &self,
+        action: Action,
+        dry_run: bool,
+        caller: Option<&CallerIdentity>,
+    ) -> Result<ActionOutcome, DispatchError> {
+        // The HTTP handlers make the dispatch's context the work's; a caller in process
+        // (a tool, a test) may only have put it in the action.
+        if action.trace.is_some() && !crate::trace::has_current() {
+            let ctx = action.trace.clone();
+            let dispatched = self.dispatch_now(action, dry_run, caller);
+            return crate::trace::within(ctx, dispatched).await;
+        }
+        self.dispatch_now(action, dry_run, caller).await
+    }
+
+    async fn dispatch_now(
+        &self,
         mut action: Action,
         dry_run: bool,
         caller: Option<&CallerIdentity>,

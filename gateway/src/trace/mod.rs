@@ -44,6 +44,11 @@ pub fn current() -> Option<TraceContext> {
     CURRENT.try_with(TraceContext::clone).ok()
 }
 
+/// Whether some work in progress has a context.
+pub fn has_current() -> bool {
+    CURRENT.try_with(|_| ()).is_ok()
+}
+
 /// Runs `f` as work under `ctx` (as itself when `None`).
 pub async fn within<F: Future>(ctx: Option<TraceContext>, f: F) -> F::Output {
     match ctx {
