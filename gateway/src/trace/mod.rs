@@ -182,12 +182,13 @@ pub fn inject(
     let Some((parent, state)) = opened.ctx.as_ref().and_then(headers_of) else {
         return (req, opened.span);
     };
-    let req = req.header("traceparent", parent);
-    let req = match state {
-        Some(state) => req.header("tracestate", state),
-        None => req,
-    };
-    (req, opened.span)
+    // `headers` replaces what is there: two `traceparent` lines would make both invalid.
+    let mut headers = HeaderMap::with_capacity(2);
+    headers.insert("traceparent", parent);
+    if let Some(state) = state {
+        headers.insert("tracestate", state);
+    }
+    (req.headers(headers), opened.span)
 }
 
 /// The span (and context) of one request to a peer, under the work in progress or
@@ -306,5 +307,22 @@ mod tests {
         assert!(under_work.contains(&work.trace_id_hex()));
         let (req, _) = inject(reqwest::Client::new().get("http://x/"), None);
         assert!(req.build().unwrap().headers().get("traceparent").is_none());
+        // A header already set (a webhook's configured one) is replaced, not doubled.
+        let req = reqwest::Client::new()
+            .get("http://x/")
+            .header("traceparent", "00-configured")
+            .header("tracestate", "configured=1");
+        let (req, _) = inject(req, Some(&action_ctx));
+        let sent = req.build().unwrap();
+        let all: Vec<_> = sent.headers().get_all("traceparent").iter().collect();
+        assert_eq!(all.len(), 1);
+        assert!(
+            all[0]
+                .to_str()
+                .unwrap()
+                .contains(&action_ctx.trace_id_hex())
+        );
+        // The trace had no state: a configured one is left as it is.
+        assert_eq!(sent.headers()["tracestate"], "configured=1");
     }
 }
