@@ -397,3 +397,31 @@ impl Provider for EmailProvider {
         Some(worst_case(&self.retry, self.timeout.saturating_mul(2)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_message_carries_the_trace_context_when_there_is_one() {
+        let spec: ProviderSpec = serde_json::from_value(json!({"type": "email", "email": {
+            "smtpHost": "127.0.0.1", "from": "gw@example.com", "to": ["a@example.com"],
+            "tls": "none"}}))
+        .expect("spec");
+        let email = spec.email.as_ref().expect("email block");
+        let provider = EmailProvider::new(email, &spec, None).expect("provider");
+        let action: Action = serde_json::from_value(json!({"namespace": "ns", "tenant": "t",
+            "provider": "mail", "action_type": "a", "payload": {"text": "hi"}}))
+        .expect("action");
+        let ctx = crate::trace::TraceContext::new_root();
+        let (message, _) = provider.message(&action, Some(&ctx)).expect("message");
+        let text = String::from_utf8(message.formatted()).expect("utf-8");
+        assert!(
+            text.contains(&format!("Traceparent: {}\r\n", ctx.traceparent())),
+            "{text}"
+        );
+        let (message, _) = provider.message(&action, None).expect("message");
+        let text = String::from_utf8(message.formatted()).expect("utf-8");
+        assert!(!text.contains("Traceparent"), "{text}");
+    }
+}
