@@ -104,6 +104,15 @@ pub fn incoming(headers: &HeaderMap, kind: Kind, policy: Propagation) -> Opened 
     }
 }
 
+/// The caller's valid `traceparent`, for work a request defers without a span of its own
+/// (a group flushed or an event moved by hand); `None` with propagation off.
+pub fn caller_context(headers: &HeaderMap, policy: Propagation) -> Option<TraceContext> {
+    match policy {
+        Propagation::Off => None,
+        Propagation::Always | Propagation::Incoming => TraceContext::from_headers(headers),
+    }
+}
+
 /// The span of deferred work that stored `stored` when it was deferred. Work stored
 /// without a context (before this existed, or with propagation off) starts a new trace
 /// only when `policy` is `always`.

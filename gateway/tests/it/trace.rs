@@ -58,8 +58,9 @@ fn rule(name: &str, action_type: &str, action: &str) -> String {
     )
 }
 
-/// Providers `hook` (→ `/deliver`), `grouped` (→ `/grouped`), `step` (→ `/step`) and
-/// `notify` (→ `/notify`); action types `later` (scheduled 1 s), `ev` (grouped 1 s),
+/// Providers `hook` (→ `/deliver`), `grouped` (→ `/grouped`), `step` (→ `/step`),
+/// `notify` (→ `/notify`) and `held` (→ `/held`); action types `later` (scheduled 1 s),
+/// `ev` (grouped 1 s), `held` (grouped 10 min: flushed by hand),
 /// `flow` (a two-step chain) and `alert` (a state machine whose `acked` state times out
 /// after 1 s, notifying).
 fn config(hook: &Recorder) -> String {
@@ -68,11 +69,17 @@ fn config(hook: &Recorder) -> String {
         provider("grouped", &hook.url("/grouped")),
         provider("step", &hook.url("/step")),
         provider("notify", &hook.url("/notify")),
+        provider("held", &hook.url("/held")),
         rule("later", "later", "{type: schedule, delaySeconds: 1}"),
         rule(
             "ev",
             "ev",
             "{type: group, groupBy: [payload.key], groupWaitSeconds: 1, groupIntervalSeconds: 60, notifyProvider: grouped}",
+        ),
+        rule(
+            "held",
+            "held",
+            "{type: group, groupBy: [payload.key], groupWaitSeconds: 600, notifyProvider: held}",
         ),
         rule("flow", "flow", "{type: chain, chain: flow}"),
         rule(
@@ -245,6 +252,38 @@ async fn deferred_work_continues_the_trace_it_was_deferred_in() {
     assert_ne!(one.1, two.1);
     let timed_out = wait_for(&hook, "/notify", 1, Duration::from_secs(10)).await;
     assert_eq!(parts(&timed_out[0]).0, traces[4], "state-machine timeout");
+
+    // A group flushed by hand continues the trace of the request that flushed it.
+    send(0, action("held", json!({"key": "h"}))).await;
+    let client = reqwest::Client::new();
+    let groups: Value = client
+        .get(gw.url("/v1/groups?namespace=tr"))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    let key = groups
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|g| g["labels"]["payload.key"] == "h")
+        .and_then(|g| g["group_key"].as_str())
+        .unwrap_or_else(|| panic!("group of `held`: {groups}"))
+        .to_owned();
+    let mut url = reqwest::Url::parse(&gw.url("/v1/groups")).expect("url");
+    url.path_segments_mut().expect("base").push(&key);
+    let flusher = "66666666666666666666666666666666";
+    let resp = client
+        .delete(url)
+        .header("traceparent", traceparent(flusher))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(resp.status(), 200);
+    let held = wait_for(&hook, "/held", 1, Duration::from_secs(10)).await;
+    assert_eq!(parts(&held[0]).0, flusher, "group flushed by hand");
     for r in scheduled
         .iter()
         .chain(&grouped)
