@@ -295,6 +295,47 @@ async fn deferred_work_continues_the_trace_it_was_deferred_in() {
 }
 
 #[tokio::test]
+async fn a_dead_letters_replay_continues_the_failed_deliverys_trace() {
+    let hook = Recorder::start().await;
+    let gw = start(&hook, &[], &[]);
+    *hook.script.lock() = vec![503];
+    let tp = traceparent(TRACE);
+    let out = post(
+        &gw,
+        "/v1/dispatch",
+        &[("traceparent", &tp)],
+        &action("now", json!({})),
+    )
+    .await;
+    assert!(out.get("Failed").is_some(), "{out}");
+    let client = reqwest::Client::new();
+    let (_, list) = common::get_json(&client, &gw.url("/v1/dlq?namespace=tr")).await;
+    let entry = &list["entries"][0];
+    assert_eq!(
+        entry["action"]["trace_context"]["traceparent"]
+            .as_str()
+            .map(|t| &t[3..35]),
+        Some(TRACE),
+        "the dead letter keeps the context: {entry}"
+    );
+    let id = entry["id"].as_str().expect("id");
+    // The replay request carries another trace: the original one is continued.
+    let url = gw.url(&format!("/v1/dlq/{id}/replay?namespace=tr&tenant=t"));
+    let other = traceparent("77777777777777777777777777777777");
+    let resp = client
+        .post(url)
+        .header("traceparent", other)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(resp.status(), 200);
+    let got = wait_for(&hook, "/deliver", 2, Duration::from_secs(5)).await;
+    let (first, replayed) = (parts(&got[0]), parts(&got[1]));
+    assert_eq!((first.0.as_str(), replayed.0.as_str()), (TRACE, TRACE));
+    assert_ne!(first.1, replayed.1);
+}
+
+#[tokio::test]
 async fn propagation_can_be_limited_to_incoming_traces_or_turned_off() {
     let hook = Recorder::start().await;
     let incoming = start(&hook, &["--trace-propagation", "incoming"], &[]);
