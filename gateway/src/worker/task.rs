@@ -195,3 +195,41 @@ impl Task {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Payloads written before trace context was kept still decode (without one), and a
+    /// stored context survives the round trip.
+    #[test]
+    fn payloads_without_trace_context_still_decode() {
+        let old_flush = json!({"type": "flush_group", "key": "g:1", "interval_ms": 1000});
+        let old_timeout = json!({"type": "state_timeout", "namespace": "n", "tenant": "t",
+            "machine": "m", "key": "k", "fingerprint": "f", "state": "a", "to": "b",
+            "due_ms": 1, "provider": "p", "action_type": "x"});
+        let old_schedule = json!({"type": "fire_schedule", "due_ms": 1,
+            "after": {"priority": 1, "namespace": "n", "name": "r"},
+            "action": {"namespace": "n", "tenant": "t", "provider": "p", "action_type": "x",
+                "payload": {}}});
+        for old in [old_flush, old_timeout, old_schedule] {
+            let task = Task::decode(old.to_string().as_bytes()).expect("old payload decodes");
+            assert!(task.trace().is_none(), "{old}");
+        }
+        let ctx = crate::trace::TraceContext::new_root();
+        let task = Task::FlushGroup(FlushGroup {
+            key: "g:1".into(),
+            interval_ms: 1000,
+            repeat_ms: None,
+            trace: Some(ctx.clone()),
+        });
+        let decoded = Task::decode(&task.encode()).expect("decodes");
+        assert_eq!(decoded.trace(), Some(&ctx));
+        // A damaged context is dropped, never the task.
+        let damaged = json!({"type": "flush_group", "key": "g:1", "interval_ms": 1000,
+            "trace": {"traceparent": "00-junk"}});
+        let task = Task::decode(damaged.to_string().as_bytes()).expect("decodes");
+        assert!(task.trace().is_none());
+    }
+}
