@@ -15,6 +15,12 @@ pub const MAX_TRACESTATE: usize = 512;
 /// Most `tracestate` list members (W3C's limit).
 const MAX_TRACESTATE_MEMBERS: usize = 32;
 
+/// The header names, parsed once (a `&str` name is checked on every lookup).
+pub static TRACEPARENT: reqwest::header::HeaderName =
+    reqwest::header::HeaderName::from_static("traceparent");
+pub static TRACESTATE: reqwest::header::HeaderName =
+    reqwest::header::HeaderName::from_static("tracestate");
+
 /// The `sampled` flag.
 pub const SAMPLED: u8 = 0x01;
 /// Flags understood and passed on (`sampled`, and level 2's `random`); others are zeroed
@@ -63,14 +69,14 @@ impl TraceContext {
     /// Parses `traceparent` (and, only when that is valid, `tracestate`) from request
     /// headers; `None` when absent or invalid.
     pub fn from_headers(headers: &reqwest::header::HeaderMap) -> Option<TraceContext> {
-        let mut parents = headers.get_all("traceparent").iter();
+        let mut parents = headers.get_all(&TRACEPARENT).iter();
         let parent = parents.next()?;
         // Two `traceparent` lines cannot be told apart: neither is trusted.
         if parents.next().is_some() {
             return None;
         }
         let (trace_id, span_id, flags) = parse_traceparent(parent.as_bytes())?;
-        let state = parse_tracestate(headers.get_all("tracestate").iter().map(|v| v.as_bytes()));
+        let state = parse_tracestate(headers.get_all(&TRACESTATE).iter().map(|v| v.as_bytes()));
         Some(TraceContext {
             trace_id,
             span_id,

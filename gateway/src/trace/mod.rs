@@ -193,9 +193,9 @@ pub fn inject(
     };
     // `headers` replaces what is there: two `traceparent` lines would make both invalid.
     let mut headers = HeaderMap::with_capacity(2);
-    headers.insert("traceparent", parent);
+    headers.insert(context::TRACEPARENT.clone(), parent);
     if let Some(state) = state {
-        headers.insert("tracestate", state);
+        headers.insert(context::TRACESTATE.clone(), state);
     }
     (req.headers(headers), opened.span)
 }
