@@ -105,6 +105,7 @@ fn action(tenant: &str, action_type: &str) -> Action {
         dedup_key: Some("db-1/disk".into()),
         status: None,
         fingerprint: None,
+        trace: None,
     }
 }
 

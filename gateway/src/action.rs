@@ -46,6 +46,17 @@ pub struct Action {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(max_length = 1024)]
     pub fingerprint: Option<String>,
+    /// The trace this action's work belongs to. Set by the gateway from the request's
+    /// `traceparent` (a body's value is replaced), and stored with the action wherever it
+    /// is deferred, so the work that follows continues the same trace.
+    #[serde(
+        default,
+        rename = "trace_context",
+        deserialize_with = "crate::trace::context::lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(ignore)]
+    pub trace: Option<crate::trace::TraceContext>,
 }
 
 /// Bounds on request fields, in bytes (UTF-8). They keep state keys, logs and metric-free

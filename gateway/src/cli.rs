@@ -164,6 +164,23 @@ pub struct ServeArgs {
     /// Log as JSON lines.
     #[arg(long, env = "ACTEON_LOG_JSON")]
     pub log_json: bool,
+    /// W3C trace context: `always` continues a dispatch's `traceparent` or starts a new
+    /// trace, so every provider request carries one; `incoming` only continues one sent
+    /// by the client; `off` neither reads nor sends any.
+    #[arg(long, env = "ACTEON_TRACE_PROPAGATION", value_enum, default_value_t = crate::trace::Propagation::Always)]
+    pub trace_propagation: crate::trace::Propagation,
+    /// OpenTelemetry collector (OTLP over HTTP) to export spans to, e.g.
+    /// `http://otel-collector:4318` (`/v1/traces` is appended). Unset: no export.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// OTLP encoding: `http/protobuf` or `http/json`.
+    #[arg(
+        long,
+        env = "OTEL_EXPORTER_OTLP_PROTOCOL",
+        value_enum,
+        default_value = "http/protobuf"
+    )]
+    pub otlp_protocol: crate::trace::otel::OtlpProtocol,
     /// Following the operator: seconds between checks of the newest published version
     /// (besides change notifications).
     #[arg(long, env = "ACTEON_CONFIG_POLL_SECONDS", default_value_t = 5)]
@@ -396,10 +413,13 @@ fn migrate(url: &str, schema: &str) -> ExitCode {
     }
 }
 
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+}
+
 fn init_tracing(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let builder = tracing_subscriber::fmt().with_env_filter(log_filter());
     let _ = if json {
         builder.json().try_init()
     } else {
@@ -407,8 +427,53 @@ fn init_tracing(json: bool) {
     };
 }
 
+/// Logging plus span export: the log keeps its filter (`RUST_LOG`) and never shows the
+/// exported spans; the exporter sees those spans only.
+fn init_tracing_with_export(
+    json: bool,
+    options: &crate::trace::otel::OtlpOptions,
+    runtime: tokio::runtime::Handle,
+) -> anyhow::Result<crate::trace::otel::Exporter> {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let hidden = format!("{}=off", crate::trace::otel::TARGET);
+    let filter = log_filter().add_directive(hidden.parse()?);
+    let log = if json {
+        tracing_subscriber::fmt::layer().json().boxed()
+    } else {
+        tracing_subscriber::fmt::layer().boxed()
+    };
+    let (spans, exporter) = crate::trace::otel::layer(options, runtime)?;
+    let only_ours = tracing_subscriber::filter::Targets::new()
+        .with_target(crate::trace::otel::TARGET, tracing::Level::INFO);
+    tracing_subscriber::registry()
+        .with(log.with_filter(filter))
+        .with(spans.with_filter(only_ours))
+        .try_init()?;
+    Ok(exporter)
+}
+
+/// The exporter `args` ask for, with logging set up either way.
+fn init_observability(
+    args: &ServeArgs,
+    runtime: &tokio::runtime::Runtime,
+) -> anyhow::Result<Option<crate::trace::otel::Exporter>> {
+    let Some(endpoint) = args.otlp_endpoint.clone().filter(|e| !e.trim().is_empty()) else {
+        init_tracing(args.log_json);
+        return Ok(None);
+    };
+    let options = crate::trace::otel::OtlpOptions {
+        endpoint,
+        protocol: args.otlp_protocol,
+        instance: args.gateway_id.clone().filter(|id| !id.trim().is_empty()),
+    };
+    let exporter = init_tracing_with_export(args.log_json, &options, runtime.handle().clone())?;
+    tracing::info!(endpoint = %acteon_api::redact::redact_url(&options.endpoint), "exporting spans (OTLP)");
+    Ok(Some(exporter))
+}
+
 fn serve_blocking(args: ServeArgs) -> ExitCode {
-    init_tracing(args.log_json);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -419,7 +484,20 @@ fn serve_blocking(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(serve(args)) {
+    let exporter = match init_observability(&args, &rt) {
+        Ok(exporter) => exporter,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let served = rt.block_on(serve(args));
+    // After the drain, on this (non-runtime) thread: the last spans are sent by the
+    // runtime's workers while this waits.
+    if let Some(exporter) = exporter {
+        exporter.shutdown();
+    }
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -765,6 +843,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             default_deny: args.default_deny,
             chain_retention: Duration::from_secs(args.chain_retention_seconds),
             dead_letter_retention: Duration::from_secs(args.dlq_retention_seconds),
+            trace: args.trace_propagation,
         },
         confirmer: Default::default(),
         // In process already for the memory backend.

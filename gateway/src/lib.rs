@@ -17,4 +17,5 @@ pub mod providers;
 pub mod rules;
 pub mod seal_keys;
 pub mod state;
+pub mod trace;
 pub mod worker;

@@ -235,6 +235,7 @@ pub async fn replay_audit(
     State(app): State<Arc<AppState>>,
     Path(action_id): Path<String>,
     caller: Option<Extension<Arc<Caller>>>,
+    headers: axum::http::HeaderMap,
 ) -> Result<JsonBody<AuditReplay>, ApiError> {
     let records = visible(
         records_of(sink(&app)?, &action_id).await?,
@@ -255,7 +256,7 @@ pub async fn replay_audit(
     let mut metadata: HashMap<String, String> = record.metadata;
     metadata.insert("replayed_from".into(), action_id.clone());
     let new_id = uuid::Uuid::new_v4().to_string();
-    let action = Action {
+    let mut action = Action {
         id: new_id.clone(),
         namespace: record.namespace,
         tenant: record.tenant,
@@ -267,12 +268,20 @@ pub async fn replay_audit(
         dedup_key: None,
         status: None,
         fingerprint: None,
+        trace: None,
     };
+    // A dispatch like any other: it continues the replay request's trace, if any.
+    let opened = crate::trace::incoming(
+        &headers,
+        crate::trace::Kind::Dispatch,
+        app.gateway.options.trace,
+    );
+    action.trace = opened.ctx.clone();
+    crate::trace::record_action(&opened.span, &action);
     action::validate(&action).map_err(|m| ApiError::invalid(format!("replayed action: {m}")))?;
     let caller = caller.map(|Extension(c)| CallerIdentity(c.identity.clone()));
-    let outcome = app
-        .gateway
-        .dispatch_as(action, false, caller.as_ref())
+    let outcome = opened
+        .run(app.gateway.dispatch_as(action, false, caller.as_ref()))
         .await?;
     Ok(JsonBody(AuditReplay {
         action_id: new_id,

@@ -19,6 +19,7 @@ use crate::action::{self, Action};
 use crate::audit::CallerIdentity;
 use crate::auth::Caller;
 use crate::outcome::ActionOutcome;
+use crate::trace::{self, TraceContext};
 
 /// Largest batch accepted.
 pub const MAX_BATCH: usize = 1000;
@@ -89,11 +90,35 @@ where
     B: HttpBody<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let policy = app.gateway.options.trace;
+    let opened = trace::incoming(request.headers(), trace::Kind::Dispatch, policy);
+    let (span, ctx) = (opened.span.clone(), opened.ctx.clone());
+    let result = opened
+        .run(dispatch_traced(app, query, request, ctx, &span))
+        .await;
+    trace::record_outcome(&span, result.as_ref().ok().map(|o| o.0.label()));
+    result
+}
+
+/// [`dispatch_request`] inside the dispatch's span: the action carries the span's context.
+async fn dispatch_traced<B>(
+    app: &AppState,
+    query: Result<Query<DispatchParams>, QueryRejection>,
+    request: Request<B>,
+    ctx: Option<TraceContext>,
+    span: &tracing::Span,
+) -> Result<JsonBody<ActionOutcome>, ApiError>
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let params = params(query)?;
     let (parts, body) = request.into_parts();
     let caller = auth::dispatch_caller(app, &parts.headers).await?;
     let bytes = json::read_body(&parts.headers, body, app.body_limit, app.body_timeout).await?;
-    let action = parse_action(&bytes, "action", app)?;
+    let mut action = parse_action(&bytes, "action", app)?;
+    action.trace = ctx;
+    trace::record_action(span, &action);
     in_scope(app, caller.as_deref(), &action)?;
     let identity = caller.as_ref().map(|c| CallerIdentity(c.identity.clone()));
     Ok(JsonBody(
@@ -142,9 +167,24 @@ pub async fn dispatch_batch(
     query: Result<Query<DispatchParams>, QueryRejection>,
     request: Request,
 ) -> Result<JsonBody<Vec<BatchItem>>, ApiError> {
+    let policy = app.gateway.options.trace;
+    let opened = trace::incoming(request.headers(), trace::Kind::Batch, policy);
+    let (span, ctx) = (opened.span.clone(), opened.ctx.clone());
+    let result = opened.run(batch_traced(&app, query, request, ctx)).await;
+    trace::record_batch(&span, result.as_ref().ok().map(|r| r.0.len()));
+    result
+}
+
+/// [`dispatch_batch`] inside the batch's span: each action gets a span of its own under it.
+async fn batch_traced(
+    app: &AppState,
+    query: Result<Query<DispatchParams>, QueryRejection>,
+    request: Request,
+    batch: Option<TraceContext>,
+) -> Result<JsonBody<Vec<BatchItem>>, ApiError> {
     let params = params(query)?;
     let (parts, body) = request.into_parts();
-    let caller = auth::dispatch_caller(&app, &parts.headers).await?;
+    let caller = auth::dispatch_caller(app, &parts.headers).await?;
     let bytes = json::read_body(&parts.headers, body, app.body_limit, app.body_timeout).await?;
     let items: Vec<Box<RawValue>> =
         json::parse(&bytes, "batch (expected a JSON array of actions)")?;
@@ -159,22 +199,33 @@ pub async fn dispatch_batch(
             items.len()
         )));
     }
-    let app = &app;
     let identity = caller.as_ref().map(|c| CallerIdentity(c.identity.clone()));
     let (caller, identity) = (caller.as_deref(), identity.as_ref());
     let dry_run = params.dry_run;
+    let batch = batch.as_ref();
     let results: Vec<BatchItem> = futures::stream::iter(items.into_iter().enumerate())
         .map(|(i, raw)| async move {
-            let action = match parse_action(raw.get().as_bytes(), &format!("action [{i}]"), app)
+            let mut action = match parse_action(raw.get().as_bytes(), &format!("action [{i}]"), app)
                 .and_then(|a| in_scope(app, caller, &a).map(|()| a))
             {
                 Ok(a) => a,
                 Err(e) => return BatchItem::from(e),
             };
-            match app.gateway.dispatch_as(action, dry_run, identity).await {
+            let opened = trace::under(trace::Kind::Dispatch, batch);
+            let span = opened.span.clone();
+            action.trace = opened.ctx.clone();
+            trace::record_action(&span, &action);
+            let dispatched = opened.run(app.gateway.dispatch_as(action, dry_run, identity));
+            let item = match dispatched.await {
                 Ok(o) => BatchItem::Outcome(o),
                 Err(e) => BatchItem::from(ApiError::from(e)),
-            }
+            };
+            let label = match &item {
+                BatchItem::Outcome(o) => Some(o.label()),
+                BatchItem::Error { .. } => None,
+            };
+            trace::record_outcome(&span, label);
+            item
         })
         .buffered(BATCH_CONCURRENCY)
         .collect()

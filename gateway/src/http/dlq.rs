@@ -292,8 +292,9 @@ async fn replay_locked(gw: &Gateway, timer: &str) -> Result<Replayed, ApiError> 
         return Ok(Replayed::Gone);
     };
     let rt = gw.config.load();
-    let delivered = gw
-        .call_provider(&rt, &entry.namespace, &entry.provider, &entry.action)
+    let trace = crate::trace::replay_of(&entry.action, gw.options.trace);
+    let delivered = trace
+        .run(gw.call_provider(&rt, &entry.namespace, &entry.provider, &entry.action))
         .await
         .into_result(&entry.provider);
     let id = entry.id.clone();

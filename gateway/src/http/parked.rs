@@ -105,6 +105,7 @@ pub async fn get_group(
 pub async fn flush_group(
     State(app): State<Arc<AppState>>,
     Path(key): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Json<GroupView>, ApiError> {
     let gw = &app.gateway;
     let info = match gw.state_call(gw.state.get_group(&key)).await {
@@ -118,6 +119,8 @@ pub async fn flush_group(
         key: key.clone(),
         interval_ms: meta.interval_ms,
         repeat_ms: None,
+        // Made due by this request: the notification continues the caller's trace.
+        trace: crate::trace::caller_context(&headers, gw.options.trace),
     });
     let timer_id = group::timer_id(&key);
     let call = gw.state.schedule_timer(&timer_id, unix_ms(), task.encode());
@@ -300,6 +303,7 @@ pub async fn transition(
     let mut notification = record.action(&fingerprint);
     notification.id = cause.clone();
     notification.status = Some(req.to.clone());
+    notification.trace = crate::trace::caller_context(&headers, gw.options.trace);
     let provider = machine.notify_target(&record.provider).to_owned();
     let t = machine.with_notice(t, notification, &provider, &cause, now_ms);
     let result = gw.move_event(t).await?;

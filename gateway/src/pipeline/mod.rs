@@ -36,6 +36,8 @@ pub struct GatewayOptions {
     pub chain_retention: Duration,
     /// How long a dead letter is kept; zero: failed deliveries are not kept.
     pub dead_letter_retention: Duration,
+    /// Whether dispatches continue or start traces (`--trace-propagation`).
+    pub trace: crate::trace::Propagation,
 }
 
 impl Default for GatewayOptions {
@@ -45,6 +47,7 @@ impl Default for GatewayOptions {
             default_deny: false,
             chain_retention: crate::worker::chain_record::DEFAULT_RETENTION,
             dead_letter_retention: crate::dead_letter::DEFAULT_RETENTION,
+            trace: crate::trace::Propagation::default(),
         }
     }
 }
@@ -112,6 +115,22 @@ impl Gateway {
     /// trail). Dry runs are not recorded: they change nothing.
     #[tracing::instrument(level = "debug", skip_all, fields(ns = ?action.namespace, tenant = ?action.tenant, provider = ?action.provider))]
     pub async fn dispatch_as(
+        &self,
+        action: Action,
+        dry_run: bool,
+        caller: Option<&CallerIdentity>,
+    ) -> Result<ActionOutcome, DispatchError> {
+        // The HTTP handlers make the dispatch's context the work's; a caller in process
+        // (a tool, a test) may only have put it in the action.
+        if action.trace.is_some() && !crate::trace::has_current() {
+            let ctx = action.trace.clone();
+            let dispatched = self.dispatch_now(action, dry_run, caller);
+            return crate::trace::within(ctx, dispatched).await;
+        }
+        self.dispatch_now(action, dry_run, caller).await
+    }
+
+    async fn dispatch_now(
         &self,
         mut action: Action,
         dry_run: bool,

@@ -16,7 +16,7 @@ use std::time::Duration;
 use acteon_api::crd::ProviderSpec;
 use acteon_api::crd::provider::EmailProvider as EmailSpec;
 use async_trait::async_trait;
-use lettre::message::header::ContentType;
+use lettre::message::header::{ContentType, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
@@ -24,6 +24,7 @@ use lettre::transport::smtp::{AsyncSmtpTransport, PoolConfig};
 use lettre::{AsyncTransport, Message, Tokio1Executor};
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
+use tracing::Instrument;
 
 use super::http::{Attempt, bounded, with_retries, worst_case};
 use super::response::MAX_EXCERPT;
@@ -35,6 +36,8 @@ use crate::outcome::ProviderResponse;
 const MAX_RECIPIENTS: usize = 100;
 /// Longest generated body (the payload as JSON), in characters.
 const MAX_GENERATED_BODY: usize = 64 * 1024;
+/// The trace context header on messages.
+const TRACEPARENT: HeaderName = HeaderName::new_from_ascii_str("Traceparent");
 /// Connections kept per provider.
 const POOL_SIZE: u32 = 4;
 
@@ -210,7 +213,11 @@ impl EmailProvider {
     }
 
     /// The message for `a`, or why there is none.
-    fn message(&self, a: &Action) -> Result<(Message, String), ProviderError> {
+    fn message(
+        &self,
+        a: &Action,
+        trace: Option<&crate::trace::TraceContext>,
+    ) -> Result<(Message, String), ProviderError> {
         let p = &a.payload;
         let invalid = |m: String| ProviderError::new("INVALID_PAYLOAD", m, false, 0);
         let text_of = |key: &str| p.get(key).and_then(Value::as_str).map(str::to_owned);
@@ -267,6 +274,11 @@ impl EmailProvider {
             .from(self.from.clone())
             .message_id(Some(message_id.clone()))
             .subject(bounded(&subject, 998));
+        if let Some(ctx) = trace {
+            // Mail has no standard place for it; the HTTP header's name is the one tools
+            // look for.
+            b = b.raw_header(HeaderValue::new(TRACEPARENT, ctx.traceparent()));
+        }
         for m in to {
             b = b.to(m);
         }
@@ -366,12 +378,50 @@ fn pem_blocks(pem: &str) -> Vec<String> {
 impl Provider for EmailProvider {
     #[tracing::instrument(name = "email", skip_all, fields(action = %a.id))]
     async fn execute(&self, a: &Action) -> Result<ProviderResponse, ProviderError> {
-        let (message, message_id) = self.message(a)?;
+        // One span (and `Traceparent` header) per message: the retries resend the same one.
+        let outgoing = crate::trace::outgoing(a.trace.as_ref());
+        let traceparent = outgoing.as_ref().and_then(|o| o.ctx.as_ref());
+        let (message, message_id) = self.message(a, traceparent)?;
         tracing::debug!(%message_id, "sending mail");
-        with_retries(self.retry, || self.attempt(&message, &message_id)).await
+        let span = outgoing.map_or_else(tracing::Span::none, |o| o.span);
+        let sent = with_retries(self.retry, || self.attempt(&message, &message_id))
+            .instrument(span.clone())
+            .await;
+        if sent.is_err() {
+            crate::trace::record_failure(&span);
+        }
+        sent
     }
 
     fn max_delivery_time(&self) -> Option<Duration> {
         Some(worst_case(&self.retry, self.timeout.saturating_mul(2)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_message_carries_the_trace_context_when_there_is_one() {
+        let spec: ProviderSpec = serde_json::from_value(json!({"type": "email", "email": {
+            "smtpHost": "127.0.0.1", "from": "gw@example.com", "to": ["a@example.com"],
+            "tls": "none"}}))
+        .expect("spec");
+        let email = spec.email.as_ref().expect("email block");
+        let provider = EmailProvider::new(email, &spec, None).expect("provider");
+        let action: Action = serde_json::from_value(json!({"namespace": "ns", "tenant": "t",
+            "provider": "mail", "action_type": "a", "payload": {"text": "hi"}}))
+        .expect("action");
+        let ctx = crate::trace::TraceContext::new_root();
+        let (message, _) = provider.message(&action, Some(&ctx)).expect("message");
+        let text = String::from_utf8(message.formatted()).expect("utf-8");
+        assert!(
+            text.contains(&format!("Traceparent: {}\r\n", ctx.traceparent())),
+            "{text}"
+        );
+        let (message, _) = provider.message(&action, None).expect("message");
+        let text = String::from_utf8(message.formatted()).expect("utf-8");
+        assert!(!text.contains("Traceparent"), "{text}");
     }
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use reqwest::header::HeaderMap;
+use tracing::Instrument;
 
 use super::response::{Read, ResponsePolicy, read_bounded};
 use super::{ProviderError, Retry};
@@ -25,8 +26,25 @@ pub struct Answer {
 }
 
 /// Sends `req` with the JSON `body` (as `content_type`) under `timeout` and reads the
-/// answer within bounds; a transport failure names `target`, never the URL.
+/// answer within bounds; a transport failure names `target`, never the URL. The request
+/// carries the trace context of the work in progress (`traceparent`, a new span id).
 pub async fn send_json(
+    req: reqwest::RequestBuilder,
+    timeout: Duration,
+    content_type: &'static str,
+    body: &[u8],
+    policy: &ResponsePolicy,
+    target: &str,
+) -> Result<Answer, Attempt> {
+    let (req, span) = crate::trace::inject(req, None);
+    let answer = exchange(req, timeout, content_type, body, policy, target)
+        .instrument(span.clone())
+        .await;
+    crate::trace::record_answer(&span, answer.as_ref().ok().map(|a| a.status.as_u16()));
+    answer
+}
+
+async fn exchange(
     req: reqwest::RequestBuilder,
     timeout: Duration,
     content_type: &'static str,

@@ -467,6 +467,7 @@ mod tests {
             dedup_key: Some("dk".into()),
             status: None,
             fingerprint: None,
+            trace: None,
         }
     }
 

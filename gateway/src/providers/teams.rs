@@ -337,6 +337,7 @@ mod tests {
             dedup_key: None,
             status: None,
             fingerprint: None,
+            trace: None,
         };
         let card = simple_card(&a(
             json!({"summary": "disk full", "text": "db-1 at 99%", "severity": "critical"}),

@@ -187,6 +187,7 @@ mod tests {
             dedup_key: None,
             status: None,
             fingerprint: None,
+            trace: None,
         }
     }
 

@@ -16,6 +16,7 @@ use acteon_api::redact::redact_url;
 use async_trait::async_trait;
 use reqwest::Method;
 use reqwest::header::{HeaderName, HeaderValue};
+use tracing::Instrument;
 
 use super::http::{Attempt, with_retries};
 use super::response::{ResponsePolicy, read_bounded};
@@ -111,7 +112,19 @@ impl WebhookProvider {
             // Cheap clones: a static name or shared bytes.
             req = req.header(k.clone(), v.clone());
         }
+        // Last: a configured header cannot replace the trace context of this request.
+        let (req, span) = crate::trace::inject(req, a.trace.as_ref());
+        self.exchange(req, &span).instrument(span.clone()).await
+    }
+
+    /// Sends one request and reads its answer; the answer's status goes on `span`.
+    async fn exchange(
+        &self,
+        req: reqwest::RequestBuilder,
+        span: &tracing::Span,
+    ) -> Result<ProviderResponse, Attempt> {
         let resp = req.send().await.map_err(|e| {
+            crate::trace::record_answer(span, None);
             let mut a = Attempt::transport(&self.target(), &e);
             // An answer cut short is retried; a request that failed before any answer
             // only when it may not have reached the server (as `transport` decides).
@@ -119,6 +132,7 @@ impl WebhookProvider {
             a
         })?;
         let status = resp.status();
+        crate::trace::record_answer(span, Some(status.as_u16()));
         let headers = self.response.headers(resp.headers());
         let read = read_bounded(resp).await.map_err(|e| {
             let mut a = Attempt::transport(&self.target(), &e);

@@ -112,6 +112,7 @@ impl Group {
             key: key.clone(),
             interval_ms: self.interval.as_millis() as u64,
             repeat_ms: self.repeat.map(|r| r.as_millis() as u64),
+            trace: action.trace.clone(),
         });
         GroupAppend {
             timer_id: timer_id(&key),

@@ -232,6 +232,7 @@ impl EventRecord {
             dedup_key: self.dedup_key.clone(),
             status: None,
             fingerprint: Some(fingerprint.to_owned()),
+            trace: crate::trace::current(),
         }
     }
 }
@@ -297,6 +298,8 @@ impl Machine {
                 due_ms,
                 provider: self.notify_target(&record.provider).to_owned(),
                 action_type: record.action_type.clone(),
+                // The work in progress (the dispatch, the worker task) made the move.
+                trace: crate::trace::current(),
             });
             Some(TimerWrite {
                 id: format!("timeout:{key}:{}", state_key("c", &[cause, state])),

@@ -203,5 +203,6 @@ pub(super) fn call_action(run: &ChainRun, call: &Call<'_>, payload: Value) -> Ac
         dedup_key: None,
         status: None,
         fingerprint: None,
+        trace: run.origin.trace.clone(),
     }
 }

@@ -83,5 +83,7 @@ fn notification(meta: &GroupMeta, batch: &GroupBatch, key: &str) -> Action {
         dedup_key: None,
         status: None,
         fingerprint: None,
+        // The flush task's span, a child of the trace of the batch's first action.
+        trace: crate::trace::current(),
     }
 }

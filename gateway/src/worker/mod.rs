@@ -235,7 +235,23 @@ impl Worker {
             .observe(started.elapsed().as_secs_f64());
     }
 
+    /// Runs `task` in a span continuing the trace stored with it (tasks that only expire a
+    /// record have none).
     async fn execute(&self, task: Task, timer: &ClaimedTimer) -> Done {
+        if matches!(task, Task::ChainEnded(_) | Task::DeadLetter(_)) {
+            return self.execute_task(task, timer).await;
+        }
+        let kind = crate::trace::Kind::Worker(task.label());
+        let opened = crate::trace::resumed(task.trace(), kind, self.gateway.options.trace);
+        let span = opened.span.clone();
+        let done = opened.run(self.execute_task(task, timer)).await;
+        if matches!(done, Done::Retry(_)) {
+            crate::trace::record_failure(&span);
+        }
+        done
+    }
+
+    async fn execute_task(&self, task: Task, timer: &ClaimedTimer) -> Done {
         match task {
             Task::FireSchedule(t) => schedule::fire(&self.gateway, t).await,
             Task::FlushGroup(t) => group::flush(&self.gateway, t, timer).await,

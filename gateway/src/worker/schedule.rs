@@ -7,7 +7,12 @@ use crate::pipeline::Gateway;
 
 pub(super) async fn fire(gateway: &Gateway, task: FireSchedule) -> Done {
     observe_lateness(gateway, "fire_schedule", task.due_ms);
-    match gateway.resume(task.action, &task.after, "schedule").await {
+    let mut action = task.action;
+    // Work that follows (a delivery, a parking again) is under this task's span.
+    if let Some(ctx) = crate::trace::current() {
+        action.trace = Some(ctx);
+    }
+    match gateway.resume(action, &task.after, "schedule").await {
         Ok(_) => Done::Complete,
         Err(e) => e.into(),
     }

@@ -94,5 +94,6 @@ fn timeout_notification(task: &StateTimeout) -> Action {
         dedup_key: None,
         status: Some(task.to.clone()),
         fingerprint: Some(task.fingerprint.clone()),
+        trace: crate::trace::current().or_else(|| task.trace.clone()),
     }
 }

@@ -116,6 +116,14 @@ pub struct FlushGroup {
     pub interval_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repeat_ms: Option<u64>,
+    /// The trace of the action that armed this flush (the first of the batch); the
+    /// notification continues it.
+    #[serde(
+        default,
+        deserialize_with = "crate::trace::context::lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub trace: Option<crate::trace::TraceContext>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -142,6 +150,14 @@ pub struct StateTimeout {
     /// Where a `notify` move's notification goes, and its action type.
     pub provider: String,
     pub action_type: String,
+    /// The trace context in effect when the work was deferred: the worker's span for the
+    /// task continues it. Absent in payloads written before traces were kept.
+    #[serde(
+        default,
+        deserialize_with = "crate::trace::context::lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub trace: Option<crate::trace::TraceContext>,
 }
 
 impl Task {
@@ -152,6 +168,18 @@ impl Task {
 
     pub fn decode(bytes: &[u8]) -> Result<Task, serde_json::Error> {
         serde_json::from_slice(bytes)
+    }
+
+    /// The trace context stored with the task, if any.
+    pub fn trace(&self) -> Option<&crate::trace::TraceContext> {
+        match self {
+            Task::FlushGroup(t) => t.trace.as_ref(),
+            Task::FireSchedule(t) => t.action.trace.as_ref(),
+            Task::StateTimeout(t) => t.trace.as_ref(),
+            Task::NotifyMove(t) => t.action.trace.as_ref(),
+            Task::AdvanceChain(run) => run.origin.trace.as_ref(),
+            Task::ChainEnded(_) | Task::DeadLetter(_) => None,
+        }
     }
 
     /// Bounded label for metrics.
@@ -165,5 +193,43 @@ impl Task {
             Task::ChainEnded(_) => "chain_ended",
             Task::DeadLetter(_) => "dead_letter",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Payloads written before trace context was kept still decode (without one), and a
+    /// stored context survives the round trip.
+    #[test]
+    fn payloads_without_trace_context_still_decode() {
+        let old_flush = json!({"type": "flush_group", "key": "g:1", "interval_ms": 1000});
+        let old_timeout = json!({"type": "state_timeout", "namespace": "n", "tenant": "t",
+            "machine": "m", "key": "k", "fingerprint": "f", "state": "a", "to": "b",
+            "due_ms": 1, "provider": "p", "action_type": "x"});
+        let old_schedule = json!({"type": "fire_schedule", "due_ms": 1,
+            "after": {"priority": 1, "namespace": "n", "name": "r"},
+            "action": {"namespace": "n", "tenant": "t", "provider": "p", "action_type": "x",
+                "payload": {}}});
+        for old in [old_flush, old_timeout, old_schedule] {
+            let task = Task::decode(old.to_string().as_bytes()).expect("old payload decodes");
+            assert!(task.trace().is_none(), "{old}");
+        }
+        let ctx = crate::trace::TraceContext::new_root();
+        let task = Task::FlushGroup(FlushGroup {
+            key: "g:1".into(),
+            interval_ms: 1000,
+            repeat_ms: None,
+            trace: Some(ctx.clone()),
+        });
+        let decoded = Task::decode(&task.encode()).expect("decodes");
+        assert_eq!(decoded.trace(), Some(&ctx));
+        // A damaged context is dropped, never the task.
+        let damaged = json!({"type": "flush_group", "key": "g:1", "interval_ms": 1000,
+            "trace": {"traceparent": "00-junk"}});
+        let task = Task::decode(damaged.to_string().as_bytes()).expect("decodes");
+        assert!(task.trace().is_none());
     }
 }
