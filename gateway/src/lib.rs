@@ -19,3 +19,15 @@ pub mod seal_keys;
 pub mod state;
 pub mod trace;
 pub mod worker;
+
+/// Makes ring the process's TLS crypto provider: every HTTP client (provider calls, OTLP
+/// export, TokenReview) needs one, and reqwest is built without its own. Idempotent.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+#[cfg(test)]
+#[ctor::ctor]
+fn install_tls_for_tests() {
+    install_tls_provider();
+}

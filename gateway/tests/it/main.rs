@@ -4,6 +4,12 @@
 
 mod common;
 
+/// Every test may build an HTTP client: the TLS provider comes first.
+#[ctor::ctor]
+fn install_tls() {
+    acteon_gateway::install_tls_provider();
+}
+
 mod acteon_compat;
 mod audit;
 mod auth;

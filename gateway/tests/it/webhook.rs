@@ -512,3 +512,26 @@ async fn the_binary_leaks_no_credential_to_callers_logs_or_metrics() {
     assert_no_secret("the log", &logged);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `https://` URLs speak TLS (real Slack, PagerDuty, Discord, Teams and Opsgenie are all
+/// https): the peer's first bytes are a TLS handshake record (ClientHello).
+#[tokio::test]
+async fn https_urls_speak_tls() {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let first_bytes = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.expect("accept");
+        let mut head = [0u8; 3];
+        stream.read_exact(&mut head).await.expect("read");
+        head
+    });
+    let p = provider(&format!("https://{addr}/hook"), 1, 2);
+    let err = p.execute(&action()).await.expect_err("no TLS server there");
+    let head = first_bytes.await.expect("peer task");
+    assert_eq!(head[0], 0x16, "a TLS handshake record, got {head:?}");
+    assert_eq!(head[1], 0x03, "TLS version major 3, got {head:?}");
+    assert!(err.retryable, "{err:?}");
+}
