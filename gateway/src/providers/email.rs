@@ -5,6 +5,10 @@
 //! `summary`, else the payload as pretty JSON), `html` (with `text`, a
 //! multipart/alternative message).
 //!
+//! Replying to an earlier message (`messageMode: thread`): `In-Reply-To` and `References`
+//! name the first message's `Message-ID` (ours: every mail gets one), which mail clients
+//! use to show the conversation as one thread.
+//!
 //! One pooled transport per provider, built on the first delivery (its pool runs a task on
 //! the tokio runtime, which a configuration build may not be on). Replies: permanent (5xx)
 //! fail at once, transient (4xx), timeouts and connection errors are retried with backoff.
@@ -27,7 +31,7 @@ use tokio::sync::OnceCell;
 
 use super::http::{Attempt, bounded, with_retries, worst_case};
 use super::response::MAX_EXCERPT;
-use super::{Provider, ProviderError, Retry};
+use super::{Follow, MessageRef, Provider, ProviderError, Retry};
 use crate::action::Action;
 use crate::outcome::ProviderResponse;
 
@@ -37,6 +41,8 @@ const MAX_RECIPIENTS: usize = 100;
 const MAX_GENERATED_BODY: usize = 64 * 1024;
 /// Connections kept per provider.
 const POOL_SIZE: u32 = 4;
+/// Longest `Message-ID` referred to (ours are ~50 characters).
+const MAX_MESSAGE_ID: usize = 256;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum TlsMode {
@@ -209,8 +215,12 @@ impl EmailProvider {
         Ok(b.build())
     }
 
-    /// The message for `a`, or why there is none.
-    fn message(&self, a: &Action) -> Result<(Message, String), ProviderError> {
+    /// The message for `a` (replying to the `Message-ID` `reply_to`), or why there is none.
+    fn message(
+        &self,
+        a: &Action,
+        reply_to: Option<&str>,
+    ) -> Result<(Message, String), ProviderError> {
         let p = &a.payload;
         let invalid = |m: String| ProviderError::new("INVALID_PAYLOAD", m, false, 0);
         let text_of = |key: &str| p.get(key).and_then(Value::as_str).map(str::to_owned);
@@ -267,6 +277,10 @@ impl EmailProvider {
             .from(self.from.clone())
             .message_id(Some(message_id.clone()))
             .subject(bounded(&subject, 998));
+        if let Some(root) = reply_to {
+            // The first message as the thread's root: clients thread on either header.
+            b = b.in_reply_to(root.to_owned()).references(root.to_owned());
+        }
         for m in to {
             b = b.to(m);
         }
@@ -362,13 +376,41 @@ fn pem_blocks(pem: &str) -> Vec<String> {
     out
 }
 
+/// Whether `id` can go in a header as a `Message-ID`: `<…>` without spaces or control
+/// characters (a stored reference must not add header lines), bounded.
+fn is_message_id(id: &str) -> bool {
+    id.len() <= MAX_MESSAGE_ID
+        && id.len() > 2
+        && id.starts_with('<')
+        && id.ends_with('>')
+        && !id.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
 #[async_trait]
 impl Provider for EmailProvider {
-    #[tracing::instrument(name = "email", skip_all, fields(action = %a.id))]
     async fn execute(&self, a: &Action) -> Result<ProviderResponse, ProviderError> {
-        let (message, message_id) = self.message(a)?;
+        self.execute_with(a, Follow::New).await.map(|(r, _)| r)
+    }
+
+    #[tracing::instrument(name = "email", skip_all, fields(action = %a.id))]
+    async fn execute_with(
+        &self,
+        a: &Action,
+        follow: Follow<'_>,
+    ) -> Result<(ProviderResponse, Option<MessageRef>), ProviderError> {
+        // A sent mail cannot be replaced (validation refuses `update`): only replies refer.
+        let reply_to = match follow {
+            Follow::Reply(root) if is_message_id(&root.id) => Some(root.id.as_str()),
+            _ => None,
+        };
+        let (message, message_id) = self.message(a, reply_to)?;
         tracing::debug!(%message_id, "sending mail");
-        with_retries(self.retry, || self.attempt(&message, &message_id)).await
+        let response = with_retries(self.retry, || self.attempt(&message, &message_id)).await?;
+        let reference = MessageRef {
+            channel: None,
+            id: message_id,
+        };
+        Ok((response, Some(reference)))
     }
 
     fn max_delivery_time(&self) -> Option<Duration> {

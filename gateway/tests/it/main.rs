@@ -25,4 +25,5 @@ mod samples_e2e;
 mod state_memory;
 mod state_postgres;
 mod state_redis;
+mod threads;
 mod webhook;
