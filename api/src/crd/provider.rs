@@ -82,16 +82,17 @@ pub struct ProviderSpec {
     /// only the headers `content-type`, `retry-after` and request ids.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redact_response: Option<bool>,
-    /// What a re-notification of the same conversation (a group's next notification, the
-    /// next move of a state-machine event) does: `new` (default) posts a new message,
-    /// `update` replaces the first message (slack with a token, discord), `thread` replies
-    /// to it (slack with a token, email). The first message's reference is kept 7 days
-    /// after the last notification.
+    /// Whether a group's or a state-machine event's later notifications post new messages
+    /// (`new`, default), replace the first one (`update`) or reply to it (`thread`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message_mode: Option<MessageMode>,
 }
 
-/// How notifications of one conversation relate to its first message.
+/// What a re-notification of the same conversation (a group's next notification, the next
+/// notifying move of a state-machine event) does: `new` (default) posts a new message,
+/// `update` replaces the first message (slack with a token, discord), `thread` replies to
+/// it (slack with a token, email). The first message's reference is kept 7 days after the
+/// conversation's last notification.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum MessageMode {
