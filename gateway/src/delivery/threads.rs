@@ -168,3 +168,29 @@ async fn remember(gw: &Gateway, key: &str, stored: Option<(MessageRef, u64)>, po
         Err(e) => tracing::warn!(error = %e, "message reference not stored"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_keep_namespaces_providers_and_conversations_apart() {
+        let group = Conversation::group("g:ns:t:ns/rule:disk");
+        let base = key("ns", "ns/chat", &group);
+        let others = [
+            key("other", "ns/chat", &group),
+            key("ns", "ns/mail", &group),
+            key("ns", "chat", &group),
+            key("ns", "ns/chat", &Conversation::event("g:ns:t:ns/rule:disk")),
+            key("ns", "ns/chat", &Conversation::group("g:ns:t:ns/rule:cpu")),
+        ];
+        for other in others {
+            assert_ne!(base, other);
+        }
+        // Separators inside a part are escaped: parts cannot run into each other.
+        assert_ne!(
+            key("a", "b:c", &Conversation::group("d")),
+            key("a:b", "c", &Conversation::group("d"))
+        );
+    }
+}

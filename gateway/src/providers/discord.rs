@@ -254,3 +254,35 @@ impl Provider for DiscordProvider {
         Some(worst_case(&self.retry, self.timeout))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn provider(url: &str) -> DiscordProvider {
+        let spec: ProviderSpec = serde_json::from_value(json!({
+            "type": "discord", "discord": {"webhookUrlSecretRef": {"name": "d", "key": "url"}}
+        }))
+        .expect("spec");
+        DiscordProvider::new(&spec, url, reqwest::Client::new()).expect("provider")
+    }
+
+    #[test]
+    fn an_edit_goes_to_the_message_under_the_webhook_keeping_its_thread() {
+        let p = provider("https://discord.test/api/webhooks/1/tok?thread_id=77");
+        let url = p.edit_url("1188").expect("a snowflake");
+        assert_eq!(
+            url.as_str(),
+            "https://discord.test/api/webhooks/1/tok/messages/1188?thread_id=77"
+        );
+        let p = provider("https://discord.test/api/webhooks/1/tok/");
+        let url = p.edit_url("42").expect("a snowflake");
+        assert_eq!(
+            url.as_str(),
+            "https://discord.test/api/webhooks/1/tok/messages/42"
+        );
+        for bad in ["", "../x", "12a", &"1".repeat(40)] {
+            assert_eq!(p.edit_url(bad), None, "{bad:?}");
+        }
+    }
+}

@@ -417,3 +417,23 @@ impl Provider for EmailProvider {
         Some(worst_case(&self.retry, self.timeout.saturating_mul(2)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_plain_message_id_is_replied_to() {
+        assert!(is_message_id("<0190-ab@example.com>"));
+        for bad in [
+            "",
+            "<>",
+            "0190@example.com",
+            "<a@b>\r\nBcc: x@y",
+            "<a b@c>",
+            &format!("<{}@x>", "a".repeat(300)),
+        ] {
+            assert!(!is_message_id(bad), "{bad:?}");
+        }
+    }
+}

@@ -350,3 +350,69 @@ impl Provider for SlackProvider {
         Some(worst_case(&self.retry, self.timeout))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api() -> SlackProvider {
+        let spec: ProviderSpec = serde_json::from_value(json!({
+            "type": "slack",
+            "slack": {"tokenSecretRef": {"name": "s", "key": "t"}, "channel": "#alerts"}
+        }))
+        .expect("spec");
+        let Some(s) = &spec.slack else {
+            panic!("slack block")
+        };
+        let token = SlackCredential::Token(b"xoxb-1".to_vec());
+        SlackProvider::new(s, &spec, token, reqwest::Client::new()).expect("provider")
+    }
+
+    fn action(payload: Value) -> Action {
+        serde_json::from_value(json!({
+            "namespace": "ns", "tenant": "t", "provider": "p", "action_type": "a",
+            "payload": payload
+        }))
+        .expect("action")
+    }
+
+    #[test]
+    fn following_a_message_names_it_in_its_channel() {
+        let p = api();
+        let first = MessageRef {
+            channel: Some("C1".into()),
+            id: "1.000001".into(),
+        };
+        let a = action(json!({"text": "hi", "channel": "#ops", "thread_ts": "9.9"}));
+        let (method, m) = p.request(&a, Follow::Update(&first)).expect("update");
+        assert_eq!(method, Method::Update);
+        assert_eq!(m, json!({"channel": "C1", "ts": "1.000001", "text": "hi"}));
+        let (method, m) = p.request(&a, Follow::Reply(&first)).expect("reply");
+        assert_eq!(method, Method::PostMessage);
+        assert_eq!(
+            m,
+            json!({"channel": "C1", "thread_ts": "1.000001", "text": "hi"})
+        );
+        let (method, m) = p.request(&a, Follow::New).expect("new");
+        assert_eq!(method, Method::PostMessage);
+        assert_eq!(
+            m,
+            json!({"channel": "#ops", "thread_ts": "9.9", "text": "hi"})
+        );
+    }
+
+    #[test]
+    fn only_a_complete_answer_is_a_reference() {
+        let r = message_ref(&json!({"ok": true, "channel": "C1", "ts": "1.2"}));
+        assert_eq!(
+            r,
+            Some(MessageRef {
+                channel: Some("C1".into()),
+                id: "1.2".into()
+            })
+        );
+        assert_eq!(message_ref(&json!({"ok": true, "channel": "C1"})), None);
+        let long = "9".repeat(MAX_REF + 1);
+        assert_eq!(message_ref(&json!({"channel": "C1", "ts": long})), None);
+    }
+}
