@@ -89,6 +89,37 @@ pub struct ProviderSpec {
     /// only the headers `content-type`, `retry-after` and request ids.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redact_response: Option<bool>,
+    /// Whether a group's or a state-machine event's later notifications post new messages
+    /// (`new`, default), replace the first one (`update`) or reply to it (`thread`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_mode: Option<MessageMode>,
+}
+
+/// What a re-notification of the same conversation (a group's next notification, the next
+/// notifying move of a state-machine event) does: `new` (default) posts a new message,
+/// `update` replaces the first message (slack with a token, discord), `thread` replies to
+/// it (slack with a token, email). The first message's reference is kept 7 days after the
+/// conversation's last notification.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageMode {
+    /// Every notification is a message of its own.
+    #[default]
+    New,
+    /// Later notifications replace the first message.
+    Update,
+    /// Later notifications reply to the first message.
+    Thread,
+}
+
+impl MessageMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageMode::New => "new",
+            MessageMode::Update => "update",
+            MessageMode::Thread => "thread",
+        }
+    }
 }
 
 /// The kinds of provider.

@@ -1,13 +1,15 @@
 //! The layer every provider call goes through, whatever asked for it (a dispatch, a group
 //! flush, a chain step, a state-machine notification, a dead-letter replay): the circuit
 //! breaker (shared by all replicas) with its fallback provider, the rate limit (shared),
-//! then the provider with its own retries, then statistics and metrics. Providers know
-//! none of this.
+//! then the provider with its own retries (following the first message of a worker's
+//! conversation, see [`threads`]), then statistics and metrics. Providers know none of
+//! this.
 
 pub mod breaker;
 pub mod rate_limit;
 pub mod record;
 pub mod stats;
+pub mod threads;
 
 use std::time::Instant;
 
@@ -137,7 +139,8 @@ impl Gateway {
     ) -> Result<ProviderResponse, ProviderError> {
         rate_limit::take_slot(self, handle).await?;
         let started = Instant::now();
-        let result = handle.provider.execute(action).await;
+        // Through the conversation's first message when the provider's messageMode asks.
+        let result = threads::deliver(self, handle, action).await;
         let took = started.elapsed();
         self.measure(handle, &result, took);
         let report = match &result {

@@ -5,6 +5,11 @@
 //! as is, at most 10), `username`. `wait=true` makes Discord answer with the message, whose
 //! `id` is returned.
 //!
+//! Updating an earlier message (`messageMode: update`): `PATCH <webhook URL>/messages/{id}`
+//! with the new `content` and `embeds` (a webhook may edit the messages it sent); a 404
+//! (the message was deleted) fails with `MESSAGE_GONE`. A webhook cannot start a thread on
+//! its own message, so replies are not offered.
+//!
 //! 429 is retried after the answer's `retry_after` (seconds, JSON) or `Retry-After`; 5xx and
 //! transport errors with backoff; other 4xx (`{"code": 50006, "message": …}`) fail at once.
 //! The webhook URL is the credential: messages call it `discord webhook`.
@@ -17,7 +22,7 @@ use serde_json::{Map, Value, json};
 
 use super::http::{Answer, Attempt, bounded, send_json, with_retries, worst_case};
 use super::response::{MAX_EXCERPT, ResponsePolicy};
-use super::{Provider, ProviderError, Retry};
+use super::{Follow, MESSAGE_GONE, MessageRef, Provider, ProviderError, Retry};
 use crate::action::Action;
 use crate::outcome::ProviderResponse;
 
@@ -26,6 +31,8 @@ const MAX_CONTENT: usize = 2000;
 /// Discord's limit of embeds per message.
 const MAX_EMBEDS: usize = 10;
 const TARGET: &str = "discord webhook";
+/// Longest message id kept as a reference (Discord's snowflakes have up to 20 digits).
+const MAX_ID: usize = 32;
 
 pub struct DiscordProvider {
     url: reqwest::Url,
@@ -110,14 +117,47 @@ impl DiscordProvider {
         Ok(Value::Object(m))
     }
 
-    async fn attempt(&self, body: &[u8]) -> Result<ProviderResponse, Attempt> {
+    /// `PATCH <webhook URL>/messages/{id}`, keeping the URL's `thread_id` (a message in a
+    /// thread is found there) and dropping `wait` (the edit answers the message anyway);
+    /// `None` for an id that is not a snowflake.
+    fn edit_url(&self, id: &str) -> Option<reqwest::Url> {
+        if id.is_empty() || id.len() > MAX_ID || !id.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let mut url = self.url.clone();
+        let query: Vec<(String, String)> = url
+            .query_pairs()
+            .filter(|(k, _)| k != "wait")
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        url.path_segments_mut()
+            .ok()?
+            .pop_if_empty()
+            .extend(["messages", id]);
+        url.set_query(None);
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
+        Some(url)
+    }
+
+    /// One request: a new message, or (`edit`) the edit of one.
+    async fn attempt(
+        &self,
+        edit: Option<&reqwest::Url>,
+        body: &[u8],
+    ) -> Result<(ProviderResponse, Option<MessageRef>), Attempt> {
+        let req = match edit {
+            Some(url) => self.http.patch(url.clone()),
+            None => self.http.post(self.url.clone()),
+        };
         let Answer {
             status,
             retry_after: header_hint,
             headers,
             read,
         } = send_json(
-            self.http.post(self.url.clone()),
+            req,
             self.timeout,
             "application/json",
             body,
@@ -134,7 +174,15 @@ impl DiscordProvider {
             };
             let mut r = ProviderResponse::success(body);
             r.headers = headers;
-            return Ok(r);
+            let reference = answer
+                .get("id")
+                .and_then(Value::as_str)
+                .filter(|id| !id.is_empty() && id.len() <= MAX_ID)
+                .map(|id| MessageRef {
+                    channel: None,
+                    id: id.to_owned(),
+                });
+            return Ok((r, reference));
         }
         // Discord's explanation: `message` (and its numeric `code`), bounded.
         let said = if self.response.redact {
@@ -167,6 +215,7 @@ impl DiscordProvider {
                 a
             }
             s if s >= 500 => Attempt::new("HTTP_5XX", message, true),
+            404 if edit.is_some() => Attempt::new(MESSAGE_GONE, message, false),
             _ => Attempt::new("HTTP_4XX", message, false),
         })
     }
@@ -174,14 +223,66 @@ impl DiscordProvider {
 
 #[async_trait]
 impl Provider for DiscordProvider {
-    #[tracing::instrument(name = "discord", skip_all, fields(action = %a.id))]
     async fn execute(&self, a: &Action) -> Result<ProviderResponse, ProviderError> {
-        let message = self.message(a)?;
+        self.execute_with(a, Follow::New).await.map(|(r, _)| r)
+    }
+
+    #[tracing::instrument(name = "discord", skip_all, fields(action = %a.id))]
+    async fn execute_with(
+        &self,
+        a: &Action,
+        follow: Follow<'_>,
+    ) -> Result<(ProviderResponse, Option<MessageRef>), ProviderError> {
+        let mut message = self.message(a)?;
+        // Only an update refers to a message; a reply (refused by validation) and a
+        // reference that is no message id post anew.
+        let edit = match follow {
+            Follow::Update(m) => self.edit_url(&m.id),
+            Follow::New | Follow::Reply(_) => None,
+        };
+        if edit.is_some()
+            && let Value::Object(fields) = &mut message
+        {
+            // An edit changes the content only: the author's name is not editable.
+            fields.remove("username");
+        }
         let body = serde_json::to_vec(&message).unwrap_or_default();
-        with_retries(self.retry, || self.attempt(&body)).await
+        with_retries(self.retry, || self.attempt(edit.as_ref(), &body)).await
     }
 
     fn max_delivery_time(&self) -> Option<Duration> {
         Some(worst_case(&self.retry, self.timeout))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn provider(url: &str) -> DiscordProvider {
+        let spec: ProviderSpec = serde_json::from_value(json!({
+            "type": "discord", "discord": {"webhookUrlSecretRef": {"name": "d", "key": "url"}}
+        }))
+        .expect("spec");
+        DiscordProvider::new(&spec, url, reqwest::Client::new()).expect("provider")
+    }
+
+    #[test]
+    fn an_edit_goes_to_the_message_under_the_webhook_keeping_its_thread() {
+        let p = provider("https://discord.test/api/webhooks/1/tok?thread_id=77");
+        let url = p.edit_url("1188").expect("a snowflake");
+        assert_eq!(
+            url.as_str(),
+            "https://discord.test/api/webhooks/1/tok/messages/1188?thread_id=77"
+        );
+        let p = provider("https://discord.test/api/webhooks/1/tok/");
+        let url = p.edit_url("42").expect("a snowflake");
+        assert_eq!(
+            url.as_str(),
+            "https://discord.test/api/webhooks/1/tok/messages/42"
+        );
+        for bad in ["", "../x", "12a", &"1".repeat(40)] {
+            assert_eq!(p.edit_url(bad), None, "{bad:?}");
+        }
     }
 }

@@ -5,6 +5,10 @@
 //! `summary`, else the payload as pretty JSON), `html` (with `text`, a
 //! multipart/alternative message).
 //!
+//! Replying to an earlier message (`messageMode: thread`): `In-Reply-To` and `References`
+//! name the first message's `Message-ID` (ours: every mail gets one), which mail clients
+//! use to show the conversation as one thread.
+//!
 //! One pooled transport per provider, built on the first delivery (its pool runs a task on
 //! the tokio runtime, which a configuration build may not be on). Replies: permanent (5xx)
 //! fail at once, transient (4xx), timeouts and connection errors are retried with backoff.
@@ -28,7 +32,7 @@ use tracing::Instrument;
 
 use super::http::{Attempt, bounded, with_retries, worst_case};
 use super::response::MAX_EXCERPT;
-use super::{Provider, ProviderError, Retry};
+use super::{Follow, MessageRef, Provider, ProviderError, Retry};
 use crate::action::Action;
 use crate::outcome::ProviderResponse;
 
@@ -40,6 +44,8 @@ const MAX_GENERATED_BODY: usize = 64 * 1024;
 const TRACEPARENT: HeaderName = HeaderName::new_from_ascii_str("Traceparent");
 /// Connections kept per provider.
 const POOL_SIZE: u32 = 4;
+/// Longest `Message-ID` referred to (ours are ~50 characters).
+const MAX_MESSAGE_ID: usize = 256;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum TlsMode {
@@ -212,11 +218,13 @@ impl EmailProvider {
         Ok(b.build())
     }
 
-    /// The message for `a`, or why there is none.
+    /// The message for `a` (carrying `trace`, replying to the `Message-ID` `reply_to`),
+    /// or why there is none.
     fn message(
         &self,
         a: &Action,
         trace: Option<&crate::trace::TraceContext>,
+        reply_to: Option<&str>,
     ) -> Result<(Message, String), ProviderError> {
         let p = &a.payload;
         let invalid = |m: String| ProviderError::new("INVALID_PAYLOAD", m, false, 0);
@@ -278,6 +286,10 @@ impl EmailProvider {
             // Mail has no standard place for it; the HTTP header's name is the one tools
             // look for.
             b = b.raw_header(HeaderValue::new(TRACEPARENT, ctx.traceparent()));
+        }
+        if let Some(root) = reply_to {
+            // The first message as the thread's root: clients thread on either header.
+            b = b.in_reply_to(root.to_owned()).references(root.to_owned());
         }
         for m in to {
             b = b.to(m);
@@ -374,14 +386,36 @@ fn pem_blocks(pem: &str) -> Vec<String> {
     out
 }
 
+/// Whether `id` can go in a header as a `Message-ID`: `<…>` without spaces or control
+/// characters (a stored reference must not add header lines), bounded.
+fn is_message_id(id: &str) -> bool {
+    id.len() <= MAX_MESSAGE_ID
+        && id.len() > 2
+        && id.starts_with('<')
+        && id.ends_with('>')
+        && !id.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
 #[async_trait]
 impl Provider for EmailProvider {
-    #[tracing::instrument(name = "email", skip_all, fields(action = %a.id))]
     async fn execute(&self, a: &Action) -> Result<ProviderResponse, ProviderError> {
+        self.execute_with(a, Follow::New).await.map(|(r, _)| r)
+    }
+
+    async fn execute_with(
+        &self,
+        a: &Action,
+        follow: Follow<'_>,
+    ) -> Result<(ProviderResponse, Option<MessageRef>), ProviderError> {
+        // A sent mail cannot be replaced (validation refuses `update`): only replies refer.
+        let reply_to = match follow {
+            Follow::Reply(root) if is_message_id(&root.id) => Some(root.id.as_str()),
+            _ => None,
+        };
         // One span (and `Traceparent` header) per message: the retries resend the same one.
         let outgoing = crate::trace::outgoing(a.trace.as_ref());
         let traceparent = outgoing.as_ref().and_then(|o| o.ctx.as_ref());
-        let (message, message_id) = self.message(a, traceparent)?;
+        let (message, message_id) = self.message(a, traceparent, reply_to)?;
         tracing::debug!(%message_id, "sending mail");
         let span = outgoing.map_or_else(tracing::Span::none, |o| o.span);
         let sent = with_retries(self.retry, || self.attempt(&message, &message_id))
@@ -390,7 +424,11 @@ impl Provider for EmailProvider {
         if sent.is_err() {
             crate::trace::record_failure(&span);
         }
-        sent
+        let reference = MessageRef {
+            channel: None,
+            id: message_id,
+        };
+        sent.map(|response| (response, Some(reference)))
     }
 
     fn max_delivery_time(&self) -> Option<Duration> {
@@ -414,14 +452,31 @@ mod tests {
             "provider": "mail", "action_type": "a", "payload": {"text": "hi"}}))
         .expect("action");
         let ctx = crate::trace::TraceContext::new_root();
-        let (message, _) = provider.message(&action, Some(&ctx)).expect("message");
+        let (message, _) = provider
+            .message(&action, Some(&ctx), None)
+            .expect("message");
         let text = String::from_utf8(message.formatted()).expect("utf-8");
         assert!(
             text.contains(&format!("Traceparent: {}\r\n", ctx.traceparent())),
             "{text}"
         );
-        let (message, _) = provider.message(&action, None).expect("message");
+        let (message, _) = provider.message(&action, None, None).expect("message");
         let text = String::from_utf8(message.formatted()).expect("utf-8");
         assert!(!text.contains("Traceparent"), "{text}");
+    }
+
+    #[test]
+    fn only_a_plain_message_id_is_replied_to() {
+        assert!(is_message_id("<0190-ab@example.com>"));
+        for bad in [
+            "",
+            "<>",
+            "0190@example.com",
+            "<a@b>\r\nBcc: x@y",
+            "<a b@c>",
+            &format!("<{}@x>", "a".repeat(300)),
+        ] {
+            assert!(!is_message_id(bad), "{bad:?}");
+        }
     }
 }

@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use acteon_api::crd::provider::MessageMode;
 use acteon_api::crd::{
     CircuitBreaker, ProviderRateLimit, ProviderSpec, ProviderType, SecretKeyRef,
 };
@@ -53,10 +54,47 @@ impl ProviderError {
     }
 }
 
+/// A message a provider delivered, as its protocol refers to it later: Slack's channel id
+/// and `ts`, a Discord message id, an email's `Message-ID`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MessageRef {
+    /// Where the message is, when the protocol needs it besides the id (Slack's channel).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    pub id: String,
+}
+
+/// How a delivery relates to an earlier message of its conversation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Follow<'a> {
+    /// A message of its own.
+    New,
+    /// Replaces this message.
+    Update(&'a MessageRef),
+    /// Replies to this message (the thread's root).
+    Reply(&'a MessageRef),
+}
+
+/// The error code of a delivery that referred to a message the peer no longer knows
+/// (deleted, or never seen by this account): the caller may deliver it as new instead.
+pub const MESSAGE_GONE: &str = "MESSAGE_GONE";
+
 /// Something that delivers an action.
 #[async_trait]
 pub trait Provider: Send + Sync {
     async fn execute(&self, action: &Action) -> Result<ProviderResponse, ProviderError>;
+
+    /// Delivers `action` following an earlier message, and answers the reference of the
+    /// message delivered when the protocol gives one. Providers that cannot refer to
+    /// messages (validation keeps their `messageMode` at `new`) deliver a new message.
+    async fn execute_with(
+        &self,
+        action: &Action,
+        follow: Follow<'_>,
+    ) -> Result<(ProviderResponse, Option<MessageRef>), ProviderError> {
+        let _ = follow;
+        Ok((self.execute(action).await?, None))
+    }
 
     /// The longest one `execute` can take, every attempt and backoff included; `None` for
     /// providers that wait on nothing. Bounds the in-flight lease of dedup marks.
@@ -77,19 +115,31 @@ pub struct ProviderHandle {
     pub provider: Arc<dyn Provider>,
     pub circuit: Option<CircuitBreaker>,
     pub rate_limit: Option<ProviderRateLimit>,
+    pub message_mode: MessageMode,
 }
 
 impl ProviderHandle {
     /// The longest a delivery through this handle can take: the provider's own bound plus
-    /// the longest wait for a rate-limit slot.
+    /// the longest wait for a rate-limit slot, for each provider call it may make.
     pub fn max_delivery_time(&self) -> Option<Duration> {
         let slot = self
             .rate_limit
             .as_ref()
             .map(crate::delivery::rate_limit::max_wait);
+        // Following a message the peer lost takes a second call (and slot): see
+        // `delivery::threads`.
+        let calls = if self.message_mode == MessageMode::New {
+            1
+        } else {
+            2
+        };
         match (self.provider.max_delivery_time(), slot) {
             (None, None) => None,
-            (a, b) => Some(a.unwrap_or_default().saturating_add(b.unwrap_or_default())),
+            (a, b) => Some(
+                a.unwrap_or_default()
+                    .saturating_add(b.unwrap_or_default())
+                    .saturating_mul(calls),
+            ),
         }
     }
 }
@@ -466,6 +516,7 @@ impl ProviderRegistry {
                 provider: with_templates(e, build(e, http, secrets)?)?,
                 circuit: e.spec.circuit_breaker.clone(),
                 rate_limit: e.spec.rate_limit.clone(),
+                message_mode: e.spec.message_mode.unwrap_or_default(),
             };
             match &e.namespace {
                 Some(ns) => {

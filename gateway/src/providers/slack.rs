@@ -1,6 +1,12 @@
 //! The `slack` provider: Web API `chat.postMessage` with a bot token, or an incoming
 //! webhook.
 //!
+//! Following an earlier message (`messageMode`, Web API only): a reply is a
+//! `chat.postMessage` with `thread_ts` set to the root's `ts`, in the root's channel; an
+//! update is a `chat.update` of the message's channel id and `ts` (the ids that
+//! `chat.postMessage` answered). `message_not_found`, `thread_not_found`,
+//! `cant_update_message` and `edit_window_closed` then fail with `MESSAGE_GONE`.
+//!
 //! Payload mapping: `channel` (else the Provider's), `text` (else `summary`, else the action
 //! type and payload as compact JSON), `blocks` (an array, passed as is), `thread_ts`.
 //!
@@ -21,7 +27,7 @@ use serde_json::{Map, Value, json};
 
 use super::http::{Answer, Attempt, bounded, send_json, with_retries, worst_case};
 use super::response::ResponsePolicy;
-use super::{Provider, ProviderError, Retry};
+use super::{Follow, MESSAGE_GONE, MessageRef, Provider, ProviderError, Retry};
 use crate::action::Action;
 use crate::outcome::ProviderResponse;
 
@@ -31,12 +37,32 @@ pub const DEFAULT_API_URL: &str = "https://slack.com/api";
 const MAX_GENERATED_TEXT: usize = 3000;
 /// Longest Slack error code quoted (they are short identifiers).
 const MAX_CODE: usize = 64;
+/// Longest channel id or `ts` kept as a message reference (Slack's are ~20 characters).
+const MAX_REF: usize = 64;
+/// Slack's answers to a request that followed a message it cannot follow any more.
+const GONE: [&str; 4] = [
+    "message_not_found",
+    "thread_not_found",
+    "cant_update_message",
+    "edit_window_closed",
+];
 
 enum Endpoint {
-    /// `chat.postMessage` at this URL (not secret), with `Authorization: Bearer <token>`.
-    Api { url: String, auth: HeaderValue },
+    /// The Web API methods at these URLs (not secret), with `Authorization: Bearer <token>`.
+    Api {
+        post: String,
+        update: String,
+        auth: HeaderValue,
+    },
     /// An incoming webhook: the URL is the credential.
     Webhook { url: String },
+}
+
+/// The Web API method a message goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Method {
+    PostMessage,
+    Update,
 }
 
 pub struct SlackProvider {
@@ -51,7 +77,7 @@ pub struct SlackProvider {
 impl std::fmt::Debug for SlackProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SlackProvider")
-            .field("endpoint", &self.target())
+            .field("endpoint", &self.target(Method::PostMessage))
             .field("channel", &self.channel)
             .field("timeout", &self.timeout)
             .field("retry", &self.retry)
@@ -82,9 +108,14 @@ impl SlackProvider {
                 let mut auth = HeaderValue::from_bytes(&value)
                     .map_err(|_| "the token is not a valid HTTP header value".to_owned())?;
                 auth.set_sensitive(true);
-                let base = s.api_url.as_deref().unwrap_or(DEFAULT_API_URL);
+                let base = s
+                    .api_url
+                    .as_deref()
+                    .unwrap_or(DEFAULT_API_URL)
+                    .trim_end_matches('/');
                 Endpoint::Api {
-                    url: format!("{}/chat.postMessage", base.trim_end_matches('/')),
+                    post: format!("{base}/chat.postMessage"),
+                    update: format!("{base}/chat.update"),
                     auth,
                 }
             }
@@ -112,11 +143,38 @@ impl SlackProvider {
     }
 
     /// What messages call the endpoint (never the webhook URL).
-    fn target(&self) -> &'static str {
-        match self.endpoint {
-            Endpoint::Api { .. } => "slack chat.postMessage",
-            Endpoint::Webhook { .. } => "slack incoming webhook",
+    fn target(&self, method: Method) -> &'static str {
+        match (&self.endpoint, method) {
+            (Endpoint::Api { .. }, Method::PostMessage) => "slack chat.postMessage",
+            (Endpoint::Api { .. }, Method::Update) => "slack chat.update",
+            (Endpoint::Webhook { .. }, _) => "slack incoming webhook",
         }
+    }
+
+    /// The message for `a` following `follow`, and the method it goes to.
+    fn request(&self, a: &Action, follow: Follow<'_>) -> Result<(Method, Value), ProviderError> {
+        let mut m = self.message(a)?;
+        let Value::Object(fields) = &mut m else {
+            return Ok((Method::PostMessage, m));
+        };
+        let (method, reference) = match follow {
+            Follow::New => return Ok((Method::PostMessage, m)),
+            Follow::Reply(root) => (Method::PostMessage, root),
+            Follow::Update(message) => (Method::Update, message),
+        };
+        // The thread and the message to replace live in the channel of the first message,
+        // by id (chat.update takes no channel name), whatever this payload names.
+        if let Some(channel) = &reference.channel {
+            fields.insert("channel".into(), Value::String(channel.clone()));
+        }
+        let ts = Value::String(reference.id.clone());
+        if method == Method::Update {
+            fields.remove("thread_ts");
+            fields.insert("ts".into(), ts);
+        } else {
+            fields.insert("thread_ts".into(), ts);
+        }
+        Ok((method, m))
     }
 
     /// The message for `a`, or why there is none.
@@ -158,11 +216,22 @@ impl SlackProvider {
         Ok(Value::Object(m))
     }
 
-    async fn attempt(&self, body: &[u8]) -> Result<ProviderResponse, Attempt> {
-        let target = self.target();
-        let req = match &self.endpoint {
-            Endpoint::Api { url, auth } => self.http.post(url).header(AUTHORIZATION, auth.clone()),
-            Endpoint::Webhook { url } => self.http.post(url),
+    /// One request; `following`: it refers to an earlier message (see [`GONE`]).
+    async fn attempt(
+        &self,
+        method: Method,
+        body: &[u8],
+        following: bool,
+    ) -> Result<(ProviderResponse, Option<MessageRef>), Attempt> {
+        let target = self.target(method);
+        let req = match (&self.endpoint, method) {
+            (Endpoint::Api { post, auth, .. }, Method::PostMessage) => {
+                self.http.post(post).header(AUTHORIZATION, auth.clone())
+            }
+            (Endpoint::Api { update, auth, .. }, Method::Update) => {
+                self.http.post(update).header(AUTHORIZATION, auth.clone())
+            }
+            (Endpoint::Webhook { url }, _) => self.http.post(url),
         };
         let Answer {
             status,
@@ -199,6 +268,7 @@ impl SlackProvider {
                 false,
             ));
         }
+        let mut reference = None;
         let body = match self.endpoint {
             Endpoint::Webhook { .. } => json!({"ok": true}),
             Endpoint::Api { .. } => {
@@ -216,19 +286,19 @@ impl SlackProvider {
                         .map(|c| bounded(c, MAX_CODE))
                         .unwrap_or_else(|| "unknown_error".into());
                     let ratelimited = code == "ratelimited";
-                    let mut a = Attempt::new(
-                        if ratelimited {
-                            "RATE_LIMITED"
-                        } else {
-                            "SLACK_ERROR"
-                        },
-                        format!("{target}: {code}"),
-                        ratelimited,
-                    );
+                    let kind = if ratelimited {
+                        "RATE_LIMITED"
+                    } else if following && GONE.contains(&code.as_str()) {
+                        MESSAGE_GONE
+                    } else {
+                        "SLACK_ERROR"
+                    };
+                    let mut a = Attempt::new(kind, format!("{target}: {code}"), ratelimited);
                     a.retry_after = hint;
                     return Err(a);
                 }
                 // What a caller needs to refer to the message (thread on it, update it).
+                reference = message_ref(&answer);
                 json!({"ok": true, "channel": answer.get("channel"), "ts": answer.get("ts")})
             }
         };
@@ -238,21 +308,111 @@ impl SlackProvider {
             body
         });
         r.headers = headers;
-        Ok(r)
+        Ok((r, reference))
     }
+}
+
+/// The channel id and `ts` of the message an answer reports, when both are there and of
+/// a sane length.
+fn message_ref(answer: &Value) -> Option<MessageRef> {
+    let text = |key: &str| {
+        answer
+            .get(key)
+            .and_then(Value::as_str)
+            .filter(|v| !v.is_empty() && v.len() <= MAX_REF)
+    };
+    Some(MessageRef {
+        channel: Some(text("channel")?.to_owned()),
+        id: text("ts")?.to_owned(),
+    })
 }
 
 #[async_trait]
 impl Provider for SlackProvider {
-    #[tracing::instrument(name = "slack", skip_all, fields(action = %a.id))]
     async fn execute(&self, a: &Action) -> Result<ProviderResponse, ProviderError> {
-        let message = self.message(a)?;
+        self.execute_with(a, Follow::New).await.map(|(r, _)| r)
+    }
+
+    #[tracing::instrument(name = "slack", skip_all, fields(action = %a.id))]
+    async fn execute_with(
+        &self,
+        a: &Action,
+        follow: Follow<'_>,
+    ) -> Result<(ProviderResponse, Option<MessageRef>), ProviderError> {
+        let (method, message) = self.request(a, follow)?;
         // Serialising a Value cannot fail; an empty body would be refused by Slack.
         let body = serde_json::to_vec(&message).unwrap_or_default();
-        with_retries(self.retry, || self.attempt(&body)).await
+        let following = follow != Follow::New;
+        with_retries(self.retry, || self.attempt(method, &body, following)).await
     }
 
     fn max_delivery_time(&self) -> Option<Duration> {
         Some(worst_case(&self.retry, self.timeout))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api() -> SlackProvider {
+        let spec: ProviderSpec = serde_json::from_value(json!({
+            "type": "slack",
+            "slack": {"tokenSecretRef": {"name": "s", "key": "t"}, "channel": "#alerts"}
+        }))
+        .expect("spec");
+        let Some(s) = &spec.slack else {
+            panic!("slack block")
+        };
+        let token = SlackCredential::Token(b"xoxb-1".to_vec());
+        SlackProvider::new(s, &spec, token, reqwest::Client::new()).expect("provider")
+    }
+
+    fn action(payload: Value) -> Action {
+        serde_json::from_value(json!({
+            "namespace": "ns", "tenant": "t", "provider": "p", "action_type": "a",
+            "payload": payload
+        }))
+        .expect("action")
+    }
+
+    #[test]
+    fn following_a_message_names_it_in_its_channel() {
+        let p = api();
+        let first = MessageRef {
+            channel: Some("C1".into()),
+            id: "1.000001".into(),
+        };
+        let a = action(json!({"text": "hi", "channel": "#ops", "thread_ts": "9.9"}));
+        let (method, m) = p.request(&a, Follow::Update(&first)).expect("update");
+        assert_eq!(method, Method::Update);
+        assert_eq!(m, json!({"channel": "C1", "ts": "1.000001", "text": "hi"}));
+        let (method, m) = p.request(&a, Follow::Reply(&first)).expect("reply");
+        assert_eq!(method, Method::PostMessage);
+        assert_eq!(
+            m,
+            json!({"channel": "C1", "thread_ts": "1.000001", "text": "hi"})
+        );
+        let (method, m) = p.request(&a, Follow::New).expect("new");
+        assert_eq!(method, Method::PostMessage);
+        assert_eq!(
+            m,
+            json!({"channel": "#ops", "thread_ts": "9.9", "text": "hi"})
+        );
+    }
+
+    #[test]
+    fn only_a_complete_answer_is_a_reference() {
+        let r = message_ref(&json!({"ok": true, "channel": "C1", "ts": "1.2"}));
+        assert_eq!(
+            r,
+            Some(MessageRef {
+                channel: Some("C1".into()),
+                id: "1.2".into()
+            })
+        );
+        assert_eq!(message_ref(&json!({"ok": true, "channel": "C1"})), None);
+        let long = "9".repeat(MAX_REF + 1);
+        assert_eq!(message_ref(&json!({"channel": "C1", "ts": long})), None);
     }
 }

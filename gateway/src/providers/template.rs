@@ -149,6 +149,16 @@ impl Provider for TemplatedProvider {
         self.inner.execute(&rendered).await
     }
 
+    // Forwarded, or a templated provider would lose its `messageMode`.
+    async fn execute_with(
+        &self,
+        a: &Action,
+        follow: super::Follow<'_>,
+    ) -> Result<(ProviderResponse, Option<super::MessageRef>), ProviderError> {
+        let rendered = self.render(a)?;
+        self.inner.execute_with(&rendered, follow).await
+    }
+
     fn max_delivery_time(&self) -> Option<Duration> {
         self.inner.max_delivery_time()
     }

@@ -358,6 +358,7 @@ impl Machine {
             provider: provider.to_owned(),
             action: notification,
             moved_ms: now_ms,
+            event: Some(t.key.clone()),
         });
         t.notice = Some(MoveNotice {
             from,

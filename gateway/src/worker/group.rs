@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use super::task::FlushGroup;
 use super::{Done, observe_lateness};
 use crate::action::Action;
+use crate::delivery::threads::Conversation;
 use crate::pipeline::Gateway;
 use crate::rules::group::GroupMeta;
 use crate::state::{ClaimedTimer, GroupBatch, unix_ms};
@@ -30,7 +31,10 @@ pub(super) async fn flush(gateway: &Gateway, task: FlushGroup, timer: &ClaimedTi
         }
     };
     let action = notification(&meta, &batch, &task.key);
-    if let Err(e) = gateway.resume(action, &meta.after, "group").await {
+    // The group's notifications are one conversation (a provider may update or thread).
+    let resumed =
+        Conversation::group(&task.key).scope(gateway.resume(action, &meta.after, "group"));
+    if let Err(e) = resumed.await {
         return e.into();
     }
     gateway

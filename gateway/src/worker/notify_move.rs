@@ -6,6 +6,7 @@
 use super::Done;
 use super::task::NotifyMove;
 use crate::audit::AuditSource;
+use crate::delivery::threads::Conversation;
 use crate::pipeline::Gateway;
 use crate::state::unix_ms;
 
@@ -32,10 +33,13 @@ pub(super) async fn send(gateway: &Gateway, task: NotifyMove) -> Done {
     }
     let started = std::time::Instant::now();
     let dispatched_at = crate::audit::now_micros();
-    let result = gateway
-        .call_provider(&rt, &task.action.namespace, &task.provider, &task.action)
-        .await
-        .into_result(&task.provider);
+    let call = gateway.call_provider(&rt, &task.action.namespace, &task.provider, &task.action);
+    // The event's notifications are one conversation (a provider may update or thread).
+    let called = match &task.event {
+        Some(event) => Conversation::event(event).scope(call).await,
+        None => call.await,
+    };
+    let result = called.into_result(&task.provider);
     // A timeout's notification is a delivery of its own (a dispatch's move is recorded
     // with the dispatch); each attempt that ends the task is recorded once.
     let audited = |r: Result<(), String>| async {

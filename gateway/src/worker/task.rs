@@ -104,6 +104,10 @@ pub struct NotifyMove {
     /// When the move was made: a notification that could not be sent for
     /// [`NotifyMove::GIVE_UP_AFTER_MS`] is dropped (counted and logged).
     pub moved_ms: u64,
+    /// The backend key of the moved event: its notifications are one conversation
+    /// (`messageMode`). Absent in tasks armed before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
 }
 
 impl NotifyMove {

@@ -31,5 +31,6 @@ mod samples_e2e;
 mod state_memory;
 mod state_postgres;
 mod state_redis;
+mod threads;
 mod trace;
 mod webhook;

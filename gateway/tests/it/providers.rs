@@ -37,7 +37,7 @@ mod templates;
 
 /// A gateway from `yaml` whose `secretKeyRef`s (`name`/`key` → value) are sealed in the
 /// snapshot, as the operator publishes them.
-fn gateway_with_secrets(yaml: &str, secrets: &[(&str, &str, &str)]) -> Gateway {
+pub(crate) fn gateway_with_secrets(yaml: &str, secrets: &[(&str, &str, &str)]) -> Gateway {
     let docs = parse_text("test.yaml", yaml).expect("test YAML parses");
     let compiled = compile(&docs, &CompileOptions::default());
     assert!(
@@ -734,10 +734,10 @@ fn python() -> String {
 }
 
 /// aiosmtpd on a free port, stopped when dropped.
-struct Smtp {
+pub(crate) struct Smtp {
     child: Child,
-    port: u16,
-    dir: PathBuf,
+    pub(crate) port: u16,
+    pub(crate) dir: PathBuf,
     /// The CA that signed the server's certificate (PEM), with TLS.
     ca: Option<String>,
 }
@@ -762,7 +762,7 @@ fn run(cmd: &mut Command) {
 impl Smtp {
     /// With `tls_auth`, STARTTLS (a certificate for 127.0.0.1 from a throw-away CA) and
     /// AUTH are required.
-    fn start(tls_auth: bool) -> Smtp {
+    pub(crate) fn start(tls_auth: bool) -> Smtp {
         let dir = std::env::temp_dir().join(format!(
             "acteon-smtp-{}-{}",
             std::process::id(),
@@ -873,7 +873,7 @@ impl Smtp {
             .unwrap_or(0)
     }
 
-    fn message(&self, n: usize) -> Value {
+    pub(crate) fn message(&self, n: usize) -> Value {
         let text = std::fs::read_to_string(self.dir.join(format!("msg-{n}.json")))
             .unwrap_or_else(|e| panic!("message {n} received: {e}"));
         serde_json::from_str(&text).expect("json")

@@ -2,6 +2,7 @@
 
 use super::{Parsed, Problem, Run};
 use crate::compile::error::Kind;
+use crate::crd::provider::MessageMode;
 use crate::crd::provider::OpsgenieProvider;
 use crate::crd::{ProviderSpec, ProviderType};
 use crate::redact::redact_url;
@@ -249,7 +250,44 @@ pub(super) fn check(spec: &ProviderSpec) -> Result<(), Problem> {
             "must be between 1 and 300",
         ));
     }
-    Ok(())
+    check_message_mode(spec)
+}
+
+/// `messageMode` other than `new` only where the provider's protocol can refer to an
+/// earlier message: the gateway would otherwise post new messages while the Provider
+/// promises updates or threads.
+fn check_message_mode(spec: &ProviderSpec) -> Result<(), Problem> {
+    let mode = spec.message_mode.unwrap_or_default();
+    let refused = match (spec.provider_type, mode) {
+        (_, MessageMode::New) => return Ok(()),
+        (ProviderType::Slack, _)
+            if spec
+                .slack
+                .as_ref()
+                .is_some_and(|s| s.token_secret_ref.is_none()) =>
+        {
+            "an incoming webhook answers no message id, so its messages cannot be updated or \
+             threaded: use tokenSecretRef (the Web API)"
+        }
+        (ProviderType::Slack, _) => return Ok(()),
+        (ProviderType::Discord, MessageMode::Update) => return Ok(()),
+        (ProviderType::Discord, _) => {
+            "a Discord webhook cannot start a thread on its own message (only a bot can): \
+             use `update` or `new`"
+        }
+        (ProviderType::Email, MessageMode::Thread) => return Ok(()),
+        (ProviderType::Email, _) => "a sent mail cannot be replaced: use `thread` or `new`",
+        _ => "this provider type only supports `new`",
+    };
+    Err(Problem::new(
+        "spec.messageMode",
+        "InvalidProvider",
+        format!(
+            "`{}` is not supported by type `{}`: {refused}",
+            mode.as_str(),
+            spec.provider_type.as_str()
+        ),
+    ))
 }
 
 /// Opsgenie's own limits, so that a Provider it would refuse every alert of is refused
@@ -492,5 +530,60 @@ mod tests {
             problem(wrong_block).expect("wrong block").0,
             "spec.opsgenie"
         );
+    }
+
+    #[test]
+    fn message_mode_is_refused_where_the_protocol_cannot_follow_a_message() {
+        let r = |name: &str| serde_json::json!({"name": name, "key": "k"});
+        let with_mode = |ty: &str, block: serde_json::Value, mode: &str| {
+            let mut spec = serde_json::json!({"type": ty, "messageMode": mode});
+            if !block.is_null() {
+                spec[ty] = block;
+            }
+            problem(spec)
+        };
+        let slack_api = serde_json::json!({"tokenSecretRef": r("s")});
+        let slack_hook = serde_json::json!({"webhookUrlSecretRef": r("w")});
+        let discord = serde_json::json!({"webhookUrlSecretRef": r("d")});
+        let email = serde_json::json!({"smtpHost": "mail", "from": "a@example.com"});
+        let webhook = serde_json::json!({"url": "http://sink"});
+        let pd = serde_json::json!({"routingKeySecretRef": r("p")});
+        let accepted = [
+            ("slack", &slack_api, "update"),
+            ("slack", &slack_api, "thread"),
+            ("slack", &slack_hook, "new"),
+            ("discord", &discord, "update"),
+            ("email", &email, "thread"),
+            ("webhook", &webhook, "new"),
+        ];
+        for (ty, block, mode) in accepted {
+            assert_eq!(with_mode(ty, block.clone(), mode), None, "{ty} {mode}");
+        }
+        let refused = [
+            ("slack", &slack_hook, "update", "incoming webhook"),
+            ("slack", &slack_hook, "thread", "incoming webhook"),
+            ("discord", &discord, "thread", "cannot start a thread"),
+            ("email", &email, "update", "cannot be replaced"),
+            ("webhook", &webhook, "update", "only supports `new`"),
+            ("pagerduty", &pd, "thread", "only supports `new`"),
+            (
+                "log",
+                &serde_json::Value::Null,
+                "update",
+                "only supports `new`",
+            ),
+        ];
+        for (ty, block, mode, why) in refused {
+            let (field, message) =
+                with_mode(ty, block.clone(), mode).unwrap_or_else(|| panic!("{ty} {mode}"));
+            assert_eq!(field, "spec.messageMode", "{ty} {mode}");
+            assert!(
+                message.contains(&format!("`{mode}`")) && message.contains(why),
+                "{message}"
+            );
+        }
+        // Unknown modes are refused when the spec is read.
+        let spec = serde_json::json!({"type": "slack", "slack": slack_api, "messageMode": "edit"});
+        assert!(serde_json::from_value::<ProviderSpec>(spec).is_err());
     }
 }
