@@ -314,13 +314,17 @@ pub struct OpsgenieProvider {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OpsgenieResponder {
+    /// What the responder is: team, user, escalation or schedule.
     #[serde(rename = "type")]
     #[schemars(extend("enum" = ["team", "user", "escalation", "schedule"]))]
     pub responder_type: String,
+    /// Opsgenie's id of the responder (one of id, name, username).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// Name of the team, escalation or schedule.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Username (email) of a user responder.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
 }
