@@ -289,7 +289,7 @@ fn probe_lease(handle: &ProviderHandle) -> u64 {
 }
 
 /// A record as stored; an unreadable one counts as closed (it is rewritten on change).
-fn decode(value: Option<&Versioned>) -> Record {
+pub fn decode(value: Option<&Versioned>) -> Record {
     value
         .and_then(|v| serde_json::from_slice(&v.value).ok())
         .unwrap_or_default()

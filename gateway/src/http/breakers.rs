@@ -12,6 +12,8 @@ use utoipa::{IntoParams, ToSchema};
 use super::AppState;
 use super::dispatch::namespace_ok;
 use super::error::ApiError;
+use acteon_api::crd::CircuitBreaker;
+
 use crate::auth::Caller;
 use crate::delivery::breaker::{self, recovery_ms};
 use crate::delivery::record::Record;
@@ -94,14 +96,15 @@ pub async fn list(
     Query(scope): Query<ProviderScope>,
 ) -> Result<Json<CircuitBreakerList>, ApiError> {
     let rt = app.gateway.config.load();
-    let handles: Vec<&ProviderHandle> = in_scope(&rt.providers, &scope)?
-        .filter(|h| h.circuit.is_some())
+    let guarded: Vec<(&ProviderHandle, &CircuitBreaker)> = in_scope(&rt.providers, &scope)?
+        .filter_map(|h| h.circuit.as_ref().map(|cb| (h, cb)))
         .collect();
+    let handles: Vec<&ProviderHandle> = guarded.iter().map(|(h, _)| *h).collect();
     let records = read_records(&app, &handles).await?;
-    let circuit_breakers = handles
+    let circuit_breakers = guarded
         .iter()
         .zip(records)
-        .map(|(h, r)| status(h, &r))
+        .map(|((h, cb), r)| status(h, cb, &r))
         .collect();
     Ok(Json(CircuitBreakerList { circuit_breakers }))
 }
@@ -264,33 +267,18 @@ async fn read_records(
     let gw = &app.gateway;
     let keys: Vec<String> = handles.iter().map(|h| breaker::key(&h.id)).collect();
     let values = gw.state_call(gw.state.get_many(&keys)).await?;
-    Ok(values
-        .iter()
-        .map(|v| {
-            v.as_ref()
-                .and_then(|v| serde_json::from_slice(&v.value).ok())
-                .unwrap_or_default()
-        })
-        .collect())
+    Ok(values.iter().map(|v| breaker::decode(v.as_ref())).collect())
 }
 
-fn status(handle: &ProviderHandle, record: &Record) -> CircuitBreakerStatus {
-    let cb = handle
-        .circuit
-        .clone()
-        .unwrap_or(acteon_api::crd::CircuitBreaker {
-            failure_threshold: 0,
-            recovery_timeout_seconds: 0,
-            fallback_provider: None,
-        });
+fn status(handle: &ProviderHandle, cb: &CircuitBreaker, record: &Record) -> CircuitBreakerStatus {
     CircuitBreakerStatus {
         provider: handle.name.clone(),
         namespace: handle.namespace.clone(),
-        state: record.state(unix_ms(), recovery_ms(&cb)).as_str(),
+        state: record.state(unix_ms(), recovery_ms(cb)).as_str(),
         failure_threshold: cb.failure_threshold,
         success_threshold: 1,
         recovery_timeout_seconds: cb.recovery_timeout_seconds,
-        fallback_provider: cb.fallback_provider,
+        fallback_provider: cb.fallback_provider.clone(),
         consecutive_failures: record.failures,
         opened_at: (record.trips > 0).then_some(record.opened_ms),
         trips: record.trips,

@@ -6,12 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use acteon_api::compile::{CompileOptions, compile, parse_text};
-use acteon_channel::seal::SealKey;
-use acteon_gateway::config::{LiveConfig, Runtime};
-use acteon_gateway::metrics::Metrics;
-use acteon_gateway::pipeline::{Gateway, GatewayOptions};
-use acteon_gateway::state::MemoryStore;
+use acteon_gateway::pipeline::Gateway;
 use acteon_gateway::trace::TraceContext;
 use parking_lot::Mutex;
 use serde_json::{Value, json};
@@ -585,33 +580,8 @@ async fn queued_spans_are_sent_on_sigterm() {
 /// A gateway with one Discord provider whose (sealed) webhook URL points at `peer`.
 fn discord_gateway(peer: &Recorder) -> Gateway {
     let yaml = "apiVersion: acteon.dev/v1alpha1\nkind: Provider\nmetadata: {name: dc, namespace: ns}\nspec:\n  type: discord\n  discord: {webhookUrlSecretRef: {name: dc, key: url}}\n  retry: {maxAttempts: 1}\n";
-    let docs = parse_text("test.yaml", yaml).expect("parses");
-    let mut snapshot = compile(&docs, &CompileOptions::default()).snapshot;
-    let key = SealKey::generate();
-    let id = acteon_api::snapshot::secret_id(
-        Some("ns"),
-        &acteon_api::crd::SecretKeyRef {
-            name: "dc".into(),
-            key: "url".into(),
-        },
-    );
     let url = peer.url("/api/webhooks/1/token");
-    snapshot
-        .secrets
-        .insert(id.clone(), key.seal(&id, url.as_bytes()));
-    snapshot.seal();
-    let runtime = Runtime::build(snapshot, &reqwest::Client::new(), Some(&key)).expect("builds");
-    Gateway {
-        config: LiveConfig::new(runtime),
-        state: Arc::new(MemoryStore::new()),
-        metrics: Arc::new(Metrics::new()),
-        options: GatewayOptions::default(),
-        confirmer: Default::default(),
-        delivered: Default::default(),
-        chain_activity: Default::default(),
-        guards: Default::default(),
-        audit: None,
-    }
+    crate::providers::gateway_with_secrets(yaml, &[("dc", "url", url.as_str())])
 }
 
 #[tokio::test]
