@@ -6,7 +6,13 @@
 # records/s written by the writer while the gateway is loaded).
 #
 #   cargo build --release -p acteon-gateway -p acteon-load
-#   bash tools/acteon-load/audit.sh [memory postgres]
+#   bash tools/acteon-load/audit.sh [memory postgres memory+pg]
+#
+# `memory+pg`: memory state, audit into Postgres (`--audit-postgres-url`): the audit
+# trail's own cost, without the Postgres gates of the `postgres` row. To see the gateway's
+# share with the database on a core of its own (as on a separate database host):
+#   for p in $(pgrep -x postgres); do taskset -a -cp 1 "$p"; done
+#   taskset -c 0 bash tools/acteon-load/audit.sh postgres memory+pg
 #
 # Environment: DURATION (10s), WARMUP (3s), CONNECTIONS (32), PG_URL, GATEWAY, LOADGEN
 # (see lib.sh). Reports are kept in /tmp/acteon-audit-<backend>-<on|off>.txt.
@@ -24,9 +30,13 @@ secs="${DURATION%s}"
 declare -A RPS WRITTEN LOST
 for b in "${BACKENDS[@]}"; do
     for mode in off on; do
-        prefix="acteon_audit_$$_${b}_${mode}"
-        start_gw "$(state_url "$b")" "$prefix" "/tmp/acteon-audit-gw-$b-$mode.log" \
-            --audit "$mode" --audit-queue-capacity 100000; port="$PORT"
+        prefix="acteon_audit_$$_${b/+/_}_${mode}"
+        state="$b" extra=()
+        if [[ "$b" == memory+pg ]]; then
+            state=memory extra=(--audit-postgres-url "$PG_URL")
+        fi
+        start_gw "$(state_url "$state")" "$prefix" "/tmp/acteon-audit-gw-$b-$mode.log" \
+            --audit "$mode" --audit-queue-capacity 100000 "${extra[@]}"; port="$PORT"
         load "$port" /dev/null -c "$CONNECTIONS" -d "$WARMUP"
         w0="$(metric_sum "$port" acteon_audit_records_total 'written')"
         l0="$(metric_sum "$port" acteon_audit_dropped_total)"
@@ -40,7 +50,7 @@ for b in "${BACKENDS[@]}"; do
         WRITTEN[$b-$mode]=$((w1 - w0))
         LOST[$b-$mode]=$((l1 - l0))
         stop_gws
-        if [[ "$b" == postgres ]]; then
+        if [[ "$b" != memory ]]; then
             psql "$PG_URL" -qc "DROP SCHEMA IF EXISTS \"$prefix\" CASCADE" >/dev/null 2>&1 || true
         fi
     done

@@ -94,27 +94,15 @@ impl AuditStore for MemoryAuditStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
 
     fn record(i: i64, ns: &str) -> AuditRecord {
         AuditRecord {
-            id: uuid::Uuid::now_v7().hyphenated().to_string(),
             action_id: format!("a-{i}"),
             namespace: ns.into(),
-            tenant: "t".into(),
-            provider: "p".into(),
-            action_type: "x".into(),
-            verdict: "allow".into(),
-            matched_rule: None,
-            outcome: "executed".into(),
-            error: None,
-            caller: None,
-            source: "dispatch".into(),
             // Several records share a timestamp: the id breaks ties.
             dispatched_at: DateTime::from_timestamp_micros(1_000_000 + i / 3).unwrap(),
             duration_ms: 1,
-            payload: None,
-            metadata: HashMap::new(),
+            ..crate::audit::test_record()
         }
     }
 

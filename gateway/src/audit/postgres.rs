@@ -2,20 +2,22 @@
 //! (`migrations/postgres/0008_audit.sql`).
 //!
 //! A pool of its own, created lazily: the audit store being down at start (or later) never
-//! stops the gateway; the writer retries, then counts the records as lost. Rows are inserted
-//! `UNNEST`-style, one statement per batch (up to [`super::writer::BATCH`] rows): one round
-//! trip and one WAL flush per batch. Times cross the wire as integer microseconds, so that a
-//! cursor compares exactly equal to the stored value.
+//! stops the gateway; the writer retries, then counts the records as lost. A batch (up to
+//! [`super::writer::BATCH`] rows) is one binary `COPY` ([`super::pg_copy`]): one statement
+//! and one WAL flush per batch; a batch that meets stored ids (a retry) is inserted
+//! `UNNEST`-style with `ON CONFLICT DO NOTHING` instead. Times cross the wire as integer
+//! microseconds, so that a cursor compares exactly equal to the stored value.
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use acteon_channel::backend::{Redactor, check_schema, db_message};
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolCopyExt, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, ConnectOptions, Postgres, QueryBuilder, Row};
 use tokio::sync::OnceCell;
 
+use super::pg_copy;
 use super::{
     AuditError, AuditPage, AuditQuery, AuditRecord, AuditStore, MAX_LIMIT, MAX_PER_ACTION,
     Retention,
@@ -86,13 +88,10 @@ impl PostgresAuditStore {
         what: &str,
         f: impl std::future::Future<Output = Result<T, sqlx::Error>>,
     ) -> Result<T, AuditError> {
-        match tokio::time::timeout(self.op_timeout, f).await {
-            Ok(r) => r.map_err(|e| self.err(what, &e)),
-            Err(_) => Err(AuditError::Unavailable(format!(
-                "{what}: no answer within {:?}",
-                self.op_timeout
-            ))),
-        }
+        self.bounded_raw(f).await.map_err(|e| match e {
+            Some(e) => self.err(what, &e),
+            None => self.timed_out(what),
+        })
     }
 
     /// Creates the schema and table if missing; once per process (retried until it works).
@@ -122,64 +121,34 @@ impl PostgresAuditStore {
             .map(|_| ())
     }
 
-    /// Whole-table count (tests and the bench).
-    pub async fn count(&self) -> Result<i64, AuditError> {
-        self.ensure().await?;
-        self.bounded(
-            "count",
-            sqlx::query_scalar("SELECT count(*) FROM acteon_audit").fetch_one(&self.pool),
-        )
-        .await
-    }
-}
-
-fn record_of(row: &PgRow) -> Result<AuditRecord, sqlx::Error> {
-    let at_us: i64 = row.try_get("at_us")?;
-    let payload: Option<String> = row.try_get("payload")?;
-    let metadata: Option<String> = row.try_get("metadata")?;
-    let duration: i64 = row.try_get("duration_ms")?;
-    Ok(AuditRecord {
-        id: row.try_get("id")?,
-        action_id: row.try_get("action_id")?,
-        namespace: row.try_get("namespace")?,
-        tenant: row.try_get("tenant")?,
-        provider: row.try_get("provider")?,
-        action_type: row.try_get("action_type")?,
-        verdict: row.try_get("verdict")?,
-        matched_rule: row.try_get("matched_rule")?,
-        outcome: row.try_get("outcome")?,
-        error: row.try_get("error")?,
-        caller: row.try_get("caller")?,
-        source: row.try_get("source")?,
-        dispatched_at: DateTime::from_timestamp_micros(at_us).unwrap_or_default(),
-        duration_ms: u64::try_from(duration).unwrap_or(0),
-        payload: payload.and_then(|p| serde_json::from_str(&p).ok()),
-        metadata: metadata
-            .and_then(|m| serde_json::from_str(&m).ok())
-            .unwrap_or_default(),
-    })
-}
-
-fn micros_sql(column: &str) -> String {
-    format!("'epoch'::timestamptz + {column} * interval '1 microsecond'")
-}
-
-#[async_trait::async_trait]
-impl AuditStore for PostgresAuditStore {
-    fn kind(&self) -> &'static str {
-        "postgres"
+    /// Streams an encoded batch with `COPY` (one statement, committed on its own).
+    async fn copy_in(&self, rows: &[u8]) -> Result<(), sqlx::Error> {
+        let statement = format!(
+            "COPY acteon_audit ({}) FROM STDIN (FORMAT binary)",
+            pg_copy::COLUMNS
+        );
+        let mut copy = self.pool.copy_in_raw(&statement).await?;
+        copy.send(rows).await?;
+        copy.finish().await.map(|_| ())
     }
 
-    fn shared(&self) -> bool {
-        true
-    }
-
-    #[tracing::instrument(level = "debug", name = "audit.postgres.write", skip_all, fields(rows = records.len()))]
-    async fn write_batch(&self, records: &[AuditRecord]) -> Result<(), AuditError> {
-        if records.is_empty() {
-            return Ok(());
+    /// `f` bounded by the operation timeout: `Err(None)` when it took longer.
+    async fn bounded_raw<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T, Option<sqlx::Error>> {
+        match tokio::time::timeout(self.op_timeout, f).await {
+            Ok(r) => r.map_err(Some),
+            Err(_) => Err(None),
         }
-        self.ensure().await?;
+    }
+
+    fn timed_out(&self, what: &str) -> AuditError {
+        AuditError::Unavailable(format!("{what}: no answer within {:?}", self.op_timeout))
+    }
+
+    /// The batch as one `INSERT … SELECT FROM UNNEST … ON CONFLICT (id) DO NOTHING`.
+    async fn insert_batch(&self, records: &[AuditRecord]) -> Result<(), AuditError> {
         // Columns borrowed from the records: nothing is copied but the JSON texts.
         let col = |f: fn(&AuditRecord) -> &str| records.iter().map(f).collect::<Vec<&str>>();
         let opt = |f: fn(&AuditRecord) -> Option<&str>| {
@@ -249,6 +218,82 @@ impl AuditStore for PostgresAuditStore {
         self.bounded("write audit batch", query.execute(&self.pool))
             .await
             .map(|_| ())
+    }
+
+    /// Whole-table count (tests and the bench).
+    pub async fn count(&self) -> Result<i64, AuditError> {
+        self.ensure().await?;
+        self.bounded(
+            "count",
+            sqlx::query_scalar("SELECT count(*) FROM acteon_audit").fetch_one(&self.pool),
+        )
+        .await
+    }
+}
+
+fn record_of(row: &PgRow) -> Result<AuditRecord, sqlx::Error> {
+    let at_us: i64 = row.try_get("at_us")?;
+    let payload: Option<String> = row.try_get("payload")?;
+    let metadata: Option<String> = row.try_get("metadata")?;
+    let duration: i64 = row.try_get("duration_ms")?;
+    Ok(AuditRecord {
+        id: row.try_get("id")?,
+        action_id: row.try_get("action_id")?,
+        namespace: row.try_get("namespace")?,
+        tenant: row.try_get("tenant")?,
+        provider: row.try_get("provider")?,
+        action_type: row.try_get("action_type")?,
+        verdict: row.try_get("verdict")?,
+        matched_rule: row.try_get("matched_rule")?,
+        outcome: row.try_get("outcome")?,
+        error: row.try_get("error")?,
+        caller: row.try_get("caller")?,
+        source: row.try_get("source")?,
+        dispatched_at: DateTime::from_timestamp_micros(at_us).unwrap_or_default(),
+        duration_ms: u64::try_from(duration).unwrap_or(0),
+        payload: payload.and_then(|p| serde_json::from_str(&p).ok()),
+        metadata: metadata
+            .and_then(|m| serde_json::from_str(&m).ok())
+            .unwrap_or_default(),
+    })
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("23505"))
+}
+
+fn micros_sql(column: &str) -> String {
+    format!("'epoch'::timestamptz + {column} * interval '1 microsecond'")
+}
+
+#[async_trait::async_trait]
+impl AuditStore for PostgresAuditStore {
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    /// `COPY` first (the cheap path); a batch that meets rows already stored (a retry of a
+    /// batch whose commit was not seen) or holds a non-UUID id goes through the `INSERT`,
+    /// which skips stored ids and names bad values.
+    #[tracing::instrument(level = "debug", name = "audit.postgres.write", skip_all, fields(rows = records.len()))]
+    async fn write_batch(&self, records: &[AuditRecord]) -> Result<(), AuditError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.ensure().await?;
+        let Some(rows) = pg_copy::encode(records) else {
+            return self.insert_batch(records).await;
+        };
+        match self.bounded_raw(self.copy_in(&rows)).await {
+            Ok(()) => Ok(()),
+            Err(Some(e)) if is_unique_violation(&e) => self.insert_batch(records).await,
+            Err(Some(e)) => Err(self.err("copy audit batch", &e)),
+            Err(None) => Err(self.timed_out("copy audit batch")),
+        }
     }
 
     #[tracing::instrument(level = "debug", name = "audit.postgres.query", skip_all)]

@@ -803,5 +803,22 @@ async fn audit_postgres_sweep_applies_namespace_retention() {
     let again = store.get("short-new").await.unwrap();
     store.write_batch(&again).await.unwrap();
     assert_eq!(store.count().await.unwrap(), 4);
+    // A retried batch that also holds new records (the COPY meets a stored id and the batch
+    // goes through the INSERT): the new ones are written, the stored one is not doubled.
+    let mut mixed = again.clone();
+    mixed.push(record("short-newer", "short", 0));
+    store.write_batch(&mixed).await.unwrap();
+    assert_eq!(store.count().await.unwrap(), 5);
+    assert_eq!(store.get("short-newer").await.unwrap().len(), 1);
+    // An id that is not a UUID is refused, naming the value, and writes nothing.
+    let mut bad = record("bad-id", "short", 0);
+    bad.id = "not-a-uuid".into();
+    let err = store
+        .write_batch(&[record("beside-bad", "short", 0), bad])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not-a-uuid"), "{err}");
+    assert_eq!(store.count().await.unwrap(), 5);
     drop_schema(&schema).await;
 }
