@@ -24,8 +24,16 @@ use super::{Provider, ProviderError, Retry};
 use crate::action::Action;
 use crate::outcome::ProviderResponse;
 
+const ACTION_ID: HeaderName = HeaderName::from_static("x-acteon-action-id");
+const NAMESPACE: HeaderName = HeaderName::from_static("x-acteon-namespace");
+const TENANT: HeaderName = HeaderName::from_static("x-acteon-tenant");
+const ACTION_TYPE: HeaderName = HeaderName::from_static("x-acteon-action-type");
+
 pub struct WebhookProvider {
     url: String,
+    /// `url` parsed once (otherwise parsed again by every request); `None` when it does not
+    /// parse, and each attempt then fails with reqwest's error as it would.
+    parsed_url: Option<reqwest::Url>,
     /// `url` redacted: what messages and logs show.
     url_shown: String,
     response: ResponsePolicy,
@@ -62,6 +70,7 @@ impl WebhookProvider {
     pub fn new(w: &WebhookSpec, spec: &ProviderSpec, http: reqwest::Client) -> WebhookProvider {
         WebhookProvider {
             url: w.url.clone(),
+            parsed_url: reqwest::Url::parse(&w.url).ok(),
             url_shown: redact_url(&w.url),
             response: ResponsePolicy {
                 redact: spec.redact_response.unwrap_or(false),
@@ -96,14 +105,16 @@ impl WebhookProvider {
     }
 
     async fn attempt(&self, a: &Action) -> Result<ProviderResponse, Attempt> {
-        let mut req = self
-            .http
-            .request(self.method.clone(), &self.url)
+        let req = match &self.parsed_url {
+            Some(url) => self.http.request(self.method.clone(), url.clone()),
+            None => self.http.request(self.method.clone(), &self.url),
+        };
+        let mut req = req
             .timeout(self.timeout)
-            .header("x-acteon-action-id", &a.id)
-            .header("x-acteon-namespace", &a.namespace)
-            .header("x-acteon-tenant", &a.tenant)
-            .header("x-acteon-action-type", &a.action_type)
+            .header(ACTION_ID, &a.id)
+            .header(NAMESPACE, &a.namespace)
+            .header(TENANT, &a.tenant)
+            .header(ACTION_TYPE, &a.action_type)
             .json(&a.payload);
         for (k, v) in &self.headers {
             req = req.header(k, v);
