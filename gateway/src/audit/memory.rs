@@ -13,8 +13,9 @@ type Key = (DateTime<Utc>, String);
 
 pub struct MemoryAuditStore {
     capacity: usize,
-    // A sync lock: every method runs to completion without awaiting.
-    records: Mutex<BTreeMap<Key, AuditRecord>>,
+    // A sync lock: every method runs to completion without awaiting. Boxed records: the
+    // tree's nodes shift pointers, not ~300-byte records, as it inserts and evicts.
+    records: Mutex<BTreeMap<Key, Box<AuditRecord>>>,
 }
 
 impl MemoryAuditStore {
@@ -22,6 +23,17 @@ impl MemoryAuditStore {
         MemoryAuditStore {
             capacity: capacity.max(1),
             records: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Adds the records, then evicts the oldest past the capacity.
+    fn keep(&self, records: impl Iterator<Item = AuditRecord>) {
+        let mut map = self.records.lock();
+        for r in records {
+            map.insert((r.dispatched_at, r.id.clone()), Box::new(r));
+        }
+        while map.len() > self.capacity {
+            map.pop_first();
         }
     }
 
@@ -45,13 +57,12 @@ impl AuditStore for MemoryAuditStore {
     }
 
     async fn write_batch(&self, records: &[AuditRecord]) -> Result<(), AuditError> {
-        let mut map = self.records.lock();
-        for r in records {
-            map.insert((r.dispatched_at, r.id.clone()), r.clone());
-        }
-        while map.len() > self.capacity {
-            map.pop_first();
-        }
+        self.keep(records.iter().cloned());
+        Ok(())
+    }
+
+    async fn write_owned(&self, records: &mut Vec<AuditRecord>) -> Result<(), AuditError> {
+        self.keep(records.drain(..));
         Ok(())
     }
 
@@ -67,7 +78,7 @@ impl AuditStore for MemoryAuditStore {
             .map(|(_, r)| r)
             .filter(|r| query.matches(r))
             .take(limit + 1)
-            .cloned()
+            .map(|r| AuditRecord::clone(r))
             .collect();
         Ok(AuditPage::of(records, limit))
     }
@@ -79,7 +90,7 @@ impl AuditStore for MemoryAuditStore {
             .rev()
             .filter(|r| r.action_id == action_id)
             .take(MAX_PER_ACTION)
-            .cloned()
+            .map(|r| AuditRecord::clone(r))
             .collect())
     }
 

@@ -280,6 +280,12 @@ pub trait AuditStore: Send + Sync {
     fn shared(&self) -> bool;
     /// Writes the records (idempotent on `id`: a retried batch writes nothing twice).
     async fn write_batch(&self, records: &[AuditRecord]) -> Result<(), AuditError>;
+    /// [`write_batch`](Self::write_batch) for a store that can keep the records as they are
+    /// (the memory store moves them in rather than copying each): it may take them out of
+    /// `records` once written; after an error they are all still there, for a retry.
+    async fn write_owned(&self, records: &mut Vec<AuditRecord>) -> Result<(), AuditError> {
+        self.write_batch(records).await
+    }
     /// One page of matching records, newest first.
     async fn query(&self, query: &AuditQuery) -> Result<AuditPage, AuditError>;
     /// The records of one action id, newest first (at most [`MAX_PER_ACTION`]).

@@ -381,7 +381,7 @@ async fn write_loop(
         }
         metrics.queue_depth.set(rx.len() as i64);
         let (store, metrics, last_warn) = (store.clone(), metrics.clone(), last_warn.clone());
-        running.spawn(async move { write(&*store, &metrics, &last_warn, &buf).await });
+        running.spawn(async move { write(&*store, &metrics, &last_warn, buf).await });
     }
     while running.join_next().await.is_some() {}
     metrics.queue_depth.set(0);
@@ -391,12 +391,13 @@ async fn write(
     store: &dyn AuditStore,
     metrics: &AuditMetrics,
     last_warn: &AtomicI64,
-    batch: &[AuditRecord],
+    mut batch: Vec<AuditRecord>,
 ) {
+    let records = batch.len() as u64;
     let mut backoff = RETRY_BACKOFF;
     for attempt in 1..=ATTEMPTS {
         let started = Instant::now();
-        match store.write_batch(batch).await {
+        match store.write_owned(&mut batch).await {
             Ok(()) => {
                 metrics
                     .batch_seconds
@@ -404,7 +405,7 @@ async fn write(
                 metrics
                     .records
                     .with_label_values(&["written"])
-                    .inc_by(batch.len() as u64);
+                    .inc_by(records);
                 return;
             }
             Err(e) if attempt < ATTEMPTS => {
@@ -414,13 +415,7 @@ async fn write(
             }
             Err(e) => {
                 tracing::debug!(error = %e, "audit batch write failed; records lost");
-                lost(
-                    metrics,
-                    last_warn,
-                    batch.len() as u64,
-                    "error",
-                    "store unavailable",
-                );
+                lost(metrics, last_warn, records, "error", "store unavailable");
             }
         }
     }
