@@ -20,9 +20,9 @@ use acteon_api::crd::ProviderSpec;
 use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 
-use super::http::{Answer, Attempt, bounded, send_json, with_retries, worst_case};
-use super::response::{MAX_EXCERPT, ResponsePolicy};
-use super::{Follow, MESSAGE_GONE, MessageRef, Provider, ProviderError, Retry};
+use super::http::{Answer, Attempt, HttpSettings, bounded, with_retries};
+use super::response::MAX_EXCERPT;
+use super::{Follow, MESSAGE_GONE, MessageRef, Provider, ProviderError};
 use crate::action::Action;
 use crate::outcome::ProviderResponse;
 
@@ -36,9 +36,7 @@ const MAX_ID: usize = 32;
 
 pub struct DiscordProvider {
     url: reqwest::Url,
-    response: ResponsePolicy,
-    timeout: Duration,
-    retry: Retry,
+    settings: HttpSettings,
     http: reqwest::Client,
 }
 
@@ -46,8 +44,8 @@ impl std::fmt::Debug for DiscordProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DiscordProvider")
             .field("url", &"***")
-            .field("timeout", &self.timeout)
-            .field("retry", &self.retry)
+            .field("timeout", &self.settings.timeout)
+            .field("retry", &self.settings.retry)
             .finish_non_exhaustive()
     }
 }
@@ -69,11 +67,7 @@ impl DiscordProvider {
         }
         Ok(DiscordProvider {
             url,
-            response: ResponsePolicy {
-                redact: spec.redact_response.unwrap_or(false),
-            },
-            timeout: Duration::from_secs(spec.timeout_seconds.unwrap_or(10)),
-            retry: Retry::from_spec(spec),
+            settings: HttpSettings::from_spec(spec),
             http,
         })
     }
@@ -156,18 +150,13 @@ impl DiscordProvider {
             retry_after: header_hint,
             headers,
             read,
-        } = send_json(
-            req,
-            self.timeout,
-            "application/json",
-            body,
-            &self.response,
-            TARGET,
-        )
-        .await?;
+        } = self
+            .settings
+            .send_json(req, "application/json", body, TARGET)
+            .await?;
         let answer: Value = serde_json::from_slice(&read.bytes).unwrap_or(Value::Null);
         if status.is_success() {
-            let body = if self.response.redact {
+            let body = if self.settings.response.redact {
                 json!({})
             } else {
                 json!({"id": answer.get("id"), "channel_id": answer.get("channel_id")})
@@ -185,7 +174,7 @@ impl DiscordProvider {
             return Ok((r, reference));
         }
         // Discord's explanation: `message` (and its numeric `code`), bounded.
-        let said = if self.response.redact {
+        let said = if self.settings.response.redact {
             String::new()
         } else {
             match answer.get("message").and_then(Value::as_str) {
@@ -198,7 +187,7 @@ impl DiscordProvider {
                         .map(|c| format!(" (code {c})"))
                         .unwrap_or_default()
                 ),
-                None => self.response.excerpt(&read),
+                None => self.settings.response.excerpt(&read),
             }
         };
         let message = format!("{TARGET} answered {status}{said}");
@@ -247,11 +236,11 @@ impl Provider for DiscordProvider {
             fields.remove("username");
         }
         let body = serde_json::to_vec(&message).unwrap_or_default();
-        with_retries(self.retry, || self.attempt(edit.as_ref(), &body)).await
+        with_retries(self.settings.retry, || self.attempt(edit.as_ref(), &body)).await
     }
 
     fn max_delivery_time(&self) -> Option<Duration> {
-        Some(worst_case(&self.retry, self.timeout))
+        Some(self.settings.max_delivery_time())
     }
 }
 

@@ -30,7 +30,7 @@ use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 use tracing::Instrument;
 
-use super::http::{Attempt, bounded, with_retries, worst_case};
+use super::http::{Attempt, bounded, with_retries};
 use super::response::MAX_EXCERPT;
 use super::{Follow, MessageRef, Provider, ProviderError, Retry};
 use crate::action::Action;
@@ -432,7 +432,7 @@ impl Provider for EmailProvider {
     }
 
     fn max_delivery_time(&self) -> Option<Duration> {
-        Some(worst_case(&self.retry, self.timeout.saturating_mul(2)))
+        Some(self.retry.worst_case(self.timeout.saturating_mul(2)))
     }
 }
 

@@ -14,6 +14,8 @@ use reqwest::header::HeaderMap;
 use tracing::Instrument;
 
 use super::response::{Read, ResponsePolicy, read_bounded};
+use acteon_api::crd::ProviderSpec;
+
 use super::{ProviderError, Retry};
 
 /// One answered request: its status, the peer's retry hint, the headers the response
@@ -157,13 +159,49 @@ where
     })
 }
 
-/// The longest a delivery through [`with_retries`] takes when each attempt takes at most
-/// `timeout`: a retry hint can make any pause as long as `maxBackoffMs`.
-pub fn worst_case(retry: &Retry, timeout: Duration) -> Duration {
-    let pauses = retry.max_attempts.saturating_sub(1);
-    timeout
-        .saturating_mul(retry.max_attempts)
-        .saturating_add(retry.max_backoff.saturating_mul(2).saturating_mul(pauses))
+/// What every HTTP provider takes from its Provider spec: how much of answers it returns,
+/// the timeout of one attempt, and the retries around attempts.
+#[derive(Clone, Copy, Debug)]
+pub struct HttpSettings {
+    pub response: ResponsePolicy,
+    pub timeout: Duration,
+    pub retry: Retry,
+}
+
+impl HttpSettings {
+    pub fn from_spec(spec: &ProviderSpec) -> HttpSettings {
+        HttpSettings {
+            response: ResponsePolicy {
+                redact: spec.redact_response.unwrap_or(false),
+            },
+            timeout: Duration::from_secs(spec.timeout_seconds.unwrap_or(10)),
+            retry: Retry::from_spec(spec),
+        }
+    }
+
+    /// [`send_json`] with these settings' timeout and response policy.
+    pub async fn send_json(
+        &self,
+        req: reqwest::RequestBuilder,
+        content_type: &'static str,
+        body: &[u8],
+        target: &str,
+    ) -> Result<Answer, Attempt> {
+        send_json(
+            req,
+            self.timeout,
+            content_type,
+            body,
+            &self.response,
+            target,
+        )
+        .await
+    }
+
+    /// The longest one delivery takes, retries included.
+    pub fn max_delivery_time(&self) -> Duration {
+        self.retry.worst_case(self.timeout)
+    }
 }
 
 /// `Retry-After` in seconds (the HTTP-date form is not used by the peers we speak to and

@@ -270,16 +270,14 @@ pub struct Retry {
 }
 
 impl Retry {
-    /// Upper bound of a delivery whose attempts each take at most `timeout`: every attempt,
-    /// plus every backoff at twice its delay (the jitter adds up to one delay).
+    /// The longest a delivery through [`http::with_retries`] takes when each attempt takes
+    /// at most `timeout`: every attempt, plus every pause at twice `maxBackoffMs` (a jittered
+    /// backoff, or a peer's retry hint, is never longer).
     pub fn worst_case(&self, timeout: Duration) -> Duration {
-        let mut total = timeout.saturating_mul(self.max_attempts);
-        let mut delay = self.initial_backoff;
-        for _ in 1..self.max_attempts.min(64) {
-            total = total.saturating_add(delay.min(self.max_backoff).saturating_mul(2));
-            delay = delay.saturating_mul(2);
-        }
-        total
+        let pauses = self.max_attempts.saturating_sub(1);
+        timeout
+            .saturating_mul(self.max_attempts)
+            .saturating_add(self.max_backoff.saturating_mul(2).saturating_mul(pauses))
     }
 
     pub fn from_spec(spec: &ProviderSpec) -> Retry {

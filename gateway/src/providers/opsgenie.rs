@@ -30,9 +30,9 @@ use async_trait::async_trait;
 use reqwest::header::{AUTHORIZATION, HeaderValue};
 use serde_json::{Map, Value, json};
 
-use super::http::{Answer, Attempt, bounded, send_json, with_retries, worst_case};
-use super::response::{MAX_EXCERPT, ResponsePolicy};
-use super::{Provider, ProviderError, Retry};
+use super::http::{Answer, Attempt, HttpSettings, bounded, with_retries};
+use super::response::MAX_EXCERPT;
+use super::{Provider, ProviderError};
 use crate::action::Action;
 use crate::outcome::ProviderResponse;
 
@@ -66,9 +66,7 @@ pub struct OpsgenieProvider {
     responders: Value,
     tags: Vec<String>,
     source: Option<String>,
-    response: ResponsePolicy,
-    timeout: Duration,
-    retry: Retry,
+    settings: HttpSettings,
     http: reqwest::Client,
 }
 
@@ -78,7 +76,7 @@ impl std::fmt::Debug for OpsgenieProvider {
             .field("base", &acteon_api::redact::redact_url(self.base.as_str()))
             .field("key", &"***")
             .field("priority", &self.priority)
-            .field("timeout", &self.timeout)
+            .field("timeout", &self.settings.timeout)
             .finish_non_exhaustive()
     }
 }
@@ -114,11 +112,7 @@ impl OpsgenieProvider {
             responders: serde_json::to_value(&o.responders).unwrap_or(Value::Null),
             tags: o.tags.clone(),
             source: o.source.clone(),
-            response: ResponsePolicy {
-                redact: spec.redact_response.unwrap_or(false),
-            },
-            timeout: Duration::from_secs(spec.timeout_seconds.unwrap_or(10)),
-            retry: Retry::from_spec(spec),
+            settings: HttpSettings::from_spec(spec),
             http,
         })
     }
@@ -299,19 +293,14 @@ impl OpsgenieProvider {
             retry_after: hint,
             headers,
             read,
-        } = send_json(
-            req,
-            self.timeout,
-            "application/json",
-            body,
-            &self.response,
-            TARGET,
-        )
-        .await?;
+        } = self
+            .settings
+            .send_json(req, "application/json", body, TARGET)
+            .await?;
         let answer: Value = serde_json::from_slice(&read.bytes).unwrap_or(Value::Null);
         if status.is_success() {
             let request_id = answer.get("requestId").cloned().unwrap_or(Value::Null);
-            let body = if self.response.redact {
+            let body = if self.settings.response.redact {
                 json!({"requestId": request_id})
             } else {
                 json!({"result": answer.get("result"), "requestId": request_id})
@@ -320,12 +309,12 @@ impl OpsgenieProvider {
             r.headers = headers;
             return Ok(r);
         }
-        let said = if self.response.redact {
+        let said = if self.settings.response.redact {
             String::new()
         } else {
             match opsgenie_message(&answer) {
                 Some(m) => format!(": {}", self.scrub(&bounded(&m, MAX_EXCERPT))),
-                None => self.scrub(&self.response.excerpt(&read)),
+                None => self.scrub(&self.settings.response.excerpt(&read)),
             }
         };
         let message = format!("{TARGET} answered {status}{said}");
@@ -431,11 +420,11 @@ impl Provider for OpsgenieProvider {
         let (url, body) = self.request(a)?;
         // Serialising a Value cannot fail.
         let body = serde_json::to_vec(&body).unwrap_or_default();
-        with_retries(self.retry, || self.attempt(&url, &body)).await
+        with_retries(self.settings.retry, || self.attempt(&url, &body)).await
     }
 
     fn max_delivery_time(&self) -> Option<Duration> {
-        Some(worst_case(&self.retry, self.timeout))
+        Some(self.settings.max_delivery_time())
     }
 }
 

@@ -19,9 +19,9 @@ use acteon_api::crd::provider::PagerDutyProvider as PagerDutySpec;
 use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 
-use super::http::{Answer, Attempt, bounded, send_json, with_retries, worst_case};
-use super::response::{MAX_EXCERPT, ResponsePolicy};
-use super::{Provider, ProviderError, Retry};
+use super::http::{Answer, Attempt, HttpSettings, bounded, with_retries};
+use super::response::MAX_EXCERPT;
+use super::{Provider, ProviderError};
 use crate::action::Action;
 use crate::outcome::ProviderResponse;
 
@@ -38,9 +38,7 @@ pub struct PagerDutyProvider {
     routing_key: String,
     severity: String,
     source: Option<String>,
-    response: ResponsePolicy,
-    timeout: Duration,
-    retry: Retry,
+    settings: HttpSettings,
     http: reqwest::Client,
 }
 
@@ -84,11 +82,7 @@ impl PagerDutyProvider {
             routing_key,
             severity: p.severity.clone().unwrap_or_else(|| "error".into()),
             source: p.source.clone(),
-            response: ResponsePolicy {
-                redact: spec.redact_response.unwrap_or(false),
-            },
-            timeout: Duration::from_secs(spec.timeout_seconds.unwrap_or(10)),
-            retry: Retry::from_spec(spec),
+            settings: HttpSettings::from_spec(spec),
             http,
         })
     }
@@ -178,21 +172,16 @@ impl PagerDutyProvider {
             retry_after: hint,
             headers,
             read,
-        } = send_json(
-            self.http.post(&self.url),
-            self.timeout,
-            "application/json",
-            body,
-            &self.response,
-            TARGET,
-        )
-        .await?;
+        } = self
+            .settings
+            .send_json(self.http.post(&self.url), "application/json", body, TARGET)
+            .await?;
         let answer: Value = serde_json::from_slice(&read.bytes).unwrap_or(Value::Null);
         if status.is_success() {
             let dedup_key = answer.get("dedup_key").cloned().unwrap_or(Value::Null);
             // The dedup key is the caller's handle on the incident (to acknowledge or
             // resolve it): returned even when the answer is otherwise redacted.
-            let body = if self.response.redact {
+            let body = if self.settings.response.redact {
                 json!({"dedup_key": dedup_key})
             } else {
                 json!({
@@ -206,7 +195,7 @@ impl PagerDutyProvider {
             return Ok(r);
         }
         // PagerDuty's own explanation: `message` and `errors`, bounded, key cut out.
-        let said = if self.response.redact {
+        let said = if self.settings.response.redact {
             String::new()
         } else {
             let mut parts: Vec<String> = Vec::new();
@@ -217,7 +206,7 @@ impl PagerDutyProvider {
                 parts.extend(errors.iter().filter_map(Value::as_str).map(str::to_owned));
             }
             if parts.is_empty() {
-                self.scrub(&self.response.excerpt(&read))
+                self.scrub(&self.settings.response.excerpt(&read))
             } else {
                 format!(": {}", self.scrub(&bounded(&parts.join("; "), MAX_EXCERPT)))
             }
@@ -247,10 +236,10 @@ impl Provider for PagerDutyProvider {
     async fn execute(&self, a: &Action) -> Result<ProviderResponse, ProviderError> {
         let event = self.event(a)?;
         let body = serde_json::to_vec(&event).unwrap_or_default();
-        with_retries(self.retry, || self.attempt(&body)).await
+        with_retries(self.settings.retry, || self.attempt(&body)).await
     }
 
     fn max_delivery_time(&self) -> Option<Duration> {
-        Some(worst_case(&self.retry, self.timeout))
+        Some(self.settings.max_delivery_time())
     }
 }

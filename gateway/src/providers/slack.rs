@@ -25,9 +25,8 @@ use async_trait::async_trait;
 use reqwest::header::{AUTHORIZATION, HeaderValue};
 use serde_json::{Map, Value, json};
 
-use super::http::{Answer, Attempt, bounded, send_json, with_retries, worst_case};
-use super::response::ResponsePolicy;
-use super::{Follow, MESSAGE_GONE, MessageRef, Provider, ProviderError, Retry};
+use super::http::{Answer, Attempt, HttpSettings, bounded, with_retries};
+use super::{Follow, MESSAGE_GONE, MessageRef, Provider, ProviderError};
 use crate::action::Action;
 use crate::outcome::ProviderResponse;
 
@@ -68,9 +67,7 @@ enum Method {
 pub struct SlackProvider {
     endpoint: Endpoint,
     channel: Option<String>,
-    response: ResponsePolicy,
-    timeout: Duration,
-    retry: Retry,
+    settings: HttpSettings,
     http: reqwest::Client,
 }
 
@@ -79,8 +76,8 @@ impl std::fmt::Debug for SlackProvider {
         f.debug_struct("SlackProvider")
             .field("endpoint", &self.target(Method::PostMessage))
             .field("channel", &self.channel)
-            .field("timeout", &self.timeout)
-            .field("retry", &self.retry)
+            .field("timeout", &self.settings.timeout)
+            .field("retry", &self.settings.retry)
             .finish_non_exhaustive()
     }
 }
@@ -133,11 +130,7 @@ impl SlackProvider {
         Ok(SlackProvider {
             endpoint,
             channel: s.channel.clone(),
-            response: ResponsePolicy {
-                redact: spec.redact_response.unwrap_or(false),
-            },
-            timeout: Duration::from_secs(spec.timeout_seconds.unwrap_or(10)),
-            retry: Retry::from_spec(spec),
+            settings: HttpSettings::from_spec(spec),
             http,
         })
     }
@@ -238,15 +231,10 @@ impl SlackProvider {
             retry_after: hint,
             headers,
             read,
-        } = send_json(
-            req,
-            self.timeout,
-            "application/json; charset=utf-8",
-            body,
-            &self.response,
-            target,
-        )
-        .await?;
+        } = self
+            .settings
+            .send_json(req, "application/json; charset=utf-8", body, target)
+            .await?;
         if status.as_u16() == 429 {
             let mut a = Attempt::new("RATE_LIMITED", format!("{target} answered {status}"), true);
             a.retry_after = hint;
@@ -255,7 +243,10 @@ impl SlackProvider {
         if status.is_server_error() {
             return Err(Attempt::new(
                 "HTTP_5XX",
-                format!("{target} answered {status}{}", self.response.excerpt(&read)),
+                format!(
+                    "{target} answered {status}{}",
+                    self.settings.response.excerpt(&read)
+                ),
                 true,
             ));
         }
@@ -264,7 +255,10 @@ impl SlackProvider {
         if !status.is_success() {
             return Err(Attempt::new(
                 "SLACK_ERROR",
-                format!("{target} answered {status}{}", self.response.excerpt(&read)),
+                format!(
+                    "{target} answered {status}{}",
+                    self.settings.response.excerpt(&read)
+                ),
                 false,
             ));
         }
@@ -302,7 +296,7 @@ impl SlackProvider {
                 json!({"ok": true, "channel": answer.get("channel"), "ts": answer.get("ts")})
             }
         };
-        let mut r = ProviderResponse::success(if self.response.redact {
+        let mut r = ProviderResponse::success(if self.settings.response.redact {
             json!({})
         } else {
             body
@@ -343,11 +337,14 @@ impl Provider for SlackProvider {
         // Serialising a Value cannot fail; an empty body would be refused by Slack.
         let body = serde_json::to_vec(&message).unwrap_or_default();
         let following = follow != Follow::New;
-        with_retries(self.retry, || self.attempt(method, &body, following)).await
+        with_retries(self.settings.retry, || {
+            self.attempt(method, &body, following)
+        })
+        .await
     }
 
     fn max_delivery_time(&self) -> Option<Duration> {
-        Some(worst_case(&self.retry, self.timeout))
+        Some(self.settings.max_delivery_time())
     }
 }
 

@@ -21,9 +21,9 @@ use acteon_api::crd::ProviderSpec;
 use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 
-use super::http::{Answer, Attempt, bounded, send_json, with_retries, worst_case};
-use super::response::{MAX_EXCERPT, Read, ResponsePolicy};
-use super::{Provider, ProviderError, Retry};
+use super::http::{Answer, Attempt, HttpSettings, bounded, with_retries};
+use super::response::{MAX_EXCERPT, Read};
+use super::{Provider, ProviderError};
 use crate::action::Action;
 use crate::outcome::ProviderResponse;
 
@@ -39,9 +39,7 @@ pub struct TeamsProvider {
     /// The parts of the URL that are secret (its path, and its query values: a
     /// connector's token, a Workflows `sig`), cut out of anything Teams says back.
     secret_parts: Vec<String>,
-    response: ResponsePolicy,
-    timeout: Duration,
-    retry: Retry,
+    settings: HttpSettings,
     http: reqwest::Client,
 }
 
@@ -49,8 +47,8 @@ impl std::fmt::Debug for TeamsProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TeamsProvider")
             .field("url", &"***")
-            .field("timeout", &self.timeout)
-            .field("retry", &self.retry)
+            .field("timeout", &self.settings.timeout)
+            .field("retry", &self.settings.retry)
             .finish_non_exhaustive()
     }
 }
@@ -77,11 +75,7 @@ impl TeamsProvider {
         Ok(TeamsProvider {
             url,
             secret_parts,
-            response: ResponsePolicy {
-                redact: spec.redact_response.unwrap_or(false),
-            },
-            timeout: Duration::from_secs(spec.timeout_seconds.unwrap_or(10)),
-            retry: Retry::from_spec(spec),
+            settings: HttpSettings::from_spec(spec),
             http,
         })
     }
@@ -109,15 +103,15 @@ impl TeamsProvider {
             retry_after: hint,
             headers,
             read,
-        } = send_json(
-            self.http.post(self.url.clone()),
-            self.timeout,
-            "application/json",
-            body,
-            &self.response,
-            TARGET,
-        )
-        .await?;
+        } = self
+            .settings
+            .send_json(
+                self.http.post(self.url.clone()),
+                "application/json",
+                body,
+                TARGET,
+            )
+            .await?;
         if status.is_success() {
             if let Some(failure) = connector_failure(&read) {
                 return Err(self.refused_with_200(status, &failure));
@@ -142,7 +136,7 @@ impl TeamsProvider {
     /// quotes from Teams is worth retrying.
     fn refused_with_200(&self, status: reqwest::StatusCode, text: &str) -> Attempt {
         let retryable = quoted_status(text).is_some_and(|s| s == 429 || s >= 500);
-        let quoted = if self.response.redact {
+        let quoted = if self.settings.response.redact {
             String::new()
         } else {
             format!(
@@ -159,7 +153,7 @@ impl TeamsProvider {
 
     /// What Teams said in an error answer: Workflows' `error.message`, else an excerpt.
     fn said(&self, read: &Read) -> String {
-        if self.response.redact {
+        if self.settings.response.redact {
             return String::new();
         }
         let answer: Value = serde_json::from_slice(&read.bytes).unwrap_or(Value::Null);
@@ -169,7 +163,7 @@ impl TeamsProvider {
             .and_then(Value::as_str);
         match message {
             Some(m) => format!(": {}", self.scrub(&bounded(m, MAX_EXCERPT))),
-            None => self.scrub(&self.response.excerpt(read)),
+            None => self.scrub(&self.settings.response.excerpt(read)),
         }
     }
 
@@ -268,11 +262,11 @@ impl Provider for TeamsProvider {
         let message = Self::message(a)?;
         // Serialising a Value cannot fail.
         let body = serde_json::to_vec(&message).unwrap_or_default();
-        with_retries(self.retry, || self.attempt(&body)).await
+        with_retries(self.settings.retry, || self.attempt(&body)).await
     }
 
     fn max_delivery_time(&self) -> Option<Duration> {
-        Some(worst_case(&self.retry, self.timeout))
+        Some(self.settings.max_delivery_time())
     }
 }
 

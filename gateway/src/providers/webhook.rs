@@ -18,9 +18,9 @@ use reqwest::Method;
 use reqwest::header::{HeaderName, HeaderValue};
 use tracing::Instrument;
 
-use super::http::{Attempt, with_retries};
-use super::response::{ResponsePolicy, read_bounded};
-use super::{Provider, ProviderError, Retry};
+use super::http::{Attempt, HttpSettings, with_retries};
+use super::response::read_bounded;
+use super::{Provider, ProviderError};
 use crate::action::Action;
 use crate::outcome::ProviderResponse;
 
@@ -36,13 +36,11 @@ pub struct WebhookProvider {
     parsed_url: Option<reqwest::Url>,
     /// `url` redacted: what messages and logs show.
     url_shown: String,
-    response: ResponsePolicy,
     method: Method,
     headers: Vec<(String, String)>,
     /// Headers from Secrets (`secretHeaders`), marked sensitive; never logged or shown.
     secret_headers: Vec<(HeaderName, HeaderValue)>,
-    timeout: Duration,
-    retry: Retry,
+    settings: HttpSettings,
     http: reqwest::Client,
 }
 
@@ -60,8 +58,8 @@ impl std::fmt::Debug for WebhookProvider {
                     .map(|(k, _)| (k.as_str(), "***"))
                     .collect::<Vec<_>>(),
             )
-            .field("timeout", &self.timeout)
-            .field("retry", &self.retry)
+            .field("timeout", &self.settings.timeout)
+            .field("retry", &self.settings.retry)
             .finish_non_exhaustive()
     }
 }
@@ -72,9 +70,7 @@ impl WebhookProvider {
             url: w.url.clone(),
             parsed_url: reqwest::Url::parse(&w.url).ok(),
             url_shown: redact_url(&w.url),
-            response: ResponsePolicy {
-                redact: spec.redact_response.unwrap_or(false),
-            },
+            settings: HttpSettings::from_spec(spec),
             method: w
                 .method
                 .as_deref()
@@ -86,8 +82,6 @@ impl WebhookProvider {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             secret_headers: Vec::new(),
-            timeout: Duration::from_secs(spec.timeout_seconds.unwrap_or(10)),
-            retry: Retry::from_spec(spec),
             http,
         }
     }
@@ -110,7 +104,7 @@ impl WebhookProvider {
             None => self.http.request(self.method.clone(), &self.url),
         };
         let mut req = req
-            .timeout(self.timeout)
+            .timeout(self.settings.timeout)
             .header(ACTION_ID, &a.id)
             .header(NAMESPACE, &a.namespace)
             .header(TENANT, &a.tenant)
@@ -144,7 +138,7 @@ impl WebhookProvider {
         })?;
         let status = resp.status();
         crate::trace::record_answer(span, Some(status.as_u16()));
-        let headers = self.response.headers(resp.headers());
+        let headers = self.settings.response.headers(resp.headers());
         let read = read_bounded(resp).await.map_err(|e| {
             let mut a = Attempt::transport(&self.target(), &e);
             a.code = "CONNECTION";
@@ -161,12 +155,12 @@ impl WebhookProvider {
                 format!(
                     "{} answered {status}{}",
                     self.target(),
-                    self.response.excerpt(&read)
+                    self.settings.response.excerpt(&read)
                 ),
                 status.is_server_error() || status.as_u16() == 429,
             ));
         }
-        let mut r = ProviderResponse::success(self.response.body(&read));
+        let mut r = ProviderResponse::success(self.settings.response.body(&read));
         r.headers = headers;
         Ok(r)
     }
@@ -180,10 +174,10 @@ impl WebhookProvider {
 #[async_trait]
 impl Provider for WebhookProvider {
     async fn execute(&self, a: &Action) -> Result<ProviderResponse, ProviderError> {
-        with_retries(self.retry, || self.attempt(a)).await
+        with_retries(self.settings.retry, || self.attempt(a)).await
     }
 
     fn max_delivery_time(&self) -> Option<Duration> {
-        Some(self.retry.worst_case(self.timeout))
+        Some(self.settings.max_delivery_time())
     }
 }
