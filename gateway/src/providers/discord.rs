@@ -21,7 +21,7 @@ use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 
 use super::http::{Answer, Attempt, HttpSettings, bounded, with_retries};
-use super::response::MAX_EXCERPT;
+use super::response::{MAX_EXCERPT, truncate};
 use super::{Follow, MESSAGE_GONE, MessageRef, Provider, ProviderError};
 use crate::action::Action;
 use crate::outcome::ProviderResponse;
@@ -96,11 +96,7 @@ impl DiscordProvider {
         let mut m = Map::new();
         if let Some(c) = content {
             // Discord refuses longer content; a cut message beats none.
-            let cut = match c.char_indices().nth(MAX_CONTENT) {
-                Some((i, _)) => c[..i].to_owned(),
-                None => c,
-            };
-            m.insert("content".into(), Value::String(cut));
+            m.insert("content".into(), truncate(&c, MAX_CONTENT).into());
         }
         if let Some(e) = embeds {
             m.insert("embeds".into(), Value::Array(e.clone()));

@@ -31,7 +31,7 @@ use reqwest::header::{AUTHORIZATION, HeaderValue};
 use serde_json::{Map, Value, json};
 
 use super::http::{Answer, Attempt, HttpSettings, bounded, with_retries};
-use super::response::MAX_EXCERPT;
+use super::response::{MAX_EXCERPT, truncate};
 use super::{Provider, ProviderError};
 use crate::action::Action;
 use crate::outcome::ProviderResponse;
@@ -175,13 +175,19 @@ impl OpsgenieProvider {
             },
         };
         let mut alert = Map::new();
-        alert.insert("message".into(), cut(&message, MAX_MESSAGE).into());
+        alert.insert(
+            "message".into(),
+            truncate(&message, MAX_MESSAGE).to_owned().into(),
+        );
         if let Some(alias) = alias {
             alert.insert("alias".into(), alias.into());
         }
         let description = text_of("description").or_else(|| text_of("text").filter(|_| !from_text));
         if let Some(d) = description {
-            alert.insert("description".into(), cut(&d, MAX_DESCRIPTION).into());
+            alert.insert(
+                "description".into(),
+                truncate(&d, MAX_DESCRIPTION).to_owned().into(),
+            );
         }
         alert.insert("priority".into(), self.priority_of(p).into());
         let tags = self.tags_of(p);
@@ -192,7 +198,7 @@ impl OpsgenieProvider {
             alert.insert("details".into(), d);
         }
         if let Some(e) = text_of("entity") {
-            alert.insert("entity".into(), cut(&e, MAX_ENTITY).into());
+            alert.insert("entity".into(), truncate(&e, MAX_ENTITY).to_owned().into());
         }
         alert.insert("source".into(), self.source_of(a).into());
         match p.get("responders").filter(|r| r.is_array()) {
@@ -209,7 +215,7 @@ impl OpsgenieProvider {
         }
         for key in ["note", "user"] {
             if let Some(v) = text_of(key) {
-                alert.insert(key.into(), cut(&v, MAX_NOTE).into());
+                alert.insert(key.into(), truncate(&v, MAX_NOTE).to_owned().into());
             }
         }
         Value::Object(alert)
@@ -222,7 +228,7 @@ impl OpsgenieProvider {
         body.insert("source".into(), self.source_of(a).into());
         for key in ["note", "user"] {
             if let Some(v) = p.get(key).and_then(Value::as_str) {
-                body.insert(key.into(), cut(v, MAX_NOTE).into());
+                body.insert(key.into(), truncate(v, MAX_NOTE).to_owned().into());
             }
         }
         Value::Object(body)
@@ -260,7 +266,7 @@ impl OpsgenieProvider {
         let mut seen = BTreeSet::new();
         payload_tags
             .chain(self.tags.iter().map(String::as_str))
-            .map(|t| cut(t.trim(), MAX_TAG))
+            .map(|t| truncate(t.trim(), MAX_TAG).to_owned())
             .filter(|t| !t.is_empty() && seen.insert(t.clone()))
             .take(MAX_TAGS)
             .collect()
@@ -274,7 +280,7 @@ impl OpsgenieProvider {
             .map(str::to_owned)
             .or_else(|| self.source.clone())
             .unwrap_or_else(|| format!("{}/{}", a.namespace, a.tenant));
-        cut(&source, MAX_SOURCE)
+        truncate(&source, MAX_SOURCE).to_owned()
     }
 
     /// `text` with the key cut out.
@@ -363,7 +369,7 @@ fn alias(a: &Action) -> Option<String> {
         .or_else(|| a.dedup_key.clone())
         .or_else(|| a.fingerprint.clone())
         .filter(|s| !s.is_empty())
-        .map(|s| cut(&s, MAX_ALIAS))
+        .map(|s| truncate(&s, MAX_ALIAS).to_owned())
 }
 
 /// `details` (else `custom_details`) as Opsgenie's string map: other values as JSON text,
@@ -380,7 +386,10 @@ fn details(p: &Value) -> Option<Value> {
                 Value::String(s) => s.clone(),
                 other => other.to_string(),
             };
-            (k.clone(), Value::String(cut(&text, MAX_DETAILS_TEXT)))
+            (
+                k.clone(),
+                Value::String(truncate(&text, MAX_DETAILS_TEXT).to_owned()),
+            )
         })
         .collect();
     Some(Value::Object(details))
@@ -403,14 +412,6 @@ fn opsgenie_message(answer: &Value) -> Option<String> {
         Some(e) => format!("{message} ({e})"),
         None => message.to_owned(),
     })
-}
-
-/// At most `max` characters of `s`.
-fn cut(s: &str, max: usize) -> String {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => s[..i].to_owned(),
-        None => s.to_owned(),
-    }
 }
 
 #[async_trait]

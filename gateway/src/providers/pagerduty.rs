@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 
 use super::http::{Answer, Attempt, HttpSettings, bounded, with_retries};
-use super::response::MAX_EXCERPT;
+use super::response::{MAX_EXCERPT, truncate};
 use super::{Provider, ProviderError};
 use crate::action::Action;
 use crate::outcome::ProviderResponse;
@@ -135,7 +135,10 @@ impl PagerDutyProvider {
                 .or_else(|| self.source.clone())
                 .unwrap_or_else(|| format!("{}/{}", a.namespace, a.tenant));
             let mut payload = Map::new();
-            payload.insert("summary".into(), Value::String(cut(&summary, MAX_SUMMARY)));
+            payload.insert(
+                "summary".into(),
+                Value::String(truncate(&summary, MAX_SUMMARY).to_owned()),
+            );
             payload.insert("severity".into(), Value::String(severity));
             payload.insert("source".into(), Value::String(source));
             for key in ["component", "group", "class", "timestamp"] {
@@ -219,14 +222,6 @@ impl PagerDutyProvider {
         };
         a.retry_after = hint;
         Err(a)
-    }
-}
-
-/// At most `max` characters of `s` (PagerDuty refuses longer fields).
-fn cut(s: &str, max: usize) -> String {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => s[..i].to_owned(),
-        None => s.to_owned(),
     }
 }
 

@@ -122,8 +122,8 @@ fn redacted(text: &str) -> String {
     }
 }
 
-/// The first `max` characters of `s`.
-fn truncate(s: &str, max: usize) -> &str {
+/// The first `max` characters of `s` (never cut inside a character).
+pub fn truncate(s: &str, max: usize) -> &str {
     match s.char_indices().nth(max) {
         Some((i, _)) => &s[..i],
         None => s,
