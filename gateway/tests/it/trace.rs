@@ -251,14 +251,7 @@ async fn deferred_work_continues_the_trace_it_was_deferred_in() {
     // A group flushed by hand continues the trace of the request that flushed it.
     send(0, action("held", json!({"key": "h"}))).await;
     let client = reqwest::Client::new();
-    let groups: Value = client
-        .get(gw.url("/v1/groups?namespace=tr"))
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
+    let (_, groups) = common::get_json(&client, &gw.url("/v1/groups?namespace=tr")).await;
     let key = groups
         .as_array()
         .into_iter()
