@@ -440,10 +440,11 @@ impl Metrics {
     }
 }
 
-/// `acteon_state_gate_batches_total{what}`: what the Postgres group commit did, read from
-/// the state backend at each scrape (`batches`: statements that ran two calls or more;
-/// `calls_together`: the calls they answered; `retried_alone`: calls run alone after the
-/// server refused their batch). Absent on other backends.
+/// `acteon_state_gate_batches_total{what}`: what the group commit of gate calls did, read
+/// from the state backend at each scrape (`batches`: Postgres statements or Redis pipelines
+/// that carried two calls or more; `calls_together`: the calls they answered;
+/// `retried_alone`: Postgres calls run alone after the server refused their batch). Absent
+/// on the memory backend.
 pub struct GateBatchCollector {
     state: std::sync::Arc<dyn crate::state::StateStore>,
     template: IntCounterVec,
@@ -460,7 +461,7 @@ impl GateBatchCollector {
         IntCounterVec::new(
             Opts::new(
                 "acteon_state_gate_batches_total",
-                "Postgres group commit of gate calls: batches, calls sent together, calls retried alone",
+                "Group commit of gate calls (Postgres statements, Redis pipelines): batches, calls sent together, calls retried alone",
             ),
             &["what"],
         )

@@ -86,6 +86,7 @@ macro_rules! __state_conformance_checks {
             quota_limit_and_resets_in,
             quota_new_window_resets,
             concurrent_dedup_single_winner,
+            concurrent_dedup_answers_reach_their_callers,
             concurrent_throttle_exact_limit,
             concurrent_quota_exact_limit,
             concurrent_multi_gate_atomic,
@@ -1463,6 +1464,57 @@ pub async fn concurrent_dedup_single_winner(store: Arc<dyn StateStore>, prefix: 
         ok(C, "release_dedup", store.release_dedup(&key, &winner).await),
         "conformance[{C}]: the winner's token must own the mark"
     );
+}
+
+/// Concurrent lone dedup gates on many keys — marks and checks mixed, half of the keys
+/// marked before — each get the answer of their own key (a backend that sends concurrent
+/// calls together must hand every answer to its caller).
+pub async fn concurrent_dedup_answers_reach_their_callers(
+    store: Arc<dyn StateStore>,
+    prefix: &str,
+) {
+    const C: &str = "concurrent_dedup_answers_reach_their_callers";
+    let key = |i: usize| format!("{prefix}k{}", i / 2);
+    for i in (0..RACERS).step_by(4) {
+        assert_passed(
+            C,
+            "premark",
+            &apply(&*store, C, &[dedup(&key(i), LONG, "pre")]).await,
+        );
+    }
+    // Racer i works on key i/2: even racers check it, odd racers try to mark it.
+    let results = race(&store, RACERS, |s, i| {
+        let gate = dedup(&key(i), LONG, &format!("tok{i}"));
+        let mode = if i % 2 == 0 {
+            GateMode::Check
+        } else {
+            GateMode::APPLY
+        };
+        async move { s.run_gates(&[gate], mode).await }
+    })
+    .await;
+    for (i, r) in results.into_iter().enumerate() {
+        let result = ok(C, "run_gates", r);
+        let premarked = (i / 2) % 2 == 0;
+        let what = format!("racer {i} on key {} (marked before: {premarked})", i / 2);
+        if premarked {
+            assert_duplicate(C, &what, &result, 0);
+        } else if i % 2 == 1 {
+            // The only marking call on a free key passes; the check beside it may see the
+            // mark or not (they race).
+            assert_passed(C, &what, &result);
+        }
+    }
+    for i in (3..RACERS).step_by(4) {
+        assert!(
+            ok(
+                C,
+                "release_dedup",
+                store.release_dedup(&key(i), &format!("tok{i}")).await
+            ),
+            "conformance[{C}]: racer {i} owns the mark it set"
+        );
+    }
 }
 
 /// 200 concurrent dispatches on a throttle of 50: exactly 50 pass.

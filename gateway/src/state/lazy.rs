@@ -83,7 +83,7 @@ impl StateStore for LazyStore {
         self.store()?.ping().await
     }
 
-    fn gate_batch_counts(&self) -> Option<super::postgres::GateBatchCounts> {
+    fn gate_batch_counts(&self) -> Option<super::GateBatchCounts> {
         self.inner.get()?.gate_batch_counts()
     }
 

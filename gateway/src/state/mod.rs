@@ -139,6 +139,18 @@ pub struct ClaimedTimer {
     pub due_ms: u64,
 }
 
+/// What the group commit of gate calls did so far (Postgres: whole gate calls, Redis: lone
+/// dedup gates; for tests and the `acteon_state_gate_batches_total` metric).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GateBatchCounts {
+    /// Statements that ran two calls or more together.
+    pub batches: u64,
+    /// Calls answered by those statements.
+    pub calls_together: u64,
+    /// Calls run alone after the server refused their batch.
+    pub retried_alone: u64,
+}
+
 /// The state contract. Memory, Redis and Postgres implement it; one conformance suite
 /// checks all three.
 #[async_trait]
@@ -149,8 +161,8 @@ pub trait StateStore: Send + Sync + 'static {
     /// Checks reachability (for `/readyz`).
     async fn ping(&self) -> Result<(), StateError>;
 
-    /// What the group commit of gate calls did so far (Postgres; `None` elsewhere).
-    fn gate_batch_counts(&self) -> Option<postgres::GateBatchCounts> {
+    /// What the group commit of gate calls did so far (Redis and Postgres; `None` in memory).
+    fn gate_batch_counts(&self) -> Option<GateBatchCounts> {
         None
     }
 

@@ -53,12 +53,12 @@ use tracing::Instrument;
 mod batch;
 
 use batch::GateBatcher;
-pub use batch::{GateBatchCounts, GateBatches};
+pub use batch::GateBatches;
 
 use super::{
-    ClaimedTimer, DedupConfirm, DeferResult, Deferral, EventInfo, Gate, GateMode, GateResult,
-    GateStop, GroupAppend, GroupBatch, GroupInfo, ListedTimer, StateAnswers, StateError, StateRead,
-    StateStore, TimerWrite, Transition, TransitionResult, Versioned,
+    ClaimedTimer, DedupConfirm, DeferResult, Deferral, EventInfo, Gate, GateBatchCounts, GateMode,
+    GateResult, GateStop, GroupAppend, GroupBatch, GroupInfo, ListedTimer, StateAnswers,
+    StateError, StateRead, StateStore, TimerWrite, Transition, TransitionResult, Versioned,
 };
 
 /// Table that records the applied migrations (in the installation's schema).

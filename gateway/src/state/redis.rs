@@ -27,10 +27,14 @@ use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use redis::{Script, ScriptInvocation, Value};
 
+mod batch;
+
+use batch::{DedupBatcher, Probe};
+
 use super::{
-    ClaimedTimer, DedupConfirm, DeferResult, Deferral, EventInfo, Gate, GateMode, GateResult,
-    GateStop, GroupAppend, GroupBatch, GroupInfo, ListedTimer, StateAnswers, StateError, StateRead,
-    StateStore, Transition, TransitionResult, Versioned,
+    ClaimedTimer, DedupConfirm, DeferResult, Deferral, EventInfo, Gate, GateBatchCounts, GateMode,
+    GateResult, GateStop, GroupAppend, GroupBatch, GroupInfo, ListedTimer, StateAnswers,
+    StateError, StateRead, StateStore, Transition, TransitionResult, Versioned,
 };
 
 /// The check loop shared by [`APPLY_GATES`] and [`CHECK_GATES`]. Four ARGV per gate:
@@ -750,6 +754,8 @@ pub struct RedisStore {
     /// Makes throttle members and timer claims unique across replicas and calls.
     instance: String,
     seq: AtomicU64,
+    /// Lone dedup gates of concurrent dispatches, pipelined together.
+    dedup: DedupBatcher,
 }
 
 fn unavailable(e: redis::RedisError) -> StateError {
@@ -805,7 +811,7 @@ impl RedisStore {
         .map_err(|_| StateError::Timeout(timeout))?
         .map_err(unavailable)?;
         Ok(RedisStore {
-            conn,
+            conn: conn.clone(),
             prefix: prefix.to_owned(),
             scripts: Scripts {
                 apply_gates: Script::new(APPLY_GATES),
@@ -833,6 +839,7 @@ impl RedisStore {
             },
             instance: uuid::Uuid::new_v4().simple().to_string(),
             seq: AtomicU64::new(0),
+            dedup: DedupBatcher::start(conn),
         })
     }
 
@@ -866,7 +873,8 @@ impl RedisStore {
     /// A lone dedup gate needs no script: `SET NX PX` checks and writes the mark in one
     /// native command, `EXISTS` checks it — the same answers as `APPLY_GATES` /
     /// `CHECK_GATES` at a fraction of a script's cost on the server (the most common gated
-    /// dispatch carries exactly this gate).
+    /// dispatch carries exactly this gate). Concurrent ones go out in one pipeline
+    /// ([`batch`]).
     async fn run_dedup_gate(
         &self,
         key: &str,
@@ -874,29 +882,14 @@ impl RedisStore {
         token: &str,
         mode: GateMode,
     ) -> Result<GateResult, StateError> {
-        let key = self.key("g:d", key);
-        let duplicate = match mode {
-            GateMode::Apply { .. } => {
-                let set: Option<String> = redis::cmd("SET")
-                    .arg(&key)
-                    .arg(token)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(ms(mode.mark_ttl(ttl)))
-                    .query_async(&mut self.conn())
-                    .await
-                    .map_err(unavailable)?;
-                set.is_none()
-            }
-            GateMode::Check => {
-                let exists: bool = redis::cmd("EXISTS")
-                    .arg(&key)
-                    .query_async(&mut self.conn())
-                    .await
-                    .map_err(unavailable)?;
-                exists
-            }
+        let probe = match mode {
+            GateMode::Apply { .. } => Probe::Mark {
+                token: token.to_owned(),
+                ttl_ms: ms(mode.mark_ttl(ttl)),
+            },
+            GateMode::Check => Probe::Exists,
         };
+        let duplicate = self.dedup.run(self.key("g:d", key), probe).await?;
         Ok(if duplicate {
             GateResult::Stopped {
                 index: 0,
@@ -1034,6 +1027,10 @@ fn gate_result(reply: Vec<Value>) -> GateResult {
 impl StateStore for RedisStore {
     fn kind(&self) -> &'static str {
         "redis"
+    }
+
+    fn gate_batch_counts(&self) -> Option<GateBatchCounts> {
+        Some(self.dedup.counts())
     }
 
     async fn ping(&self) -> Result<(), StateError> {

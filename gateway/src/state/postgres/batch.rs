@@ -25,7 +25,7 @@ use sqlx::postgres::PgConnection;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::{Db, GateArrays, gate_result, run_gates_once};
-use crate::state::{Gate, GateMode, GateResult, GateStop, StateError};
+use crate::state::{Gate, GateBatchCounts, GateMode, GateResult, GateStop, StateError};
 
 /// Tuning of the group commit.
 #[derive(Clone, Copy, Debug)]
@@ -48,17 +48,6 @@ impl Default for GateBatches {
             max_calls: 128,
         }
     }
-}
-
-/// What the group commit did so far (for tests and diagnostics).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct GateBatchCounts {
-    /// Statements that ran two calls or more together.
-    pub batches: u64,
-    /// Calls answered by those statements.
-    pub calls_together: u64,
-    /// Calls run alone after the server refused their batch.
-    pub retried_alone: u64,
 }
 
 #[derive(Default)]
