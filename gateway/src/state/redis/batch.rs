@@ -9,7 +9,8 @@
 //! answer.
 //!
 //! A task owns the queue: it takes the first waiting call and every call queued behind it
-//! (at most [`MAX_CALLS`]), sends them, and only then looks at the queue again. At low load
+//! (at most [`MAX_CALLS`]; after letting runnable dispatches go first, see
+//! [`YIELDS_BEFORE_SEND`]), sends them, and only then looks at the queue again. At low load
 //! a call goes out at once, alone; under load the calls that arrive while a pipeline is on
 //! the wire form the next one, so pipelines grow with the load and no call waits for a
 //! timer. A call whose caller gave up before its pipeline was formed is not sent.
@@ -26,6 +27,12 @@ use crate::state::{GateBatchCounts, StateError};
 
 /// Calls per pipeline at most.
 const MAX_CALLS: usize = 256;
+/// Times the task lets the dispatches already runnable on its worker go first before it
+/// sends: the gate calls they are about to make join this pipeline instead of the next.
+/// Costs no timer and no syscall; on 2 cores it took pipelines from ~9 to ~14 calls and
+/// halved the server's reads (each write wakes the server, which costs more than a small
+/// command).
+const YIELDS_BEFORE_SEND: usize = 2;
 /// Calls waiting for a pipeline at most; a caller beyond that waits to be queued.
 const QUEUE: usize = 4096;
 
@@ -96,6 +103,13 @@ async fn send_pipelines(
 ) {
     let mut batch = Vec::with_capacity(MAX_CALLS);
     while calls.recv_many(&mut batch, MAX_CALLS).await > 0 {
+        for _ in 0..YIELDS_BEFORE_SEND {
+            tokio::task::yield_now().await;
+            while batch.len() < MAX_CALLS {
+                let Ok(call) = calls.try_recv() else { break };
+                batch.push(call);
+            }
+        }
         batch.retain(|call| !call.reply.is_closed());
         match batch.len() {
             0 => continue,
