@@ -17,6 +17,7 @@ pub mod memory;
 pub mod postgres;
 pub mod redis;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -143,12 +144,45 @@ pub struct ClaimedTimer {
 /// dedup gates; for tests and the `acteon_state_gate_batches_total` metric).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GateBatchCounts {
-    /// Statements that ran two calls or more together.
+    /// Statements (Postgres) or pipelines (Redis) that carried two calls or more.
     pub batches: u64,
-    /// Calls answered by those statements.
+    /// Calls answered by those.
     pub calls_together: u64,
-    /// Calls run alone after the server refused their batch.
+    /// Calls run alone after the server refused their batch (Postgres).
     pub retried_alone: u64,
+}
+
+/// The live tallies behind [`GateBatchCounts`], updated by a backend's batching task.
+#[derive(Default)]
+pub(crate) struct GateBatchTally {
+    batches: AtomicU64,
+    calls_together: AtomicU64,
+    retried_alone: AtomicU64,
+}
+
+impl GateBatchTally {
+    /// `n` calls answered by one statement or pipeline (counted when two or more).
+    pub(crate) fn sent_together(&self, n: usize) {
+        if n > 1 {
+            self.batches.fetch_add(1, Ordering::Relaxed);
+            self.calls_together.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// `n` calls of a refused batch, run alone (counted when two or more).
+    pub(crate) fn retried_alone(&self, n: usize) {
+        if n > 1 {
+            self.retried_alone.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn counts(&self) -> GateBatchCounts {
+        GateBatchCounts {
+            batches: self.batches.load(Ordering::Relaxed),
+            calls_together: self.calls_together.load(Ordering::Relaxed),
+            retried_alone: self.retried_alone.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// The state contract. Memory, Redis and Postgres implement it; one conformance suite

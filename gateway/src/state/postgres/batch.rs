@@ -18,14 +18,15 @@
 //! would be lost and its gates applied for nothing).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use sqlx::postgres::PgConnection;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::{Db, GateArrays, gate_result, run_gates_once};
-use crate::state::{Gate, GateBatchCounts, GateMode, GateResult, GateStop, StateError};
+use crate::state::{
+    Gate, GateBatchCounts, GateBatchTally, GateMode, GateResult, GateStop, StateError,
+};
 
 /// Tuning of the group commit.
 #[derive(Clone, Copy, Debug)]
@@ -50,13 +51,6 @@ impl Default for GateBatches {
     }
 }
 
-#[derive(Default)]
-struct Counters {
-    batches: AtomicU64,
-    calls_together: AtomicU64,
-    retried_alone: AtomicU64,
-}
-
 /// Calls waiting for a batch at most; a caller beyond that waits to be queued.
 const QUEUE: usize = 4096;
 
@@ -72,14 +66,14 @@ struct Call {
 pub(super) struct GateBatcher {
     db: Arc<Db>,
     queue: Option<mpsc::Sender<Call>>,
-    counters: Arc<Counters>,
+    counters: Arc<GateBatchTally>,
 }
 
 impl GateBatcher {
     /// Starts the queue's task (none when group commit is off). The task ends when the
     /// handle is dropped and the queue is empty.
     pub(super) fn start(db: Arc<Db>, tuning: GateBatches) -> GateBatcher {
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(GateBatchTally::default());
         let queue = (tuning.in_flight > 0).then(|| {
             let (queue, calls) = mpsc::channel(QUEUE);
             tokio::spawn(form_batches(db.clone(), counters.clone(), calls, tuning));
@@ -93,12 +87,7 @@ impl GateBatcher {
     }
 
     pub(super) fn counts(&self) -> GateBatchCounts {
-        let c = &self.counters;
-        GateBatchCounts {
-            batches: c.batches.load(Ordering::Relaxed),
-            calls_together: c.calls_together.load(Ordering::Relaxed),
-            retried_alone: c.retried_alone.load(Ordering::Relaxed),
-        }
+        self.counters.counts()
     }
 
     /// Applies `gates` in the next batch (alone when group commit is off). The caller
@@ -136,7 +125,7 @@ fn closed() -> StateError {
 /// The queue's task: one batch per free slot, of everything waiting (see the module docs).
 async fn form_batches(
     db: Arc<Db>,
-    counters: Arc<Counters>,
+    counters: Arc<GateBatchTally>,
     mut calls: mpsc::Receiver<Call>,
     tuning: GateBatches,
 ) {
@@ -166,7 +155,7 @@ async fn form_batches(
 }
 
 /// Runs the live calls of `batch` and answers each.
-async fn run_batch(db: &Db, counters: &Counters, batch: Vec<Call>) {
+async fn run_batch(db: &Db, counters: &GateBatchTally, batch: Vec<Call>) {
     let mut calls = Vec::with_capacity(batch.len());
     for call in batch {
         if call.reply.is_closed() {
@@ -185,19 +174,14 @@ async fn run_batch(db: &Db, counters: &Counters, batch: Vec<Call>) {
     };
     match together {
         Ok(Some(answers)) => {
-            counters.batches.fetch_add(1, Ordering::Relaxed);
-            let n = calls.len() as u64;
-            counters.calls_together.fetch_add(n, Ordering::Relaxed);
+            counters.sent_together(calls.len());
             for (call, answer) in calls.into_iter().zip(answers) {
                 let _ = call.reply.send(answer);
             }
         }
         // Alone: a batch of one, or the server refused the batch.
         Ok(None) => {
-            if calls.len() > 1 {
-                let n = calls.len() as u64;
-                counters.retried_alone.fetch_add(n, Ordering::Relaxed);
-            }
+            counters.retried_alone(calls.len());
             for call in calls {
                 let arrays = GateArrays::new(&call.gates, call.mode);
                 let _ = call

@@ -16,14 +16,13 @@
 //! timer. A call whose caller gave up before its pipeline was formed is not sent.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use redis::Value;
 use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, oneshot};
 
 use super::unavailable;
-use crate::state::{GateBatchCounts, StateError};
+use crate::state::{GateBatchCounts, GateBatchTally, StateError};
 
 /// Calls per pipeline at most.
 const MAX_CALLS: usize = 256;
@@ -50,33 +49,23 @@ struct Call {
     reply: oneshot::Sender<Result<bool, StateError>>,
 }
 
-#[derive(Default)]
-struct Counters {
-    batches: AtomicU64,
-    calls_together: AtomicU64,
-}
-
 /// The handle of the queue (see the module documentation).
 pub(super) struct DedupBatcher {
     queue: mpsc::Sender<Call>,
-    counters: Arc<Counters>,
+    counters: Arc<GateBatchTally>,
 }
 
 impl DedupBatcher {
     /// Starts the queue's task on `conn`; the task ends when the handle is dropped.
     pub(super) fn start(conn: ConnectionManager) -> DedupBatcher {
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(GateBatchTally::default());
         let (queue, calls) = mpsc::channel(QUEUE);
         tokio::spawn(send_pipelines(conn, calls, counters.clone()));
         DedupBatcher { queue, counters }
     }
 
     pub(super) fn counts(&self) -> GateBatchCounts {
-        GateBatchCounts {
-            batches: self.counters.batches.load(Ordering::Relaxed),
-            calls_together: self.counters.calls_together.load(Ordering::Relaxed),
-            retried_alone: 0,
-        }
+        self.counters.counts()
     }
 
     /// Runs `probe` on the mark `key` in the next pipeline: true when the mark was there
@@ -99,7 +88,7 @@ fn closed() -> StateError {
 async fn send_pipelines(
     mut conn: ConnectionManager,
     mut calls: mpsc::Receiver<Call>,
-    counters: Arc<Counters>,
+    counters: Arc<GateBatchTally>,
 ) {
     let mut batch = Vec::with_capacity(MAX_CALLS);
     while calls.recv_many(&mut batch, MAX_CALLS).await > 0 {
@@ -111,16 +100,10 @@ async fn send_pipelines(
             }
         }
         batch.retain(|call| !call.reply.is_closed());
-        match batch.len() {
-            0 => continue,
-            1 => {}
-            n => {
-                counters.batches.fetch_add(1, Ordering::Relaxed);
-                counters
-                    .calls_together
-                    .fetch_add(n as u64, Ordering::Relaxed);
-            }
+        if batch.is_empty() {
+            continue;
         }
+        counters.sent_together(batch.len());
         let mut pipe = redis::pipe();
         for call in &batch {
             match &call.probe {
