@@ -21,7 +21,7 @@ use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 
 use super::http::{Answer, Attempt, HttpSettings, bounded, with_retries};
-use super::response::{MAX_EXCERPT, truncate};
+use super::response::{MAX_EXCERPT, UrlSecrets, truncate};
 use super::{Follow, MESSAGE_GONE, MessageRef, Provider, ProviderError};
 use crate::action::Action;
 use crate::outcome::ProviderResponse;
@@ -36,6 +36,8 @@ const MAX_ID: usize = 32;
 
 pub struct DiscordProvider {
     url: reqwest::Url,
+    /// The webhook's token (in the URL's path), cut out of anything Discord says back.
+    secrets: UrlSecrets,
     settings: HttpSettings,
     http: reqwest::Client,
 }
@@ -66,6 +68,7 @@ impl DiscordProvider {
             url.query_pairs_mut().append_pair("wait", "true");
         }
         Ok(DiscordProvider {
+            secrets: UrlSecrets::of(&url),
             url,
             settings: HttpSettings::from_spec(spec),
             http,
@@ -176,14 +179,14 @@ impl DiscordProvider {
             match answer.get("message").and_then(Value::as_str) {
                 Some(m) => format!(
                     ": {}{}",
-                    bounded(m, MAX_EXCERPT),
+                    self.secrets.scrub(&bounded(m, MAX_EXCERPT)),
                     answer
                         .get("code")
                         .and_then(Value::as_i64)
                         .map(|c| format!(" (code {c})"))
                         .unwrap_or_default()
                 ),
-                None => self.settings.response.excerpt(&read),
+                None => self.secrets.scrub(&self.settings.response.excerpt(&read)),
             }
         };
         let message = format!("{TARGET} answered {status}{said}");

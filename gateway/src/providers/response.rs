@@ -113,6 +113,51 @@ impl ResponsePolicy {
     }
 }
 
+/// The parts of a webhook URL that are its credential, cut out of anything the peer says
+/// back (an error page of a proxy, or a peer that echoes the request line, quotes the path
+/// without `://`, so URL redaction alone misses it): the path, its long segments (Discord's
+/// and Slack's tokens, a Teams workflow id) and its long query values (a Workflows `sig`).
+#[derive(Clone, Debug, Default)]
+pub struct UrlSecrets(Vec<String>);
+
+/// Shorter path segments and query values are words (`api`, `webhooks`, `services`).
+const MIN_SECRET_SEGMENT: usize = 12;
+const MIN_SECRET_QUERY_VALUE: usize = 8;
+
+impl UrlSecrets {
+    pub fn of(url: &reqwest::Url) -> UrlSecrets {
+        let mut parts = Vec::new();
+        if url.path().len() > 1 {
+            parts.push(url.path().to_owned());
+        }
+        parts.extend(
+            url.path_segments()
+                .into_iter()
+                .flatten()
+                .filter(|s| s.len() >= MIN_SECRET_SEGMENT)
+                .map(str::to_owned),
+        );
+        parts.extend(
+            url.query_pairs()
+                .map(|(_, v)| v.into_owned())
+                .filter(|v| v.len() >= MIN_SECRET_QUERY_VALUE),
+        );
+        UrlSecrets(parts)
+    }
+
+    /// `text` with URLs redacted and every secret part replaced by `***` (the whole path
+    /// first, so a quoted path reads `***` rather than `/api/***/***`).
+    pub fn scrub(&self, text: &str) -> String {
+        let mut text = redacted(text);
+        for part in &self.0 {
+            if text.contains(part.as_str()) {
+                text = text.replace(part.as_str(), "***");
+            }
+        }
+        text
+    }
+}
+
 /// `text` with its URLs redacted (quick path when there is none).
 fn redacted(text: &str) -> String {
     if text.contains("://") {
@@ -140,6 +185,26 @@ mod tests {
             bytes: bytes.to_vec(),
             cut,
         }
+    }
+
+    #[test]
+    fn url_secrets_cut_the_path_its_tokens_and_long_query_values() {
+        let url = reqwest::Url::parse(
+            "https://discord.com/api/webhooks/1234/Zx9tokenTOKENtoken_-42?wait=true&sig=s1gnatur3",
+        )
+        .expect("url");
+        let secrets = UrlSecrets::of(&url);
+        let said = secrets.scrub(
+            "Cannot POST /api/webhooks/1234/Zx9tokenTOKENtoken_-42; token Zx9tokenTOKENtoken_-42, \
+             sig s1gnatur3, see https://u:p@x.example/a?k=v",
+        );
+        for secret in ["Zx9tokenTOKENtoken_-42", "s1gnatur3", "u:p@"] {
+            assert!(!said.contains(secret), "{secret} in {said}");
+        }
+        assert!(said.starts_with("Cannot POST ***; token ***"), "{said}");
+        // Words of the path and short values stay: the message still reads.
+        assert_eq!(secrets.scrub("webhooks api true"), "webhooks api true");
+        assert_eq!(UrlSecrets::default().scrub("plain"), "plain");
     }
 
     #[test]

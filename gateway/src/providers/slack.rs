@@ -26,6 +26,7 @@ use reqwest::header::{AUTHORIZATION, HeaderValue};
 use serde_json::{Map, Value, json};
 
 use super::http::{Answer, Attempt, HttpSettings, bounded, with_retries};
+use super::response::UrlSecrets;
 use super::{Follow, MESSAGE_GONE, MessageRef, Provider, ProviderError};
 use crate::action::Action;
 use crate::outcome::ProviderResponse;
@@ -53,8 +54,8 @@ enum Endpoint {
         update: String,
         auth: HeaderValue,
     },
-    /// An incoming webhook: the URL is the credential.
-    Webhook { url: String },
+    /// An incoming webhook: the URL is the credential (`secrets`: its parts).
+    Webhook { url: String, secrets: UrlSecrets },
 }
 
 /// The Web API method a message goes to.
@@ -118,13 +119,14 @@ impl SlackProvider {
             }
             SlackCredential::WebhookUrl(url) => {
                 let url = url.trim().to_owned();
-                if reqwest::Url::parse(&url)
-                    .map(|u| !matches!(u.scheme(), "http" | "https"))
-                    .unwrap_or(true)
-                {
-                    return Err("the Secret's value is not an http(s) URL".into());
+                let parsed = reqwest::Url::parse(&url)
+                    .ok()
+                    .filter(|u| matches!(u.scheme(), "http" | "https"))
+                    .ok_or("the Secret's value is not an http(s) URL")?;
+                Endpoint::Webhook {
+                    secrets: UrlSecrets::of(&parsed),
+                    url,
                 }
-                Endpoint::Webhook { url }
             }
         };
         Ok(SlackProvider {
@@ -133,6 +135,14 @@ impl SlackProvider {
             settings: HttpSettings::from_spec(spec),
             http,
         })
+    }
+
+    /// `text` (from the peer's answer) without the webhook URL's secret parts.
+    fn scrub(&self, text: &str) -> String {
+        match &self.endpoint {
+            Endpoint::Webhook { secrets, .. } => secrets.scrub(text),
+            Endpoint::Api { .. } => text.to_owned(),
+        }
     }
 
     /// What messages call the endpoint (never the webhook URL).
@@ -224,7 +234,7 @@ impl SlackProvider {
             (Endpoint::Api { update, auth, .. }, Method::Update) => {
                 self.http.post(update).header(AUTHORIZATION, auth.clone())
             }
-            (Endpoint::Webhook { url }, _) => self.http.post(url),
+            (Endpoint::Webhook { url, .. }, _) => self.http.post(url),
         };
         let Answer {
             status,
@@ -245,7 +255,7 @@ impl SlackProvider {
                 "HTTP_5XX",
                 format!(
                     "{target} answered {status}{}",
-                    self.settings.response.excerpt(&read)
+                    self.scrub(&self.settings.response.excerpt(&read))
                 ),
                 true,
             ));
@@ -257,7 +267,7 @@ impl SlackProvider {
                 "SLACK_ERROR",
                 format!(
                     "{target} answered {status}{}",
-                    self.settings.response.excerpt(&read)
+                    self.scrub(&self.settings.response.excerpt(&read))
                 ),
                 false,
             ));

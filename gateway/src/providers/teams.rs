@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 
 use super::http::{Answer, Attempt, HttpSettings, bounded, with_retries};
-use super::response::{MAX_EXCERPT, Read};
+use super::response::{MAX_EXCERPT, Read, UrlSecrets};
 use super::{Provider, ProviderError};
 use crate::action::Action;
 use crate::outcome::ProviderResponse;
@@ -36,9 +36,8 @@ const MAX_ATTACHMENTS: usize = 10;
 
 pub struct TeamsProvider {
     url: reqwest::Url,
-    /// The parts of the URL that are secret (its path, and its query values: a
-    /// connector's token, a Workflows `sig`), cut out of anything Teams says back.
-    secret_parts: Vec<String>,
+    /// Cut out of anything Teams says back (a connector's token, a Workflows `sig`).
+    secrets: UrlSecrets,
     settings: HttpSettings,
     http: reqwest::Client,
 }
@@ -64,17 +63,9 @@ impl TeamsProvider {
             .ok()
             .filter(|u| matches!(u.scheme(), "http" | "https"))
             .ok_or_else(|| "the Secret's value is not an http(s) URL".to_owned())?;
-        let mut secret_parts: Vec<String> = url
-            .query_pairs()
-            .map(|(_, v)| v.into_owned())
-            .filter(|v| v.len() >= 8)
-            .collect();
-        if url.path().len() > 1 {
-            secret_parts.push(url.path().to_owned());
-        }
         Ok(TeamsProvider {
+            secrets: UrlSecrets::of(&url),
             url,
-            secret_parts,
             settings: HttpSettings::from_spec(spec),
             http,
         })
@@ -162,19 +153,9 @@ impl TeamsProvider {
             .or_else(|| answer.get("message"))
             .and_then(Value::as_str);
         match message {
-            Some(m) => format!(": {}", self.scrub(&bounded(m, MAX_EXCERPT))),
-            None => self.scrub(&self.settings.response.excerpt(read)),
+            Some(m) => format!(": {}", self.secrets.scrub(&bounded(m, MAX_EXCERPT))),
+            None => self.secrets.scrub(&self.settings.response.excerpt(read)),
         }
-    }
-
-    /// `text` with URLs redacted and the webhook URL's secret parts cut out (an answer
-    /// may echo the path, which holds a connector's token).
-    fn scrub(&self, text: &str) -> String {
-        let mut text = acteon_api::redact::redact_urls_in(text);
-        for part in &self.secret_parts {
-            text = text.replace(part.as_str(), "***");
-        }
-        text
     }
 }
 

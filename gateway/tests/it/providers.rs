@@ -553,6 +553,16 @@ async fn slack_incoming_webhook_posts_to_the_secret_url() {
         ("SLACK_ERROR", false, 1)
     );
     assert!(e.message.contains("no_service"), "{}", e.message);
+
+    // An answer quoting the request line (a proxy's error page) loses the secret path.
+    peer.script.lock().push_back(Answer::Raw(
+        404,
+        vec![],
+        "Cannot POST /services/T000/B000/hOoKs3cr3tPath99 (hOoKs3cr3tPath99)",
+    ));
+    let e = failed(&gw, act("hook", json!({"text": "x"}))).await;
+    assert!(e.message.contains("Cannot POST *** (***)"), "{}", e.message);
+    assert!(!e.message.contains(SLACK_HOOK_SECRET), "{}", e.message);
 }
 
 #[tokio::test]
@@ -1147,6 +1157,28 @@ async fn discord_webhook_token_is_not_shown() {
     let e = failed(&gw, act("dc", json!({"text": "x"}))).await;
     assert!(e.message.contains("Invalid Webhook Token"), "{}", e.message);
     assert_not_shown(&[DISCORD_TOKEN], &e, &gw, &log);
+    // Answers that quote the request (a proxy's page, an echoing JSON message) lose
+    // the token.
+    let gw = discord_gateway(&peer, 1);
+    for (status, body) in [
+        (
+            404,
+            "Cannot POST /api/webhooks/1234/d1sc0rdW3bh00kT0k3n?wait=true",
+        ),
+        (
+            400,
+            r#"{"message": "bad token d1sc0rdW3bh00kT0k3n", "code": 50027}"#,
+        ),
+    ] {
+        peer.script.lock().push_back(Answer::Raw(
+            status,
+            vec![("content-type", "application/json")],
+            body,
+        ));
+        let e = failed(&gw, act("dc", json!({"text": "x"}))).await;
+        assert!(e.message.contains("***"), "{}", e.message);
+        assert_not_shown(&[DISCORD_TOKEN], &e, &gw, &log);
+    }
     let dead = Peer {
         base: format!("http://127.0.0.1:{}", free_port()),
         ..peer.clone()
