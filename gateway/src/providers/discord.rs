@@ -21,7 +21,7 @@ use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 
 use super::http::{Answer, Attempt, HttpSettings, bounded, with_retries};
-use super::response::{MAX_EXCERPT, UrlSecrets, truncate};
+use super::response::{MAX_EXCERPT, UrlSecrets, secret_webhook_url, truncate};
 use super::{Follow, MESSAGE_GONE, MessageRef, Provider, ProviderError};
 use crate::action::Action;
 use crate::outcome::ProviderResponse;
@@ -59,16 +59,13 @@ impl DiscordProvider {
         url: &str,
         http: reqwest::Client,
     ) -> Result<DiscordProvider, String> {
-        let mut url = reqwest::Url::parse(url.trim())
-            .ok()
-            .filter(|u| matches!(u.scheme(), "http" | "https"))
-            .ok_or_else(|| "the Secret's value is not an http(s) URL".to_owned())?;
+        let (mut url, secrets) = secret_webhook_url(url)?;
         // Without `wait=true` Discord answers 204 and no message id.
         if !url.query_pairs().any(|(k, _)| k == "wait") {
             url.query_pairs_mut().append_pair("wait", "true");
         }
         Ok(DiscordProvider {
-            secrets: UrlSecrets::of(&url),
+            secrets,
             url,
             settings: HttpSettings::from_spec(spec),
             http,

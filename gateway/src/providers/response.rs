@@ -124,6 +124,17 @@ pub struct UrlSecrets(Vec<String>);
 const MIN_SECRET_SEGMENT: usize = 12;
 const MIN_SECRET_QUERY_VALUE: usize = 8;
 
+/// A webhook URL read from a Secret, with its secret parts: fails naming what is wrong,
+/// never the value.
+pub fn secret_webhook_url(value: &str) -> Result<(reqwest::Url, UrlSecrets), String> {
+    let url = reqwest::Url::parse(value.trim())
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https"))
+        .ok_or_else(|| "the Secret's value is not an http(s) URL".to_owned())?;
+    let secrets = UrlSecrets::of(&url);
+    Ok((url, secrets))
+}
+
 impl UrlSecrets {
     pub fn of(url: &reqwest::Url) -> UrlSecrets {
         let mut parts = Vec::new();

@@ -26,7 +26,7 @@ use reqwest::header::{AUTHORIZATION, HeaderValue};
 use serde_json::{Map, Value, json};
 
 use super::http::{Answer, Attempt, HttpSettings, bounded, with_retries};
-use super::response::UrlSecrets;
+use super::response::{UrlSecrets, secret_webhook_url};
 use super::{Follow, MESSAGE_GONE, MessageRef, Provider, ProviderError};
 use crate::action::Action;
 use crate::outcome::ProviderResponse;
@@ -55,7 +55,10 @@ enum Endpoint {
         auth: HeaderValue,
     },
     /// An incoming webhook: the URL is the credential (`secrets`: its parts).
-    Webhook { url: String, secrets: UrlSecrets },
+    Webhook {
+        url: reqwest::Url,
+        secrets: UrlSecrets,
+    },
 }
 
 /// The Web API method a message goes to.
@@ -118,15 +121,8 @@ impl SlackProvider {
                 }
             }
             SlackCredential::WebhookUrl(url) => {
-                let url = url.trim().to_owned();
-                let parsed = reqwest::Url::parse(&url)
-                    .ok()
-                    .filter(|u| matches!(u.scheme(), "http" | "https"))
-                    .ok_or("the Secret's value is not an http(s) URL")?;
-                Endpoint::Webhook {
-                    secrets: UrlSecrets::of(&parsed),
-                    url,
-                }
+                let (url, secrets) = secret_webhook_url(&url)?;
+                Endpoint::Webhook { url, secrets }
             }
         };
         Ok(SlackProvider {
@@ -234,7 +230,7 @@ impl SlackProvider {
             (Endpoint::Api { update, auth, .. }, Method::Update) => {
                 self.http.post(update).header(AUTHORIZATION, auth.clone())
             }
-            (Endpoint::Webhook { url, .. }, _) => self.http.post(url),
+            (Endpoint::Webhook { url, .. }, _) => self.http.post(url.clone()),
         };
         let Answer {
             status,

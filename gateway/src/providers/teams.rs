@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 
 use super::http::{Answer, Attempt, HttpSettings, bounded, with_retries};
-use super::response::{MAX_EXCERPT, Read, UrlSecrets};
+use super::response::{MAX_EXCERPT, Read, UrlSecrets, secret_webhook_url};
 use super::{Provider, ProviderError};
 use crate::action::Action;
 use crate::outcome::ProviderResponse;
@@ -59,12 +59,9 @@ impl TeamsProvider {
         url: &str,
         http: reqwest::Client,
     ) -> Result<TeamsProvider, String> {
-        let url = reqwest::Url::parse(url.trim())
-            .ok()
-            .filter(|u| matches!(u.scheme(), "http" | "https"))
-            .ok_or_else(|| "the Secret's value is not an http(s) URL".to_owned())?;
+        let (url, secrets) = secret_webhook_url(url)?;
         Ok(TeamsProvider {
-            secrets: UrlSecrets::of(&url),
+            secrets,
             url,
             settings: HttpSettings::from_spec(spec),
             http,
