@@ -7,7 +7,7 @@ use axum::Extension;
 
 use crate::auth::Caller;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -16,6 +16,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::AppState;
 use super::dispatch::params;
 use super::error::{ApiError, ErrorBody};
+use super::extract::PathParam;
 use super::json::JsonBody;
 use crate::action::{self, Action};
 use crate::audit::{
@@ -210,7 +211,7 @@ fn visible(
     responses((status = 200, body = AuditOfAction), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn get_audit(
     State(app): State<Arc<AppState>>,
-    Path(action_id): Path<String>,
+    PathParam(action_id): PathParam,
     caller: Option<Extension<Arc<Caller>>>,
 ) -> Result<JsonBody<AuditOfAction>, ApiError> {
     let records = visible(
@@ -233,7 +234,7 @@ pub async fn get_audit(
     responses((status = 200, body = AuditReplay), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn replay_audit(
     State(app): State<Arc<AppState>>,
-    Path(action_id): Path<String>,
+    PathParam(action_id): PathParam,
     caller: Option<Extension<Arc<Caller>>>,
     headers: axum::http::HeaderMap,
 ) -> Result<JsonBody<AuditReplay>, ApiError> {

@@ -5,13 +5,14 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Extension, Query, State};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::dispatch::namespace_ok;
 use super::error::ApiError;
+use super::extract::PathParam;
 use acteon_api::crd::CircuitBreaker;
 
 use crate::auth::Caller;
@@ -113,7 +114,7 @@ pub async fn list(
 #[utoipa::path(post, path = "/v1/circuit-breakers/{provider}/trip", params(("provider" = String, Path), ProviderScope), responses((status = 200, body = CircuitBreakerAction)))]
 pub async fn trip(
     State(app): State<Arc<AppState>>,
-    Path(provider): Path<String>,
+    PathParam(provider): PathParam,
     Query(scope): Query<ProviderScope>,
     caller: Option<Extension<Arc<Caller>>>,
 ) -> Result<Json<CircuitBreakerAction>, ApiError> {
@@ -124,7 +125,7 @@ pub async fn trip(
 #[utoipa::path(post, path = "/v1/circuit-breakers/{provider}/reset", params(("provider" = String, Path), ProviderScope), responses((status = 200, body = CircuitBreakerAction)))]
 pub async fn reset(
     State(app): State<Arc<AppState>>,
-    Path(provider): Path<String>,
+    PathParam(provider): PathParam,
     Query(scope): Query<ProviderScope>,
     caller: Option<Extension<Arc<Caller>>>,
 ) -> Result<Json<CircuitBreakerAction>, ApiError> {

@@ -8,7 +8,7 @@ use crate::auth::Caller;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -16,6 +16,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::AppState;
 use super::dispatch::{namespace_ok, params};
 use super::error::ApiError;
+use super::extract::PathParam;
 use super::json;
 use crate::pipeline::Gateway;
 use crate::state::unix_ms;
@@ -175,7 +176,7 @@ fn live_status(run: &ChainRun) -> &'static str {
 #[utoipa::path(get, path = "/v1/chains/{chain_id}", params(RunScope), responses((status = 200, body = ChainRecord), (status = 404)))]
 pub async fn get_chain(
     State(app): State<Arc<AppState>>,
-    Path(chain_id): Path<String>,
+    PathParam(chain_id): PathParam,
     scope: Result<Query<RunScope>, QueryRejection>,
 ) -> Result<Json<ChainRecord>, ApiError> {
     let scope = params(scope)?;
@@ -195,7 +196,7 @@ pub async fn get_chain(
 #[utoipa::path(post, path = "/v1/chains/{chain_id}/cancel", params(("namespace" = Option<String>, Query), ("tenant" = Option<String>, Query)), request_body = Option<CancelRequest>, responses((status = 200, body = ChainRecord), (status = 404), (status = 409)))]
 pub async fn cancel_chain(
     State(app): State<Arc<AppState>>,
-    Path(chain_id): Path<String>,
+    PathParam(chain_id): PathParam,
     query: Result<Query<CancelRequest>, QueryRejection>,
     caller: Option<Extension<Arc<Caller>>>,
     headers: HeaderMap,

@@ -6,13 +6,14 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::dispatch::{namespace_ok, params};
 use super::error::ApiError;
+use super::extract::PathParam;
 use crate::dead_letter::{self, DeadLetter, list_prefix, replay_lock, timer_id};
 use crate::outcome::ActionOutcome;
 use crate::pipeline::Gateway;
@@ -144,7 +145,7 @@ async fn page(
 #[utoipa::path(get, path = "/v1/dlq/{id}", params(EntryScope), responses((status = 200, body = DeadLetter), (status = 404)))]
 pub async fn get_dlq(
     State(app): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
     scope: Result<Query<EntryScope>, QueryRejection>,
 ) -> Result<Json<DeadLetter>, ApiError> {
     let timer = entry_timer(scope, &id)?;
@@ -159,7 +160,7 @@ pub async fn get_dlq(
 #[utoipa::path(delete, path = "/v1/dlq/{id}", params(EntryScope), responses((status = 200, body = DeadLetter), (status = 404)))]
 pub async fn delete_dlq(
     State(app): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
     scope: Result<Query<EntryScope>, QueryRejection>,
 ) -> Result<Json<DeadLetter>, ApiError> {
     let timer = entry_timer(scope, &id)?;
@@ -177,7 +178,7 @@ pub async fn delete_dlq(
 #[utoipa::path(post, path = "/v1/dlq/{id}/replay", params(EntryScope), responses((status = 200, body = ReplayResult), (status = 404), (status = 409)))]
 pub async fn replay_dlq(
     State(app): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
     scope: Result<Query<EntryScope>, QueryRejection>,
 ) -> Result<Json<ReplayResult>, ApiError> {
     let timer = entry_timer(scope, &id)?;

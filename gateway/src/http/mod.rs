@@ -8,6 +8,7 @@ pub mod conn;
 pub mod dispatch;
 pub mod dlq;
 pub mod error;
+pub mod extract;
 pub mod json;
 pub mod lifecycle;
 pub mod ops;

@@ -7,7 +7,7 @@ use crate::auth::Caller;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -15,6 +15,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::dispatch::{namespace_ok, params};
 use super::error::ApiError;
+use super::extract::PathParam;
 use super::{AppState, json};
 use crate::outcome::ActionOutcome;
 use crate::pipeline::park::transition_outcome;
@@ -90,7 +91,7 @@ pub async fn list_groups(
 #[utoipa::path(get, path = "/v1/groups/{key}", responses((status = 200, body = GroupView), (status = 404)))]
 pub async fn get_group(
     State(app): State<Arc<AppState>>,
-    Path(key): Path<String>,
+    PathParam(key): PathParam,
 ) -> Result<Json<GroupView>, ApiError> {
     let gw = &app.gateway;
     match gw.state_call(gw.state.get_group(&key)).await {
@@ -104,7 +105,7 @@ pub async fn get_group(
 #[utoipa::path(delete, path = "/v1/groups/{key}", responses((status = 200, body = GroupView), (status = 404)))]
 pub async fn flush_group(
     State(app): State<Arc<AppState>>,
-    Path(key): Path<String>,
+    PathParam(key): PathParam,
     headers: HeaderMap,
 ) -> Result<Json<GroupView>, ApiError> {
     let gw = &app.gateway;
@@ -221,7 +222,7 @@ fn event_key(
 #[utoipa::path(get, path = "/v1/events/{fingerprint}", params(EventRef), responses((status = 200, body = EventView), (status = 404)))]
 pub async fn get_event(
     State(app): State<Arc<AppState>>,
-    Path(fingerprint): Path<String>,
+    PathParam(fingerprint): PathParam,
     r: Result<Query<EventRef>, QueryRejection>,
 ) -> Result<Json<EventView>, ApiError> {
     let r = params(r)?;
@@ -249,7 +250,7 @@ pub struct TransitionRequest {
 #[utoipa::path(put, path = "/v1/events/{fingerprint}/transition", request_body = TransitionRequest, responses((status = 200, body = ActionOutcome)))]
 pub async fn transition(
     State(app): State<Arc<AppState>>,
-    Path(fingerprint): Path<String>,
+    PathParam(fingerprint): PathParam,
     caller: Option<Extension<Arc<Caller>>>,
     headers: HeaderMap,
     body: Body,

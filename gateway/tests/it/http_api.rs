@@ -422,6 +422,17 @@ async fn strict_parsing_and_json_errors_everywhere() {
     let (s, b) = get_json(&c, &server.url("/nothing")).await;
     assert_eq!(s, 404);
     assert_eq!(b["code"], "NOT_FOUND", "{b}");
+    // A path parameter that is not UTF-8 once decoded: the JSON 400, not axum's plain text.
+    for path in [
+        "/v1/audit/%FF%FE",
+        "/v1/dlq/%FF%FE",
+        "/v1/groups/%FF%FE",
+        "/v1/events/%FF%FE",
+        "/v1/chains/%FF%FE",
+    ] {
+        let (s, b) = get_json(&c, &server.url(path)).await;
+        assert_error(s, &b, 400, "invalid path");
+    }
 
     // The OpenAPI document declares the limits the server enforces.
     let (_, doc) = get_json(&c, &server.url("/api-doc/openapi.json")).await;

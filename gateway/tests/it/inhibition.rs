@@ -752,8 +752,9 @@ async fn a_timeout_into_a_terminal_state_ends_the_inhibition() {
 /// A move by hand (`PUT /v1/events/{fingerprint}/transition`) ends the inhibition too.
 #[tokio::test]
 async fn a_move_by_hand_ends_the_inhibition() {
+    use acteon_gateway::http::extract::PathParam;
     use acteon_gateway::http::{AppState, lifecycle::Lifecycle, parked};
-    use axum::extract::{Path, State};
+    use axum::extract::State;
 
     let gw = gateway_on(&inhibition_config(None), Arc::new(MemoryStore::new()));
     let fingerprint = match cluster(&gw, "c1", "firing").await {
@@ -773,7 +774,7 @@ async fn a_move_by_hand_ends_the_inhibition() {
     let body = json!({"namespace": "ns", "tenant": "infra", "machine": "cluster-events", "to": "resolved"});
     let outcome = parked::transition(
         State(app),
-        Path(fingerprint),
+        PathParam(fingerprint),
         None,
         headers,
         axum::body::Body::from(body.to_string()),
