@@ -52,7 +52,8 @@ impl ApiError {
         }
     }
 
-    pub fn not_found() -> ApiError {
+    /// A path no route serves (a missing resource is [`ApiError::missing`]).
+    pub fn no_such_endpoint() -> ApiError {
         ApiError {
             status: StatusCode::NOT_FOUND,
             code: "NOT_FOUND",

@@ -120,7 +120,7 @@ async fn openapi() -> impl IntoResponse {
 }
 
 async fn not_found() -> error::ApiError {
-    error::ApiError::not_found()
+    error::ApiError::no_such_endpoint()
 }
 
 async fn method_not_allowed() -> error::ApiError {

@@ -96,9 +96,13 @@ pub async fn get_group(
     let gw = &app.gateway;
     match gw.state_call(gw.state.get_group(&key)).await {
         Ok(Some(info)) => Ok(Json(group_view(info))),
-        Ok(None) => Err(ApiError::not_found()),
+        Ok(None) => Err(no_group(&key)),
         Err(e) => Err(e.into()),
     }
+}
+
+fn no_group(key: &str) -> ApiError {
+    ApiError::missing(format!("no group {key:?}"))
 }
 
 /// Sends a group's notification now (its flush timer is made due at once).
@@ -111,7 +115,7 @@ pub async fn flush_group(
     let gw = &app.gateway;
     let info = match gw.state_call(gw.state.get_group(&key)).await {
         Ok(Some(info)) => info,
-        Ok(None) => return Err(ApiError::not_found()),
+        Ok(None) => return Err(no_group(&key)),
         Err(e) => return Err(e.into()),
     };
     let meta: GroupMeta = serde_json::from_slice(&info.meta)
@@ -230,7 +234,10 @@ pub async fn get_event(
     let gw = &app.gateway;
     match gw.state_call(gw.state.get_event(&key)).await {
         Ok(Some(info)) => Ok(Json(event_view(info))),
-        Ok(None) => Err(ApiError::not_found()),
+        Ok(None) => Err(ApiError::missing(format!(
+            "no event {fingerprint:?} in {}/{}",
+            r.namespace, r.tenant
+        ))),
         Err(e) => Err(e.into()),
     }
 }

@@ -422,6 +422,21 @@ async fn strict_parsing_and_json_errors_everywhere() {
     let (s, b) = get_json(&c, &server.url("/nothing")).await;
     assert_eq!(s, 404);
     assert_eq!(b["code"], "NOT_FOUND", "{b}");
+    // A missing resource says which, unlike a path no route serves.
+    let (s, b) = get_json(&c, &server.url("/v1/groups/no-such-group")).await;
+    assert_eq!((s, b["code"].as_str()), (404, Some("NOT_FOUND")), "{b}");
+    assert_eq!(b["message"], "no group \"no-such-group\"", "{b}");
+    let flushed = c
+        .delete(server.url("/v1/groups/no-such-group"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(flushed.status(), 404);
+    let b: Value = flushed.json().await.expect("JSON");
+    assert_eq!(b["message"], "no group \"no-such-group\"", "{b}");
+    let (_, b) = get_json(&c, &server.url("/nothing")).await;
+    assert_eq!(b["message"], "no such endpoint", "{b}");
+
     // A path parameter that is not UTF-8 once decoded: the JSON 400, not axum's plain text.
     for path in [
         "/v1/audit/%FF%FE",
