@@ -37,6 +37,7 @@ for round in $(seq "$ROUNDS"); do
         SUM[$b]="$(awk -v a="${SUM[$b]:-0}" -v r="${RPS[$b]}" 'BEGIN {print a + r}')"
         echo "round $round $b: ${RPS[$b]}/s $(grep -A3 '^outcomes' "$out" | tail -n +2 | tr -s ' ' | tr '\n' ' ')" >&2
         stop_gws
+        drop_keys "$(state_url "$b")" "$prefix"
     done
     for b in "${BACKENDS[@]}"; do
         [[ -n "${RPS[memory]:-}" && "$b" != memory ]] &&

@@ -43,6 +43,15 @@ start_gw() {
     return 1
 }
 
+# drop_keys STATE PREFIX: removes a finished run's Redis keys (a no-op for other backends).
+# Left alone, the ~300,000 marks of a run expire together 300 s later and the server's
+# expiry work then slows whichever run is going on (one ROUNDS=5 series: 47% to 74%).
+drop_keys() {
+    [[ "$1" == redis* ]] || return 0
+    redis-cli -u "$1" --scan --pattern "$2:*" |
+        xargs -r -d "\n" -n 1000 redis-cli -u "$1" unlink >/dev/null
+}
+
 stop_gws() {
     local pid
     for pid in "${GW_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
