@@ -81,9 +81,12 @@ impl ResponsePolicy {
             .collect()
     }
 
-    /// The body an outcome carries: JSON when it is JSON and fits, else the text cut to
-    /// [`MAX_BODY`] bytes; URLs in it redacted. An empty object when redacted.
-    pub fn body(&self, read: &Read) -> Value {
+    /// The body an outcome carries: the answer's JSON when it is JSON and fits; otherwise
+    /// (plain text, empty, cut to [`MAX_BODY`] bytes) Acteon's envelope
+    /// `{"status_code": 200, "body": "<text>"}`, so a client that decodes `body` as a JSON
+    /// object (Acteon's Go SDK does) never fails on an action that was delivered. URLs in
+    /// it redacted; an empty object when redacted.
+    pub fn body(&self, status: u16, read: &Read) -> Value {
         if self.redact {
             return Value::Object(Default::default());
         }
@@ -93,10 +96,12 @@ impl ResponsePolicy {
         if fits && let Ok(value) = serde_json::from_str(&text) {
             return value;
         }
-        if fits {
-            return Value::String(text);
-        }
-        Value::String(format!("{text}… (truncated)"))
+        let text = if fits {
+            text
+        } else {
+            format!("{text}… (truncated)")
+        };
+        serde_json::json!({"status_code": status, "body": text})
     }
 
     /// What a failure message says of the answer after its status: a short excerpt of the
@@ -241,29 +246,39 @@ mod tests {
     fn bodies_are_bounded_and_redacted() {
         let p = ResponsePolicy::default();
         assert_eq!(
-            p.body(&read(br#"{"ok":true}"#, false)),
+            p.body(200, &read(br#"{"ok":true}"#, false)),
             serde_json::json!({"ok": true})
         );
         let echo = br#"{"url":"http://u:pw@h/p?api_key=k"}"#;
         assert_eq!(
-            p.body(&read(echo, false)),
+            p.body(200, &read(echo, false)),
             serde_json::json!({"url": "http://***@h/p?api_key=***"})
         );
+        assert_eq!(
+            p.body(200, &read(b"ok", false)),
+            serde_json::json!({"status_code": 200, "body": "ok"}),
+            "text is wrapped, as Acteon does"
+        );
+        assert_eq!(
+            p.body(204, &read(b"", false)),
+            serde_json::json!({"status_code": 204, "body": ""})
+        );
         let big = vec![b'a'; MAX_BODY * 3];
-        let Value::String(s) = p.body(&read(&big, false)) else {
-            panic!("a string")
-        };
+        let cut = p.body(200, &read(&big, false));
+        let s = cut["body"].as_str().expect("the text in the envelope");
         assert!(
             s.len() <= MAX_BODY + 20 && s.ends_with("(truncated)"),
             "{}",
             s.len()
         );
-        let Value::String(s) = p.body(&read(b"{}", true)) else {
-            panic!("a cut body is never passed as complete JSON")
-        };
-        assert!(s.ends_with("(truncated)"));
+        let cut = p.body(200, &read(b"{}", true));
         assert_eq!(
-            ResponsePolicy { redact: true }.body(&read(echo, false)),
+            cut,
+            serde_json::json!({"status_code": 200, "body": "{}… (truncated)"}),
+            "a cut body is never passed as complete JSON"
+        );
+        assert_eq!(
+            ResponsePolicy { redact: true }.body(200, &read(echo, false)),
             serde_json::json!({})
         );
     }

@@ -160,7 +160,7 @@ impl WebhookProvider {
                 status.is_server_error() || status.as_u16() == 429,
             ));
         }
-        let mut r = ProviderResponse::success(self.settings.response.body(&read));
+        let mut r = ProviderResponse::success(self.settings.response.body(status.as_u16(), &read));
         r.headers = headers;
         Ok(r)
     }

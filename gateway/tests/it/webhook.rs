@@ -425,6 +425,21 @@ async fn redact_response_returns_nothing_of_the_answer() {
     );
 }
 
+/// Plain text (Slack's "ok", an empty 204) comes back as Acteon's envelope, a JSON object:
+/// Acteon's Go SDK decodes `body` as one and would report a delivered action as an error.
+#[tokio::test]
+async fn a_text_answer_comes_back_in_acteons_envelope() {
+    let (_mock, addr) = Mock::start(&[Answer::Echo(200), Answer::Echo(202)]).await;
+    let p = provider_with(&secret_url(addr), json!({}));
+    let ok = p.execute(&action()).await.expect("200");
+    assert_eq!(ok.body["status_code"], 200, "{}", ok.body);
+    let text = ok.body["body"].as_str().expect("the text");
+    assert!(text.starts_with("invalid key for http://"), "{text}");
+    assert_no_secret("a text answer", text);
+    let ok = p.execute(&action()).await.expect("202");
+    assert_eq!(ok.body["status_code"], 202, "{}", ok.body);
+}
+
 #[tokio::test]
 async fn huge_answers_are_cut() {
     async fn huge() -> String {
@@ -438,7 +453,8 @@ async fn huge_answers_are_cut() {
     tokio::spawn(async move { axum::serve(listener, app).await });
     let p = provider_with(&format!("http://{addr}/big"), json!({}));
     let ok = p.execute(&action()).await.expect("200");
-    let body = ok.body.as_str().expect("a truncated text");
+    assert_eq!(ok.body["status_code"], 200, "{}", ok.body);
+    let body = ok.body["body"].as_str().expect("a truncated text");
     assert!(
         body.len() < 4200 && body.ends_with("(truncated)"),
         "{}",
