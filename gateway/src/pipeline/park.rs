@@ -147,9 +147,18 @@ impl Gateway {
         let Some(DeferResult::Transition(result)) = result else {
             return Err(unexpected(result));
         };
-        let to = target.to.clone();
-        let outcome = transition_outcome(machine, &target.fingerprint, to.as_deref(), &result);
-        self.count_transition(machine, to.as_deref().unwrap_or_default(), &result);
+        // No requested state was asked of the backend as "record in the initial state if
+        // new" (see `Machine::transition`): a live event elsewhere answers Refused, which
+        // here means it stays where it is.
+        let result = match (&target.to, result) {
+            (None, TransitionResult::Refused { current }) => {
+                TransitionResult::Unchanged { current }
+            }
+            (_, result) => result,
+        };
+        let to = target.to.as_deref().unwrap_or(&machine.initial);
+        let outcome = transition_outcome(machine, &target.fingerprint, Some(to), &result);
+        self.count_transition(machine, to, &result);
         Ok(outcome)
     }
 
@@ -190,6 +199,10 @@ impl Gateway {
     }
 }
 
+/// The code of a move a state machine does not allow (an outcome of a dispatch, a 409 of
+/// `PUT /v1/events/{fingerprint}/transition`).
+pub const TRANSITION_NOT_ALLOWED: &str = "TRANSITION_NOT_ALLOWED";
+
 /// The outcome of a move: `StateChanged` for a change (and for staying put, with the same
 /// state on both sides and no notification; an event recorded in its initial state answers
 /// the same, previous and new state both the initial one), `Failed` with `TRANSITION_NOT_ALLOWED` for a
@@ -218,7 +231,7 @@ pub fn transition_outcome(
             notify: false,
         },
         TransitionResult::Refused { current } => ActionOutcome::failed(
-            "TRANSITION_NOT_ALLOWED",
+            TRANSITION_NOT_ALLOWED,
             format!(
                 "state machine `{}`: no transition from `{current}` to `{}`; the event stays in `{current}`",
                 machine.id,

@@ -151,6 +151,14 @@ impl Machines {
             .or_else(|| self.by_name.get(&(String::new(), name.to_owned())))
     }
 
+    /// The machines a rule or request of `namespace` can name: its own, and the shared ones
+    /// it has none of the same name for.
+    pub fn visible_from(&self, namespace: &str) -> Vec<Arc<Machine>> {
+        self.names()
+            .filter_map(|name| self.resolve(namespace, name).cloned())
+            .collect()
+    }
+
     /// Every machine called `name`, with its scope (`""` = shared).
     pub fn named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = (&'a str, &'a Arc<Machine>)> {
         self.by_name
@@ -260,15 +268,24 @@ impl Machine {
     ) -> Transition {
         let key = self.event_key(&action.namespace, &action.tenant, &target.fingerprint);
         let record = EventRecord::of(action, &self.id);
-        self.moving(
+        // No requested state: an event seen for the first time (or after a terminal state)
+        // is recorded in the initial state, with that state's timeout, as Acteon does; a
+        // live event stays where it is. Asked as a move into the initial state allowed from
+        // no state, so a live event elsewhere is refused, which the caller reads as staying.
+        let to = target.to.clone().unwrap_or_else(|| self.initial.clone());
+        let mut t = self.moving(
             key,
             &target.fingerprint,
-            target.to.clone(),
+            Some(to),
             &record,
             &action.id,
             now_ms,
             active_sets,
-        )
+        );
+        if target.to.is_none() {
+            t.allowed_from.clear();
+        }
+        t
     }
 
     /// A move of the event at `key` to `to`; `cause` makes the timeout timer's id unique.
