@@ -8,7 +8,7 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Extension, Query, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
@@ -18,7 +18,7 @@ use super::error::ApiError;
 use super::extract::PathParam;
 use super::{AppState, json};
 use crate::outcome::ActionOutcome;
-use crate::pipeline::park::transition_outcome;
+use crate::pipeline::park::{TRANSITION_NOT_ALLOWED, transition_outcome};
 use crate::rules::group::{self, GroupMeta};
 use crate::rules::state_machine::EventRecord;
 use crate::state::{EventInfo, GroupInfo, unix_ms};
@@ -29,12 +29,47 @@ const LIST_LIMIT: usize = 1000;
 
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct Scope {
-    pub namespace: String,
+    /// Required for events; groups of every namespace when absent (a caller limited to
+    /// some namespaces must name one).
+    pub namespace: Option<String>,
     pub tenant: Option<String>,
-    /// Events only: keep those in this state.
+    /// Events only: keep those in this state (Acteon's name: `status`).
+    #[serde(alias = "status")]
     pub state: Option<String>,
+    /// Most entries returned (1–1000; default 1000).
+    pub limit: Option<usize>,
 }
 
+impl Scope {
+    fn limit(&self) -> Result<usize, ApiError> {
+        match self.limit {
+            None => Ok(LIST_LIMIT),
+            Some(n @ 1..=LIST_LIMIT) => Ok(n),
+            Some(n) => Err(ApiError::invalid(format!(
+                "limit: {n} is not between 1 and {LIST_LIMIT}"
+            ))),
+        }
+    }
+
+    fn namespace(&self) -> Result<&str, ApiError> {
+        let ns = self
+            .namespace
+            .as_deref()
+            .ok_or_else(|| ApiError::invalid("namespace: missing"))?;
+        namespace_ok(ns)?;
+        Ok(ns)
+    }
+}
+
+/// An instant as Acteon's API writes it (RFC 3339, UTC).
+fn rfc3339(ms: u64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms as i64)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// A group, with the fields Acteon's SDKs read (`group_id`, `group_key`, `event_count`,
+/// `state`, `notify_at` as RFC 3339) and this gateway's own (times in Unix ms).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct GroupView {
     pub group_key: String,
@@ -44,10 +79,57 @@ pub struct GroupView {
     pub namespace: String,
     pub tenant: String,
     pub provider: String,
+    /// Events waiting for the next notification.
+    pub event_count: u64,
+    /// `pending` while events wait for a notification, `notified` once sent.
+    pub state: &'static str,
+    /// When the next notification goes out (RFC 3339).
+    pub notify_at: Option<String>,
     pub pending: u64,
-    pub notify_at: Option<u64>,
+    pub notify_at_ms: Option<u64>,
     pub last_flush: Option<u64>,
     pub last_event: u64,
+}
+
+/// The `group_key` the API shows: the backend key in hex. Backend keys hold `/`, `:` and
+/// percent escapes, and Acteon's SDKs put the key into the URL path as it is.
+fn api_group_key(key: &str) -> String {
+    hex::encode(key)
+}
+
+/// The backend key of a `group_key` from a URL: the hex the API shows, or (as earlier
+/// versions showed it) the backend key itself.
+fn backend_group_key(param: &str) -> String {
+    hex::decode(param)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .filter(|k| k.starts_with(group::ALL_GROUPS))
+        .unwrap_or_else(|| param.to_owned())
+}
+
+/// `GET /v1/groups`, in Acteon's shape.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GroupList {
+    pub groups: Vec<GroupView>,
+    pub total: usize,
+}
+
+/// `GET /v1/groups/{key}`, in Acteon's shape: the group and its labels.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GroupDetail {
+    pub group: GroupView,
+    #[schema(value_type = Object)]
+    pub labels: Value,
+}
+
+/// `DELETE /v1/groups/{key}`, in Acteon's shape, with the group as it was.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GroupFlushed {
+    pub group_id: String,
+    pub event_count: u64,
+    /// The notification was scheduled for now (the worker sends it).
+    pub notified: bool,
+    pub group: GroupView,
 }
 
 fn group_view(info: GroupInfo) -> GroupView {
@@ -62,40 +144,68 @@ fn group_view(info: GroupInfo) -> GroupView {
             .unwrap_or_default(),
         tenant: meta.as_ref().map(|m| m.tenant.clone()).unwrap_or_default(),
         provider: meta.map(|m| m.provider).unwrap_or_default(),
-        group_key: info.key,
+        group_key: api_group_key(&info.key),
         group_id: info.group_id,
+        event_count: info.pending,
+        state: if info.pending > 0 {
+            "pending"
+        } else {
+            "notified"
+        },
+        notify_at: info.notify_at_ms.map(rfc3339),
         pending: info.pending,
-        notify_at: info.notify_at_ms,
+        notify_at_ms: info.notify_at_ms,
         last_flush: info.last_flush_ms,
         last_event: info.last_event_ms,
     }
 }
 
-/// Groups of a namespace (and tenant).
-#[utoipa::path(get, path = "/v1/groups", params(Scope), responses((status = 200, body = [GroupView])))]
+/// Groups of a namespace (and tenant), or of every namespace.
+#[utoipa::path(get, path = "/v1/groups", params(Scope), responses((status = 200, body = GroupList)))]
 pub async fn list_groups(
     State(app): State<Arc<AppState>>,
     scope: Result<Query<Scope>, QueryRejection>,
-) -> Result<Json<Vec<GroupView>>, ApiError> {
+) -> Result<Json<GroupList>, ApiError> {
     let scope = params(scope)?;
-    namespace_ok(&scope.namespace)?;
+    let limit = scope.limit()?;
+    let prefix = match &scope.namespace {
+        Some(_) => group::key_prefix(scope.namespace()?, scope.tenant.as_deref()),
+        None if scope.tenant.is_some() => {
+            return Err(ApiError::invalid("namespace: missing (a tenant was named)"));
+        }
+        None => group::ALL_GROUPS.to_owned(),
+    };
     let gw = &app.gateway;
-    let prefix = group::key_prefix(&scope.namespace, scope.tenant.as_deref());
-    let groups = gw
-        .state_call(gw.state.list_groups(&prefix, LIST_LIMIT))
-        .await?;
-    Ok(Json(groups.into_iter().map(group_view).collect()))
+    let groups: Vec<GroupView> = gw
+        .state_call(gw.state.list_groups(&prefix, limit))
+        .await?
+        .into_iter()
+        .map(group_view)
+        .collect();
+    Ok(Json(GroupList {
+        total: groups.len(),
+        groups,
+    }))
 }
 
 /// One group, by the `group_key` a listing shows.
-#[utoipa::path(get, path = "/v1/groups/{key}", responses((status = 200, body = GroupView), (status = 404)))]
+#[utoipa::path(get, path = "/v1/groups/{key}", responses((status = 200, body = GroupDetail), (status = 404)))]
 pub async fn get_group(
     State(app): State<Arc<AppState>>,
     PathParam(key): PathParam,
-) -> Result<Json<GroupView>, ApiError> {
+) -> Result<Json<GroupDetail>, ApiError> {
     let gw = &app.gateway;
-    match gw.state_call(gw.state.get_group(&key)).await {
-        Ok(Some(info)) => Ok(Json(group_view(info))),
+    match gw
+        .state_call(gw.state.get_group(&backend_group_key(&key)))
+        .await
+    {
+        Ok(Some(info)) => {
+            let group = group_view(info);
+            Ok(Json(GroupDetail {
+                labels: group.labels.clone(),
+                group,
+            }))
+        }
         Ok(None) => Err(no_group(&key)),
         Err(e) => Err(e.into()),
     }
@@ -106,16 +216,18 @@ fn no_group(key: &str) -> ApiError {
 }
 
 /// Sends a group's notification now (its flush timer is made due at once).
-#[utoipa::path(delete, path = "/v1/groups/{key}", responses((status = 200, body = GroupView), (status = 404)))]
+#[utoipa::path(delete, path = "/v1/groups/{key}", responses((status = 200, body = GroupFlushed), (status = 404)))]
 pub async fn flush_group(
     State(app): State<Arc<AppState>>,
     PathParam(key): PathParam,
     headers: HeaderMap,
-) -> Result<Json<GroupView>, ApiError> {
+) -> Result<Json<GroupFlushed>, ApiError> {
     let gw = &app.gateway;
+    let shown = key;
+    let key = backend_group_key(&shown);
     let info = match gw.state_call(gw.state.get_group(&key)).await {
         Ok(Some(info)) => info,
-        Ok(None) => return Err(no_group(&key)),
+        Ok(None) => return Err(no_group(&shown)),
         Err(e) => return Err(e.into()),
     };
     let meta: GroupMeta = serde_json::from_slice(&info.meta)
@@ -130,13 +242,24 @@ pub async fn flush_group(
     let timer_id = group::timer_id(&key);
     let call = gw.state.schedule_timer(&timer_id, unix_ms(), task.encode());
     gw.state_call(call).await?;
-    Ok(Json(group_view(info)))
+    let group = group_view(info);
+    Ok(Json(GroupFlushed {
+        group_id: group.group_id.clone(),
+        event_count: group.event_count,
+        notified: true,
+        group,
+    }))
 }
 
+/// An event, with the fields Acteon's SDKs read (`fingerprint`, `state`, `action_type`,
+/// `updated_at` as RFC 3339) and this gateway's own (times in Unix ms).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EventView {
     pub fingerprint: String,
     pub state: String,
+    pub action_type: Option<String>,
+    /// When it entered its state (RFC 3339).
+    pub updated_at: String,
     pub machine: String,
     pub namespace: String,
     pub tenant: String,
@@ -163,62 +286,113 @@ fn event_view(info: EventInfo) -> EventView {
             .as_ref()
             .map(|r| r.tenant.clone())
             .unwrap_or_default(),
+        action_type: record
+            .as_ref()
+            .map(|r| r.action_type.clone())
+            .filter(|t| !t.is_empty()),
+        updated_at: rfc3339(info.changed_ms),
         payload: record.map_or(Value::Null, |r| r.payload),
         changed_at: info.changed_ms,
         timeout_at: info.timeout.map(|(_, due)| due),
     }
 }
 
+/// `GET /v1/events`, in Acteon's shape.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventList {
+    pub events: Vec<EventView>,
+    pub count: usize,
+}
+
 /// State-machine events of a namespace (and tenant, and state).
-#[utoipa::path(get, path = "/v1/events", params(Scope), responses((status = 200, body = [EventView])))]
+#[utoipa::path(get, path = "/v1/events", params(Scope), responses((status = 200, body = EventList)))]
 pub async fn list_events(
     State(app): State<Arc<AppState>>,
     scope: Result<Query<Scope>, QueryRejection>,
-) -> Result<Json<Vec<EventView>>, ApiError> {
+) -> Result<Json<EventList>, ApiError> {
     let scope = params(scope)?;
-    namespace_ok(&scope.namespace)?;
+    let limit = scope.limit()?;
+    let prefix =
+        crate::rules::state_machine::key_prefix(scope.namespace()?, scope.tenant.as_deref());
     let gw = &app.gateway;
-    let prefix = crate::rules::state_machine::key_prefix(&scope.namespace, scope.tenant.as_deref());
-    let events = gw
+    // The state filter applies after the backend's bound: a listing reads at most
+    // LIST_LIMIT events, whatever their state.
+    let events: Vec<EventView> = gw
         .state_call(gw.state.list_events(&prefix, LIST_LIMIT))
-        .await?;
-    Ok(Json(
-        events
-            .into_iter()
-            .filter(|e| scope.state.as_ref().is_none_or(|s| *s == e.state))
-            .map(event_view)
-            .collect(),
-    ))
+        .await?
+        .into_iter()
+        .filter(|e| scope.state.as_ref().is_none_or(|s| *s == e.state))
+        .take(limit)
+        .map(event_view)
+        .collect();
+    Ok(Json(EventList {
+        count: events.len(),
+        events,
+    }))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct EventRef {
     pub namespace: String,
     pub tenant: String,
-    /// The StateMachine's name.
-    pub machine: String,
+    /// The StateMachine's name; when absent, the machine that holds the event (Acteon's
+    /// SDKs name none).
+    pub machine: Option<String>,
 }
 
-fn event_key(
+type MachineRef = Arc<crate::rules::state_machine::Machine>;
+
+/// The machine `r` names, or none if it names none; 400 naming `machine` when unknown.
+fn named_machine(app: &AppState, r: &EventRef) -> Result<Option<MachineRef>, ApiError> {
+    namespace_ok(&r.namespace)?;
+    let Some(name) = &r.machine else {
+        return Ok(None);
+    };
+    let rt = app.gateway.config.load();
+    let machine = rt.machines.resolve(&r.namespace, name).cloned();
+    machine.map(Some).ok_or_else(|| {
+        ApiError::invalid(format!(
+            "machine: no StateMachine `{name}` for namespace `{}`",
+            r.namespace
+        ))
+    })
+}
+
+/// The event `fingerprint` of `r`: under the machine it names, else under whichever
+/// machine of the namespace holds it (the most recently moved one if several do).
+async fn find_event(
     app: &AppState,
     r: &EventRef,
     fingerprint: &str,
-) -> Result<(String, Arc<crate::rules::state_machine::Machine>), ApiError> {
-    namespace_ok(&r.namespace)?;
-    let rt = app.gateway.config.load();
-    let machine = rt
-        .machines
-        .resolve(&r.namespace, &r.machine)
-        .cloned()
-        .ok_or_else(|| {
-            ApiError::invalid(format!(
-                "machine: no StateMachine `{}` for namespace `{}`",
-                r.machine, r.namespace
-            ))
-        })?;
-    Ok((
-        machine.event_key(&r.namespace, &r.tenant, fingerprint),
-        machine,
+) -> Result<Option<(EventInfo, MachineRef)>, ApiError> {
+    let machines = match named_machine(app, r)? {
+        Some(machine) => vec![machine],
+        None => app
+            .gateway
+            .config
+            .load()
+            .machines
+            .visible_from(&r.namespace),
+    };
+    let gw = &app.gateway;
+    let mut found: Option<(EventInfo, MachineRef)> = None;
+    for machine in machines {
+        let key = machine.event_key(&r.namespace, &r.tenant, fingerprint);
+        if let Some(info) = gw.state_call(gw.state.get_event(&key)).await?
+            && found
+                .as_ref()
+                .is_none_or(|(f, _)| f.changed_ms < info.changed_ms)
+        {
+            found = Some((info, machine));
+        }
+    }
+    Ok(found)
+}
+
+fn no_event(fingerprint: &str, r: &EventRef) -> ApiError {
+    ApiError::missing(format!(
+        "no event {fingerprint:?} in {}/{}",
+        r.namespace, r.tenant
     ))
 }
 
@@ -230,15 +404,9 @@ pub async fn get_event(
     r: Result<Query<EventRef>, QueryRejection>,
 ) -> Result<Json<EventView>, ApiError> {
     let r = params(r)?;
-    let (key, _) = event_key(&app, &r, &fingerprint)?;
-    let gw = &app.gateway;
-    match gw.state_call(gw.state.get_event(&key)).await {
-        Ok(Some(info)) => Ok(Json(event_view(info))),
-        Ok(None) => Err(ApiError::missing(format!(
-            "no event {fingerprint:?} in {}/{}",
-            r.namespace, r.tenant
-        ))),
-        Err(e) => Err(e.into()),
+    match find_event(&app, &r, &fingerprint).await? {
+        Some((info, _)) => Ok(Json(event_view(info))),
+        None => Err(no_event(&fingerprint, &r)),
     }
 }
 
@@ -247,21 +415,36 @@ pub async fn get_event(
 pub struct TransitionRequest {
     pub namespace: String,
     pub tenant: String,
-    pub machine: String,
+    /// The StateMachine's name; when absent, the machine that holds the event, which must
+    /// then exist (404 otherwise).
+    pub machine: Option<String>,
     /// The state to move to (Acteon's name: `to_state`).
     #[serde(alias = "to_state")]
     pub to: String,
 }
 
+/// `PUT /v1/events/{fingerprint}/transition`, in Acteon's shape (a move the machine does
+/// not allow is a 409 `TRANSITION_NOT_ALLOWED`; staying in the current state is a 200 with
+/// `previous_state` = `new_state`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TransitionView {
+    pub fingerprint: String,
+    pub previous_state: String,
+    pub new_state: String,
+    pub notify: bool,
+    /// The StateMachine's id (`namespace/name`, or `name` for a shared one).
+    pub machine: String,
+}
+
 /// Moves an event by hand, under the machine's rules (as a dispatch would).
-#[utoipa::path(put, path = "/v1/events/{fingerprint}/transition", request_body = TransitionRequest, responses((status = 200, body = ActionOutcome)))]
+#[utoipa::path(put, path = "/v1/events/{fingerprint}/transition", request_body = TransitionRequest, responses((status = 200, body = TransitionView), (status = 404), (status = 409)))]
 pub async fn transition(
     State(app): State<Arc<AppState>>,
     PathParam(fingerprint): PathParam,
     caller: Option<Extension<Arc<Caller>>>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<ActionOutcome>, ApiError> {
+) -> Result<Json<TransitionView>, ApiError> {
     let bytes = json::read_body(&headers, body, app.body_limit, app.body_timeout).await?;
     let req: TransitionRequest = json::parse_object(&bytes, "transition")?;
     if let Some(Extension(caller)) = &caller {
@@ -272,9 +455,17 @@ pub async fn transition(
         tenant: req.tenant.clone(),
         machine: req.machine.clone(),
     };
-    let (key, machine) = event_key(&app, &r, &fingerprint)?;
+    let (current, machine) = match find_event(&app, &r, &fingerprint).await? {
+        Some((info, machine)) => (Some(info), machine),
+        // A named machine may start an event's lifecycle by hand; without one there is
+        // nothing to move.
+        None => match named_machine(&app, &r)? {
+            Some(machine) => (None, machine),
+            None => return Err(no_event(&fingerprint, &r)),
+        },
+    };
+    let key = machine.event_key(&r.namespace, &r.tenant, &fingerprint);
     let gw = &app.gateway;
-    let current = gw.state_call(gw.state.get_event(&key)).await?;
     let record = current
         .as_ref()
         .and_then(|e| serde_json::from_slice::<EventRecord>(&e.record).ok())
@@ -315,7 +506,28 @@ pub async fn transition(
     let provider = machine.notify_target(&record.provider).to_owned();
     let t = machine.with_notice(t, notification, &provider, &cause, now_ms);
     let result = gw.move_event(t).await?;
-    let outcome = transition_outcome(&machine, &fingerprint, Some(&req.to), &result);
     gw.count_transition(&machine, &req.to, &result);
-    Ok(Json(outcome))
+    match transition_outcome(&machine, &fingerprint, Some(&req.to), &result) {
+        ActionOutcome::StateChanged {
+            fingerprint,
+            previous_state,
+            new_state,
+            notify,
+        } => Ok(Json(TransitionView {
+            fingerprint,
+            previous_state,
+            new_state,
+            notify,
+            machine: machine.id.clone(),
+        })),
+        ActionOutcome::Failed(e) => Err(ApiError {
+            status: StatusCode::CONFLICT,
+            code: TRANSITION_NOT_ALLOWED,
+            message: e.message,
+        }),
+        other => Err(ApiError::unavailable(format!(
+            "unexpected transition outcome {}",
+            other.label()
+        ))),
+    }
 }

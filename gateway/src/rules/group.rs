@@ -142,6 +142,9 @@ pub fn key_prefix(namespace: &str, tenant: Option<&str>) -> String {
     prefix
 }
 
+/// The prefix of every group's key, whatever its namespace (see [`key_prefix`]).
+pub const ALL_GROUPS: &str = "g:";
+
 /// The id of a group's flush timer.
 pub fn timer_id(key: &str) -> String {
     format!("group:{key}")

@@ -353,7 +353,7 @@ async fn state_timeouts(state_url: &str, replicas: usize) {
         "the event closed by hand did not time out"
     );
     assert!(got.iter().all(|r| r.body["new_state"] == "expired"));
-    let events: Vec<Value> = cluster
+    let listed: Value = cluster
         .client
         .get(cluster.url(0, "/v1/events?namespace=park&tenant=t&state=expired"))
         .send()
@@ -362,8 +362,28 @@ async fn state_timeouts(state_url: &str, replicas: usize) {
         .json()
         .await
         .expect("json");
+    let events = listed["events"].as_array().expect("events");
     assert_eq!(events.len(), 499, "listed as expired");
+    assert_eq!(listed["count"], 499);
     assert!(events.iter().all(|e| e["machine"] == "park/acks"));
+    // Acteon's parameter names (`status`, `limit`) select the same.
+    let (status, page) = common::get_json(
+        &cluster.client,
+        &cluster.url(
+            0,
+            "/v1/events?namespace=park&tenant=t&status=expired&limit=7",
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["count"], 7, "{page}");
+    assert!(
+        page["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .all(|e| e["state"] == "expired")
+    );
 
     // `closed` is terminal: acknowledging event 0 again starts a new lifecycle.
     let reopened = cluster.send_all(vec![alert(0, "acked")]).await;
@@ -435,7 +455,8 @@ async fn move_notifications(state_url: &str, replicas: usize) {
         .json()
         .await
         .expect("json");
-    assert_eq!(moved["StateChanged"]["notify"], true, "{moved}");
+    assert_eq!(moved["notify"], true, "{moved}");
+    assert_eq!(moved["new_state"], "resolved", "{moved}");
     let got = cluster
         .wait_for("/paged", 23, Duration::from_secs(30))
         .await;

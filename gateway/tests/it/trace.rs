@@ -252,7 +252,7 @@ async fn deferred_work_continues_the_trace_it_was_deferred_in() {
     send(0, action("held", json!({"key": "h"}))).await;
     let client = reqwest::Client::new();
     let (_, groups) = common::get_json(&client, &gw.url("/v1/groups?namespace=tr")).await;
-    let key = groups
+    let key = groups["groups"]
         .as_array()
         .into_iter()
         .flatten()

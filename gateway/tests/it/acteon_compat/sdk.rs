@@ -138,6 +138,78 @@ fn parse_rule(data: &Value) -> SdkResult {
     Ok(name.to_owned())
 }
 
+/// `data[key]` of a type the SDK's model (and its Go twin) can hold.
+fn must<'a>(
+    m: &'a serde_json::Map<String, Value>,
+    key: &str,
+    ok: fn(&Value) -> bool,
+) -> Result<&'a Value, String> {
+    match m.get(key) {
+        Some(v) if ok(v) => Ok(v),
+        Some(v) => Err(format!("`{key}` has an unusable type: {v}")),
+        None => Err(format!("no `{key}`: the SDK indexes it")),
+    }
+}
+
+fn str_or_null(v: &Value) -> bool {
+    v.is_string() || v.is_null()
+}
+
+/// `EventState.from_dict`: `fingerprint`, `state` indexed; `action_type`, `updated_at`
+/// optional strings (RFC 3339 for the time: Go's model holds a string).
+fn parse_event(data: &Value) -> SdkResult {
+    let m = obj(data, "event")?;
+    let fp = must(m, "fingerprint", Value::is_string)?;
+    let state = must(m, "state", Value::is_string)?;
+    opt_of(m, "action_type", str_or_null)?;
+    opt_of(m, "updated_at", str_or_null)?;
+    Ok(format!(
+        "{}={}",
+        fp.as_str().unwrap_or(""),
+        state.as_str().unwrap_or("")
+    ))
+}
+
+/// `EventListResponse.from_dict`: `events` (each an `EventState`) and `count` indexed.
+fn parse_event_list(data: &Value) -> Result<Vec<String>, String> {
+    let m = obj(data, "event list")?;
+    must(m, "count", Value::is_u64)?;
+    let events = must(m, "events", Value::is_array)?;
+    events
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(parse_event)
+        .collect()
+}
+
+/// `TransitionResponse.from_dict`: all four keys indexed.
+fn parse_transition(data: &Value) -> SdkResult {
+    let m = obj(data, "transition")?;
+    must(m, "fingerprint", Value::is_string)?;
+    let from = must(m, "previous_state", Value::is_string)?;
+    let to = must(m, "new_state", Value::is_string)?;
+    must(m, "notify", Value::is_boolean)?;
+    Ok(format!(
+        "{}->{}",
+        from.as_str().unwrap_or(""),
+        to.as_str().unwrap_or("")
+    ))
+}
+
+/// `GroupSummary.from_dict`: `group_id`, `group_key`, `event_count`, `state` indexed;
+/// `notify_at`, `created_at` optional strings. Answers the key.
+fn parse_group(data: &Value) -> SdkResult {
+    let m = obj(data, "group")?;
+    must(m, "group_id", Value::is_string)?;
+    let key = must(m, "group_key", Value::is_string)?;
+    must(m, "event_count", Value::is_u64)?;
+    must(m, "state", Value::is_string)?;
+    opt_of(m, "notify_at", str_or_null)?;
+    opt_of(m, "created_at", str_or_null)?;
+    Ok(key.as_str().unwrap_or("").to_owned())
+}
+
 /// `Action(...).to_dict()` as the SDK sends it: a uuid4 id, a naive `isoformat()` time with
 /// `Z` appended, metadata wrapped in `labels`.
 fn sdk_action(provider: &str, action_type: &str, payload: Value, dedup_key: Option<&str>) -> Value {
@@ -304,6 +376,126 @@ async fn python_sdk_contract() {
         .map(|r| parse_rule(r).expect("the SDK parses the rule"))
         .collect();
     assert!(names.contains(&"block-spam".to_owned()), "{names:?}");
+
+    events_and_groups(&sdk).await;
+}
+
+/// list_events / get_event / transition_event and list_groups / get_group / flush_group,
+/// with the parameters the SDK sends (no `machine`; the group key put into the path as it
+/// came, unencoded).
+async fn events_and_groups(sdk: &Sdk) {
+    let get = |path: String| {
+        let c = sdk.c.clone();
+        let url = sdk.server.url(&path);
+        async move {
+            let r = c.get(url).send().await.expect("sent");
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.expect("json"))
+        }
+    };
+    for host in ["web-1", "web-2"] {
+        let alert = sdk_action("email", "alert", json!({"host": host}), None);
+        sdk.dispatch(&alert, "").await.expect("an outcome");
+    }
+    let (status, listed) = get("/v1/events?namespace=sdk&tenant=tenant-1".into()).await;
+    assert_eq!(status, 200, "{listed}");
+    let events = parse_event_list(&listed).expect("the SDK parses the event list");
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert!(events.iter().all(|e| e.ends_with("=open")), "{events:?}");
+    let fingerprint = events[0].split('=').next().expect("fingerprint").to_owned();
+
+    let (status, one) = get(format!(
+        "/v1/events/{fingerprint}?namespace=sdk&tenant=tenant-1"
+    ))
+    .await;
+    assert_eq!(status, 200, "{one}");
+    assert_eq!(parse_event(&one), Ok(format!("{fingerprint}=open")));
+    assert!(
+        one["updated_at"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{one}"
+    );
+    assert_eq!(one["action_type"], "alert");
+    let (status, _) = get("/v1/events/nope?namespace=sdk&tenant=tenant-1".into()).await;
+    assert_eq!(status, 404, "get_event answers None");
+
+    let transition = |to: &'static str, fp: String| {
+        let c = sdk.c.clone();
+        let url = sdk.server.url(&format!("/v1/events/{fp}/transition"));
+        async move {
+            let r = c
+                .put(url)
+                .json(&json!({"to": to, "namespace": "sdk", "tenant": "tenant-1"}))
+                .send()
+                .await
+                .expect("sent");
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.expect("json"))
+        }
+    };
+    let (status, moved) = transition("acked", fingerprint.clone()).await;
+    assert_eq!(status, 200, "{moved}");
+    assert_eq!(parse_transition(&moved), Ok("open->acked".into()));
+    let (status, refused) = transition("open", fingerprint.clone()).await;
+    assert_eq!(status, 409, "a move the machine does not allow: {refused}");
+    assert_eq!(
+        parse_api_error(&refused),
+        Ok("api_error:TRANSITION_NOT_ALLOWED".into())
+    );
+    let (status, missing) = transition("acked", "nope".into()).await;
+    assert_eq!(
+        status, 404,
+        "transition_event raises HttpError(404): {missing}"
+    );
+    let (_, one) = get(format!(
+        "/v1/events/{fingerprint}?namespace=sdk&tenant=tenant-1"
+    ))
+    .await;
+    assert_eq!(one["state"], "acked", "{one}");
+    let (_, acked) =
+        get("/v1/events?namespace=sdk&tenant=tenant-1&status=acked&limit=5".into()).await;
+    assert_eq!(
+        parse_event_list(&acked),
+        Ok(vec![format!("{fingerprint}=acked")])
+    );
+
+    for team in ["db", "db", "net"] {
+        let page = sdk_action("email", "page", json!({"team": team}), None);
+        sdk.dispatch(&page, "").await.expect("an outcome");
+    }
+    // list_groups() sends no parameter.
+    let (status, groups) = get("/v1/groups".into()).await;
+    assert_eq!(status, 200, "{groups}");
+    let g = obj(&groups, "group list").expect("an object");
+    assert_eq!(g.get("total"), Some(&json!(2)), "{groups}");
+    let listed = groups["groups"].as_array().expect("groups");
+    let db = listed
+        .iter()
+        .find(|g| g["labels"]["action.payload.team"] == "db")
+        .unwrap_or_else(|| panic!("the db group: {groups}"));
+    let key = parse_group(db).expect("the SDK parses the group");
+    assert_eq!(db["event_count"], 2, "{db}");
+    assert!(
+        key.chars().all(|c| c.is_ascii_alphanumeric()),
+        "a key the SDK can put into a path as it is: {key}"
+    );
+    // get_group(key): `f"/v1/groups/{group_key}"`.
+    let (status, detail) = get(format!("/v1/groups/{key}")).await;
+    assert_eq!(status, 200, "{detail}");
+    assert_eq!(parse_group(&detail["group"]), Ok(key.clone()));
+    assert!(detail["labels"].is_object(), "{detail}");
+    // flush_group(key): `group_id`, `event_count`, `notified` indexed.
+    let flushed: Value = sdk
+        .c
+        .delete(sdk.server.url(&format!("/v1/groups/{key}")))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(flushed["group_id"], db["group_id"], "{flushed}");
+    assert_eq!(flushed["event_count"], 2, "{flushed}");
+    assert_eq!(flushed["notified"], true, "{flushed}");
 }
 
 #[test]
