@@ -380,6 +380,14 @@ async fn python_sdk_contract() {
     events_and_groups(&sdk).await;
 }
 
+/// The `host` an event's recorded action carried.
+fn host_of(event: &Value) -> String {
+    event["payload"]["host"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// list_events / get_event / transition_event and list_groups / get_group / flush_group,
 /// with the parameters the SDK sends (no `machine`; the group key put into the path as it
 /// came, unencoded).
@@ -415,6 +423,10 @@ async fn events_and_groups(sdk: &Sdk) {
         "{one}"
     );
     assert_eq!(one["action_type"], "alert");
+    assert!(
+        one["timeout_at"].is_u64(),
+        "recorded in the initial state with its timeout armed, though the SDK sent no status: {one}"
+    );
     let (status, _) = get("/v1/events/nope?namespace=sdk&tenant=tenant-1".into()).await;
     assert_eq!(status, 404, "get_event answers None");
 
@@ -451,6 +463,24 @@ async fn events_and_groups(sdk: &Sdk) {
     ))
     .await;
     assert_eq!(one["state"], "acked", "{one}");
+    // Another alert without status: the live event stays where it is.
+    let again: Value = sdk
+        .c
+        .post(sdk.server.url("/v1/dispatch"))
+        .json(&sdk_action(
+            "email",
+            "alert",
+            json!({"host": host_of(&one)}),
+            None,
+        ))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(again["StateChanged"]["previous_state"], "acked", "{again}");
+    assert_eq!(again["StateChanged"]["new_state"], "acked", "{again}");
     let (_, acked) =
         get("/v1/events?namespace=sdk&tenant=tenant-1&status=acked&limit=5".into()).await;
     assert_eq!(
