@@ -46,32 +46,47 @@ pub struct AuditParams {
     pub limit: Option<String>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
+    /// Records to skip first (Acteon's paging; `offset` + `limit` at most 1000, use
+    /// `cursor` beyond).
+    pub offset: Option<String>,
 }
 
-/// A page of audit records, newest first.
+/// A page of audit records, newest first; `total`, `limit` and `offset` are the fields
+/// Acteon's SDKs page with.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AuditList {
     pub records: Vec<AuditRecord>,
     pub count: usize,
     /// Pass as `cursor` for the next page; absent on the last one.
     pub next_cursor: Option<String>,
+    /// Records matching up to the end of this page (`offset` + `count`, plus one when a
+    /// next page exists): the exact total on the last page, a lower bound before it.
+    pub total: usize,
+    pub limit: usize,
+    pub offset: usize,
 }
 
-/// The records of one action id, newest first.
+/// The records of one action id, newest first, with the newest one's fields at the top
+/// level (Acteon's SDKs read one record there).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AuditOfAction {
-    pub action_id: String,
+    #[serde(flatten)]
+    pub latest: AuditRecord,
     pub records: Vec<AuditRecord>,
     pub count: usize,
 }
 
-/// What a replay did.
+/// What a replay did (`original_action_id`, `new_action_id`, `success`: Acteon's names).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AuditReplay {
     /// The new action's id.
     pub action_id: String,
     pub replayed_from: String,
     pub outcome: ActionOutcome,
+    pub original_action_id: String,
+    pub new_action_id: String,
+    /// Whether the replayed action was delivered or parked (not stopped or failed).
+    pub success: bool,
 }
 
 fn sink(app: &AppState) -> Result<&Arc<AuditSink>, ApiError> {
@@ -107,9 +122,26 @@ fn time(name: &str, value: Option<String>) -> Result<Option<DateTime<Utc>>, ApiE
         .transpose()
 }
 
-/// The parameters as a query, or a 400 naming the bad one.
-pub fn audit_query(p: AuditParams) -> Result<AuditQuery, ApiError> {
-    let limit = match p.limit.filter(|l| !l.is_empty()) {
+/// `offset` of the query, or a 400 naming it: at most 1000 - `limit`, never with `cursor`.
+fn audit_offset(p: &AuditParams, limit: usize) -> Result<usize, ApiError> {
+    let Some(o) = p.offset.as_deref().filter(|o| !o.is_empty()) else {
+        return Ok(0);
+    };
+    let most = MAX_LIMIT - limit;
+    match o.parse::<usize>() {
+        Ok(_) if p.cursor.as_deref().is_some_and(|c| !c.is_empty()) => Err(ApiError::invalid(
+            "offset: not with cursor (a cursor already says where the page starts)",
+        )),
+        Ok(n) if n <= most => Ok(n),
+        _ => Err(ApiError::invalid(format!(
+            "offset: expected a whole number from 0 to {most} (offset + limit ≤ {MAX_LIMIT}; page on with cursor)"
+        ))),
+    }
+}
+
+/// The parameters as a query and the records to skip, or a 400 naming the bad one.
+fn audit_query(p: AuditParams) -> Result<(AuditQuery, usize), ApiError> {
+    let limit = match p.limit.as_deref().filter(|l| !l.is_empty()) {
         None => DEFAULT_LIMIT,
         Some(l) => match l.parse::<usize>() {
             Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
@@ -120,6 +152,7 @@ pub fn audit_query(p: AuditParams) -> Result<AuditQuery, ApiError> {
             }
         },
     };
+    let offset = audit_offset(&p, limit)?;
     let cursor = match p.cursor.filter(|c| !c.is_empty()) {
         None => None,
         Some(c) => Some(Cursor::decode(&c).ok_or_else(|| {
@@ -129,7 +162,7 @@ pub fn audit_query(p: AuditParams) -> Result<AuditQuery, ApiError> {
     if let Some(ns) = p.namespace.as_deref().filter(|n| !n.is_empty()) {
         super::dispatch::namespace_ok(ns)?;
     }
-    Ok(AuditQuery {
+    let query = AuditQuery {
         namespace: filter("namespace", p.namespace)?,
         tenant: filter("tenant", p.tenant)?,
         provider: filter("provider", p.provider)?,
@@ -139,9 +172,11 @@ pub fn audit_query(p: AuditParams) -> Result<AuditQuery, ApiError> {
         caller: filter("caller", p.caller)?,
         from: time("from", p.from)?,
         to: time("to", p.to)?,
-        limit,
+        // The skipped records are read and dropped: offset + limit ≤ MAX_LIMIT.
+        limit: offset + limit,
         cursor,
-    })
+    };
+    Ok((query, offset))
 }
 
 /// Audit records matching the filters, newest first, with keyset paging.
@@ -152,15 +187,20 @@ pub async fn list_audit(
     query: Result<Query<AuditParams>, QueryRejection>,
 ) -> Result<JsonBody<AuditList>, ApiError> {
     let sink = sink(&app)?;
-    let query = audit_query(params(query)?)?;
+    let (query, offset) = audit_query(params(query)?)?;
     let page = sink
         .store
         .query(&query)
         .await
         .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    let records: Vec<AuditRecord> = page.records.into_iter().skip(offset).collect();
+    let more = page.next_cursor.is_some();
     Ok(JsonBody(AuditList {
-        count: page.records.len(),
-        records: page.records,
+        count: records.len(),
+        total: offset + records.len() + usize::from(more),
+        limit: query.limit - offset,
+        offset,
+        records,
         next_cursor: page.next_cursor.map(|c| c.encode()),
     }))
 }
@@ -219,8 +259,13 @@ pub async fn get_audit(
         caller.as_deref(),
         &action_id,
     )?;
+    // `visible` answers at least one record.
+    let latest = records
+        .first()
+        .cloned()
+        .ok_or_else(|| ApiError::missing(format!("no audit record of action {action_id:?}")))?;
     Ok(JsonBody(AuditOfAction {
-        action_id,
+        latest,
         count: records.len(),
         records,
     }))
@@ -284,7 +329,19 @@ pub async fn replay_audit(
     let outcome = opened
         .run(app.gateway.dispatch_as(action, false, caller.as_ref()))
         .await?;
+    let success = !matches!(
+        outcome,
+        ActionOutcome::Failed(_)
+            | ActionOutcome::Suppressed { .. }
+            | ActionOutcome::Throttled { .. }
+            | ActionOutcome::QuotaExceeded { .. }
+            | ActionOutcome::CircuitOpen { .. }
+            | ActionOutcome::Deduplicated
+    );
     Ok(JsonBody(AuditReplay {
+        original_action_id: action_id.clone(),
+        new_action_id: new_id.clone(),
+        success,
         action_id: new_id,
         replayed_from: action_id,
         outcome,

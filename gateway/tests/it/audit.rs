@@ -452,8 +452,41 @@ async fn query_and_paging(state: &str) {
         sorted.sort_by(|a, b| b.cmp(a));
         assert_eq!(ids, sorted, "{query}");
     }
+    // Acteon's SDKs page with `offset` and read `total`, `limit`, `offset`: pages of 7
+    // by offset are the same records in the same order as by cursor.
+    let by_cursor = paged(&c, &gw, "namespace=au", 7).await;
+    let mut by_offset = Vec::new();
+    for offset in (0..35).step_by(7) {
+        let url = format!("/v1/audit?namespace=au&limit=7&offset={offset}");
+        let (status, body) = get_json(&c, &gw.url(&url)).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            (body["limit"].as_u64(), body["offset"].as_u64()),
+            (Some(7), Some(offset))
+        );
+        let records = body["records"].as_array().unwrap();
+        let last = offset as usize + records.len() >= 30;
+        let total = body["total"].as_u64().unwrap() as usize;
+        if last {
+            assert_eq!(total, 30, "the exact total on the last page: {body}");
+        } else {
+            assert!(
+                total > offset as usize + records.len(),
+                "a next page is counted: {body}"
+            );
+        }
+        by_offset.extend(
+            records
+                .iter()
+                .map(|r| r["action_id"].as_str().unwrap().to_owned()),
+        );
+    }
+    assert_eq!(by_offset, by_cursor);
     // Bad parameters: 400 naming the field.
     for (query, field) in [
+        ("offset=-1", "offset"),
+        ("limit=10&offset=991", "offset"),
+        ("offset=1&cursor=zz", "offset"),
         ("limit=0", "limit"),
         ("limit=1001", "limit"),
         ("limit=abc", "limit"),
@@ -528,6 +561,10 @@ async fn audit_replay_delivers_once_with_replayed_from() {
     assert_eq!(r.status(), 200);
     let body: Value = r.json().await.expect("json");
     assert_eq!(body["replayed_from"], "r-1");
+    // Acteon's names for the same (its SDKs index them).
+    assert_eq!(body["original_action_id"], "r-1");
+    assert_eq!(body["new_action_id"], body["action_id"]);
+    assert_eq!(body["success"], true);
     assert!(body["outcome"]["Executed"].is_object(), "{body}");
     let new_id = body["action_id"].as_str().unwrap().to_owned();
     assert_ne!(new_id, "r-1");
@@ -542,6 +579,15 @@ async fn audit_replay_delivers_once_with_replayed_from() {
     // Still exactly one record of the original.
     let (_, body) = get_json(&c, &gw.url("/v1/audit/r-1")).await;
     assert_eq!(body["count"], 1);
+    // The newest record's fields at the top level, as Acteon's SDKs parse one record.
+    assert_eq!(body["action_id"], "r-1");
+    assert_eq!(body["id"], body["records"][0]["id"]);
+    assert_eq!(body["outcome"], "executed");
+    assert!(
+        body["verdict"].is_string() && body["duration_ms"].is_u64(),
+        "{body}"
+    );
+    assert!(body["dispatched_at"].is_string(), "{body}");
     let r = c
         .post(gw.url("/v1/audit/nope/replay"))
         .send()
