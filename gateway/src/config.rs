@@ -85,6 +85,12 @@ impl QuotaRule {
     pub fn blocks(&self) -> bool {
         self.spec.overage == Overage::Block
     }
+
+    /// The backend key of this quota's counter for actions of `namespace` (a shared quota
+    /// counts each namespace apart).
+    pub fn counter_key(&self, namespace: &str) -> String {
+        crate::rules::scoped_key("q", namespace, &self.spec.tenant, &self.id)
+    }
 }
 
 fn quota_rules(entries: &[Entry<QuotaSpec>]) -> Vec<QuotaRule> {

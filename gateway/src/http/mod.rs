@@ -13,6 +13,7 @@ pub mod json;
 pub mod lifecycle;
 pub mod ops;
 pub mod parked;
+pub mod quotas;
 pub mod serve;
 
 use std::sync::Arc;
@@ -78,7 +79,8 @@ pub struct AppState {
         chains::cancel_chain,
         audit::list_audit,
         audit::get_audit,
-        audit::replay_audit
+        audit::replay_audit,
+        quotas::list_quotas
     ),
     components(schemas(
         crate::action::Action,
@@ -186,6 +188,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/providers/health", get(breakers::health))
         .route("/v1/config", get(ops::config))
+        .route("/v1/quotas", get(quotas::list_quotas))
         .route("/healthz", get(ops::healthz))
         .route("/health", get(ops::health))
         .route("/readyz", get(ops::readyz))

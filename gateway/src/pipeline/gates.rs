@@ -11,7 +11,7 @@ use crate::action::Action;
 use crate::config::Runtime;
 use crate::outcome::ActionOutcome;
 use crate::providers::ProviderHandle;
-use crate::rules::{Evaluation, scoped_key};
+use crate::rules::Evaluation;
 use crate::state::{
     DedupConfirm, DeferResult, Deferral, Gate, GateMode, GateResult, GateStop, StateError,
     dedup_token_time,
@@ -91,7 +91,8 @@ impl Gateway {
                 .quotas
                 .iter()
                 .map(|q| Gate::Quota {
-                    key: scoped_key("q", &action.namespace, &action.tenant, &q.id),
+                    // `applies` matched the action's tenant to the quota's.
+                    key: q.counter_key(&action.namespace),
                     limit: q.spec.limit,
                     window: Duration::from_secs(q.window_seconds),
                 })

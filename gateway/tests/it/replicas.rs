@@ -236,6 +236,45 @@ async fn exact_across_replicas(state_url: &str) {
     assert_eq!(count(&outcomes, "Executed"), 500);
     assert_eq!(count(&outcomes, "QuotaExceeded"), 300);
     assert_eq!(deliveries(&cluster.hook, "/quota"), 500);
+    // Its usage, read on another replica (`GET /v1/quotas`, SPEC section 5).
+    let (status, usage) = common::get_json(
+        &cluster.client,
+        &cluster.servers[2].url("/v1/quotas?namespace=rep&tenant=quota-tenant"),
+    )
+    .await;
+    assert_eq!(status, 200, "{usage}");
+    assert_eq!(usage["count"], 1, "{usage}");
+    let q = &usage["quotas"][0];
+    assert_eq!(
+        (
+            &q["id"],
+            &q["used"],
+            &q["remaining"],
+            &q["limit"],
+            &q["window_seconds"]
+        ),
+        (
+            &json!("rep/q"),
+            &json!(500),
+            &json!(0),
+            &json!(500),
+            &json!(3600)
+        ),
+        "{usage}"
+    );
+    assert_eq!(q["overage"], "block");
+    let (_, other) = common::get_json(
+        &cluster.client,
+        &cluster.servers[0].url("/v1/quotas?namespace=rep&tenant=someone-else"),
+    )
+    .await;
+    assert_eq!(other["count"], 0, "{other}");
+    let (status, bad) = common::get_json(
+        &cluster.client,
+        &cluster.servers[0].url("/v1/quotas?namespace=Not_A_Namespace"),
+    )
+    .await;
+    assert_eq!(status, 400, "{bad}");
 
     // The provider fails the first attempt: the dedup mark is released, so the retry
     // (through another replica) is delivered, once.
