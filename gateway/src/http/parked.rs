@@ -63,9 +63,7 @@ impl Scope {
 
 /// An instant as Acteon's API writes it (RFC 3339, UTC).
 fn rfc3339(ms: u64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms as i64)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    crate::state::time_of_ms(ms).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// A group, with the fields Acteon's SDKs read (`group_id`, `group_key`, `event_count`,

@@ -3,8 +3,6 @@
 //! accepted one is never half-recorded. Gates are applied with their full TTL: a parked
 //! action has no delivery of its own to confirm.
 
-use chrono::{TimeZone, Utc};
-
 use super::gates::GateCheck;
 use super::{DispatchError, Gateway};
 use crate::action::Action;
@@ -13,7 +11,7 @@ use crate::outcome::ActionOutcome;
 use crate::rules::state_machine::{EventTarget, Machine};
 use crate::rules::{CompiledRule, Effect, Evaluation, Park};
 use crate::state::{
-    DeferResult, Deferral, GateMode, StateError, Transition, TransitionResult, unix_ms,
+    DeferResult, Deferral, GateMode, StateError, Transition, TransitionResult, time_of_ms, unix_ms,
 };
 
 impl Gateway {
@@ -35,7 +33,7 @@ impl Gateway {
                     self.metrics.parked.with_label_values(&["schedule"]).inc();
                     ActionOutcome::Scheduled {
                         action_id: action.id.clone(),
-                        scheduled_for: time_of(due),
+                        scheduled_for: time_of_ms(due),
                     }
                 }))
             }
@@ -55,7 +53,7 @@ impl Gateway {
                         Ok(ActionOutcome::Grouped {
                             group_id,
                             group_size: size as usize,
-                            notify_at: time_of(notify_at_ms),
+                            notify_at: time_of_ms(notify_at_ms),
                         })
                     }
                     (None, other) => Err(unexpected(other)),
@@ -241,12 +239,6 @@ pub fn transition_outcome(
             0,
         ),
     }
-}
-
-fn time_of(ms: u64) -> chrono::DateTime<Utc> {
-    Utc.timestamp_millis_opt(ms as i64)
-        .single()
-        .unwrap_or_else(Utc::now)
 }
 
 fn unexpected(result: Option<DeferResult>) -> DispatchError {

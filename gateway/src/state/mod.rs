@@ -495,6 +495,12 @@ pub struct ListedTimer {
     pub payload: Vec<u8>,
 }
 
+/// A Unix-ms instant of the backends as a time (the epoch for one past chrono's range).
+pub fn time_of_ms(ms: u64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_millis(i64::try_from(ms).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}
+
 pub fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

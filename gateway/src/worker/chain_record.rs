@@ -81,9 +81,7 @@ pub struct StepView {
     pub completed_at: Option<DateTime<Utc>>,
 }
 
-pub fn time(ms: u64) -> DateTime<Utc> {
-    DateTime::from_timestamp_millis(i64::try_from(ms).unwrap_or(i64::MAX)).unwrap_or_default()
-}
+pub use crate::state::time_of_ms as time;
 
 fn step_view(r: &StepResult) -> StepView {
     let status = match (r.success, r.skipped) {
