@@ -6,6 +6,7 @@
 //! the dispatch path still makes one atomic load.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use acteon_api::Snapshot;
 use acteon_api::crd::quota::parse_window_seconds;
@@ -84,6 +85,11 @@ impl QuotaRule {
 
     pub fn blocks(&self) -> bool {
         self.spec.overage == Overage::Block
+    }
+
+    /// The length of this quota's windows.
+    pub fn window(&self) -> Duration {
+        Duration::from_secs(self.window_seconds)
     }
 
     /// The backend key of this quota's counter for actions of `namespace` (a shared quota

@@ -356,14 +356,15 @@ fn named_machine(app: &AppState, r: &EventRef) -> Result<Option<MachineRef>, Api
     })
 }
 
-/// The event `fingerprint` of `r`: under the machine it names, else under whichever
-/// machine of the namespace holds it (the most recently moved one if several do).
+/// The event `fingerprint` of `r`: under `named` (the machine `r` names), else under
+/// whichever machine of the namespace holds it (the most recently moved one if several do).
 async fn find_event(
     app: &AppState,
     r: &EventRef,
+    named: Option<MachineRef>,
     fingerprint: &str,
 ) -> Result<Option<(EventInfo, MachineRef)>, ApiError> {
-    let machines = match named_machine(app, r)? {
+    let machines = match named {
         Some(machine) => vec![machine],
         None => app
             .gateway
@@ -402,7 +403,8 @@ pub async fn get_event(
     r: Result<Query<EventRef>, QueryRejection>,
 ) -> Result<Json<EventView>, ApiError> {
     let r = params(r)?;
-    match find_event(&app, &r, &fingerprint).await? {
+    let named = named_machine(&app, &r)?;
+    match find_event(&app, &r, named, &fingerprint).await? {
         Some((info, _)) => Ok(Json(event_view(info))),
         None => Err(no_event(&fingerprint, &r)),
     }
@@ -453,11 +455,12 @@ pub async fn transition(
         tenant: req.tenant.clone(),
         machine: req.machine.clone(),
     };
-    let (current, machine) = match find_event(&app, &r, &fingerprint).await? {
+    let named = named_machine(&app, &r)?;
+    let (current, machine) = match find_event(&app, &r, named.clone(), &fingerprint).await? {
         Some((info, machine)) => (Some(info), machine),
         // A named machine may start an event's lifecycle by hand; without one there is
         // nothing to move.
-        None => match named_machine(&app, &r)? {
+        None => match named {
             Some(machine) => (None, machine),
             None => return Err(no_event(&fingerprint, &r)),
         },

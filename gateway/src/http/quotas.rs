@@ -68,9 +68,10 @@ pub async fn list_quotas(
         if scope.tenant.as_ref().is_some_and(|t| *t != q.spec.tenant) {
             continue;
         }
-        let window = std::time::Duration::from_secs(q.window_seconds);
         let key = q.counter_key(namespace);
-        let used = gw.state_call(gw.state.quota_usage(&key, window)).await?;
+        let used = gw
+            .state_call(gw.state.quota_usage(&key, q.window()))
+            .await?;
         quotas.push(QuotaUsage {
             id: q.id.clone(),
             namespace: namespace.to_owned(),

@@ -94,7 +94,7 @@ impl Gateway {
                     // `applies` matched the action's tenant to the quota's.
                     key: q.counter_key(&action.namespace),
                     limit: q.spec.limit,
-                    window: Duration::from_secs(q.window_seconds),
+                    window: q.window(),
                 })
                 .collect();
             let mode = GateMode::Apply {
